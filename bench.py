@@ -1,0 +1,64 @@
+"""Throughput benchmarks: each suite beside a reference measured in the same run, on the same device.
+
+    python bench.py --config configs/tiny_cpu.yaml [--suite masks,shards] [--out results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+
+import benchmarks
+from benchmarks.common import device_info
+from config import ConfigError, load_config
+
+# Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict.
+ORDER = ("shards", "masks", "data", "kernels", "step")
+
+
+def available_suites() -> list[str]:
+    present = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != "common"}
+    return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/tiny_cpu.yaml", help="YAML config (this project's or official)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    p.add_argument("--suite", default=None, help=f"comma-separated suites (default: all of {available_suites()})")
+    p.add_argument("--out", default=None, help="write every figure as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides=args.set)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    suites = available_suites() if args.suite is None else [s.strip() for s in args.suite.split(",") if s.strip()]
+    unknown = [s for s in suites if s not in available_suites()]
+    if unknown:
+        print(f"error: unknown suite(s) {unknown}; available: {available_suites()}", file=sys.stderr)
+        return 2
+    info = device_info()
+    print(f"device: {info['device']} | torch {info['torch']} | triton {info['triton']} | "
+          f"DALI {info['nvidia-dali-cuda120']} | DeepSpeed {info['deepspeed']}")
+    results = {"device": info, "config": args.config, "suites": {}}
+    for name in suites:
+        print(f"\n== {name} ==")
+        results["suites"][name] = importlib.import_module(f"benchmarks.{name}").run(cfg)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

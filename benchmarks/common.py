@@ -1,0 +1,39 @@
+"""What every benchmark suite shares: the device description and a timer."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+from typing import Callable
+
+
+def device_info() -> dict:
+    """Names the device and the library versions a figure was measured with."""
+    import torch
+
+    info = {"host": platform.node(), "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+            "cpu_cores": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    else:
+        info["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    for pkg in ("torch", "triton", "nvidia-dali-cuda120", "deepspeed", "webdataset", "timm"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = None
+    return info
+
+
+def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> dict:
+    """Wall-clock seconds per call of `fn`: median, min and max over `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": repeat}
