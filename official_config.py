@@ -1,0 +1,100 @@
+"""The official I-JEPA YAML schema (data / mask / meta / optimization / logging), mapped key by key onto ours.
+
+Every official key is either mapped (OFFICIAL_KEYS), accepted only at the value our pipeline implements
+(AUGMENTATION_KEYS: the released configs switch every extra augmentation off), or dropped with a logged note that says
+what to set instead (DROPPED_KEYS). An unknown key is an error, as in our own schema.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from config import ConfigError, suggest
+
+logger = logging.getLogger(__name__)
+
+_same = lambda v: v  # noqa: E731
+# (official section, key) → (our section, key, value transform)
+OFFICIAL_KEYS: dict[tuple[str, str], tuple[str, str, Callable[[Any], Any]]] = {
+    ("data", "batch_size"): ("data", "batch_size", _same),
+    ("data", "crop_size"): ("data", "crop_size", _same),
+    ("data", "crop_scale"): ("data", "crop_scale", _same),
+    ("data", "num_workers"): ("data", "num_workers", _same),
+    ("mask", "patch_size"): ("model", "patch_size", _same),
+    ("mask", "allow_overlap"): ("mask", "allow_overlap", _same),
+    ("mask", "aspect_ratio"): ("mask", "aspect_ratio", _same),
+    ("mask", "enc_mask_scale"): ("mask", "enc_mask_scale", _same),
+    ("mask", "pred_mask_scale"): ("mask", "pred_mask_scale", _same),
+    ("mask", "min_keep"): ("mask", "min_keep", _same),
+    ("mask", "num_enc_masks"): ("mask", "nenc", _same),
+    ("mask", "num_pred_masks"): ("mask", "npred", _same),
+    ("meta", "model_name"): ("model", "arch", _same),
+    ("meta", "pred_depth"): ("model", "pred_depth", _same),
+    ("meta", "pred_emb_dim"): ("model", "pred_emb_dim", _same),
+    ("meta", "use_bfloat16"): ("optimization", "precision", lambda v: "bf16" if v else "fp32"),
+    ("optimization", "ema"): ("ema", "momentum", _same),
+    ("optimization", "epochs"): ("optimization", "epochs", _same),
+    ("optimization", "warmup"): ("optimization", "warmup_epochs", _same),
+    ("optimization", "ipe_scale"): ("optimization", "ipe_scale", _same),
+    ("optimization", "start_lr"): ("optimization", "start_lr", _same),
+    ("optimization", "lr"): ("optimization", "lr", _same),
+    ("optimization", "final_lr"): ("optimization", "final_lr", _same),
+    ("optimization", "weight_decay"): ("optimization", "weight_decay", _same),
+    ("optimization", "final_weight_decay"): ("optimization", "final_weight_decay", _same),
+    ("logging", "write_tag"): ("run", "name", _same),
+    ("logging", "folder"): ("run", "out_dir", lambda v: str(v).rstrip("/")),
+}
+# Augmentations the official code has but every released config turns off; only "off" is implemented here.
+AUGMENTATION_KEYS = {("data", k) for k in ("color_jitter_strength", "use_color_distortion", "use_gaussian_blur",
+                                           "use_horizontal_flip")}
+# Keys with no meaning here: dropped, with what to do instead.
+DROPPED_KEYS = {
+    ("data", "root_path"): "images are read from shards: run shard_dataset.py on the image folder, then set "
+                           "data.shards to its output folder",
+    ("data", "image_folder"): "images are read from shards: set data.shards to the output of shard_dataset.py",
+    ("data", "pin_mem"): "batches are always moved through pinned memory",
+    ("meta", "copy_data"): "shards are read in place; nothing is copied",
+}
+# meta.load_checkpoint (+ meta.read_checkpoint) → checkpoint.resume: the given path, or "auto" without one.
+CHECKPOINT_KEYS = {("meta", "load_checkpoint"), ("meta", "read_checkpoint")}
+OFFICIAL_SECTIONS = {"data", "mask", "meta", "optimization", "logging"}
+
+
+def is_official(raw: dict) -> bool:
+    """The official schema is the only one with a `meta` section."""
+    return "meta" in raw
+
+
+def map_official(raw: dict, source: str) -> dict:
+    """Official YAML dict → a dict in our schema; logs a note for each dropped key."""
+    out: dict[str, dict] = {}
+    for section, values in raw.items():
+        if section not in OFFICIAL_SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{section}' in an official-schema file{suggest(section, OFFICIAL_SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            where = f"{source}: {section}.{key} (official schema)"
+            if (section, key) in OFFICIAL_KEYS:
+                ours_section, ours_key, transform = OFFICIAL_KEYS[(section, key)]
+                if isinstance(value, str) and value.startswith("$replace"):
+                    logger.warning("note: %s is a placeholder (%s); the default is used: set %s.%s to change it",
+                                   where, value, ours_section, ours_key)
+                    continue
+                out.setdefault(ours_section, {})[ours_key] = transform(value)
+            elif (section, key) in AUGMENTATION_KEYS:
+                if value:
+                    raise ConfigError(f"{where} = {value!r}: this augmentation is not implemented (the I-JEPA "
+                                      f"recipe uses RandomResizedCrop only); set it to false / 0.0")
+            elif (section, key) in CHECKPOINT_KEYS:
+                continue  # mapped below, together
+            elif (section, key) in DROPPED_KEYS:
+                if value not in (None, False, ""):
+                    logger.warning("note: %s = %r is ignored: %s", where, value, DROPPED_KEYS[(section, key)])
+            else:
+                known = [k for s, k in [*OFFICIAL_KEYS, *AUGMENTATION_KEYS, *DROPPED_KEYS, *CHECKPOINT_KEYS] if s == section]
+                raise ConfigError(f"{where}: unknown key{suggest(key, known)}")
+    meta = raw.get("meta", {})
+    if meta.get("load_checkpoint"):
+        out.setdefault("checkpoint", {})["resume"] = meta.get("read_checkpoint") or "auto"
+    return out

@@ -1,0 +1,183 @@
+"""Configuration: typed loading, errors that name file/section/key, official configs, overrides, round trip."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config import (ConfigError, config_from_dict, config_to_yaml, deepspeed_config, global_batch_size, grid_size,
+                    iterations_per_epoch, load_config, model_size, schedule_steps)
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFICIAL = ROOT.parent / "shared" / "fixtures" / "official_configs"
+OUR_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def print_config(path, *sets):
+    """Runs the real CLI; returns (exit code, stdout, stderr)."""
+    cmd = [sys.executable, "train.py", "--config", str(path), "--print-config"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+# What each official file must map to: batch, crop, patch, model, predictor depth/width, masks, EMA, lrs, wds, epochs.
+OFFICIAL_EXPECTED = {
+    "in1k_vith14_ep300.yaml": dict(batch=128, crop=224, patch=14, arch="vit_huge", pred_depth=12, epochs=300, warmup=40),
+    "in1k_vith16-448_ep300.yaml": dict(batch=16, crop=448, patch=16, arch="vit_huge", pred_depth=12, epochs=300,
+                                       warmup=40),
+    "in22k_vitg16_ep44.yaml": dict(batch=16, crop=224, patch=16, arch="vit_giant", pred_depth=16, epochs=44, warmup=3),
+    "in22k_vith14_ep66.yaml": dict(batch=32, crop=224, patch=14, arch="vit_huge", pred_depth=12, epochs=66, warmup=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_EXPECTED))
+def test_official_config_maps_every_value(name):
+    code, out, err = print_config(OFFICIAL / name)
+    assert code == 0, err
+    got = yaml.safe_load(out)
+    want = OFFICIAL_EXPECTED[name]
+    assert got["data"]["batch_size"] == want["batch"]
+    assert got["data"]["crop_size"] == want["crop"]
+    assert got["data"]["crop_scale"] == [0.3, 1.0]
+    assert got["model"]["patch_size"] == want["patch"]
+    assert got["model"]["arch"] == want["arch"]
+    assert got["model"]["pred_depth"] == want["pred_depth"]
+    assert got["model"]["pred_emb_dim"] == 384
+    assert got["mask"]["enc_mask_scale"] == [0.85, 1.0]
+    assert got["mask"]["pred_mask_scale"] == [0.15, 0.2]
+    assert got["mask"]["aspect_ratio"] == [0.75, 1.5]
+    assert (got["mask"]["nenc"], got["mask"]["npred"], got["mask"]["min_keep"]) == (1, 4, 10)
+    assert got["mask"]["allow_overlap"] is False
+    assert got["ema"]["momentum"] == [0.996, 1.0]
+    opt = got["optimization"]
+    assert (opt["start_lr"], opt["lr"], opt["final_lr"]) == (2e-4, 1e-3, 1e-6)
+    assert (opt["weight_decay"], opt["final_weight_decay"]) == (0.04, 0.4)
+    assert (opt["epochs"], opt["warmup_epochs"], opt["ipe_scale"]) == (want["epochs"], want["warmup"], 1.0)
+    assert opt["precision"] == "bf16"
+    # the keys that mean nothing here are named, with what to set instead
+    assert "data.image_folder" in err and "data.shards" in err
+
+
+def test_paper_recipe_config():
+    cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml")
+    official = load_config(OFFICIAL / "in1k_vith14_ep300.yaml")
+    for section in ("mask", "optimization", "ema"):
+        assert getattr(cfg, section) == getattr(official, section), section
+    assert (cfg.model.arch, cfg.model.patch_size, cfg.data.crop_size, cfg.data.batch_size) == ("vit_huge", 14, 224, 128)
+    assert model_size(cfg) == (1280, 32, 16, 4.0)
+    assert grid_size(cfg) == (16, 16)
+    assert cfg.deepspeed["zero_optimization"]["stage"] == 2
+    assert cfg.optimization.precision == "bf16"
+
+
+def test_misspelled_key_names_key_section_file_and_suggestion(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "vith14_in1k.yaml").read_text().replace("min_keep:", "min_kep:"))
+    code, out, err = print_config(bad)
+    assert code != 0 and out == ""
+    assert str(bad) in err and "'mask'" in err and "'min_kep'" in err and "did you mean 'min_keep'" in err
+
+
+def test_wrong_type_names_key_section_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "vith14_in1k.yaml").read_text().replace("batch_size: 128", "batch_size: many"))
+    code, out, err = print_config(bad)
+    assert code != 0 and out == ""
+    assert str(bad) in err and "data.batch_size" in err and "'many'" in err and "integer" in err
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("data", "batch_size", True, "expected an integer"),
+    ("data", "batch_size", 12.5, "expected an integer"),
+    ("optimization", "lr", "fast", "expected a number"),
+    ("mask", "allow_overlap", "no", "expected true or false"),
+    ("data", "crop_scale", [0.3], "list of 2"),
+    ("data", "backend", "jax", "not one of"),
+    ("model", "arch", "vit_hug", "did you mean 'vit_huge'"),
+    ("data", "crop_size", 225, "not a multiple of model.patch_size"),
+    ("mask", "pred_mask_scale", [0.3, 0.2], "0 < low <= high <= 1"),
+])
+def test_bad_values_rejected(section, key, value, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        config_from_dict({section: {key: value}}, "x.yaml")
+    assert "x.yaml" in str(err.value)
+
+
+def test_unknown_section_and_derived_deepspeed_keys():
+    with pytest.raises(ConfigError, match="unknown section 'optimisation'.*did you mean 'optimization'"):
+        config_from_dict({"optimisation": {"lr": 1.0}}, "x.yaml")
+    with pytest.raises(ConfigError, match="deepspeed.train_batch_size is derived from data.batch_size"):
+        config_from_dict({"deepspeed": {"train_batch_size": 2048}}, "x.yaml")
+
+
+def test_numbers_written_without_a_dot_are_numbers():
+    cfg = config_from_dict({"optimization": {"lr": "1e-3", "warmup_epochs": 5}})  # PyYAML reads 1e-3 as a string
+    assert cfg.optimization.lr == 1e-3 and isinstance(cfg.optimization.warmup_epochs, float)
+
+
+def test_overrides_apply_typed_and_name_their_source():
+    code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", "optimization.lr=5e-4", "data.batch_size=8",
+                                  "mask.pred_mask_scale=[0.1, 0.2]", "deepspeed.zero_optimization={stage: 3}")
+    assert code == 0, err
+    got = yaml.safe_load(out)
+    assert got["optimization"]["lr"] == 5e-4 and got["data"]["batch_size"] == 8
+    assert got["mask"]["pred_mask_scale"] == [0.1, 0.2]
+    assert got["deepspeed"]["zero_optimization"] == {"stage": 3}
+    code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", "data.batchsize=8")
+    assert code != 0 and "--set data.batchsize=8" in err and "did you mean 'batch_size'" in err
+    code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", "data.batch_size=eight")
+    assert code != 0 and "--set data.batch_size=eight" in err
+    code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", "lr")
+    assert code != 0 and "SECTION.KEY=VALUE" in err
+
+
+@pytest.mark.parametrize("path", OUR_CONFIGS + sorted(OFFICIAL.glob("*.yaml")), ids=lambda p: p.name)
+def test_round_trip(path, tmp_path):
+    cfg = load_config(path)
+    dumped = tmp_path / "resolved.yaml"
+    dumped.write_text(config_to_yaml(cfg))
+    again = load_config(dumped)
+    assert again == cfg
+    assert config_to_yaml(again) == config_to_yaml(cfg)
+
+
+def test_derived_values():
+    cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=["optimization.grad_accum=2"])
+    assert global_batch_size(cfg, world_size=8) == 128 * 2 * 8
+    paper = load_config(ROOT / "configs" / "vith14_in1k.yaml")
+    ipe = iterations_per_epoch(paper, world_size=16, num_samples=1_281_167)
+    assert ipe == 625  # the spec: ImageNet-1K at global batch 2048
+    assert schedule_steps(paper, ipe) == (40 * 625, 300 * 625)
+    ds = deepspeed_config(cfg, world_size=8)
+    assert ds["train_batch_size"] == 2048 and ds["train_micro_batch_size_per_gpu"] == 128
+    assert ds["gradient_accumulation_steps"] == 2 and ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["overlap_comm"] is True
+    with pytest.raises(ConfigError, match="no full global batch"):
+        iterations_per_epoch(cfg, world_size=8, num_samples=100)
+
+
+def test_official_file_with_augmentation_or_unknown_key_is_rejected(tmp_path):
+    text = (OFFICIAL / "in1k_vith14_ep300.yaml").read_text()
+    flip = tmp_path / "flip.yaml"
+    flip.write_text(text.replace("use_horizontal_flip: false", "use_horizontal_flip: true"))
+    with pytest.raises(ConfigError, match="flip.yaml: data.use_horizontal_flip .* not implemented"):
+        load_config(flip)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace("pred_depth:", "pred_dept:"))
+    with pytest.raises(ConfigError, match="typo.yaml: meta.pred_dept .*did you mean 'pred_depth'"):
+        load_config(typo)
+    resume = tmp_path / "resume.yaml"
+    resume.write_text(text.replace("load_checkpoint: false", "load_checkpoint: true"))
+    assert load_config(resume).checkpoint.resume == "auto"
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    code, _, err = print_config(tmp_path / "nope.yaml")
+    assert code != 0 and "nope.yaml: config file not found" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
