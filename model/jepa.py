@@ -1,0 +1,61 @@
+"""The I-JEPA objective: predict, from the context tokens, the target encoder's features at the target blocks."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+from model.predictor import Predictor
+from model.vit import VisionTransformer
+
+
+@torch.no_grad()
+def target_features(target_encoder: VisionTransformer, images: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+    """Target encoder on ALL tokens → LayerNorm without affine over features → the target blocks (M·B, Kt, D)."""
+    h = target_encoder(images)  # (B, N, D)
+    h = F.layer_norm(h, h.shape[-1:])  # eps 1e-5, no affine, as the official code
+    return kernels.masked_gather(h, tgt_idx)
+
+
+class JEPA(nn.Module):
+    """The trainable part (context encoder + predictor); the target encoder is kept apart (model/ema.py)."""
+
+    def __init__(self, context_encoder: VisionTransformer, predictor: Predictor):
+        super().__init__()
+        self.context_encoder = context_encoder
+        self.predictor = predictor
+
+    def forward(self, images: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S), ctx_idx (B, Kc), tgt_idx (M, B, Kt), targets (M·B, Kt, D) → scalar loss."""
+        z = self.context_encoder(images, ctx_idx)  # (B, Kc, D)
+        pred = self.predictor(z, ctx_idx, tgt_idx)  # (M·B, Kt, D)
+        return jepa_loss(pred, targets)
+
+
+def ijepa_loss(model: JEPA, target_encoder: VisionTransformer, images: torch.Tensor, ctx_idx: torch.Tensor,
+               tgt_idx: torch.Tensor) -> torch.Tensor:
+    """The whole objective from (images, ctx_idx, tgt_idx): targets without gradient, then predict and compare."""
+    return model(images, ctx_idx, tgt_idx, target_features(target_encoder, images, tgt_idx))
+
+
+def build_jepa(cfg) -> tuple[JEPA, VisionTransformer]:
+    """(trainable context encoder + predictor, fp32 target encoder) shaped by a config.Config."""
+    from config import model_size
+    from model.ema import make_target_encoder
+
+    dim, depth, heads, mlp_ratio = model_size(cfg)
+    encoder = VisionTransformer(img_size=cfg.data.crop_size, patch_size=cfg.model.patch_size, embed_dim=dim,
+                                depth=depth, num_heads=heads, mlp_ratio=mlp_ratio)
+    predictor = Predictor(encoder.grid, dim, cfg.model.pred_emb_dim, cfg.model.pred_depth,
+                          cfg.model.pred_num_heads or heads, mlp_ratio)
+    if cfg.model.activation_checkpointing:
+        encoder.set_grad_checkpointing(True)
+        predictor.set_grad_checkpointing(True)
+    return JEPA(encoder, predictor), make_target_encoder(encoder)
+
+
+def jepa_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 (beta 1), mean over every element: what the official code optimises (the paper says L2)."""
+    return F.smooth_l1_loss(pred.float(), targets.float())
