@@ -81,6 +81,14 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class KernelsConfig:
+    """Which implementation each op uses; auto = the one measured faster on this device class (kernels/__init__)."""
+
+    attention: Literal["auto", "triton", "sdpa", "reference"] = "auto"
+    gather: Literal["auto", "triton", "reference"] = "auto"
+
+
+@dataclass(frozen=True)
 class OptimizationConfig:
     epochs: int = 300
     warmup_epochs: float = 40
@@ -123,6 +131,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
