@@ -1,0 +1,116 @@
+"""shard_dataset throughput: images/s per worker when copying JPEG bytes with full or header-only verification, and
+when re-encoding with --max-size, beside a reference measured in the same run (a plain single-process loop reading
+file bytes into webdataset.ShardWriter, no verification); then the scaling from 1 to 2 workers.
+
+Inputs: 1,000 generated ImageNet-sized JPEG files (500×375, quality 90, smooth colour field plus noise: about
+100 KB each, near ImageNet's mean file size; 200 distinct images) in a temporary folder, read from the page cache:
+the figures are CPU cost, not disk. Each run writes 4 shards, so that 2 workers have 2 each.
+Targets (issue 3): header-only copy ≥ 2,000 images/s per core; full verification ≥ 500 images/s per core.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import time_call
+
+TARGETS = {"copy, header check": 2000.0, "copy, full decode": 500.0}
+
+
+def make_images(root: Path, n: int, unique: int = 200, seed: int = 0) -> None:
+    """n JPEG files of 500×375 at quality 90 in 4 class folders; `unique` distinct images, repeated (encoding takes
+    20 ms an image, and a few hundred distinct ones exercise the decoder as well as more would)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(min(n, unique)):
+        field = (rng.random((12, 16, 3)) * 255).astype(np.uint8)
+        base = np.asarray(Image.fromarray(field).resize((500, 375), Image.Resampling.BICUBIC), dtype=np.float32)
+        buf = io.BytesIO()
+        Image.fromarray((base + rng.normal(0, 18, base.shape)).clip(0, 255).astype(np.uint8)).save(buf, "JPEG",
+                                                                                                  quality=90)
+        images.append(buf.getvalue())
+    for i in range(n):
+        folder = root / f"n{i % 4:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img_{i:05d}.JPEG").write_bytes(images[i % len(images)])
+
+
+def reference_loop(src: Path, dest: Path) -> None:
+    """The reference: one process, sorted files, bytes read and written by webdataset.ShardWriter."""
+    import webdataset as wds
+
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    dest.mkdir(parents=True)
+    with wds.ShardWriter(str(dest / "ref-%06d.tar"), maxsize=1e9, verbose=0) as sink:
+        for label, name in enumerate(classes):
+            for i, path in enumerate(sorted((src / name).iterdir())):
+                sink.write({"__key__": f"{label:04d}_{i:06d}", "jpg": path.read_bytes(), "cls": str(label)})
+
+
+def _timed(work, out_root: Path, repeat: int) -> float:
+    """Median seconds of `work(fresh_dest)`, each call writing into a new folder."""
+    counter = itertools.count()
+
+    def once() -> None:
+        dest = out_root / f"run{next(counter)}"
+        work(dest)
+        shutil.rmtree(dest)
+
+    return time_call(once, repeat=repeat, warmup=1)["median_s"]
+
+
+def run(cfg=None, n_images: int = 1000, repeat: int = 3) -> dict:
+    """Measures and prints the table; `cfg` is not used (the suite needs no model or data config)."""
+    from pipeline.shard_writer import RunSettings, ShardOptions, build_shards
+
+    logging.getLogger("pipeline.shard_writer").setLevel(logging.WARNING)  # no per-run summary lines in the table
+    size = {"shard_samples": max(1, n_images // 4), "shard_bytes": None}  # 4 shards: 2 for each of 2 workers
+    cases = [  # name, workers, options
+        ("copy, full decode", 1, ShardOptions(verify="full", **size)),
+        ("copy, header check", 1, ShardOptions(verify="header", **size)),
+        ("re-encode, --max-size 256", 1, ShardOptions(max_size=256, **size)),
+        ("copy, full decode", 2, ShardOptions(verify="full", **size)),
+        ("copy, header check", 2, ShardOptions(verify="header", **size)),
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        make_images(src, n_images)
+        mean_kb = sum(p.stat().st_size for p in src.rglob("*.JPEG")) / n_images / 1e3
+        make_images(Path(tmp) / "tiny", 8)
+        overhead_s = _timed(lambda dest: build_shards(Path(tmp) / "tiny", dest, ShardOptions(verify="header"),
+                                                      RunSettings(workers=1, progress=False)), out, repeat)
+        ref_s = _timed(lambda dest: reference_loop(src, dest), out, repeat)
+        rows = [("reference: ShardWriter loop, no check", 1, n_images / ref_s)]
+        for name, workers, options in cases:
+            settings = RunSettings(workers=workers, progress=False)
+            seconds = _timed(lambda dest: build_shards(src, dest, options, settings), out, repeat)
+            rows.append((name, workers, n_images / seconds))
+    ref = rows[0][2]
+    print(f"{n_images} JPEGs 500×375 q90, mean {mean_kb:.0f} kB, page cache; {os.cpu_count()} cores; "
+          f"median of {repeat}; a run's fixed cost (scan, fork, manifest; 8 images): {overhead_s * 1e3:.0f} ms")
+    print(f"{'case':<40} {'workers':>7} {'img/s':>8} {'img/s/worker':>12} {'× ref':>6}")
+    for name, workers, rate in rows:
+        print(f"{name:<40} {workers:>7} {rate:>8.0f} {rate / workers:>12.0f} {rate / ref:>6.2f}")
+    figures = {f"{name} | workers={workers}": {"images_per_s": rate, "images_per_s_per_worker": rate / workers,
+                                                "ratio_to_reference": rate / ref} for name, workers, rate in rows}
+    scaling = {name: figures[f"{name} | workers=2"]["images_per_s"] / figures[f"{name} | workers=1"]["images_per_s"]
+               for name in TARGETS}
+    for name, target in TARGETS.items():
+        got = figures[f"{name} | workers=1"]["images_per_s_per_worker"]
+        print(f"target {name}: ≥ {target:.0f} img/s per core, measured {got:.0f} "
+              f"({'met' if got >= target else 'NOT met'}); 2 workers / 1 worker: {scaling[name]:.2f}×")
+    return {"n_images": n_images, "mean_kB": mean_kb, "cpu_cores": os.cpu_count(), "fixed_cost_s": overhead_s,
+            "figures": figures,
+            "scaling_2_over_1": scaling, "targets_per_core": TARGETS}
+
+
+if __name__ == "__main__":
+    run(None)

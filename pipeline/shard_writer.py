@@ -1,0 +1,545 @@
+"""Turns an image folder into WebDataset shards in the pipeline.shards format: scan, plan, verify/convert, write.
+
+1. Scan SRC (sorted; symlinked folders followed once) and stat every image file.
+2. Plan before reading any file: shuffle the sorted list with `random.Random(seed)` and cut it into shards by
+   samples and/or bytes, from the sizes on disk. The plan alone decides where each file goes, so the output is the
+   same byte for byte whatever the worker count.
+3. DEST must be empty, or hold a manifest of the same source, options and plan (then this run resumes it).
+4. Workers build whole shards: a shard the manifest records is kept if its files still match their sha256, others
+   are written under a temporary name and renamed when complete; the main process rewrites the manifest after each.
+
+Byte cap: a shard closes before the sample that would take its estimated tar size past `shard_bytes`. The estimate
+is exact for copied JPEGs (headers and padding included; the tar end adds at most 10 KiB); re-encoded files count
+with their source size, so a shard holding many of them can end below the cap, or above it by their growth.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import random
+import signal
+import stat
+import struct
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import PIL
+import webdataset as wds
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from pipeline import shards as fmt
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+LABEL_MODES = ("folders", "none")
+VERIFY_MODES = ("full", "header")
+# What PIL raises on a corrupt or unsupported image (OSError covers truncated data and decoder errors).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with extra pictures appended; every decoder reads the first
+_EOI_WINDOW = 1024  # header check: a JPEG's end-of-image marker must lie in its last KiB
+_TAR_MTIME = 0  # webdataset's TarWriter fixes uid/gid (0), user/group names and mode; its mtime defaults to now
+_progress = None  # a worker's shared counter of processed inputs, set by _init_worker
+
+
+class ShardingError(RuntimeError):
+    """A problem the user must fix; the message says what, where, and what to do."""
+
+
+class BadInput(Exception):
+    """An input file that cannot become a sample; `reason` is what goes into the manifest."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """The options that decide the output bytes; recorded in the manifest and compared when resuming."""
+
+    labels: str = "folders"  # "folders": one sub-folder per class; "none": unlabeled, no .cls
+    seed: int = 0
+    shard_samples: int | None = None
+    shard_bytes: int | None = 1_000_000_000
+    prefix: str = "shard"
+    verify: str = "full"  # "full": decode every image; "header": parse headers (and find a JPEG's end marker)
+    quality: int = 90  # JPEG quality of re-encoded images
+    max_size: int | None = None  # longer side above this is resized down (aspect kept)
+    json: bool = False  # also write <key>.json
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run; no effect on the output bytes."""
+
+    workers: int = 1
+    strict: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    throttle_s: float = 0.0  # sleep per input: lets tests kill a run part way (SHARD_DATASET_THROTTLE_S)
+
+
+@dataclass(frozen=True, slots=True)  # slots: a million of these stay small
+class SourceFile:
+    path: str  # relative to SRC, "/"-separated
+    size: int
+    label: int | None
+
+
+@dataclass
+class SourceScan:
+    classes: list[str] | None
+    files: list[SourceFile]  # sorted by path
+    skipped: list[dict]  # bad inputs found while scanning: {"path", "reason", "shard": None}
+    ignored: list[dict]  # {"path", "reason"}
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    shard: int
+    members: tuple[tuple[int, SourceFile], ...]  # (position in the shuffle, file)
+    plan_sha256: str
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    src: str
+    dest: str
+    planned: PlannedShard
+    options: ShardOptions
+    classes: list[str] | None
+    previous: fmt.ShardRecord | None  # what the manifest recorded for this shard, if anything
+    strict: bool
+    throttle_s: float
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    record: fmt.ShardRecord
+    skipped: list[dict]
+    kept: bool
+
+
+# ---------------------------------------------------------------------------------------------------- scan and plan
+def _add_file(src: Path, rel: str, label: int | None, scan: SourceScan) -> None:
+    try:
+        st = os.stat(src / rel)
+    except OSError as err:
+        scan.skipped.append({"path": rel, "reason": f"unreadable: {err.strerror}", "shard": None})
+        return
+    if not stat.S_ISREG(st.st_mode):
+        scan.skipped.append({"path": rel, "reason": "not a regular file", "shard": None})
+    elif st.st_size == 0:
+        scan.skipped.append({"path": rel, "reason": "empty file (0 bytes)", "shard": None})
+    else:
+        scan.files.append(SourceFile(rel, st.st_size, label))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether the entry is a folder, following symlinks; False when that cannot be known (e.g. a symlink loop)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _walk(src: Path, top: str, label: int | None, scan: SourceScan, seen: set) -> None:
+    """Adds every image file under SRC/top (recursively, symlinked folders followed once) to `scan`."""
+    stack = [top]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(src / rel), key=lambda e: e.name)
+        except OSError as err:
+            scan.skipped.append({"path": rel + "/", "reason": f"unreadable folder: {err.strerror}", "shard": None})
+            continue
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if _is_dir(entry):
+                folder = os.stat(entry.path)
+                if (folder.st_dev, folder.st_ino) in seen:
+                    scan.ignored.append({"path": path + "/", "reason": "folder already scanned through another path"})
+                else:
+                    seen.add((folder.st_dev, folder.st_ino))
+                    stack.append(path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                _add_file(src, path, label, scan)
+            else:
+                scan.ignored.append({"path": path, "reason": "not an image file name"})
+
+
+def scan_source(src: Path, labels: str) -> SourceScan:
+    """Lists SRC. labels="folders": class index = position in the sorted sub-folder names (torchvision's
+    ImageFolder); files directly in SRC are ignored. labels="none": every image file under SRC, unlabeled."""
+    root = os.stat(src)
+    seen = {(root.st_dev, root.st_ino)}
+    if labels == "none":
+        scan = SourceScan(None, [], [], [])
+        _walk(src, "", None, scan, seen)
+    else:
+        entries = sorted(os.scandir(src), key=lambda e: e.name)
+        scan = SourceScan([e.name for e in entries if _is_dir(e)], [], [], [])
+        scan.ignored += [{"path": e.name, "reason": "not inside a class folder"} for e in entries if not _is_dir(e)]
+        for label, name in enumerate(scan.classes):
+            folder = os.stat(src / name)
+            seen.add((folder.st_dev, folder.st_ino))
+            _walk(src, name, label, scan, seen)
+    scan.files.sort(key=lambda f: f.path)
+    return scan
+
+
+def sample_json(file: SourceFile, classes: list[str] | None) -> bytes:
+    meta = {"path": file.path, "class": None if file.label is None else classes[file.label], "label": file.label}
+    return json.dumps(meta, sort_keys=True).encode("ascii")  # ASCII escapes: safe for any file name
+
+
+def estimated_sample_bytes(file: SourceFile, options: ShardOptions, classes: list[str] | None) -> int:
+    """Tar bytes of this file's sample if its bytes are copied (exact then)."""
+    size = fmt.tar_member_bytes(file.size)
+    if file.label is not None:
+        size += fmt.tar_member_bytes(len(str(file.label)))
+    if options.json:
+        size += fmt.tar_member_bytes(len(sample_json(file, classes)))
+    return size
+
+
+def shard_plan_digest(members: tuple[tuple[int, SourceFile], ...]) -> str:
+    digest = hashlib.sha256()
+    for position, f in members:
+        digest.update(f"{position}\t{f.label}\t{f.size}\t{f.path}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def plan_shards(scan: SourceScan, options: ShardOptions) -> list[PlannedShard]:
+    """The seeded shuffle of the sorted file list, cut into shards of at most `shard_samples` samples and
+    `shard_bytes` estimated bytes (a single larger sample still gets a shard of its own)."""
+    order = list(scan.files)
+    random.Random(options.seed).shuffle(order)
+    groups, current, current_bytes = [], [], 0
+    for position, f in enumerate(order):
+        size = estimated_sample_bytes(f, options, scan.classes)
+        full = options.shard_samples is not None and len(current) >= options.shard_samples
+        over = options.shard_bytes is not None and current_bytes + size > options.shard_bytes
+        if current and (full or over):
+            groups.append(tuple(current))
+            current, current_bytes = [], 0
+        current.append((position, f))
+        current_bytes += size
+    if current:
+        groups.append(tuple(current))
+    return [PlannedShard(i, members, shard_plan_digest(members)) for i, members in enumerate(groups)]
+
+
+def plan_digest(plan: list[PlannedShard], classes: list[str] | None) -> str:
+    digest = hashlib.sha256(json.dumps(classes).encode("ascii"))
+    for shard in plan:
+        digest.update(shard.plan_sha256.encode("ascii"))
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- one image → JPEG
+def read_source(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise BadInput(f"unreadable: {err.strerror or err}") from err
+    if not data:
+        raise BadInput("empty file (0 bytes)")
+    return data
+
+
+def target_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """`size` with its longer side brought down to `max_size` (aspect kept); unchanged when already within it."""
+    w, h = size
+    if max_size is None or max(w, h) <= max_size:
+        return size
+    scale = max_size / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with transparent pixels over white rather than whatever colour they hide."""
+    if img.mode.startswith("I"):  # 16-bit samples (a 16-bit PNG): scale to 8 bits, where convert() would clip
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    return img.convert("RGB")
+
+
+def _reencode(img: Image.Image, size: tuple[int, int], quality: int) -> bytes:
+    """Decodes `img` (a full verification), converts it to RGB, resizes it to `size`, encodes it as JPEG."""
+    if img.format in _JPEG_FORMATS and size != img.size:
+        img.draft(None, size)  # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below `size`
+    img.load()
+    rgb = _to_rgb(img)
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _verify_copy(img: Image.Image, data: bytes, verify: str) -> None:
+    """Checks a JPEG whose bytes will be copied. "full" decodes it at 1/8 scale: libjpeg still entropy-decodes every
+    coefficient, so truncation and corrupt markers fail exactly as in a full-size decode, for less IDCT work."""
+    if verify == "full":
+        img.draft(None, (1, 1))
+        img.load()
+    elif b"\xff\xd9" not in data[-_EOI_WINDOW:]:
+        raise BadInput(f"truncated JPEG: no end-of-image marker in its last {_EOI_WINDOW} bytes")
+
+
+def prepare_jpeg(data: bytes, options: ShardOptions) -> tuple[bytes, bool]:
+    """The sample's JPEG bytes from a source file's bytes, and whether they were re-encoded. The format is read from
+    the content, never the file name. RGB and grayscale JPEGs within --max-size are copied as they are."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as err:
+        raise BadInput("not an image (no known image format in its content)") from err
+    except _DECODE_ERRORS as err:
+        raise BadInput(f"corrupt image header: {err}") from err
+    try:
+        size = target_size(img.size, options.max_size)
+        if img.format in _JPEG_FORMATS and img.mode in ("RGB", "L") and size == img.size:
+            _verify_copy(img, data, options.verify)
+            return data, False
+        return _reencode(img, size, options.quality), True
+    except _DECODE_ERRORS as err:
+        raise BadInput(f"corrupt {img.format} image: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------------ one shard
+class _HashingFile:
+    """A write-only file that hashes and counts what passes through it to `raw`."""
+
+    def __init__(self, raw):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+
+def _write_sample(tw: wds.TarWriter, sample: dict) -> list[tuple[str, int, int, str]]:
+    """Writes one sample; returns its DALI index entries (ext, data offset, size, member name)."""
+    key, offset, entries = sample["__key__"], tw.tarstream.offset, []
+    for ext in sorted(k for k in sample if k != "__key__"):  # the order TarWriter writes members in
+        size = len(sample[ext])
+        entries.append((ext, offset + fmt.TAR_BLOCK, size, f"{key}.{ext}"))
+        offset += fmt.tar_member_bytes(size)
+    tw.write(sample)
+    if tw.tarstream.offset != offset:  # e.g. a member name too long for one ustar header
+        raise RuntimeError(f"tar member layout of sample {key} differs from its index entries")
+    return entries
+
+
+def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict], int]:
+    """Writes the planned samples that pass verification as a tar into `sink`; returns (index entries, skipped,
+    converted count)."""
+    options, entries, skipped, converted = task.options, [], [], 0
+    tw = wds.TarWriter(sink, encoder=False, mtime=_TAR_MTIME)
+    for position, f in task.planned.members:
+        if task.throttle_s:
+            time.sleep(task.throttle_s)
+        try:
+            jpeg, reencoded = prepare_jpeg(read_source(Path(task.src) / f.path), options)
+        except BadInput as bad:
+            if task.strict:
+                raise ShardingError(f"{Path(task.src) / f.path}: {bad.reason} (--strict: fix or remove the file, "
+                                    f"or run without --strict to skip it)") from None
+            skipped.append({"path": f.path, "reason": bad.reason, "shard": task.planned.shard})
+        else:
+            sample = {"__key__": fmt.sample_key(position), "jpg": jpeg}
+            if f.label is not None:
+                sample["cls"] = str(f.label).encode("ascii")
+            if options.json:
+                sample["json"] = sample_json(f, task.classes)
+            entries.append(_write_sample(tw, sample))
+            converted += reencoded
+        _advance(1)
+    tw.close()  # the tar end; `sink` stays open
+    return entries, skipped, converted
+
+
+def write_shard(task: ShardTask) -> ShardResult:
+    """Writes one planned shard and its DALI index, each under a temporary name renamed when complete.
+
+    Neither is fsynced (an fsync per shard stalls the worker on the disk): a resume re-checks every recorded shard
+    against its sha256, so one that a machine crash left incomplete is rebuilt. The manifest is fsynced."""
+    dest, shard, prefix = Path(task.dest), task.planned.shard, task.options.prefix
+    tar_path, idx_path = dest / fmt.shard_name(prefix, shard), dest / fmt.index_name(prefix, shard)
+    tmp = dest / fmt.partial_name(tar_path.name)
+    try:
+        with _output_errors(tar_path), open(tmp, "wb") as raw:
+            sink = _HashingFile(raw)
+            entries, skipped, converted = _write_samples(sink, task)
+        if not entries:
+            record = fmt.ShardRecord(shard, None, None, 0, 0, None, None, task.planned.plan_sha256, 0)
+            return ShardResult(record, skipped, kept=False)
+        index = fmt.format_index(entries).encode("ascii")
+        with _output_errors(tar_path):
+            fmt.write_file_atomic(idx_path, index, sync=False)
+            os.replace(tmp, tar_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = fmt.ShardRecord(shard, tar_path.name, idx_path.name, len(entries), sink.size, sink.sha256.hexdigest(),
+                             hashlib.sha256(index).hexdigest(), task.planned.plan_sha256, converted)
+    return ShardResult(record, skipped, kept=False)
+
+
+@contextlib.contextmanager
+def _output_errors(path: Path):
+    """Turns a failure to write DEST (disk full, permissions) into an error that says so. Reading errors never get
+    here: they make the input a BadInput."""
+    try:
+        yield
+    except OSError as err:
+        raise ShardingError(f"cannot write {path}: {err.strerror or err}. Free space or fix permissions, then rerun "
+                            f"the same command to resume") from err
+
+
+def run_shard_task(task: ShardTask) -> ShardResult:
+    """Keeps the recorded shard if its files still match their checksums, else (re)writes it."""
+    previous = task.previous
+    if previous is not None and previous.plan_sha256 == task.planned.plan_sha256:
+        problem = fmt.verify_shard(task.dest, previous, checksum=True)
+        if problem is None:
+            _advance(len(task.planned.members))
+            return ShardResult(previous, [], kept=True)
+        logger.warning("rebuilding shard %d: %s", previous.shard, problem)
+    return write_shard(task)
+
+
+def _advance(n: int) -> None:
+    if _progress is not None:
+        with _progress.get_lock():
+            _progress.value += n
+
+
+def _init_worker(progress, parent_pid: int) -> None:
+    """Pool worker set-up: share the progress counter; die with the main process (so a killed run leaves no writer
+    behind to race its rerun); leave Ctrl-C to the main process, which stops the pool."""
+    global _progress
+    _progress = progress
+    if platform.system() == "Linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the main process died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ------------------------------------------------------------------------------------------------------- run
+class _Run:
+    """What the manifest records as shards complete; rewritten after each one so a killed run can resume."""
+
+    def __init__(self, src: Path, dest: Path, options: ShardOptions, scan: SourceScan, plan: list[PlannedShard],
+                 old: fmt.Manifest | None):
+        self.src, self.dest, self.options, self.scan, self.plan = src, dest, options, scan, plan
+        self.digest = plan_digest(plan, scan.classes)
+        self.records = {r.shard: r for r in (old.shards if old else [])}
+        self.skipped: dict[int, list[dict]] = {}
+        for entry in old.skipped if old else []:
+            if entry.get("shard") is not None:
+                self.skipped.setdefault(entry["shard"], []).append(entry)
+        self.counts = {"kept": 0, "written": 0, "converted": 0}
+        self.versions = {"python": platform.python_version(), "pillow": PIL.__version__,
+                         "webdataset": metadata.version("webdataset")}
+
+    def manifest(self, status: str) -> fmt.Manifest:
+        bad = self.scan.skipped + [e for s in sorted(self.records) for e in self.skipped.get(s, [])]
+        return fmt.Manifest(status, str(self.src), dataclasses.asdict(self.options), self.digest,
+                            len(self.scan.files), len(self.plan), self.scan.classes,
+                            [self.records[s] for s in sorted(self.records)], sorted(bad, key=lambda e: e["path"]),
+                            self.scan.ignored, self.versions)
+
+    def add(self, result: ShardResult) -> None:
+        self.records[result.record.shard] = result.record
+        if not result.kept:
+            self.skipped[result.record.shard] = result.skipped
+            self.counts["converted"] += result.record.converted
+        self.counts["kept" if result.kept else "written"] += 1
+        fmt.write_manifest(self.dest, self.manifest(fmt.STATUS_IN_PROGRESS))
+
+
+def _results(results, on_tick, interval_s: float = 0.5):
+    """The pool's results as they come, calling `on_tick` at least every `interval_s` meanwhile."""
+    while True:
+        try:
+            yield results.next(timeout=interval_s)
+        except StopIteration:
+            return
+        except mp.TimeoutError:
+            on_tick()
+
+
+def _run_pool(run: _Run, settings: RunSettings) -> None:
+    """Builds the planned shards on forked workers (fork: no re-import of webdataset and torch per worker)."""
+    tasks = [ShardTask(str(run.src), str(run.dest), p, run.options, run.scan.classes, run.records.get(p.shard),
+                       settings.strict, settings.throttle_s) for p in run.plan]
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("q", 0)
+    workers = max(1, min(settings.workers, len(tasks)))
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(counter, os.getpid())) as pool, \
+            tqdm(total=len(run.scan.files), unit="img", disable=None if settings.progress else True) as bar:
+        tick = lambda: bar.update(counter.value - bar.n)  # noqa: E731
+        for result in _results(pool.imap_unordered(run_shard_task, tasks), tick):
+            run.add(result)
+            tick()
+
+
+def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: ShardOptions,
+                 settings: RunSettings) -> tuple[fmt.Manifest, dict]:
+    """Writes (or resumes writing) SRC as shards in DEST; returns the complete manifest and this run's counts of
+    shards written and kept and of images re-encoded.
+
+    Raises:
+        ShardingError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
+        pipeline.shards.DestError: DEST holds something else (and not --overwrite), or another run holds it.
+    """
+    src, dest = Path(src).resolve(), Path(dest).resolve()
+    if not src.is_dir():
+        raise ShardingError(f"SRC {src} is not a folder")
+    if dest == src or src in dest.parents:
+        raise ShardingError(f"DEST {dest} must not be SRC or inside it (SRC is only ever read)")
+    scan = scan_source(src, options.labels)
+    if not scan.files:
+        hint = " (use --labels none for a folder without class sub-folders)" if scan.classes == [] else ""
+        raise ShardingError(f"no usable image files ({' '.join(IMAGE_EXTENSIONS)}) found in {src}{hint}")
+    if settings.strict and scan.skipped:
+        bad = scan.skipped[0]
+        raise ShardingError(f"{src / bad['path']}: {bad['reason']} (--strict; {len(scan.skipped)} such input(s))")
+    empty = sorted(set(scan.classes or []) - {scan.classes[f.label] for f in scan.files if f.label is not None})
+    if empty:
+        logger.warning("%d class folder(s) hold no usable image (their class index is kept): %s", len(empty),
+                       ", ".join(empty[:10]))
+    plan = plan_shards(scan, options)
+    dest.mkdir(parents=True, exist_ok=True)
+    with fmt.lock_dest(dest):
+        old = fmt.open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
+                            len(scan.files), settings.overwrite)
+        run = _Run(src, dest, options, scan, plan, old)
+        fmt.write_manifest(dest, run.manifest(fmt.STATUS_IN_PROGRESS))
+        _run_pool(run, settings)
+        manifest = run.manifest(fmt.STATUS_COMPLETE)
+        if manifest.total_samples == 0:
+            raise ShardingError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a usable "
+                                f"image: see 'skipped' in {dest / fmt.MANIFEST_NAME}")
+        fmt.write_manifest(dest, manifest)
+    return manifest, run.counts

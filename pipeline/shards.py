@@ -1,0 +1,424 @@
+"""The shard format that shard_dataset.py writes and the loaders read: naming, DALI index files, the manifest, and
+the split of shards across ranks.
+
+A sharded dataset is a folder DEST holding:
+
+    <prefix>-000000.tar ...  WebDataset shards. Each sample is `<key>.cls` (class index as ASCII, the webdataset
+                             convention; absent with --labels none), `<key>.jpg` (JPEG bytes) and, optionally,
+                             `<key>.json` ({"path", "class", "label"}). The key is the sample's position in the seeded
+                             shuffle of the source files, 10 digits: unique across shards, no dot in it.
+    <prefix>-000000.idx ...  one DALI index per shard, the format DALI's `wds2idx` writes (version v1.2): a first
+                             line "v1.2 <samples>", then one line per sample giving, for each of its tar members in
+                             tar order, "<ext> <data offset> <size> <member name>".
+    manifest.json            the manifest (schema in `manifest_to_dict`).
+
+Shards are numbered by their position in the plan: the seeded shuffle cut into shards before any file is read. A
+planned shard whose inputs were all bad has no files (`name` null, 0 samples), so numbers can have gaps; readers list
+shards through the manifest (`list_shards`), never by globbing.
+
+Only the standard library is imported here, so the loaders and tests import this module on any machine. The
+writer's side (atomic writes, DEST locking and ownership) is here too, so that what counts as "our files" in DEST
+is defined in one place.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+FORMAT_NAME = "ijepa-webdataset-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_VERSION = "v1.2"  # DALI's wds2idx IndexCreator.index_file_version
+TAR_BLOCK = 512
+STATUS_COMPLETE = "complete"
+STATUS_IN_PROGRESS = "in_progress"
+CHECKS = ("none", "size", "checksum")
+LOCK_NAME = ".shard_dataset.lock"  # held by the writer while it runs
+_REBUILD = "rebuild DEST with `python shard_dataset.py SRC DEST --overwrite`"
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+class ManifestError(ValueError):
+    """A manifest or a shard it lists is missing, damaged or inconsistent; the message names the file."""
+
+
+class DestError(RuntimeError):
+    """DEST cannot be written: it holds another dataset, or another writer holds it; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One planned shard as the manifest records it."""
+
+    shard: int  # position in the plan; names the files
+    name: str | None  # tar file name in DEST; None when every planned input was bad
+    index_name: str | None  # DALI index file name in DEST
+    samples: int
+    bytes: int  # size of the tar file
+    sha256: str | None  # of the tar file
+    index_sha256: str | None
+    plan_sha256: str  # digest of the inputs planned for this shard (see pipeline.shard_writer.shard_plan_digest)
+    converted: int  # samples re-encoded (non-JPEG, CMYK, or resized) rather than copied
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """DEST/manifest.json, parsed and type-checked."""
+
+    status: str  # "complete", or "in_progress" while shard_dataset.py runs (or after it was killed)
+    source: str  # absolute path of SRC
+    options: dict  # the options that decide the output bytes (pipeline.shard_writer.ShardOptions)
+    plan_sha256: str
+    planned_inputs: int  # image files that entered the shuffle
+    planned_shards: int
+    classes: list[str] | None  # None with --labels none
+    shards: list[ShardRecord]  # in shard order; all planned shards once complete
+    skipped: list[dict]  # {"path", "reason", "shard"}: bad inputs; shard null for those found while scanning
+    ignored: list[dict]  # {"path", "reason"}: files that are not image files by name, or not in a class folder
+    versions: dict
+
+    @property
+    def total_samples(self) -> int:
+        return sum(r.samples for r in self.shards)
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """What a loader needs to read one shard."""
+
+    path: Path
+    index_path: Path
+    samples: int
+
+
+def shard_name(prefix: str, shard: int) -> str:
+    return f"{prefix}-{shard:06d}.tar"
+
+
+def index_name(prefix: str, shard: int) -> str:
+    return f"{prefix}-{shard:06d}.idx"
+
+
+def sample_key(position: int) -> str:
+    return f"{position:010d}"
+
+
+def partial_name(name: str) -> str:
+    """Temporary name a file is written under before its atomic rename: hidden, and unique to the writing process."""
+    return f".{name}.{os.getpid()}.partial"
+
+
+def is_partial_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".partial")
+
+
+def tar_member_bytes(size: int) -> int:
+    """Bytes one tar member of `size` data bytes takes: a 512-byte header, then the data padded to 512."""
+    return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def format_index(samples: Sequence[Sequence[tuple[str, int, int, str]]]) -> str:
+    """The text of a DALI index (wds2idx v1.2) for `samples`, each a list of (ext, data offset, size, member name)."""
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in members) for members in samples]
+    return "\n".join(lines) + "\n"
+
+
+def parse_index(text: str, where: str = "index") -> list[list[tuple[str, int, int, str]]]:
+    """Inverse of `format_index`; raises ManifestError naming `where` when the text is not a v1.2 index."""
+    lines = text.splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit() or int(head[1]) != len(lines) - 1:
+        raise ManifestError(f"{where}: not a DALI {INDEX_VERSION} index with a matching sample count; {_REBUILD}")
+    samples = []
+    for line in lines[1:]:
+        fields = line.split(" ")
+        if len(fields) % 4:
+            raise ManifestError(f"{where}: malformed line {line[:80]!r}; {_REBUILD}")
+        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                        for i in range(0, len(fields), 4)])
+    return samples
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_file_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Writes `data` to a temporary name beside `path`, syncs it to disk (if `sync`), then renames it over `path`."""
+    tmp = path.with_name(partial_name(path.name))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def manifest_to_dict(manifest: Manifest) -> dict:
+    """The JSON schema of manifest.json, field by field (the order written)."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "status": manifest.status,
+        "source": manifest.source,
+        "options": manifest.options,
+        "plan_sha256": manifest.plan_sha256,
+        "planned_inputs": manifest.planned_inputs,
+        "planned_shards": manifest.planned_shards,
+        "classes": manifest.classes,
+        "total_samples": manifest.total_samples,
+        "shards": [dataclasses.asdict(r) for r in manifest.shards],
+        "skipped": manifest.skipped,
+        "ignored": manifest.ignored,
+        "versions": manifest.versions,
+    }
+
+
+def write_manifest(dest: str | os.PathLike, manifest: Manifest) -> None:
+    text = json.dumps(manifest_to_dict(manifest), indent=1) + "\n"  # ASCII escapes: any file name round-trips
+    write_file_atomic(Path(dest) / MANIFEST_NAME, text.encode("ascii"))
+
+
+def _field(obj: dict, key: str, kind: type | tuple, where: str, nullable: bool = False):
+    """obj[key] if present and of `kind` (bool is not an int here); ManifestError naming `where` otherwise."""
+    if key not in obj:
+        raise ManifestError(f"{where}: field {key!r} is missing; {_REBUILD}")
+    value = obj[key]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ManifestError(f"{where}: field {key!r} has the wrong type ({type(value).__name__}); {_REBUILD}")
+    return value
+
+
+def _record_from_dict(obj: object, where: str) -> ShardRecord:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: is not an object; {_REBUILD}")
+    fields = {"shard": (int, False), "name": (str, True), "index_name": (str, True), "samples": (int, False),
+              "bytes": (int, False), "sha256": (str, True), "index_sha256": (str, True),
+              "plan_sha256": (str, False), "converted": (int, False)}
+    values = {key: _field(obj, key, kind, where, nullable) for key, (kind, nullable) in fields.items()}
+    record = ShardRecord(**values)
+    files = (record.name, record.index_name, record.sha256, record.index_sha256)
+    if record.samples < 0 or not all((f is not None) == (record.samples > 0) for f in files):
+        raise ManifestError(f"{where}: a shard has files and checksums exactly when it has samples; {_REBUILD}")
+    return record
+
+
+def manifest_from_dict(obj: object, where: str) -> Manifest:
+    """Type-checks a parsed manifest.json; `where` (its path) heads every error message."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: is not a JSON object; {_REBUILD}")
+    if obj.get("format") != FORMAT_NAME or obj.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(f"{where}: format {obj.get('format')!r} version {obj.get('format_version')!r}, this code "
+                            f"reads {FORMAT_NAME!r} version {FORMAT_VERSION}; {_REBUILD}")
+    shards = [_record_from_dict(r, f"{where}: shards[{i}]") for i, r in enumerate(_field(obj, "shards", list, where))]
+    manifest = Manifest(
+        status=_field(obj, "status", str, where), source=_field(obj, "source", str, where),
+        options=_field(obj, "options", dict, where), plan_sha256=_field(obj, "plan_sha256", str, where),
+        planned_inputs=_field(obj, "planned_inputs", int, where),
+        planned_shards=_field(obj, "planned_shards", int, where),
+        classes=_field(obj, "classes", list, where, nullable=True), shards=shards,
+        skipped=_field(obj, "skipped", list, where), ignored=_field(obj, "ignored", list, where),
+        versions=_field(obj, "versions", dict, where))
+    if not all(isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("reason"), str)
+               for e in manifest.skipped + manifest.ignored):
+        raise ManifestError(f"{where}: an entry of 'skipped' or 'ignored' is not a {{path, reason}} object; {_REBUILD}")
+    if manifest.status not in (STATUS_COMPLETE, STATUS_IN_PROGRESS):
+        raise ManifestError(f"{where}: unknown status {manifest.status!r}; {_REBUILD}")
+    if [r.shard for r in shards] != sorted({r.shard for r in shards}) or any(
+            not 0 <= r.shard < manifest.planned_shards for r in shards):
+        raise ManifestError(f"{where}: shard numbers are not distinct, sorted and within the plan; {_REBUILD}")
+    if _field(obj, "total_samples", int, where) != manifest.total_samples:
+        raise ManifestError(f"{where}: total_samples {obj['total_samples']} is not the sum of the shards' samples "
+                            f"({manifest.total_samples}); {_REBUILD}")
+    return manifest
+
+
+def verify_shard(dest: str | os.PathLike, record: ShardRecord, checksum: bool) -> str | None:
+    """What is wrong with the files of one recorded shard (None when nothing): missing, wrong size, or, with
+    `checksum`, a sha256 that differs from the record."""
+    if record.samples == 0:
+        return None
+    tar, idx = Path(dest) / record.name, Path(dest) / record.index_name
+    for path in (tar, idx):
+        if not path.is_file():
+            return f"{path} is missing"
+    if tar.stat().st_size != record.bytes:
+        return f"{tar} has {tar.stat().st_size} bytes, the manifest records {record.bytes}"
+    if checksum:
+        for path, expected in ((tar, record.sha256), (idx, record.index_sha256)):
+            if file_sha256(path) != expected:
+                return f"{path} does not match the sha256 in the manifest (damaged or replaced)"
+    return None
+
+
+def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete: bool = False) -> Manifest:
+    """Reads and validates DEST/manifest.json (DEST may also be the manifest's own path).
+
+    Args:
+        dest: the shard folder, or its manifest.json.
+        check: what to check of each shard's files: "none", "size" (tar and index exist, tar size matches; cheap)
+            or "checksum" (also the sha256 of both files; reads every byte).
+        allow_incomplete: accept a manifest whose run has not finished (shard_dataset.py itself, when resuming).
+
+    Raises:
+        ManifestError: naming the file and the problem, and what to do about it.
+    """
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    path = Path(dest)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read the manifest ({err.strerror}); is this a folder written by "
+                            f"shard_dataset.py?") from err
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err}); {_REBUILD}") from err
+    manifest = manifest_from_dict(obj, str(path))
+    if manifest.status != STATUS_COMPLETE and not allow_incomplete:
+        raise ManifestError(f"{path}: the run that writes this folder has not finished ({len(manifest.shards)} of "
+                            f"{manifest.planned_shards} shards done); rerun the same shard_dataset.py command to "
+                            f"finish it")
+    if check != "none":
+        problems = [p for r in manifest.shards if (p := verify_shard(path.parent, r, check == "checksum"))]
+        if problems:
+            listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ManifestError(f"{path}: {len(problems)} shard(s) do not match the manifest: {listed}. Rerun the "
+                                f"same shard_dataset.py command: it rebuilds exactly those shards")
+    return manifest
+
+
+def describe_mismatch(manifest: Manifest, source: str, options: dict, plan_sha256: str,
+                      planned_inputs: int) -> str | None:
+    """Why `manifest` does not describe a run over `source` with `options` and this plan; None when it does."""
+    if manifest.source != source:
+        return f"it holds shards of {manifest.source}, not of {source}"
+    changed = [f"{k} {manifest.options.get(k)!r} → {v!r}" for k, v in options.items() if manifest.options.get(k) != v]
+    if changed or set(manifest.options) != set(options):
+        return f"it was written with other options ({', '.join(changed) or 'another set of options'})"
+    if manifest.plan_sha256 != plan_sha256:
+        return (f"the image files in the source changed since it was written ({manifest.planned_inputs} files then, "
+                f"{planned_inputs} now, or as many with other names or sizes)")
+    return None
+
+
+def remove_shard_files(dest: str | os.PathLike, manifest: Manifest | None, prefix: str) -> int:
+    """Removes DEST's manifest, the files it lists, and any file named like a shard or index of `prefix` (or of the
+    manifest's prefix); leaves every other file alone. Returns how many files it removed."""
+    dest = Path(dest)
+    removed = int((dest / MANIFEST_NAME).exists())
+    (dest / MANIFEST_NAME).unlink(missing_ok=True)
+    names = {n for r in (manifest.shards if manifest else []) for n in (r.name, r.index_name) if n}
+    prefixes = {prefix, manifest.options.get("prefix") if manifest else None} - {None}
+    ours = re.compile("|".join(rf"{re.escape(str(p))}-\d{{6}}\.(tar|idx)" for p in prefixes))
+    for path in [p for p in dest.iterdir() if p.name in names or ours.fullmatch(p.name)]:
+        path.unlink()
+        removed += 1
+    return removed
+
+
+def remove_partials(dest: str | os.PathLike) -> None:
+    """Removes the temporary files a killed writer left (call only while holding the writer's lock on DEST)."""
+    for path in Path(dest).iterdir():
+        if is_partial_name(path.name):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def lock_dest(dest: Path, wait_s: float = 10.0):
+    """Holds an exclusive lock on DEST for a writer (released by the kernel however the writer and its workers end;
+    waits `wait_s` for one that is dying)."""
+    with open(dest / LOCK_NAME, "a") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DestError(f"{dest} is being written by another shard_dataset.py (it holds "
+                                    f"{dest / LOCK_NAME}); wait for it to finish or stop it") from None
+                time.sleep(0.2)
+        yield
+
+
+def open_dest(dest: Path, source: str, options: dict, plan_sha256: str, planned_inputs: int,
+              overwrite: bool) -> Manifest | None:
+    """Makes DEST ready for a writer holding `lock_dest`: returns its manifest when the run resumes it (same source,
+    options and plan), None when DEST is empty or, with `overwrite`, was cleared of its old shards.
+
+    Raises:
+        DestError: DEST holds another dataset, other options, or files without a manifest, and not `overwrite`.
+    """
+    remove_partials(dest)
+    old, problem = None, None
+    if (dest / MANIFEST_NAME).exists():
+        try:
+            old = read_manifest(dest, check="none", allow_incomplete=True)
+            problem = describe_mismatch(old, source, options, plan_sha256, planned_inputs)
+        except ManifestError as err:
+            problem = str(err)
+    elif others := sorted(p.name for p in dest.iterdir() if p.name != LOCK_NAME):
+        problem = f"it is not empty ({len(others)} entries, e.g. {others[:3]}) and has no {MANIFEST_NAME}"
+    if problem is None:
+        return old
+    if not overwrite:
+        raise DestError(f"refusing to write into {dest}: {problem}. Choose another DEST, or pass --overwrite to "
+                        f"replace its shards (SRC is never modified)")
+    removed = remove_shard_files(dest, old, options["prefix"])
+    logger.info("--overwrite: removed %d old manifest, shard and index files from %s", removed, dest)
+    return None
+
+
+def list_shards(dest: str | os.PathLike, manifest: Manifest | None = None) -> list[ShardFile]:
+    """The shards holding samples, in shard order, with absolute paths (reads the manifest when not given)."""
+    dest = Path(dest).absolute()
+    if manifest is None:
+        manifest = read_manifest(dest)
+    return [ShardFile(dest / r.name, dest / r.index_name, r.samples) for r in manifest.shards if r.samples > 0]
+
+
+def assign_shards(shards: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """The shards rank `rank` of `world_size` reads: shards rank, rank + world_size, rank + 2 * world_size, ...
+
+    Policy: strided, so ranks get disjoint shards whose union is every shard, and shard counts differ by at most one
+    between ranks (the short last shard lands on one rank only). Sample counts can differ by about one shard; a
+    loader running in lock-step should end its epoch at `min(rank_samples(...))`. Fewer shards than ranks is an
+    error, since a rank with no data would hang the others at their first collective.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if len(shards) < world_size:
+        raise ValueError(f"{len(shards)} shard(s) cannot feed {world_size} ranks: rewrite the dataset with a smaller "
+                         f"--shard-size so that it has at least one shard per rank")
+    return list(shards[rank::world_size])
+
+
+def rank_samples(shards: Sequence[ShardFile], world_size: int) -> list[int]:
+    """Samples each rank gets under `assign_shards`, by rank."""
+    return [sum(s.samples for s in assign_shards(shards, rank, world_size)) for rank in range(world_size)]

@@ -1,0 +1,127 @@
+"""Turns an ImageNet-style image folder into WebDataset shards with DALI index files and a manifest.
+
+    python shard_dataset.py SRC DEST [--shard-size 1GB] [--workers N] [--seed 0] [--verify full|header]
+                            [--max-size N] [--quality 90] [--labels folders|none] [--json] [--strict] [--overwrite]
+
+SRC holds one sub-folder per class (class index = position in the sorted folder names, as torchvision's ImageFolder),
+images found recursively inside; or any image files with --labels none. DEST receives <prefix>-000000.tar, its DALI
+index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards.py). Bad inputs are skipped and listed
+in the manifest. Rerunning the same command resumes: complete shards whose checksums match are kept, the rest rebuilt.
+
+Exit status: 0 done (bad inputs skipped), 1 error (message on stderr), 2 bad arguments, 130 interrupted (resumable).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+
+from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardingError, ShardOptions, build_shards
+from pipeline.shards import MANIFEST_NAME, DestError, Manifest
+
+logger = logging.getLogger("shard_dataset")
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_shard_size(text: str) -> tuple[int | None, int | None]:
+    """"10000" → (10000 samples, no byte cap); "1GB" → (no sample cap, 10**9 bytes); "5000,500MiB" → both."""
+    samples = size = None
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", part)
+        if not match or (match[2] and match[2].lower() not in _UNITS) or (not match[2] and "." in match[1]):
+            raise argparse.ArgumentTypeError(f"{part!r} is neither a sample count (e.g. 10000) nor a size with a "
+                                             f"unit among {', '.join(_UNITS)} (e.g. 1GB)")
+        if match[2]:
+            size = int(float(match[1]) * _UNITS[match[2].lower()])
+        else:
+            samples = int(match[1])
+    if samples == 0 or size == 0:
+        raise argparse.ArgumentTypeError(f"shard size {text!r} must be positive")
+    return samples, size
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality {text!r} is not in 1..100")
+    return int(text)
+
+
+def _prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", text):
+        raise argparse.ArgumentTypeError(f"prefix {text!r} must be letters, digits, '_', '.', '-' (no leading dot)")
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="image folder (one sub-folder per class, unless --labels none)")
+    p.add_argument("dest", metavar="DEST", help="output folder for shards, index files and manifest.json")
+    p.add_argument("--labels", choices=LABEL_MODES, default="folders",
+                   help="folders: class = sub-folder of SRC (default); none: unlabeled, no .cls written")
+    p.add_argument("--shard-size", type=parse_shard_size, default=parse_shard_size("1GB"), metavar="LIMITS",
+                   help="samples (10000), bytes (1GB, 512MiB) or both (10000,1GB); default 1GB")
+    p.add_argument("--prefix", type=_prefix, default="shard", help="shard file names: PREFIX-000000.tar ...")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that orders samples (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=len(os.sched_getaffinity(0)),
+                   help="processes building shards (default: all cores, %(default)s here)")
+    p.add_argument("--verify", choices=VERIFY_MODES, default="full",
+                   help="full: decode every image (default); header: parse headers and find a JPEG's end marker")
+    p.add_argument("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
+    p.add_argument("--max-size", type=_positive_int, default=None, metavar="N",
+                   help="resize images whose longer side exceeds N pixels down to N (re-encodes only those)")
+    p.add_argument("--json", action="store_true", help="also write <key>.json: source path, class name, label")
+    p.add_argument("--strict", action="store_true", help="any bad input is an error (exit 1) instead of skipped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the shards of a DEST written from another source or with other options")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)")
+    return p.parse_args(argv)
+
+
+def log_summary(dest: str, manifest: Manifest, counts: dict) -> None:
+    shards = sum(r.samples > 0 for r in manifest.shards)
+    logger.info("%s: %d samples in %d shards (%d written now, %d kept from an earlier run, %d images re-encoded now)",
+                dest, manifest.total_samples, shards, counts["written"], counts["kept"], counts["converted"])
+    if manifest.skipped:
+        logger.warning("skipped %d bad input(s), all listed under 'skipped' in %s:", len(manifest.skipped),
+                       os.path.join(dest, MANIFEST_NAME))
+        for entry in manifest.skipped[:20]:
+            logger.warning("  %s: %s", entry["path"], entry["reason"])
+        if len(manifest.skipped) > 20:
+            logger.warning("  ... and %d more", len(manifest.skipped) - 20)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    shard_samples, shard_bytes = args.shard_size
+    options = ShardOptions(labels=args.labels, seed=args.seed, shard_samples=shard_samples, shard_bytes=shard_bytes,
+                           prefix=args.prefix, verify=args.verify, quality=args.quality, max_size=args.max_size,
+                           json=args.json)
+    # SHARD_DATASET_THROTTLE_S: seconds to sleep per input; only for tests that kill a run part way.
+    settings = RunSettings(workers=args.workers, strict=args.strict, overwrite=args.overwrite,
+                           progress=not args.no_progress,
+                           throttle_s=float(os.environ.get("SHARD_DATASET_THROTTLE_S", "0")))
+    try:
+        manifest, counts = build_shards(args.src, args.dest, options, settings)
+    except (ShardingError, DestError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (complete shards are kept)", file=sys.stderr)
+        return 130
+    log_summary(args.dest, manifest, counts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

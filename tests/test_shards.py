@@ -1,0 +1,195 @@
+"""pipeline.shards: naming, DALI index text, manifest round trip and validation errors, per-rank assignment."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from pipeline import shards as fmt
+
+
+def make_dataset(dest, samples=(3, 0, 2), status=fmt.STATUS_COMPLETE) -> fmt.Manifest:
+    """A DEST with one shard per entry of `samples` (0: a planned shard whose inputs were all bad, no files)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    records = []
+    for shard, n in enumerate(samples):
+        if n == 0:
+            records.append(fmt.ShardRecord(shard, None, None, 0, 0, None, None, "p" * 64, 0))
+            continue
+        tar_bytes = bytes([shard]) * (fmt.TAR_BLOCK * 2 * n)
+        index = fmt.format_index([[("jpg", 512 + 1024 * i, 10, f"{fmt.sample_key(i)}.jpg")] for i in range(n)])
+        name, idx = fmt.shard_name("train", shard), fmt.index_name("train", shard)
+        (dest / name).write_bytes(tar_bytes)
+        (dest / idx).write_text(index)
+        records.append(fmt.ShardRecord(shard, name, idx, n, len(tar_bytes), hashlib.sha256(tar_bytes).hexdigest(),
+                                       hashlib.sha256(index.encode()).hexdigest(), "p" * 64, 0))
+    manifest = fmt.Manifest(status, "/data/train", {"seed": 0, "prefix": "train"}, "d" * 64, sum(samples) + 1,
+                            len(samples), ["a", "b"], records, [{"path": "a/x.jpg", "reason": "empty", "shard": None}],
+                            [], {"python": "3.11"})
+    fmt.write_manifest(dest, manifest)
+    return manifest
+
+
+def edit_manifest(dest, edit) -> None:
+    obj = json.loads((dest / fmt.MANIFEST_NAME).read_text())
+    edit(obj)
+    (dest / fmt.MANIFEST_NAME).write_text(json.dumps(obj))
+
+
+def test_names():
+    assert fmt.shard_name("train", 12) == "train-000012.tar"
+    assert fmt.index_name("train", 12) == "train-000012.idx"
+    key = fmt.sample_key(1_281_166)
+    assert key == "0001281166" and "." not in key
+    assert fmt.is_partial_name(fmt.partial_name("train-000012.tar"))
+    assert not fmt.is_partial_name("train-000012.tar")
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 5000])
+def test_tar_member_bytes_matches_tarfile(size):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("0000000000.jpg")
+        info.size = size
+        tar.addfile(info, io.BytesIO(b"x" * size))
+        assert tar.offset == fmt.tar_member_bytes(size)
+
+
+def test_index_round_trip_and_rejects_malformed_text():
+    samples = [[("cls", 512, 1, "0000000004.cls"), ("jpg", 1536, 1200, "0000000004.jpg")],
+               [("cls", 3584, 2, "0000000009.cls"), ("jpg", 4608, 77, "0000000009.jpg")]]
+    text = fmt.format_index(samples)
+    assert text.splitlines()[0] == "v1.2 2"
+    assert text.splitlines()[1] == "cls 512 1 0000000004.cls jpg 1536 1200 0000000004.jpg"
+    assert fmt.parse_index(text) == samples
+    with pytest.raises(fmt.ManifestError, match="x.idx.*sample count"):
+        fmt.parse_index(text.replace("v1.2 2", "v1.2 3"), "x.idx")
+    with pytest.raises(fmt.ManifestError, match="sample count"):
+        fmt.parse_index(text.replace("v1.2", "v1.1"))
+    with pytest.raises(fmt.ManifestError, match="malformed"):
+        fmt.parse_index("v1.2 1\ncls 512 1\n")
+
+
+def test_manifest_round_trip(tmp_path):
+    manifest = make_dataset(tmp_path)
+    assert fmt.read_manifest(tmp_path, check="checksum") == manifest
+    assert fmt.read_manifest(tmp_path / fmt.MANIFEST_NAME) == manifest
+    assert manifest.total_samples == 5
+    assert json.loads((tmp_path / fmt.MANIFEST_NAME).read_text())["total_samples"] == 5
+    assert not [p for p in tmp_path.iterdir() if fmt.is_partial_name(p.name)]
+
+
+def test_missing_or_unparsable_manifest_names_the_file(tmp_path):
+    with pytest.raises(fmt.ManifestError, match=f"{tmp_path / 'manifest.json'}.*cannot read"):
+        fmt.read_manifest(tmp_path)
+    with pytest.raises(fmt.ManifestError, match=f"{tmp_path / 'absent' / 'manifest.json'}.*cannot read"):
+        fmt.read_manifest(tmp_path / "absent")
+    (tmp_path / fmt.MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(fmt.ManifestError, match="not valid JSON.*--overwrite"):
+        fmt.read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda o: o.update(format_version=99), "version 99"),
+    (lambda o: o.update(format="something-else"), "something-else"),
+    (lambda o: o["shards"][0].update(samples="3"), r"shards\[0\].*'samples'.*wrong type"),
+    (lambda o: o["shards"][0].pop("sha256"), r"shards\[0\].*'sha256' is missing"),
+    (lambda o: o["shards"][1].update(name="x.tar"), r"shards\[1\].*files and checksums exactly when"),
+    (lambda o: o.update(total_samples=6), "total_samples 6 is not the sum"),
+    (lambda o: o.update(status="weird"), "unknown status"),
+    (lambda o: o["shards"].reverse(), "sorted"),
+    (lambda o: o.update(planned_shards=2), "within the plan"),
+    (lambda o: o.update(classes="a"), "'classes'.*wrong type"),
+    (lambda o: o["skipped"].append("a/y.jpg"), "'skipped' or 'ignored'"),
+])
+def test_damaged_manifest_is_a_clear_error(tmp_path, edit, message):
+    make_dataset(tmp_path)
+    edit_manifest(tmp_path, edit)
+    with pytest.raises(fmt.ManifestError, match=message) as err:
+        fmt.read_manifest(tmp_path, check="none")
+    assert str(tmp_path / fmt.MANIFEST_NAME) in str(err.value)
+
+
+def test_incomplete_manifest_is_refused_unless_allowed(tmp_path):
+    make_dataset(tmp_path, status=fmt.STATUS_IN_PROGRESS)
+    with pytest.raises(fmt.ManifestError, match="has not finished.*rerun the same"):
+        fmt.read_manifest(tmp_path)
+    assert fmt.read_manifest(tmp_path, allow_incomplete=True).status == fmt.STATUS_IN_PROGRESS
+
+
+def test_missing_shard_and_checksum_mismatch_name_the_shard(tmp_path):
+    make_dataset(tmp_path)
+    shard = tmp_path / fmt.shard_name("train", 2)
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1  # same size: only a checksum sees it
+    shard.write_bytes(bytes(data))
+    fmt.read_manifest(tmp_path, check="size")
+    with pytest.raises(fmt.ManifestError, match=f"{shard.name} does not match the sha256"):
+        fmt.read_manifest(tmp_path, check="checksum")
+    (tmp_path / fmt.index_name("train", 0)).unlink()
+    with pytest.raises(fmt.ManifestError, match=f"{fmt.index_name('train', 0)} is missing"):
+        fmt.read_manifest(tmp_path, check="size")
+    fmt.read_manifest(tmp_path, check="none")
+    shard.write_bytes(b"short")
+    with pytest.raises(fmt.ManifestError, match=r"2 shard\(s\).*5 bytes, the manifest records"):
+        fmt.read_manifest(tmp_path, check="size")
+    with pytest.raises(ValueError, match="check must be one of"):
+        fmt.read_manifest(tmp_path, check="full")
+
+
+def test_list_shards_skips_empty_planned_shards(tmp_path):
+    make_dataset(tmp_path, samples=(3, 0, 2))
+    shards = fmt.list_shards(tmp_path)
+    assert [s.path.name for s in shards] == ["train-000000.tar", "train-000002.tar"]
+    assert [s.index_path.name for s in shards] == ["train-000000.idx", "train-000002.idx"]
+    assert [s.samples for s in shards] == [3, 2] and all(s.path.is_absolute() for s in shards)
+
+
+@pytest.mark.parametrize("n_shards, world_size", [(7, 1), (7, 2), (7, 3), (8, 4), (5, 5)])
+def test_assign_shards_is_disjoint_complete_and_balanced(n_shards, world_size):
+    shards = [fmt.ShardFile(f"s{i}.tar", f"s{i}.idx", 10 + i) for i in range(n_shards)]
+    per_rank = [fmt.assign_shards(shards, rank, world_size) for rank in range(world_size)]
+    flat = [s for rank in per_rank for s in rank]
+    assert sorted(flat, key=lambda s: s.path) == sorted(shards, key=lambda s: s.path) and len(set(flat)) == len(flat)
+    assert max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
+    assert fmt.rank_samples(shards, world_size) == [sum(s.samples for s in rank) for rank in per_rank]
+    assert per_rank[0][0] is shards[0]
+
+
+def test_assign_shards_errors():
+    shards = [fmt.ShardFile(f"s{i}.tar", f"s{i}.idx", 1) for i in range(3)]
+    with pytest.raises(ValueError, match="rank 3 is not in"):
+        fmt.assign_shards(shards, 3, 3)
+    with pytest.raises(ValueError, match="3 shard.*4 ranks.*smaller --shard-size"):
+        fmt.assign_shards(shards, 0, 4)
+
+
+def test_describe_mismatch(tmp_path):
+    manifest = make_dataset(tmp_path)
+    same = dict(source=manifest.source, options=manifest.options, plan_sha256=manifest.plan_sha256, planned_inputs=6)
+    assert fmt.describe_mismatch(manifest, **same) is None
+    assert "holds shards of /data/train" in fmt.describe_mismatch(manifest, **{**same, "source": "/other"})
+    assert "seed 0 → 1" in fmt.describe_mismatch(manifest, **{**same, "options": {"seed": 1, "prefix": "train"}})
+    assert "other options" in fmt.describe_mismatch(manifest, **{**same, "options": {"seed": 0}})
+    assert "6 files then, 7 now" in fmt.describe_mismatch(manifest, **{**same, "plan_sha256": "e" * 64,
+                                                                          "planned_inputs": 7})
+
+
+def test_remove_shard_files_leaves_other_files(tmp_path):
+    manifest = make_dataset(tmp_path)
+    (tmp_path / "train-000009.tar").write_bytes(b"stale shard of ours")
+    (tmp_path / "notes.txt").write_text("not ours")
+    (tmp_path / "other-000000.tar").write_bytes(b"another prefix: not ours")
+    assert fmt.remove_shard_files(tmp_path, manifest, "train") == 1 + 4 + 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other-000000.tar"]
+
+
+def test_shard_record_fields_are_the_manifest_schema(tmp_path):
+    make_dataset(tmp_path)
+    obj = json.loads((tmp_path / fmt.MANIFEST_NAME).read_text())
+    assert set(obj["shards"][0]) == {f.name for f in dataclasses.fields(fmt.ShardRecord)}
+    assert list(obj)[:2] == ["format", "format_version"]
