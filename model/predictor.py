@@ -33,11 +33,10 @@ class Predictor(nn.Module):
         if ctx_idx.dim() != 2 or tgt_idx.dim() != 3 or z.shape[:2] != ctx_idx.shape:
             raise ValueError(f"Predictor: expected z (B, Kc, D), ctx_idx (B, Kc), tgt_idx (M, B, Kt); got "
                              f"{tuple(z.shape)}, {tuple(ctx_idx.shape)}, {tuple(tgt_idx.shape)}")
-        m, kc = tgt_idx.shape[0], ctx_idx.shape[1]
-        pos = self.predictor_pos_embed[0]  # (N, Dp)
-        x = self.predictor_embed(z) + kernels.masked_gather(pos[None], ctx_idx)  # (B, Kc, Dp)
-        targets = self.mask_token + kernels.masked_gather(pos[None], tgt_idx)  # (M·B, Kt, Dp)
-        x = torch.cat([x.repeat(m, 1, 1), targets.to(x.dtype)], dim=1)  # (M·B, Kc + Kt, Dp), mask-major rows
+        kc = ctx_idx.shape[1]
+        # One fused pass: [embed(z) + pos[ctx] ‖ mask_token + pos[tgt]] per (mask, image), mask-major rows.
+        x = kernels.predictor_tokens(self.predictor_embed(z), ctx_idx, tgt_idx, self.predictor_pos_embed[0],
+                                     self.mask_token)  # (M·B, Kc + Kt, Dp)
         x = self.predictor_norm(run_blocks(self.predictor_blocks, x))
         return self.predictor_proj(x[:, kc:])  # (M·B, Kt, D)
 

@@ -1,0 +1,247 @@
+"""The PyTorch backend: random access into the shards through their index files, torchvision decode and crop.
+
+Each sample is read at the byte offset its shard's DALI index gives, so an epoch is a true permutation of all samples
+(seeded by (seed, epoch)) of which rank r takes every world_size-th, and a resume starts at any batch without reading
+what came before. Workers of
+a DataLoader each build whole batches; every crop is drawn from a generator seeded by (seed, epoch, rank, batch), so
+the output does not depend on the number of workers. On a GPU the JPEGs are decoded there, batched through nvJPEG
+(torchvision.io.decode_jpeg(device="cuda")); on the CPU the workers decode.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import resized_crop
+
+from pipeline.loader import DataError
+from pipeline.shards import ShardFile, parse_index
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    shard: str  # tar path
+    key: str
+    jpg: tuple[int, int]  # (offset, size) of the JPEG bytes in the tar
+    cls: tuple[int, int] | None  # of the ASCII class index; None for unlabeled data
+
+
+def data_seed(*parts: int) -> int:
+    """A generator seed hashed from integers, in a domain of its own (the mask sampler hashes (seed, step, rank) too:
+    the same numbers must not give crops and masks from one random stream)."""
+    state = np.random.SeedSequence(entropy=list(parts), spawn_key=(0xDA7A,)).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def index_samples(shards: Sequence[ShardFile]) -> list[SampleRef]:
+    """Every sample of `shards`, from their DALI index files."""
+    out = []
+    for shard in shards:
+        where = str(shard.index_path)
+        try:
+            entries = parse_index(shard.index_path.read_text(), where)
+        except OSError as err:
+            raise RuntimeError(f"{where}: cannot read the index of shard {shard.path} ({err}); rebuild the shards "
+                               f"with shard_dataset.py") from err
+        for members in entries:
+            by_ext = {ext: (offset, size, name) for ext, offset, size, name in members}
+            if "jpg" not in by_ext:
+                raise RuntimeError(f"{shard.path}: sample {members[0][3]} has no .jpg member ({where})")
+            offset, size, name = by_ext["jpg"]
+            cls = by_ext.get("cls")
+            out.append(SampleRef(str(shard.path), name.rsplit(".", 1)[0], (offset, size),
+                                 None if cls is None else (cls[0], cls[1])))
+    return out
+
+
+def crop_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, float],
+             ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a RandomResizedCrop, torchvision's algorithm with an explicit generator."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(4, generator=gen).tolist()
+        target_area = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u[2] * (height - h + 1)), int(u[3] * (width - w + 1)), h, w
+    in_ratio = width / height  # fallback: the central crop of the closest allowed aspect
+    w, h = (width, int(round(width / ratio[0]))) if in_ratio < ratio[0] else (
+        (int(round(height * ratio[1])), height) if in_ratio > ratio[1] else (width, height))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from the JPEG header alone."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(data)) as im:
+        return im.height, im.width
+
+
+class EpochBatches(Dataset):
+    """Batch i of one epoch: images cropped to (B, 3, S, S) uint8 — or, with decode_on_gpu, the JPEG bytes and the
+    crop boxes for the main process to decode and crop on the GPU."""
+
+    def __init__(self, samples: list[SampleRef], order: torch.Tensor, batch_size: int, crop_size: int, scale, ratio,
+                 seed: tuple[int, int, int], decode_on_gpu: bool, on_bad_sample: str):
+        self.samples, self.order, self.batch_size = samples, order, batch_size
+        self.crop_size, self.scale, self.ratio, self.seed = crop_size, scale, ratio, seed
+        self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
+        self._files = {}
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch_size
+
+    def _read(self, path: str, span: tuple[int, int]) -> bytes:
+        f = self._files.get(path) or self._files.setdefault(path, open(path, "rb"))
+        f.seek(span[0])
+        data = f.read(span[1])
+        if len(data) != span[1]:
+            raise OSError(f"truncated shard: wanted {span[1]} bytes at offset {span[0]}, got {len(data)}")
+        return data
+
+    def _load(self, ref: SampleRef):
+        """(image (3, H, W) uint8 or JPEG bytes tensor, (H, W), label)."""
+        data = self._read(ref.shard, ref.jpg)
+        label = int(self._read(ref.shard, ref.cls)) if ref.cls else -1
+        jpg = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if self.decode_on_gpu:
+            return jpg, jpeg_size(data), label
+        image = decode_jpeg(jpg, mode=ImageReadMode.RGB)
+        return image, tuple(image.shape[-2:]), label
+
+    def __getitem__(self, i: int):
+        gen = torch.Generator().manual_seed(data_seed(*self.seed, i))  # (seed, epoch, rank, batch)
+        picks = self.order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        loaded, keys, skipped = [], [], 0
+        for j in picks:
+            ref = self.samples[j]
+            try:
+                loaded.append(self._load(ref))
+                keys.append(ref.key)
+            except (OSError, RuntimeError, ValueError) as err:
+                if self.on_bad_sample == "raise":
+                    raise DataReadError(bad_sample_message(ref.shard, ref.key, err)) from err
+                logger.warning("skipping shard %s sample %s: %s", ref.shard, ref.key, err)
+                skipped += 1
+        if not loaded:
+            raise DataReadError(f"batch {i}: every sample is unreadable (shards {sorted({self.samples[j].shard for j in picks})})")
+        for k in range(skipped):  # keep the batch size: repeat good samples in place of skipped ones
+            loaded.append(loaded[k % (len(picks) - skipped)])
+            keys.append(keys[k % (len(picks) - skipped)])
+        boxes = [crop_box(gen, h, w, self.scale, self.ratio) for _, (h, w), _ in loaded]
+        labels = torch.tensor([label for _, _, label in loaded])
+        if self.decode_on_gpu:
+            return [x for x, _, _ in loaded], boxes, labels, keys, skipped
+        size = [self.crop_size, self.crop_size]
+        images = torch.stack([resized_crop(x, *box, size, antialias=True) for (x, _, _), box in zip(loaded, boxes)])
+        return images, None, labels, keys, skipped
+
+
+class DataReadError(DataError):
+    """A sample that cannot be read or decoded (raised inside DataLoader workers, re-raised by the loader): a
+    loader.DataError, so that callers catch one exception type whatever the backend."""
+
+
+def bad_sample_message(shard: str, key: str, err: Exception) -> str:
+    return (f"shard {shard}, sample {key}: cannot read or decode ({err}); set data.on_bad_sample: skip to skip and "
+            f"count such samples, or rebuild the shards with shard_dataset.py")
+
+
+def decode_crop_on_gpu(jpgs: list[torch.Tensor], boxes, keys: list[str], shard_of: dict, crop_size: int,
+                       device: torch.device, on_bad_sample: str = "raise") -> tuple[torch.Tensor, list[int]]:
+    """nvJPEG batched decode, then each image's crop resized to (S, S) on the GPU: (images, picks), where image j
+    is sample picks[j] of the batch.
+
+    A JPEG whose header parsed (in the worker) but whose data nvJPEG rejects raises DataReadError naming the sample,
+    or, with on_bad_sample "skip", is replaced by a good sample of the batch (picks[j] != j: its image and crop; the
+    caller takes its key and label) and counted by the caller.
+    """
+    try:
+        images = list(decode_jpeg(jpgs, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        images = []
+        for jpg, key in zip(jpgs, keys):  # find the sample that broke the batch
+            try:
+                images.append(decode_jpeg(jpg, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as err:
+                if on_bad_sample == "raise":
+                    raise DataReadError(bad_sample_message(shard_of.get(key, "?"), key, err)) from err
+                logger.warning("skipping shard %s sample %s: %s", shard_of.get(key, "?"), key, err)
+                images.append(None)
+    bad = [j for j, x in enumerate(images) if x is None]
+    good = [j for j, x in enumerate(images) if x is not None]
+    if not good:
+        shards = sorted({shard_of.get(k, "?") for k in keys})
+        raise DataReadError(f"every sample of a batch is undecodable (shards {shards}); rebuild them with "
+                            f"shard_dataset.py")
+    picks = list(range(len(images)))
+    for n, j in enumerate(bad):  # keep the batch size, as the CPU path does
+        picks[j] = good[n % len(good)]
+    size = [crop_size, crop_size]
+    crops = torch.stack([resized_crop(images[i], *boxes[i], size, antialias=True) for i in picks])
+    return crops, picks
+
+
+def _as_is(batch):
+    return batch  # batches are built whole by EpochBatches
+
+
+class TorchSource:
+    """Source of the loader (pipeline/loader.py) over this rank's shards."""
+
+    def __init__(self, cfg, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int, world_size: int,
+                 device: torch.device):
+        self.samples = index_samples(shards)  # every rank indexes every shard: it reads 1/world_size of them
+        self.world_size = world_size
+        self.shard_of = {s.key: s.shard for s in self.samples}
+        self.batches_per_epoch, self.rank, self.device = batches_per_epoch, rank, device
+        self.batch_size, self.crop_size = cfg.data.batch_size, cfg.data.crop_size
+        self.scale, self.ratio = cfg.data.crop_scale, cfg.data.crop_ratio
+        self.num_workers, self.prefetch = cfg.data.num_workers, cfg.data.prefetch
+        self.seed, self.on_bad_sample = cfg.run.seed, cfg.data.on_bad_sample
+        self.decode_on_gpu = device.type == "cuda"
+        self.skipped = 0
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """This rank's samples of `epoch`: every `world_size`-th of one permutation shared by all ranks."""
+        gen = torch.Generator().manual_seed(data_seed(self.seed, epoch))
+        mine = torch.randperm(len(self.samples), generator=gen)[self.rank::self.world_size]
+        return mine[: self.batches_per_epoch * self.batch_size]
+
+    def epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        dataset = EpochBatches(self.samples, self.epoch_order(epoch), self.batch_size, self.crop_size, self.scale,
+                               self.ratio, (self.seed, epoch, self.rank), self.decode_on_gpu, self.on_bad_sample)
+        workers = self.num_workers
+        loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
+                            prefetch_factor=self.prefetch if workers else None,
+                            pin_memory=self.device.type == "cuda" and not self.decode_on_gpu,
+                            collate_fn=_as_is)
+        for images, boxes, labels, keys, skipped in loader:
+            self.skipped += skipped
+            if self.decode_on_gpu:
+                images, picks = decode_crop_on_gpu(images, boxes, keys, self.shard_of, self.crop_size, self.device,
+                                                   self.on_bad_sample)
+                if picks != list(range(len(picks))):
+                    self.skipped += sum(i != j for j, i in enumerate(picks))
+                    keys, labels = [keys[i] for i in picks], labels[picks]
+            yield images, labels, keys
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}  # the position lives in the loader (epoch, batch): nothing else to keep
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = state["skipped"]
