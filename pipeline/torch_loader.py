@@ -62,6 +62,16 @@ def index_samples(shards: Sequence[ShardFile]) -> list[SampleRef]:
     return out
 
 
+def read_span(path: str, span: tuple[int, int]) -> bytes:
+    """`span` = (offset, size) bytes of a shard file."""
+    with open(path, "rb") as f:
+        f.seek(span[0])
+        data = f.read(span[1])
+    if len(data) != span[1]:
+        raise OSError(f"{path}: truncated shard: wanted {span[1]} bytes at offset {span[0]}, got {len(data)}")
+    return data
+
+
 def crop_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, float],
              ratio: tuple[float, float]) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a RandomResizedCrop, torchvision's algorithm with an explicit generator."""

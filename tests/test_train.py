@@ -1,5 +1,6 @@
 """train.py end to end: 2 CPU processes through the real deepspeed launcher (gloo), on real handwritten digits."""
 import csv
+import json
 import os
 import signal
 import socket
@@ -174,3 +175,15 @@ def test_corrupt_or_missing_checkpoint_is_named(shards, reference_run, tmp_path)
     missing = tmp_path / "checkpoints" / "step00000099"
     proc = run(command(shards, tmp_path, "optimization.max_steps=60", nproc=1) + ["--resume", str(missing)])
     assert proc.returncode != 0 and f"checkpoint {missing} does not exist" in proc.stdout + proc.stderr
+
+
+def test_eval_reads_our_checkpoint(shards, reference_run, tmp_path):
+    ref_out, _ = reference_run
+    tag = ref_out / "checkpoints" / "step00000050"
+    for which in ("target", "context"):
+        out = tmp_path / f"{which}.json"
+        proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(tag), "--train-shards", str(shards),
+                               "--val-shards", str(shards), "--limit", "120", "--epochs", "3", "--encoder", which,
+                               "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(out.read_text())["setup"]["encoder"] == which
