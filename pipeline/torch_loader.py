@@ -148,7 +148,8 @@ class EpochBatches(Dataset):
                 logger.warning("skipping shard %s sample %s: %s", ref.shard, ref.key, err)
                 skipped += 1
         if not loaded:
-            raise DataReadError(f"batch {i}: every sample is unreadable (shards {sorted({self.samples[j].shard for j in picks})})")
+            shards = sorted({self.samples[j].shard for j in picks})
+            raise DataReadError(f"batch {i}: every sample is unreadable (shards {shards})")
         for k in range(skipped):  # keep the batch size: repeat good samples in place of skipped ones
             loaded.append(loaded[k % (len(picks) - skipped)])
             keys.append(keys[k % (len(picks) - skipped)])

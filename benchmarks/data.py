@@ -1,0 +1,186 @@
+"""Data pipeline suite: images/s of each loader backend (decode + random-resized crop + normalise, up to a float batch
+on the training device) beside a reference measured in the same run: webdataset + PIL decode + torchvision transforms
+(RandomResizedCrop(224, scale=(0.3, 1)), ToTensor, Normalize) in a 2-worker DataLoader.
+
+Fixed settings, whatever the config (so that figures compare across configs and with docs/targets.md): crop 224,
+batch 32, 2 DataLoader workers / DALI threads, prefetch 2. Data: 640 generated ImageNet-like JPEGs (500×375, quality
+90, a smooth colour field plus noise: about 100 KB each; 160 distinct images, each used 4 times) in a temporary folder,
+sharded by the real shard_dataset.py CLI into 4 shards; read from the page cache, so the figures are CPU (or GPU)
+cost, not disk. Each backend runs one warm-up epoch (worker start-up, DALI's shuffle buffer fill), then 2 timed
+epochs of 20 batches; the backends take turns for 2 rounds and each keeps its best round, so that a load spike from
+another process on a shared machine does not decide a ratio. Masks are not part of these figures (the masks suite
+measures them).
+
+Backends: `torch` (pipeline/torch_loader.py: workers decode with torchvision on the CPU; with CUDA the JPEGs are
+decoded on the GPU through nvJPEG), `dali` (pipeline/dali.py: CPU operators, or `device="mixed"` with CUDA) where
+DALI is installed. Targets: DALI on the CPU ≥ 1.5× the reference on a 2-core machine; on the GPU the torch backend ≥ 5,000
+images/s with ≤ 2 CPU threads (docs/targets.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH, CROP, WORKERS, PREFETCH = 32, 224, 2, 2
+IMAGES, UNIQUE, SHARDS = 640, 160, 4
+EPOCHS = 2  # timed, after one warm-up epoch
+ROUNDS = 2  # the backends take turns; each keeps its best round
+TARGETS = {"dali cpu": 1.5}  # × reference
+GPU_TARGET = 5000.0  # images/s, torch backend with GPU decode
+
+
+def make_images(root: Path, n: int = IMAGES, unique: int = UNIQUE, seed: int = 0) -> None:
+    """n ImageNet-like JPEG files (500×375, quality 90) in 4 class folders, `unique` distinct ones."""
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for _ in range(unique):
+        field = (rng.random((12, 16, 3)) * 255).astype(np.uint8)
+        base = np.asarray(Image.fromarray(field).resize((500, 375), Image.Resampling.BICUBIC), dtype=np.float32)
+        noisy = (base + rng.normal(0, 18, base.shape)).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(noisy).save(buf, "JPEG", quality=90)
+        encoded.append(buf.getvalue())
+    for i in range(n):
+        folder = root / f"n{i % 4:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img_{i:05d}.JPEG").write_bytes(encoded[i % unique])
+
+
+def make_shards(tmp: Path) -> Path:
+    src, dest = tmp / "images", tmp / "shards"
+    make_images(src)
+    proc = subprocess.run([sys.executable, str(ROOT / "shard_dataset.py"), str(src), str(dest), "--no-progress",
+                           "--shard-size", str(IMAGES // SHARDS)], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"shard_dataset.py failed: {proc.stderr}")
+    return dest
+
+
+def reference_epochs(shards: Path):
+    """The reference loader: webdataset + PIL + torchvision transforms, 2 persistent workers; yields epoch iterators
+    of (images, labels) float batches."""
+    import webdataset as wds
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.shards import list_shards
+
+    transform = transforms.Compose([transforms.RandomResizedCrop(CROP, scale=(0.3, 1.0)), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    urls = [str(s.path) for s in list_shards(shards)]
+    dataset = (wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil").to_tuple("jpg", "cls")
+               .map_tuple(transform, int))
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS, prefetch_factor=PREFETCH,
+                        persistent_workers=True, drop_last=True)
+    while True:
+        yield iter(loader)
+
+
+def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """What the loader does to a backend's batch (pipeline/loader.py Loader._images), in float32."""
+    from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD
+
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        images = (images.float() - mean) / std
+    return images.float()
+
+
+def backend_epochs(cfg, shards: Path, backend: str, device: torch.device):
+    """Epoch iterators of the backend's (images, labels) batches, normalised as the loader does."""
+    from pipeline.shards import list_shards
+
+    data = dataclasses.replace(cfg.data, shards=str(shards), backend=backend, batch_size=BATCH, crop_size=CROP,
+                               num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise")
+    cfg = dataclasses.replace(cfg, data=data)
+    all_shards = list_shards(shards)
+    batches = sum(s.samples for s in all_shards) // BATCH
+    if backend == "dali":
+        from pipeline.dali import DaliSource
+
+        source = DaliSource(cfg, all_shards, batches, 0, 1, device, torch.float32)
+    else:
+        from pipeline.torch_loader import TorchSource
+
+        source = TorchSource(cfg, all_shards, batches, 0, 1, device)
+    epoch = 0
+    while True:
+        yield ((normalise(images, device), labels) for images, labels, _ in source.epoch_batches(epoch, 0))
+        epoch += 1
+
+
+def images_per_s(epochs, device: torch.device) -> dict:
+    """One warm-up epoch, then EPOCHS timed ones; images/s over the timed ones."""
+    def run_epoch() -> int:
+        count = 0
+        for images, _ in next(epochs):
+            assert images.shape[1:] == (3, CROP, CROP) and images.dtype == torch.float32
+            count += images.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return count
+
+    run_epoch()
+    start = time.perf_counter()
+    count = sum(run_epoch() for _ in range(EPOCHS))
+    elapsed = time.perf_counter() - start
+    return {"images_per_s": count / elapsed, "images": count, "seconds": elapsed}
+
+
+def have_dali() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run(cfg=None) -> dict:
+    """Measures and prints the table; from `cfg` only the seed and crop/aspect ranges are used (crop size, batch and
+    workers are fixed here, see the module docstring)."""
+    if cfg is None:
+        from config import Config
+
+        cfg = Config()
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        shards = make_shards(Path(tmp))
+        cases = [("reference (wds + PIL + torchvision, 2 workers)", lambda: reference_epochs(shards), cpu),
+                 ("torch cpu", lambda: backend_epochs(cfg, shards, "torch", cpu), cpu)]
+        if have_dali():
+            cases.append(("dali cpu", lambda: backend_epochs(cfg, shards, "dali", cpu), cpu))
+        if torch.cuda.is_available():
+            gpu = torch.device("cuda", torch.cuda.current_device())
+            cases.append(("torch gpu decode (nvJPEG)", lambda: backend_epochs(cfg, shards, "torch", gpu), gpu))
+            if have_dali():
+                cases.append(("dali gpu (mixed)", lambda: backend_epochs(cfg, shards, "dali", gpu), gpu))
+        rounds = [{name: images_per_s(make(), device) for name, make, device in cases} for _ in range(ROUNDS)]
+    results = {name: max((r[name] for r in rounds), key=lambda f: f["images_per_s"]) for name, _, _ in cases}
+    for name, figures in results.items():
+        figures["rounds_images_per_s"] = [r[name]["images_per_s"] for r in rounds]
+    reference = results[cases[0][0]]["images_per_s"]
+    for name, figures in results.items():
+        figures["vs_reference"] = figures["images_per_s"] / reference
+    print(f"images/s, batch {BATCH}, crop {CROP}, {WORKERS} workers/threads, {IMAGES} JPEGs 500×375 q90 "
+          f"({UNIQUE} distinct), {EPOCHS} epochs after a warm-up, best of {ROUNDS} rounds")
+    print(f"  {'backend':<48} {'img/s':>8} {'× ref':>7}  target")
+    for name, figures in results.items():
+        target = (f"≥ {TARGETS[name]:.1f}× ref" if name in TARGETS else
+                  f"≥ {GPU_TARGET:,.0f} img/s" if name.startswith("torch gpu") else "")
+        print(f"  {name:<48} {figures['images_per_s']:8.0f} {figures['vs_reference']:6.2f}×  {target}")
+    return {"batch_size": BATCH, "crop_size": CROP, "workers": WORKERS, "images": IMAGES, "unique_images": UNIQUE,
+            "rounds": ROUNDS, "results": results}
+

@@ -1,0 +1,368 @@
+"""The DALI backend: webdataset shards → decode with the random crop fused in → resize → normalize, on the GPU
+(`device="mixed"`, nvJPEG / the hardware JPEG decoder) or, with no CUDA device, on the CPU (device_id=None).
+
+The only module that imports DALI. `DaliSource` implements the loader's Source protocol (pipeline/loader.py):
+
+    source = DaliSource(cfg, list_shards(dest), batches_per_epoch, rank, world_size, device, dtype)
+    for images, labels, keys in source.epoch_batches(epoch, start): ...
+
+Epochs and ranks. Every rank indexes every shard and DALI splits the samples: shard_id=rank, num_shards=world_size,
+the reader's own even split of the concatenated samples into contiguous slices (sizes differ by at most one), with
+`stick_to_shard=False` (DALI's default): in epoch e rank r reads slice (r + e) % world_size, so the ranks read
+disjoint slices in every epoch and each rank sees all of the data over world_size epochs. `pad_last_batch=True`: DALI
+keeps its passes apart in the shuffle buffer (a sample of pass e+1 is never drawn before every sample of pass e,
+dali/operators/reader/loader/loader.h) and pads every rank's pass to the same ceil(ceil(N / world_size) / B) full
+batches, so DALI pass e = loader epoch e on every rank. The loader's epoch is the first `batches_per_epoch` of them
+((N // world_size) // B, the same on every rank, so ranks stay in lock-step); the rest of the pass (fewer than B
+samples, plus padding) is decoded and dropped before the next epoch starts. So every sample appears at most once per
+epoch across ranks; which few are dropped changes with the shuffle.
+
+Resume. The pipeline is built with `enable_checkpointing=True`; `state_dict()` holds the iterator's checkpoint
+(`DALIGenericIterator.checkpoints()`, which accounts for the batches DALI prefetched) with the epoch and batch it
+belongs to. `load_state_dict()` keeps it; the next `epoch_batches` builds the pipeline with `checkpoint=` and it
+continues with exactly the samples and crops the old one would have given next. The state also holds a fingerprint of
+the shards, batch, crop and seeds: a checkpoint from another set-up is refused with a message, never half-applied.
+
+Keys. `fn.get_property(jpg, key="source_info")` gives, in DALI 2.4, "<tar path>:<data offset>:<member name>" for the
+webdataset reader; the key is the member name without its extension, as in the shards and the PyTorch backend.
+
+Seeds. The pipeline seed (every random operator) and the reader seed (the shuffle) are hashed from (run.seed, rank);
+the order then depends on the epoch through the reader's state. Threads: data.num_workers (at least 1); the
+pipeline's prefetch queue depth: data.prefetch.
+
+Bad data. A sample DALI cannot decode stops the pipeline (a RuntimeError from DALI, never a hang). DaliSource then
+finds the culprit among the samples the reader can have reached (the unreturned samples within the reader's window:
+shuffle buffer + prefetched batches), by decoding each with DALI alone, and raises DataError naming the shard and the
+sample key. A shard shorter than its index is named with the key from DALI's message. DALI cannot skip a sample inside
+a running pipeline (a batch is pushed through every stage; there is no way to ask the reader for a replacement,
+NVIDIA/DALI#3913), so data.on_bad_sample: skip does not apply here: the error is raised all the same (the message says
+so) and `skipped` stays 0; the PyTorch backend (data.backend: torch) skips and counts.
+Known DALI 2.4 defect, seen on the CPU: its image decoders (decoders.image, image_random_crop and the experimental
+ones) can die with SIGSEGV, instead of raising, when a batch holds an undecodable JPEG followed by more samples (a
+64-sample batch with the bad JPEG first or in the middle crashed within 100 runs; batches of 20 or fewer, or the bad
+JPEG last, did not in 200). Then no message names the sample: rerun with data.backend: torch, which does, or find the
+damaged shard with `read_manifest(DEST, check="checksum")` (pipeline/shards.py). The search for the culprit below
+decodes one sample per run, which was never seen to crash.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from nvidia.dali import Pipeline, fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD, DataError
+from pipeline.shards import ShardFile, parse_index
+
+logger = logging.getLogger(__name__)
+
+READER = "Reader"
+OUTPUTS = ["images", "labels", "source_info"]
+STATE_VERSION = 1
+MAX_CANDIDATES = 20_000  # samples re-decoded, at most, to find the one that stopped the pipeline
+_REBUILD = "rebuild the shards with shard_dataset.py (it verifies every image)"
+
+
+@pipeline_def(enable_checkpointing=True)
+def training_pipeline(paths: list[str], index_paths: list[str], shard_id: int, num_shards: int, crop_size: int,
+                      crop_scale: Sequence[float], crop_ratio: Sequence[float], shuffle_buffer: int, reader_seed: int,
+                      out_dtype):
+    """images (B, 3, S, S) normalised in `out_dtype`, labels (B, W) zero-padded ASCII of `.cls`, source_info (B, L)
+    zero-padded "<tar>:<offset>:<member>"; the decoder runs on the GPU when the pipeline has a device_id."""
+    jpg, cls = fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=["jpg", "cls"],
+                                     missing_component_behavior="empty", random_shuffle=True,
+                                     initial_fill=max(1, shuffle_buffer), seed=reader_seed, shard_id=shard_id,
+                                     num_shards=num_shards, stick_to_shard=False, pad_last_batch=True, name=READER)
+    source_info = fn.get_property(jpg, key="source_info")
+    decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
+    images = fn.decoders.image_random_crop(jpg, device=decode_device, output_type=types.RGB,
+                                           random_area=list(crop_scale), random_aspect_ratio=list(crop_ratio),
+                                           num_attempts=10)  # (h, w, 3) uint8: only the crop is decoded
+    images = fn.resize(images, size=[crop_size, crop_size])  # (S, S, 3), antialiased linear
+    images = fn.crop_mirror_normalize(images, dtype=out_dtype, output_layout="CHW",
+                                      mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])
+    return images, fn.pad(cls, fill_value=0), fn.pad(source_info, fill_value=0)
+
+
+@pipeline_def
+def decode_check_pipeline():
+    """Decodes what is fed to "jpg": used to find the sample that stopped the training pipeline."""
+    jpg = fn.external_source(name="jpg", dtype=types.UINT8, ndim=1)
+    decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
+    return fn.decoders.image(jpg, device=decode_device, output_type=types.RGB)
+
+
+def parse_labels(ascii_digits: torch.Tensor) -> torch.Tensor:
+    """(B, W) uint8: zero-padded ASCII class indices → (B,) int64; -1 for a sample without digits (unlabeled)."""
+    codes = ascii_digits.to(torch.int64)
+    is_digit = (codes >= ord("0")) & (codes <= ord("9"))
+    labels = torch.zeros(codes.shape[0], dtype=torch.int64)
+    for col in range(codes.shape[1]):
+        labels = torch.where(is_digit[:, col], labels * 10 + codes[:, col] - ord("0"), labels)
+    return torch.where(is_digit.any(dim=1), labels, torch.full_like(labels, -1))
+
+
+def member_key(member: str) -> str:
+    """webdataset's key of a tar member: its name up to the first dot of the base name."""
+    slash = member.rfind("/") + 1
+    dot = member.find(".", slash)
+    return member if dot < 0 else member[:dot]
+
+
+def parse_keys(source_info: torch.Tensor) -> list[str]:
+    """(B, L) zero-padded "<tar>:<offset>:<member>" → the sample keys."""
+    rows = source_info.cpu().numpy()
+    return [member_key(row.tobytes().rstrip(b"\0").decode("utf-8", "replace").rsplit(":", 1)[-1]) for row in rows]
+
+
+def dali_seed(seed: int, rank: int, stream: int) -> int:
+    """A 31-bit seed for DALI hashed from (run.seed, rank), one per stream (0: operators, 1: reader shuffle); distinct
+    from the mask sampler's streams (pipeline.masks.stream_seed)."""
+    state = np.random.SeedSequence(entropy=[seed, rank], spawn_key=(0xDA11, stream)).generate_state(1, np.uint32)
+    return int(state[0] >> np.uint32(1))
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """A sample, as the reader sees it: the shards concatenated in the order given, each in tar order."""
+
+    shard: str  # tar path
+    key: str
+    jpg: tuple[int, int]  # (offset, size) of the JPEG bytes
+
+
+def stored_order(shards: Sequence[ShardFile]) -> list[list[StoredSample]]:
+    """Every sample of each shard, from the index files, in tar order."""
+    out = []
+    for shard in shards:
+        try:
+            entries = parse_index(shard.index_path.read_text(), str(shard.index_path))
+        except OSError as err:
+            raise DataError(f"{shard.index_path}: cannot read the index of shard {shard.path} ({err}); "
+                            f"{_REBUILD}") from err
+        samples = []
+        for members in entries:
+            jpg = [(offset, size, name) for ext, offset, size, name in members if ext == "jpg"]
+            if not jpg:
+                raise DataError(f"{shard.path}: sample {member_key(members[0][3])} has no .jpg member "
+                                f"({shard.index_path}); {_REBUILD}")
+            offset, size, name = jpg[0]
+            samples.append(StoredSample(str(shard.path), member_key(name), (offset, size)))
+        out.append(samples)
+    return out
+
+
+def dali_message(err: BaseException) -> str:
+    """The operator's own words from a DALI pipeline error, without the traceback DALI wraps around them."""
+    text = str(err)
+    match = re.search(r"encountered:\s*(.*?)\s*(?:Current pipeline object is no longer valid|$)", text, re.S)
+    core = match.group(1) if match else text
+    return " ".join(core.split())[:500]
+
+
+class DaliSource:
+    """Source of the loader (pipeline/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
+
+    def __init__(self, cfg, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int, world_size: int,
+                 device: torch.device, dtype: torch.dtype = torch.float32):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.shards, self.rank, self.world_size = list(shards), rank, world_size
+        self.device, self.dtype = device, dtype
+        self.batch_size, self.batches_per_epoch = cfg.data.batch_size, batches_per_epoch
+        self.samples = sum(s.samples for s in self.shards)  # N, over all ranks
+        if batches_per_epoch * self.batch_size > self.samples // world_size:
+            raise DataError(f"{batches_per_epoch} batches of {self.batch_size} per rank need "
+                            f"{batches_per_epoch * self.batch_size} samples on each of {world_size} ranks; the "
+                            f"shards hold {self.samples} in all")
+        self.on_bad_sample = cfg.data.on_bad_sample
+        self.skipped = 0  # stays 0: DALI cannot skip a sample (module docstring)
+        self.prefetch, self.shuffle_buffer = max(1, cfg.data.prefetch), cfg.data.shuffle_buffer
+        out_dtype = types.FLOAT16 if dtype in (torch.float16, torch.bfloat16) else types.FLOAT
+        self._pipe_args = dict(
+            paths=[str(s.path) for s in self.shards], index_paths=[str(s.index_path) for s in self.shards],
+            shard_id=rank, num_shards=world_size,
+            crop_size=cfg.data.crop_size, crop_scale=list(cfg.data.crop_scale), crop_ratio=list(cfg.data.crop_ratio),
+            shuffle_buffer=cfg.data.shuffle_buffer, reader_seed=dali_seed(cfg.run.seed, rank, 1), out_dtype=out_dtype,
+            batch_size=self.batch_size, num_threads=max(1, cfg.data.num_workers), device_id=self._device_id(),
+            seed=dali_seed(cfg.run.seed, rank, 0), prefetch_queue_depth=self.prefetch)
+        self.fingerprint = {
+            "shards": [[s.path.name, s.samples] for s in self.shards], "batch_size": self.batch_size,
+            "batches_per_epoch": batches_per_epoch, "crop_size": cfg.data.crop_size,
+            "crop_scale": list(cfg.data.crop_scale), "crop_ratio": list(cfg.data.crop_ratio),
+            "shuffle_buffer": cfg.data.shuffle_buffer, "seed": cfg.run.seed, "rank": rank, "world_size": world_size,
+            "decode": "cpu" if self._device_id() is None else "mixed", "dtype": str(out_dtype)}
+        self._iter: Optional[DALIGenericIterator] = None
+        self._epoch, self._batch = 0, 0  # position: batches handed out in the current epoch
+        self._checkpoint: Optional[bytes] = None  # what the next pipeline is built from (DALI's serialized bytes)
+        self._returned: set[str] = set()  # keys handed out in the current epoch (narrows down a bad sample)
+        self._failed: Optional[DataError] = None
+        self._dead: list = []  # failed pipelines, freed with this source (not mid-failure)
+        self._order: Optional[list[list[StoredSample]]] = None
+        if self.on_bad_sample == "skip":
+            logger.warning("data.on_bad_sample: skip does not apply to the DALI backend: a sample DALI cannot decode "
+                           "stops the run with an error naming it (use data.backend: torch to skip and count)")
+
+    def _device_id(self) -> Optional[int]:
+        if self.device.type != "cuda":
+            return None
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    # ------------------------------------------------------------------------------------------------ iteration
+
+    def epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        if self._failed is not None:
+            raise self._failed
+        if (epoch, start) != (self._epoch, self._batch):
+            raise DataError(f"DALI source of rank {self.rank} is at epoch {self._epoch} batch {self._batch}, asked "
+                            f"for epoch {epoch} batch {start}: a DALI pipeline only goes on from where it is; resume "
+                            f"through Loader.load_state_dict with the state saved at that batch")
+        if self._iter is None:
+            self._build()
+        while self._batch < self.batches_per_epoch:
+            out = self._next()
+            if out is None:
+                raise DataError(f"rank {self.rank}: DALI ended epoch {self._epoch} after {self._batch} batches, "
+                                f"{self.batches_per_epoch} were expected ({self.samples} samples in its shards)")
+            keys = parse_keys(out["source_info"])
+            self._returned.update(keys)
+            self._batch += 1
+            yield out["images"], parse_labels(out["labels"]), keys
+        while self._next() is not None:
+            pass  # the rest of the pass: this rank's surplus over batches_per_epoch, and the padded batch
+        self._iter.reset()
+        self._epoch, self._batch, self._returned = self._epoch + 1, 0, set()
+
+    def _build(self) -> None:
+        pipe = training_pipeline(**self._pipe_args, checkpoint=self._checkpoint)
+        try:  # builds the pipeline, restores the checkpoint and runs the first batches
+            self._iter = DALIGenericIterator([pipe], OUTPUTS, reader_name=READER,
+                                             last_batch_policy=LastBatchPolicy.FILL, auto_reset=False)
+        except RuntimeError as err:
+            self._fail(err, pipe)
+
+    def _next(self) -> Optional[dict]:
+        """The next batch of the DALI pass; None at its end."""
+        try:
+            return next(self._iter)[0]
+        except StopIteration:
+            return None
+        except RuntimeError as err:
+            self._fail(err, self._iter)
+
+    def _fail(self, err: RuntimeError, failed) -> None:
+        # DALI: "Current pipeline object is no longer valid". It is kept, not freed here: its threads may still be
+        # finishing the failed batch, and freeing a pipeline under them was seen to crash (DALI 2.4, CPU).
+        self._dead.append(failed)
+        self._iter = None
+        self._failed = self._diagnose(err)
+        raise self._failed from err
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        checkpoint = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint
+        return {"backend": "dali", "version": STATE_VERSION, "epoch": self._epoch, "batch": self._batch,
+                "checkpoint": checkpoint, "fingerprint": self.fingerprint, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("backend") != "dali" or state.get("version") != STATE_VERSION:
+            raise DataError(f"rank {self.rank}: the data state was saved by the {state.get('backend', 'torch')!r} "
+                            f"backend (version {state.get('version')}), not by this DALI backend (version "
+                            f"{STATE_VERSION}); resume with the data.backend it was saved with")
+        changed = sorted(k for k in self.fingerprint.keys() | state["fingerprint"].keys()
+                         if self.fingerprint.get(k) != state["fingerprint"].get(k))
+        if changed:
+            raise DataError(f"rank {self.rank}: the DALI checkpoint was saved with other {', '.join(changed)} "
+                            f"(saved: {[state['fingerprint'].get(k) for k in changed]}, now: "
+                            f"{[self.fingerprint.get(k) for k in changed]}); resume with the same shards, data "
+                            f"settings, seed, rank and device kind, or start a fresh run")
+        self._iter, self._failed = None, None
+        self._checkpoint, self._epoch, self._batch = state["checkpoint"], state["epoch"], state["batch"]
+        self._returned, self.skipped = set(), state["skipped"]
+
+    # ------------------------------------------------------------------------------------------------ bad data
+
+    def _diagnose(self, err: RuntimeError) -> DataError:
+        """A DataError naming the shard and sample key behind a DALI pipeline error."""
+        said = dali_message(err)
+        where = f"rank {self.rank}, epoch {self._epoch}, after batch {self._batch}"
+        if self.on_bad_sample == "skip":
+            todo = ("DALI cannot skip a sample inside a running pipeline (NVIDIA/DALI#3913), so data.on_bad_sample: "
+                    "skip does not apply to it: use data.backend: torch to skip and count such samples, or "
+                    + _REBUILD)
+        else:
+            todo = f"set data.backend: torch and data.on_bad_sample: skip to skip and count such samples, or {_REBUILD}"
+        if self._order is None:
+            self._order = stored_order(self.shards)
+        truncated = re.search(r'Malformed index file at "([^"]+)" line (\d+)', said)
+        if truncated:
+            for shard, samples in zip(self.shards, self._order):
+                line = int(truncated.group(2))  # DALI counts from the header line as 0: sample i is on line i + 1
+                if str(shard.index_path) == truncated.group(1) and 1 <= line <= len(samples):
+                    return DataError(f"shard {shard.path}, sample {samples[line - 1].key}: the shard is shorter than "
+                                     f"its index says (truncated or replaced) ({where}; DALI: {said}); {todo}")
+        try:
+            bad = self._find_undecodable()
+        except RuntimeError as check_err:  # the check itself could not run: say what DALI said first
+            logger.error("could not re-decode samples to find the bad one: %s", dali_message(check_err))
+            bad = []
+        if bad:
+            listed = "; ".join(f"shard {shard}, sample {key}" for shard, key in bad[:5])
+            return DataError(f"{listed}: DALI cannot decode it ({where}; DALI: {said}); {todo}")
+        return DataError(f"DALI pipeline failed ({where}) over shards {[str(s.path) for s in self.shards]} and no "
+                         f"sample the reader can have reached fails to decode alone: {said}")
+
+    def _slice(self, epoch: int) -> list[StoredSample]:
+        """The samples this rank's reader reads in `epoch`, in the order it reads them: DALI's contiguous slice
+        (rank + epoch) % world_size of the concatenated shards (dali/operators/reader/loader/loader.cc start_index)."""
+        flat = [sample for samples in self._order for sample in samples]
+        part = (self.rank + epoch) % self.world_size
+        n = len(flat)
+        return flat[part * n // self.world_size:(part + 1) * n // self.world_size]
+
+    def _candidates(self) -> list[StoredSample]:
+        """Samples the failed run can have read: those of the current pass within the reader's reach (shuffle buffer
+        plus the batches DALI runs ahead) not yet handed out, and, near the end of the pass, the next pass's first."""
+        ahead = (2 * self.prefetch + 2) * self.batch_size + max(1, self.shuffle_buffer)
+        current = self._slice(self._epoch)
+        reach = min(len(current), self._batch * self.batch_size + ahead)
+        out = [s for s in current[:reach] if s.key not in self._returned]
+        if reach == len(current):
+            listed = {s.key for s in out}
+            out += [s for s in self._slice(self._epoch + 1)[:ahead] if s.key not in listed]
+        return out[:MAX_CANDIDATES]
+
+    def _find_undecodable(self) -> list[tuple[str, str]]:
+        """(shard, key) of each candidate that DALI's decoder rejects on its own.
+
+        One sample per run: DALI 2.4's CPU decoders can segfault when a batch holds an undecodable JPEG followed by
+        more samples (module docstring), never seen with the bad sample alone or last. A pipeline that failed is
+        replaced (DALI: "no longer valid")."""
+        candidates = self._candidates()
+        logger.info("DALI pipeline failed: re-decoding %d sample(s) one by one to find the bad one", len(candidates))
+        bad, pipe, files = [], None, {}
+        try:
+            for sample in candidates:
+                f = files.get(sample.shard) or files.setdefault(sample.shard, open(sample.shard, "rb"))
+                f.seek(sample.jpg[0])
+                data = np.frombuffer(f.read(sample.jpg[1]), dtype=np.uint8)
+                if pipe is None:
+                    pipe = decode_check_pipeline(batch_size=1, num_threads=1, device_id=self._device_id(),
+                                                 prefetch_queue_depth=1)
+                    pipe.build()
+                try:
+                    pipe.feed_input("jpg", [data])
+                    pipe.run()
+                except RuntimeError:
+                    bad.append((sample.shard, sample.key))
+                    pipe = None
+        finally:
+            for f in files.values():
+                f.close()
+        return bad
