@@ -123,6 +123,8 @@ class LoggingConfig:
     tensorboard: bool = True
     csv: bool = True
     diagnostics_every: int = 500  # collapse diagnostics of the target features; 0 = off
+    probe_every: int = 0  # kNN probe of the target encoder on probe_shards every N steps (rank 0); 0 = off
+    probe_shards: str = ""  # small labeled held-out shards: the first half fits the kNN, the second half scores it
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,8 @@ def check_consistency(cfg: Config, source: str) -> None:
     for name, value in positive.items():
         if value < 1:
             fail(f"{name} must be at least 1, got {value}")
+    if cfg.logging.probe_every and not cfg.logging.probe_shards:
+        fail("logging.probe_every is set but logging.probe_shards is empty: give a small labeled shard folder")
     if cfg.optimization.warmup_epochs > cfg.optimization.epochs:
         fail(f"optimization.warmup_epochs {cfg.optimization.warmup_epochs} exceeds optimization.epochs "
              f"{cfg.optimization.epochs}")

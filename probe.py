@@ -122,6 +122,24 @@ def linear_accuracy(train_x, train_y, test_x, test_y, lrs=(1e-3, 1e-2, 1e-1), ep
     return accuracy(head, test_x, test_y), best
 
 
+class TrainingProbe:
+    """The kNN probe run during training on a small labeled held-out set: first half fits, second half scores."""
+
+    def __init__(self, shards: str | Path, crop_size: int, limit: int = 2000):
+        images, labels = eval_images(shards, crop_size, limit)
+        half = len(labels) // 2
+        if half < 1:
+            raise ValueError(f"{shards}: a training probe needs at least 2 labeled images")
+        self.fit, self.score = (images[:half], labels[:half]), (images[half:], labels[half:])
+
+    def __call__(self, encoder, device) -> float:
+        was_training = encoder.training
+        fit_x = extract_features(encoder, self.fit[0], device=device)
+        score_x = extract_features(encoder, self.score[0], device=device)
+        encoder.train(was_training)
+        return knn_accuracy(fit_x, self.fit[1], score_x, self.score[1])
+
+
 # -------------------------------------------------------------------------------------------------------- encoders
 
 def load_encoder(checkpoint: str | Path, which: Literal["target", "context"] = "target"):

@@ -330,8 +330,9 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
 
     import kernels
     from config import iterations_per_epoch, schedule_steps
-    from metrics import IntervalTimer, collapse_diagnostics, count_flops, peak_tflops
+    from metrics import IntervalTimer, count_flops, peak_tflops
     from pipeline.loader import build_loader
+    from probe import TrainingProbe
 
     device, rank, world_size = setup_distributed(cfg)
     chosen = kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run
@@ -349,6 +350,8 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
     step = load_checkpoint(engine, target, loader, resume, out_dir)
     monitor, state, timer = build_monitor(cfg, out_dir), LoopState(), IntervalTimer()
     flops, peak, batches = None, peak_tflops(device), iter(loader)
+    probe = TrainingProbe(cfg.logging.probe_shards, cfg.data.crop_size) if cfg.logging.probe_every and rank == 0 else None
+    bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
     logger.info(f"kernels: {chosen}")
     logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
                 f"{global_batch_size(cfg, world_size)}, {ipe} steps/epoch, steps {step + 1}..{last} of {total}")
@@ -367,12 +370,9 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
                 state.add(step, micro_step(engine, target, batch, dtype))
             timer.add_step(batch.images.shape[0])
         ema_from_engine(engine, target, sched["momentum"])
-        if cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0 and rank == 0:
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                diag = collapse_diagnostics(target(batch.images))
-            monitor.write_events([(f"Diagnostics/{k}", v, step) for k, v in diag.items()])
-            logger.info(f"step {step} diagnostics: feature std {diag['feature_std']:.4f}, effective rank "
-                        f"{diag['effective_rank']:.1f}")
+        if rank == 0:
+            bar.update(1)
+            diagnose(cfg, step, target, batch, monitor, probe, device, dtype)
         save_now = step % cfg.checkpoint.every_steps == 0 or step == last
         if step % cfg.logging.every_steps == 0 or save_now:
             if device.type == "cuda":
@@ -390,8 +390,37 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
                 return 0
         if save_now:
             save_checkpoint(engine, target, loader, cfg, step, out_dir)
+    bar.close()
     write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank)
     return 0
+
+
+def progress_bar(enabled: bool, total: int, initial: int):
+    """A tqdm bar on rank 0 when stderr is a terminal; a no-op otherwise (logs stay line by line)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def diagnose(cfg, step, target, batch, monitor, probe, device, dtype) -> None:
+    """Rank 0, on their steps: collapse diagnostics of the target features, and the kNN probe."""
+    import torch
+
+    from metrics import collapse_diagnostics
+
+    events = []
+    if cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            diag = collapse_diagnostics(target(batch.images))
+        events += [(f"Diagnostics/{k}", v, step) for k, v in diag.items()]
+        logger.info(f"step {step} diagnostics: feature std {diag['feature_std']:.4f}, effective rank "
+                    f"{diag['effective_rank']:.1f}")
+    if probe is not None and step % cfg.logging.probe_every == 0:
+        top1 = probe(target, device)
+        events.append(("Probe/knn_top1", top1, step))
+        logger.info(f"step {step} probe: kNN top-1 {100 * top1:.1f}% (target encoder, held-out shards)")
+    if events:
+        monitor.write_events(events)
 
 
 def write_summary(cfg, out_dir: Path, steps: int, seconds: float, world_size: int, rank: int) -> None:
@@ -422,11 +451,16 @@ def main(argv=None) -> int:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, world_size))
         return 0
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from pipeline.loader import DataError
+
     single_process_env()
     stop = StopSignal()
     try:
-        return fit(cfg, cfg.checkpoint.resume if args.resume is None else args.resume, stop)
-    except (TrainingError, ConfigError) as err:
+        with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+            return fit(cfg, cfg.checkpoint.resume if args.resume is None else args.resume, stop)
+    except (TrainingError, ConfigError, DataError) as err:
         logger.error("error: %s", err)
         return 1
 

@@ -62,7 +62,8 @@ def losses(out_dir) -> dict[int, float]:
 def reference_run(shards, tmp_path_factory):
     """50 uninterrupted steps with ZeRO-2: the run the other tests compare with."""
     out = tmp_path_factory.mktemp("reference")
-    proc = run(command(shards, out, "optimization.max_steps=50", "checkpoint.every_steps=10"))
+    proc = run(command(shards, out, "optimization.max_steps=50", "checkpoint.every_steps=10",
+                       "logging.probe_every=25", f"logging.probe_shards={shards}"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout + proc.stderr
 
@@ -75,6 +76,8 @@ def test_loss_decreases_and_ranks_agree(reference_run):
     assert last < 0.8 * first, (first, last)
     assert log.count("ranks agree: target encoder digest") == 5  # steps 10, 20, 30, 40, 50
     assert (out / "summary.json").is_file() and "images per GPU-hour" in log
+    probes = [float(line.split("kNN top-1 ")[1].split("%")[0]) for line in log.splitlines() if "probe: kNN" in line]
+    assert len(probes) == 2 and all(10.0 < p <= 100.0 for p in probes), probes  # steps 25 and 50; chance is 10%
 
 
 def test_sigkill_then_resume_auto_gives_identical_losses(shards, reference_run, tmp_path):
@@ -187,3 +190,15 @@ def test_eval_reads_our_checkpoint(shards, reference_run, tmp_path):
                                "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(out.read_text())["setup"]["encoder"] == which
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shards, tmp_path):
+    cmd = command(shards, tmp_path, "optimization.max_steps=20", "checkpoint.every_steps=1",
+                  "optimization.start_lr=1e30", "optimization.lr=1e30", nproc=1)
+    proc = run([sys.executable, *cmd[cmd.index("train.py"):]], timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    bad = int(log.split("non-finite loss at step ")[1].split(";")[0])
+    assert 1 <= bad <= 20
+    tags = complete_tags(tmp_path)
+    assert all(int(t[4:]) < bad for t in tags), (bad, tags)  # nothing saved from the diverged weights
