@@ -41,3 +41,16 @@ def _seed_everything():
     except ImportError:
         return
     np.random.seed(0)
+
+
+@pytest.fixture
+def clean_switch(monkeypatch):
+    """No IJEPA_* kernel override leaks in; the kernels' defaults are back after the test."""
+    import kernels
+
+    for var in kernels.ENV.values():
+        monkeypatch.delenv(var, raising=False)
+    yield
+    for var in kernels.ENV.values():  # a test may have set one; monkeypatch restores the outer value afterwards
+        monkeypatch.delenv(var, raising=False)
+    kernels.configure()

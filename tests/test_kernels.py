@@ -63,16 +63,6 @@ def _on_the_test_device():
         yield
 
 
-@pytest.fixture
-def clean_switch(monkeypatch):
-    """No IJEPA_* override leaks in; the defaults are back after the test."""
-    for var in kernels.ENV.values():
-        monkeypatch.delenv(var, raising=False)
-    yield
-    for var in kernels.ENV.values():  # a test may have set one; monkeypatch restores the outer value afterwards
-        monkeypatch.delenv(var, raising=False)
-    kernels.configure()
-
 
 def _leaves(*shapes, dtype, scale=1.0):
     return [(torch.randn(*s) * scale).to(DEVICE, dtype).requires_grad_() for s in shapes]

@@ -20,15 +20,6 @@ STEPS = 50
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-7
 
 
-@pytest.fixture
-def clean_switch(monkeypatch):
-    for var in kernels.ENV.values():
-        monkeypatch.delenv(var, raising=False)
-    yield
-    for var in kernels.ENV.values():  # a test may have set one; monkeypatch restores the outer value afterwards
-        monkeypatch.delenv(var, raising=False)
-    kernels.configure()
-
 
 def _batch(step: int, batch: int = 2, masks: int = 3, grid: int = 16):
     """The same images every step (so the loss falls) and fresh masks; targets of different masks overlap."""

@@ -145,6 +145,7 @@ def test_sigterm_checkpoints_and_exits_zero(shards, tmp_path):
 def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, stage):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from config import load_config
     from model.schedules import momentum_at
 
     proc = run(command(shards, tmp_path, "optimization.max_steps=3", "checkpoint.every_steps=1",
@@ -155,8 +156,9 @@ def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, sta
     prev = torch.load(min((ckpt / "step00000002").glob(states)), weights_only=False)
     last = torch.load(min((ckpt / "step00000003").glob(states)), weights_only=False)
     fp32 = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="step00000003")  # DeepSpeed's own consolidation
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
     ipe = 1348 // 32  # digits train split / global batch (16 x 2 ranks)
-    m = momentum_at(3, 20 * ipe, 0.996, 1.0)
+    m = momentum_at(3, cfg.optimization.epochs * ipe, *cfg.ema.momentum)
     worst = 0.0
     for name, t in last["target_encoder"].items():
         if name == "pos_embed":
