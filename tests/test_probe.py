@@ -50,17 +50,20 @@ def digit_shards(tmp_path_factory):
     return root
 
 
-def test_eval_cli_on_an_official_checkpoint_prints_both_rows(digit_shards, tmp_path):
+@pytest.mark.parametrize("pool", ["avg", "last4"])
+def test_eval_cli_on_an_official_checkpoint_prints_both_rows(digit_shards, tmp_path, pool):
     out = tmp_path / "probe.json"
     proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(FIXTURE), "--train-shards",
                            str(digit_shards / "train"), "--val-shards", str(digit_shards / "val"), "--limit", "150",
-                           "--epochs", "5", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--epochs", "5", "--pool", pool, "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "checkpoint" in proc.stdout and "random init" in proc.stdout and "margin" in proc.stdout
     results = json.loads(out.read_text())
     for name in ("checkpoint", "random init"):
         assert 0.0 <= results[name]["knn_top1"] <= 1.0 and 0.0 <= results[name]["linear_top1"] <= 1.0
     assert results["setup"]["train_images"] == 150 and results["setup"]["classes"] == 10
+    assert results["setup"]["pool"] == pool
 
 
 def test_eval_cli_names_a_missing_checkpoint(digit_shards, tmp_path):
