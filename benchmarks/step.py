@@ -1,0 +1,206 @@
+"""Step suite: the project's training step beside a plain-PyTorch reference step, same model, batch, masks and device.
+
+Ours is train.py's step: the DeepSpeed engine of the config (ZeRO stage, bf16 weights with fp32 masters inside the
+optimizer), a torch AdamW (fused on CUDA), kernels as the `kernels:` switch picks them, the fused token assembly,
+the foreach EMA from the fp32 masters. The reference is written the way the official I-JEPA code is: fp32 weights
+under bf16 autocast, explicit-softmax attention, one torch.gather per mask then torch.cat, mask tokens built by repeat
+and add, a plain AdamW, a Python loop for the EMA. Both see synthetic images and the masks of the config's sampler
+(official semantics: lengths vary per step); ours is also timed with `mask.length_policy: fixed` (static shapes),
+reported apart from the headline.
+
+Figures per path: step time (median), images/s per GPU, FLOPs of one step counted by torch.utils.flop_counter, TFLOP/s
+and MFU (known GPUs only), peak memory, images per GPU-hour, and the GPU-hours the config's epochs would take on its
+dataset (the manifest's sample count, or ImageNet-1K's 1,281,167 when the config's shards are not here).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+from metrics import count_flops, peak_tflops
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_1K = 1_281_167
+
+
+# ---------------------------------------------------------------------------------------------- the reference step
+
+def apply_masks(x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """The official helper: one gather per mask, then cat along the batch."""
+    return torch.cat([torch.gather(x, 1, m.unsqueeze(-1).repeat(1, 1, x.size(-1))) for m in masks], dim=0)
+
+
+def reference_encoder(enc, images, masks=None):
+    x = enc.patch_embed(images) + enc.pos_embed
+    if masks is not None:
+        x = apply_masks(x, masks)
+    for blk in enc.blocks:
+        x = blk(x)
+    return enc.norm(x)
+
+
+def reference_predictor(pred, z, ctx, tgt_masks):
+    b = z.size(0)
+    x = pred.predictor_embed(z)
+    pos = pred.predictor_pos_embed.repeat(b, 1, 1)
+    x = x + apply_masks(pos, [ctx])
+    _, n_ctx, d = x.shape
+    pos_embs = apply_masks(pos, tgt_masks)
+    tokens = pred.mask_token.repeat(pos_embs.size(0), pos_embs.size(1), 1) + pos_embs
+    x = torch.cat([x.repeat(len(tgt_masks), 1, 1), tokens], dim=1)
+    for blk in pred.predictor_blocks:
+        x = blk(x)
+    return pred.predictor_proj(pred.predictor_norm(x)[:, n_ctx:])
+
+
+class ReferenceStep:
+    """One official-style training step (optimizer step + EMA) per call."""
+
+    def __init__(self, cfg, device: torch.device):
+        from model.jepa import build_jepa
+        from model.schedules import param_groups
+
+        model, target = build_jepa(cfg)
+        self.model, self.target = model.to(device), target.to(device)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optimization.weight_decay), lr=cfg.optimization.lr)
+        self.device, self.momentum = device, cfg.ema.momentum[0]
+
+    def __call__(self, images, ctx, tgt):
+        tgt_masks = list(tgt)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            with torch.no_grad():
+                h = reference_encoder(self.target, images)
+                h = apply_masks(F.layer_norm(h, (h.size(-1),)), tgt_masks)
+            z = reference_encoder(self.model.context_encoder, images, [ctx])
+            loss = F.smooth_l1_loss(reference_predictor(self.model.predictor, z, ctx, tgt_masks), h)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            m = self.momentum
+            for q, k in zip(self.model.context_encoder.parameters(), self.target.parameters()):
+                k.data.mul_(m).add_((1.0 - m) * q.detach().data)
+        return loss.detach()
+
+
+# ------------------------------------------------------------------------------------------------------ our step
+
+class OurStep:
+    """train.py's step: DeepSpeed engine + fused AdamW + EMA from the fp32 masters, one optimizer step per call."""
+
+    def __init__(self, cfg, device: torch.device, world_size: int):
+        import train
+
+        self.train = train
+        out = Path("runs") / "bench-step"
+        self.engine, self.optimizer, self.target = train.build_engine(cfg, device, world_size, out)
+        self.dtype = torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
+        self.momentum = cfg.ema.momentum[0]
+
+    def __call__(self, images, ctx, tgt):
+        from pipeline.loader import Batch
+
+        batch = Batch(images, ctx, tgt, labels=torch.empty(0), keys=[])
+        loss = self.train.micro_step(self.engine, self.target, batch, self.dtype)
+        self.train.ema_from_engine(self.engine, self.target, self.momentum)
+        return loss
+
+
+# ------------------------------------------------------------------------------------------------------ measuring
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(step, cfg, device, masks, warmup: int, repeat: int) -> dict:
+    """Median step time, FLOPs (one counted step), peak memory, for `step(images, ctx, tgt)`."""
+    b, s = cfg.data.batch_size, cfg.data.crop_size
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    images = torch.randn(b, 3, s, s, generator=gen).to(device)
+    on_device = [(c.to(device), t.to(device)) for c, t in masks]
+    flops = count_flops(lambda: step(images, *on_device[0]))
+    for i in range(warmup):
+        step(images, *on_device[i % len(on_device)])
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(repeat):
+        start = time.perf_counter()
+        step(images, *on_device[(warmup + i) % len(on_device)])
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    t = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"step_time_s": t, "images_per_s": b / t, "flops_per_step": flops, "tflops": flops / t / 1e12,
+            "peak_memory_gib": peak, "images_per_gpu_hour": b / t * 3600, "repeat": repeat}
+
+
+def dataset_size(cfg) -> tuple[int, str]:
+    try:
+        from pipeline.shards import read_manifest
+
+        return read_manifest(cfg.data.shards, check="none").total_samples, f"manifest of {cfg.data.shards}"
+    except Exception:  # no shards here: the projection uses ImageNet-1K, and says so
+        return IMAGENET_1K, "ImageNet-1K (the config's shards are not here)"
+
+
+def run(cfg) -> dict:
+    import train
+
+    train.single_process_env()
+    device, _, world_size = train.setup_distributed(cfg)
+    on_gpu = device.type == "cuda"
+    warmup, repeat = (5, 20) if on_gpu else (2, 5)
+    from pipeline.loader import mask_sampler
+
+    sampler = mask_sampler(cfg)
+    masks = [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
+    fixed_cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, length_policy="fixed"))
+    fixed_sampler = mask_sampler(fixed_cfg)
+    fixed_masks = [fixed_sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
+    results = {}
+    plans = [("reference (official-style)", dict(attention="reference", gather="reference"), ReferenceStep, masks),
+             ("ours", dataclasses.asdict(cfg.kernels), OurStep, masks),
+             ("ours, static shapes (fixed lengths)", dataclasses.asdict(cfg.kernels), OurStep, fixed_masks)]
+    for name, impls, build, step_masks in plans:
+        chosen = kernels.configure(**impls, device=device)
+        torch.manual_seed(cfg.run.seed)
+        step = build(cfg, device) if build is ReferenceStep else build(cfg, device, world_size)
+        results[name] = {**measure(step, cfg, device, step_masks, warmup, repeat), "kernels": chosen}
+        del step
+        if on_gpu:
+            torch.cuda.empty_cache()
+    report(cfg, device, results)
+    return results
+
+
+def report(cfg, device, results: dict) -> None:
+    peak = peak_tflops(device)
+    n, source = dataset_size(cfg)
+    ref = results["reference (official-style)"]
+    b = cfg.data.batch_size
+    print(f"step: {cfg.model.arch} patch {cfg.model.patch_size}, {cfg.data.crop_size} px, batch {b} per GPU, "
+          f"{cfg.optimization.precision}, ZeRO {cfg.deepspeed.get('zero_optimization', {}).get('stage', 0)}, "
+          f"on {device.type}; GPU-hours for {cfg.optimization.epochs} epochs of {n:,} images ({source})")
+    print(f"{'path':<38}{'step s':>9}{'img/s/GPU':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}{'img/GPU-h':>12}"
+          f"{'GPU-h':>10}{'× ref':>7}")
+    for name, r in results.items():
+        mfu = f"{100 * r['tflops'] / peak:.1f}%" if peak else "n/a"
+        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
+        gpu_hours = cfg.optimization.epochs * n / r["images_per_s"] / 3600
+        r["gpu_hours_for_epochs"], r["mfu"] = gpu_hours, (r["tflops"] / peak if peak else None)
+        print(f"{name:<38}{r['step_time_s']:>9.3f}{r['images_per_s']:>11.1f}{r['tflops']:>9.2f}{mfu:>7}{mem:>10}"
+              f"{r['images_per_gpu_hour']:>12,.0f}{gpu_hours:>10.3g}{r['images_per_s'] / ref['images_per_s']:>6.2f}×")
+    print(f"FLOPs per step counted with torch.utils.flop_counter: reference {ref['flops_per_step'] / 1e12:.3f} T, "
+          f"ours {results['ours']['flops_per_step'] / 1e12:.3f} T; MFU against {peak or 'no known'} TFLOP/s peak"
+          f"{'' if peak else ' (CPU: MFU not reported)'}; the headline is 'ours' (official mask semantics)")
