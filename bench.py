@@ -16,7 +16,7 @@ from benchmarks.common import device_info
 from config import ConfigError, load_config
 
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict.
-ORDER = ("shards", "masks", "data", "kernels", "step")
+ORDER = ("shards", "masks", "data", "kernels", "step", "scaling")
 
 
 def available_suites() -> list[str]:

@@ -1,0 +1,67 @@
+"""Scaling suite: images/s per process of train.py with 1 and with 2 processes (the deepspeed launcher, the same
+per-process batch), and the efficiency 2-process per-GPU throughput / 1-process throughput, measured in one run.
+
+On a CPU machine each process gets one thread (OMP_NUM_THREADS=1) so that the single-process run is the fair
+baseline; on a GPU host it uses min(2, GPUs) GPUs. The data are the scikit-learn digits, sharded by the real CLIs;
+the figures come from train.py's own interval lines after the first interval (start-up and warm-up excluded).
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, EVERY = 60, 10
+LINE = re.compile(r"step (\d+)/\d+ .*?\| ([\d.]+) img/s/GPU")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shards(root: Path) -> Path:
+    subprocess.run([sys.executable, "digits_folder.py", str(root / "img"), "--size", "32"], cwd=ROOT, check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "shard_dataset.py", str(root / "img" / "train"), str(root / "shards"),
+                    "--shard-size", "170", "--no-progress"], cwd=ROOT, check=True, capture_output=True)
+    return root / "shards"
+
+
+def _throughput(config: str, shards: Path, out: Path, nproc: int) -> float:
+    """Median images/s per process over the interval lines after the first."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(_free_port()), "train.py", "--config", config,
+           "--set", f"data.shards={shards}", "--set", f"run.out_dir={out}", "--set", f"optimization.max_steps={STEPS}",
+           "--set", f"logging.every_steps={EVERY}", "--set", "checkpoint.every_steps=100000",
+           "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch", "--set", "data.num_workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scaling run with {nproc} process(es) failed:\n{proc.stderr[-2000:]}")
+    rates = [float(m.group(2)) for m in LINE.finditer(proc.stdout + proc.stderr) if int(m.group(1)) > EVERY]
+    return statistics.median(rates)
+
+
+def run(cfg=None) -> dict:
+    import torch
+
+    config = "configs/tiny_cpu.yaml"  # the data here are 32 px digits: the tiny recipe whatever bench.py was given
+    nproc = 2 if not torch.cuda.is_available() else min(2, torch.cuda.device_count())
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = _shards(Path(tmp))
+        one = _throughput(config, shards, Path(tmp) / "one", 1)
+        many = _throughput(config, shards, Path(tmp) / "many", nproc)
+    efficiency = many / one
+    print(f"scaling ({config}, same per-process batch, {STEPS} steps, median of the intervals after the first):")
+    print(f"  1 process: {one:.1f} img/s per process | {nproc} processes: {many:.1f} img/s per process "
+          f"({nproc * many:.1f} in all) | per-process efficiency {100 * efficiency:.1f}%")
+    return {"config": config, "processes": nproc, "one_process_images_per_s": one,
+            "per_process_images_per_s": many, "efficiency": efficiency}
