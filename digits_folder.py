@@ -34,6 +34,19 @@ def write_digits(out: Path, size: int = 32, val_fraction: float = 0.25, seed: in
     return counts
 
 
+def shard_digits(root: Path, size: int = 32, shard_size: int = 170) -> dict[str, Path]:
+    """The digits as class folders under root/img, sharded by the real shard_dataset.py CLI into root/train and
+    root/val (what the tests and the scaling benchmark train and probe on). Returns {"train": ..., "val": ...}."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    write_digits(root / "img", size)
+    for split in ("train", "val"):
+        subprocess.run([sys.executable, str(here / "shard_dataset.py"), str(root / "img" / split), str(root / split),
+                        "--shard-size", str(shard_size), "--no-progress"], cwd=here, check=True, capture_output=True)
+    return {split: root / split for split in ("train", "val")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)

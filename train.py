@@ -45,14 +45,18 @@ def derived_summary(cfg, world_size: int) -> str:
     return "".join(f"# derived: {line}\n" for line in lines)
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (for a rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def single_process_env() -> None:
     """`python train.py` without a launcher: a world of one (DeepSpeed would otherwise look for MPI)."""
     if "RANK" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 class StopSignal:

@@ -9,36 +9,24 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from digits_folder import shard_digits
+from train import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 60, 10
 LINE = re.compile(r"step (\d+)/\d+ .*?\| ([\d.]+) img/s/GPU")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shards(root: Path) -> Path:
-    subprocess.run([sys.executable, "digits_folder.py", str(root / "img"), "--size", "32"], cwd=ROOT, check=True,
-                   capture_output=True)
-    subprocess.run([sys.executable, "shard_dataset.py", str(root / "img" / "train"), str(root / "shards"),
-                    "--shard-size", "170", "--no-progress"], cwd=ROOT, check=True, capture_output=True)
-    return root / "shards"
-
-
 def _throughput(config: str, shards: Path, out: Path, nproc: int) -> float:
     """Median images/s per process over the interval lines after the first."""
     launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(_free_port()), "train.py", "--config", config,
+    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), "train.py", "--config", config,
            "--set", f"data.shards={shards}", "--set", f"run.out_dir={out}", "--set", f"optimization.max_steps={STEPS}",
            "--set", f"logging.every_steps={EVERY}", "--set", "checkpoint.every_steps=100000",
            "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch", "--set", "data.num_workers=0"]
@@ -56,7 +44,7 @@ def run(cfg=None) -> dict:
     config = "configs/tiny_cpu.yaml"  # the data here are 32 px digits: the tiny recipe whatever bench.py was given
     nproc = 2 if not torch.cuda.is_available() else min(2, torch.cuda.device_count())
     with tempfile.TemporaryDirectory() as tmp:
-        shards = _shards(Path(tmp))
+        shards = shard_digits(Path(tmp))["train"]
         one = _throughput(config, shards, Path(tmp) / "one", 1)
         many = _throughput(config, shards, Path(tmp) / "many", nproc)
     efficiency = many / one

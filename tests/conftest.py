@@ -54,3 +54,11 @@ def clean_switch(monkeypatch):
     for var in kernels.ENV.values():  # a test may have set one; monkeypatch restores the outer value afterwards
         monkeypatch.delenv(var, raising=False)
     kernels.configure()
+
+
+@pytest.fixture(scope="session")
+def digit_shards(tmp_path_factory):
+    """Real handwritten digits (scikit-learn) → class folders → shards via the real CLI: {"train": 8 shards, "val"}."""
+    from digits_folder import shard_digits
+
+    return shard_digits(tmp_path_factory.mktemp("digits"))

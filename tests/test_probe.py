@@ -39,22 +39,11 @@ def test_probes_at_chance_on_noise():
     assert abs(acc - 0.2) < 0.07
 
 
-@pytest.fixture(scope="module")
-def digit_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    subprocess.run([sys.executable, "digits_folder.py", str(root / "img"), "--size", "32"], cwd=ROOT, check=True,
-                   capture_output=True)
-    for split in ("train", "val"):
-        subprocess.run([sys.executable, "shard_dataset.py", str(root / "img" / split), str(root / split),
-                        "--shard-size", "500", "--no-progress"], cwd=ROOT, check=True, capture_output=True)
-    return root
-
-
 @pytest.mark.parametrize("pool", ["avg", "last4"])
 def test_eval_cli_on_an_official_checkpoint_prints_both_rows(digit_shards, tmp_path, pool):
     out = tmp_path / "probe.json"
     proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(FIXTURE), "--train-shards",
-                           str(digit_shards / "train"), "--val-shards", str(digit_shards / "val"), "--limit", "150",
+                           str(digit_shards["train"]), "--val-shards", str(digit_shards["val"]), "--limit", "150",
                            "--epochs", "5", "--pool", pool, "--json", str(out)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -69,6 +58,6 @@ def test_eval_cli_on_an_official_checkpoint_prints_both_rows(digit_shards, tmp_p
 def test_eval_cli_names_a_missing_checkpoint(digit_shards, tmp_path):
     missing = tmp_path / "nope.pth"
     proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(missing), "--train-shards",
-                           str(digit_shards / "train"), "--val-shards", str(digit_shards / "val")], cwd=ROOT,
+                           str(digit_shards["train"]), "--val-shards", str(digit_shards["val"])], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "nope.pth" in proc.stderr

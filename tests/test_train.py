@@ -3,7 +3,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,26 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from train import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """The digits as JPEG class folders → shards, through the real CLIs (8 shards: 4 per rank)."""
-    root = tmp_path_factory.mktemp("digits")
-    subprocess.run([sys.executable, "digits_folder.py", str(root / "images"), "--size", "32"], cwd=ROOT, check=True,
-                   capture_output=True)
-    subprocess.run([sys.executable, "shard_dataset.py", str(root / "images" / "train"), str(root / "shards"),
-                    "--shard-size", "170", "--no-progress"], cwd=ROOT, check=True, capture_output=True)
-    return root / "shards"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shards(digit_shards):
+    """The digits' train split: 1,348 images in 8 shards."""
+    return digit_shards["train"]
 
 
 def command(shards, out_dir, *sets, nproc=2):
