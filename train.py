@@ -137,15 +137,42 @@ def set_schedules(optimizer, step: int, cfg, warmup: int, total: int) -> dict:
     return values
 
 
+def fp32_master_views(engine):
+    """{bf16 param: view of its fp32 master} under ZeRO-1/2, from ONE all-gather per parameter group of the flat fp32
+    partitions (DeepSpeed keeps them in the layout of its flat bf16 buffer); None where that layout is not there
+    (ZeRO-3, CPU offload, no ZeRO), and the caller falls back to DeepSpeed's per-parameter API."""
+    import torch
+    import torch.distributed as dist
+
+    opt = engine.optimizer
+    parts = getattr(opt, "single_partition_of_fp32_groups", None)
+    if parts is None or getattr(opt, "cpu_offload", False):
+        return None
+    if any(len({t.numel() for t in group}) != 1 for group in opt.parallel_partitioned_bit16_groups):
+        return None  # unequal partitions: not the layout assumed here
+    views = {}
+    with torch.no_grad():
+        for i, part in enumerate(parts):
+            group = opt.real_dp_process_group[i]
+            full = torch.empty(part.numel() * dist.get_world_size(group), dtype=part.dtype, device=part.device)
+            dist.all_gather_into_tensor(full, part, group=group)
+            flat = opt.bit16_groups_flat[i]
+            for p in opt.bit16_groups[i]:
+                offset = (p.data_ptr() - flat.data_ptr()) // flat.element_size()
+                views[p] = full.narrow(0, offset, p.numel()).view_as(p)
+    return views
+
+
 def ema_from_engine(engine, target, momentum: float) -> None:
-    """target ← EMA of the context encoder's fp32 master weights, under any ZeRO stage (DeepSpeed's safe_get API)."""
+    """target ← EMA of the context encoder's fp32 master weights, under any ZeRO stage."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     from model.ema import ema_update
 
+    views = fp32_master_views(engine) or {}
     sources = []
     for p in engine.module.context_encoder.parameters():
-        full = safe_get_full_fp32_param(p) if p.requires_grad else None
+        full = views.get(p) if p in views else (safe_get_full_fp32_param(p) if p.requires_grad else None)
         sources.append(full if full is not None else p)  # frozen (pos_embed) or no DeepSpeed master: the param
     ema_update(list(target.parameters()), sources, momentum)
 
@@ -467,6 +494,17 @@ def main(argv=None) -> int:
     except (TrainingError, ConfigError, DataError) as err:
         logger.error("error: %s", err)
         return 1
+    finally:
+        release_shm_buffers()
+
+
+def release_shm_buffers() -> None:
+    """DeepSpeed's shared-memory all-reduce on the CPU leaves one buffer per rank in /dev/shm (66 MiB each, named
+    after MASTER_ADDR, MASTER_PORT and the rank) when the process ends; unlink this rank's. Ranks that mapped it
+    keep their mapping, so this is safe while others finish."""
+    name = f"deepspeed_*_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{os.environ.get('RANK')}"
+    for path in Path("/dev/shm").glob(name):
+        path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,26 @@ def shards(digit_shards):
     return digit_shards["train"]
 
 
+PORTS = []  # master ports of the launches of this module
+
+
+@pytest.fixture(autouse=True)
+def _no_shm_leftovers():
+    """A run killed with SIGKILL cannot unlink DeepSpeed's /dev/shm buffers (train.py does on any other exit)."""
+    yield
+    for port in PORTS:
+        for path in Path("/dev/shm").glob(f"deepspeed_*_127.0.0.1_{port}_*"):
+            path.unlink(missing_ok=True)
+
+
 def command(shards, out_dir, *sets, nproc=2):
     base = ["--config", "configs/tiny_cpu.yaml", "--set", f"data.shards={shards}", "--set", f"run.out_dir={out_dir}",
             "--set", "data.batch_size=16", "--set", "data.num_workers=0", "--set", "logging.every_steps=1",
             "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch"]
     for s in sets:
         base += ["--set", s]
-    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), "train.py", *base]
+    PORTS.append(free_port())
+    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(PORTS[-1]), "train.py", *base]
 
 
 def run(cmd, timeout=900):
