@@ -394,6 +394,13 @@ def schedule_steps(cfg: Config, ipe: int) -> tuple[int, int]:
     return int(opt.warmup_epochs * ipe), int(opt.epochs * ipe * opt.ipe_scale)
 
 
+def training_dtype(cfg: Config):
+    """The torch dtype of the weights, activations and batches: bf16 or fp32 (optimization.precision)."""
+    import torch
+
+    return torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
+
+
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
     """The DeepSpeed config dict: batch and precision keys derived here, the deepspeed section merged over them."""
     derived = {

@@ -30,12 +30,12 @@ def eval_images(shards: str | Path, crop_size: int, limit: Optional[int] = None)
     refs = index_samples(list_shards(shards))[:limit]
     if any(r.cls is None for r in refs):
         raise ValueError(f"{shards}: unlabeled shards (written with --labels none) cannot be used for a probe")
-    images, labels = [], []
+    images, labels, files = [], [], {}
     for ref in refs:
-        jpg = torch.frombuffer(bytearray(read_span(ref.shard, ref.jpg)), dtype=torch.uint8)
+        jpg = torch.frombuffer(bytearray(read_span(ref.shard, ref.jpg, files)), dtype=torch.uint8)
         image = resize(decode_jpeg(jpg, mode=ImageReadMode.RGB), [round(crop_size / 0.875)], antialias=True)
         images.append(center_crop(image, [crop_size, crop_size]))
-        labels.append(int(read_span(ref.shard, ref.cls)))
+        labels.append(int(read_span(ref.shard, ref.cls, files)))
     return torch.stack(images), torch.tensor(labels)
 
 
@@ -44,11 +44,10 @@ def extract_features(encoder, images: torch.Tensor, pool: Literal["avg", "last4"
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, D) average-pooled output tokens, or (N, 4·D) the concatenated average pools of the last 4 blocks (each
     through the final LayerNorm)."""
-    from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.loader import imagenet_stats
 
     encoder = encoder.to(device).eval()
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    mean, std = imagenet_stats(device)
     feats = []
     for chunk in images.split(batch_size):
         x = (chunk.to(device).float() - mean) / std

@@ -311,7 +311,7 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS of this process (KiB → GiB)
 
 
-def log_interval(state, step, last, epoch, sched, batch, figures, monitor, world_size):
+def log_interval(state, step, last, epoch, sched, batch, figures, monitor):
     from metrics import format_eta
 
     losses = state.pop_losses()
@@ -360,20 +360,20 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
     import torch
 
     import kernels
-    from config import iterations_per_epoch, schedule_steps
+    from config import iterations_per_epoch, schedule_steps, training_dtype
     from metrics import IntervalTimer, count_flops, peak_tflops
     from pipeline.loader import build_loader
     from probe import TrainingProbe
 
     device, rank, world_size = setup_distributed(cfg)
-    chosen = kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run
+    kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run (logged)
     out_dir = Path(cfg.run.out_dir)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     engine, optimizer, target = build_engine(cfg, device, world_size, out_dir)
-    dtype = torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
+    dtype = training_dtype(cfg)
     loader = build_loader(cfg, rank=rank, world_size=world_size, device=device)
     ipe = iterations_per_epoch(cfg, world_size, loader.num_samples)
     warmup, total = schedule_steps(cfg, ipe)
@@ -383,7 +383,6 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
     flops, peak, batches = None, peak_tflops(device), iter(loader)
     probe = TrainingProbe(cfg.logging.probe_shards, cfg.data.crop_size) if cfg.logging.probe_every and rank == 0 else None
     bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
-    logger.info(f"kernels: {chosen}")
     logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
                 f"{global_batch_size(cfg, world_size)}, {ipe} steps/epoch, steps {step + 1}..{last} of {total}")
     started, first_step = time.perf_counter(), step + 1
@@ -413,7 +412,7 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
                 raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
                                     f"checkpoint is kept in {out_dir / 'checkpoints'}")
             figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
-            log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, world_size)
+            log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor)
             if agree(stop.received is not None, device):
                 save_checkpoint(engine, target, loader, cfg, step, out_dir)
                 logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "

@@ -89,12 +89,11 @@ def reference_epochs(shards: Path):
 
 def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """What the loader does to a backend's batch (pipeline/loader.py Loader._images), in float32."""
-    from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.loader import imagenet_stats
 
     images = images.to(device, non_blocking=True)
     if images.dtype == torch.uint8:
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        mean, std = imagenet_stats(device)
         images = (images.float() - mean) / std
     return images.float()
 

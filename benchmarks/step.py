@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from config import training_dtype
 from metrics import count_flops, peak_tflops
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class OurStep:
         self.train = train
         out = Path("runs") / "bench-step"
         self.engine, self.optimizer, self.target = train.build_engine(cfg, device, world_size, out)
-        self.dtype = torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
+        self.dtype = training_dtype(cfg)
         self.momentum = cfg.ema.momentum[0]
 
     def __call__(self, images, ctx, tgt):

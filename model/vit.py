@@ -128,13 +128,6 @@ class VisionTransformer(nn.Module):
         set_grad_checkpointing(self.blocks, enable, every)
 
 
-def vit_encoder(arch_size: tuple[int, int, int, float], img_size: int, patch_size: int) -> VisionTransformer:
-    """Builds an encoder from (embed_dim, depth, num_heads, mlp_ratio)."""
-    dim, depth, heads, mlp_ratio = arch_size
-    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth, num_heads=heads,
-                             mlp_ratio=mlp_ratio)
-
-
 def count_parameters(module: nn.Module) -> int:
     """Every parameter, the fixed positional embeddings included (as the official code counts them)."""
     return sum(p.numel() for p in module.parameters())

@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Protocol
 
 import torch
 
+from config import training_dtype
 from pipeline.masks import MultiBlockMaskSampler
 from pipeline.shards import ManifestError, list_shards, read_manifest
 
@@ -25,6 +26,13 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_stats(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, 3, 1, 1) tensors on `device`, scaled to uint8 pixel values: (x - mean) / std normalises."""
+    shape = (1, 3, 1, 1)
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255,
+            torch.tensor(IMAGENET_STD, device=device).view(shape) * 255)
 
 
 class DataError(RuntimeError):
@@ -80,9 +88,7 @@ class Loader:
         self.batches_per_epoch, self.num_samples, self.rank = batches_per_epoch, num_samples, rank
         self.device, self.dtype = device, dtype
         self.epoch, self.batch_in_epoch, self.batches_seen = 0, 0, 0
-        shape = (1, 3, 1, 1)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
+        self.mean, self.std = imagenet_stats(device)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -131,7 +137,7 @@ def build_loader(cfg, rank: int, world_size: int, device: torch.device,
     if batches < 1:
         raise DataError(f"data.shards {cfg.data.shards}: {per_rank} samples per rank make no batch of "
                         f"{cfg.data.batch_size}: lower data.batch_size or use more data")
-    dtype = dtype or (torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32)
+    dtype = dtype or training_dtype(cfg)
     backend = resolve_backend(cfg.data.backend)
     if backend == "dali":
         from pipeline.dali import DaliSource

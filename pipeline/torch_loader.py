@@ -62,11 +62,18 @@ def index_samples(shards: Sequence[ShardFile]) -> list[SampleRef]:
     return out
 
 
-def read_span(path: str, span: tuple[int, int]) -> bytes:
-    """`span` = (offset, size) bytes of a shard file."""
-    with open(path, "rb") as f:
-        f.seek(span[0])
-        data = f.read(span[1])
+def read_span(path: str, span: tuple[int, int], open_files: dict | None = None) -> bytes:
+    """`span` = (offset, size) bytes of a shard file; `open_files` keeps the files open between calls."""
+    if open_files is None:
+        with open(path, "rb") as f:
+            return _read_at(f, path, span)
+    f = open_files.get(path) or open_files.setdefault(path, open(path, "rb"))
+    return _read_at(f, path, span)
+
+
+def _read_at(f, path: str, span: tuple[int, int]) -> bytes:
+    f.seek(span[0])
+    data = f.read(span[1])
     if len(data) != span[1]:
         raise OSError(f"{path}: truncated shard: wanted {span[1]} bytes at offset {span[0]}, got {len(data)}")
     return data
@@ -115,18 +122,10 @@ class EpochBatches(Dataset):
     def __len__(self) -> int:
         return len(self.order) // self.batch_size
 
-    def _read(self, path: str, span: tuple[int, int]) -> bytes:
-        f = self._files.get(path) or self._files.setdefault(path, open(path, "rb"))
-        f.seek(span[0])
-        data = f.read(span[1])
-        if len(data) != span[1]:
-            raise OSError(f"truncated shard: wanted {span[1]} bytes at offset {span[0]}, got {len(data)}")
-        return data
-
     def _load(self, ref: SampleRef):
         """(image (3, H, W) uint8 or JPEG bytes tensor, (H, W), label)."""
-        data = self._read(ref.shard, ref.jpg)
-        label = int(self._read(ref.shard, ref.cls)) if ref.cls else -1
+        data = read_span(ref.shard, ref.jpg, self._files)
+        label = int(read_span(ref.shard, ref.cls, self._files)) if ref.cls else -1
         jpg = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if self.decode_on_gpu:
             return jpg, jpeg_size(data), label
