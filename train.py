@@ -398,7 +398,7 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
                 flops *= cfg.optimization.grad_accum
             else:
                 state.add(step, micro_step(engine, target, batch, dtype))
-            timer.add_step(batch.images.shape[0])
+        timer.add_step(cfg.data.batch_size * cfg.optimization.grad_accum)  # one optimizer step
         ema_from_engine(engine, target, sched["momentum"])
         if rank == 0:
             bar.update(1)
