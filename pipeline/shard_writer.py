@@ -18,7 +18,6 @@ import contextlib
 import ctypes
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import multiprocessing as mp
@@ -27,7 +26,6 @@ import platform
 import random
 import signal
 import stat
-import struct
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -35,34 +33,22 @@ from pathlib import Path
 
 import PIL
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pipeline import shards as fmt
+from pipeline.image_prep import BadInput, prepare_jpeg, read_source
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 LABEL_MODES = ("folders", "none")
 VERIFY_MODES = ("full", "header")
-# What PIL raises on a corrupt or unsupported image (OSError covers truncated data and decoder errors).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
-_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with extra pictures appended; every decoder reads the first
-_EOI_WINDOW = 1024  # header check: a JPEG's end-of-image marker must lie in its last KiB
 _TAR_MTIME = 0  # webdataset's TarWriter fixes uid/gid (0), user/group names and mode; its mtime defaults to now
 _progress = None  # a worker's shared counter of processed inputs, set by _init_worker
 
 
 class ShardingError(RuntimeError):
     """A problem the user must fix; the message says what, where, and what to do."""
-
-
-class BadInput(Exception):
-    """An input file that cannot become a sample; `reason` is what goes into the manifest."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -249,81 +235,6 @@ def plan_digest(plan: list[PlannedShard], classes: list[str] | None) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------------------------- one image → JPEG
-def read_source(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise BadInput(f"unreadable: {err.strerror or err}") from err
-    if not data:
-        raise BadInput("empty file (0 bytes)")
-    return data
-
-
-def target_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
-    """`size` with its longer side brought down to `max_size` (aspect kept); unchanged when already within it."""
-    w, h = size
-    if max_size is None or max(w, h) <= max_size:
-        return size
-    scale = max_size / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparent pixels over white rather than whatever colour they hide."""
-    if img.mode.startswith("I"):  # 16-bit samples (a 16-bit PNG): scale to 8 bits, where convert() would clip
-        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-        rgb.paste(rgba, mask=rgba.getchannel("A"))
-        return rgb
-    return img.convert("RGB")
-
-
-def _reencode(img: Image.Image, size: tuple[int, int], quality: int) -> bytes:
-    """Decodes `img` (a full verification), converts it to RGB, resizes it to `size`, encodes it as JPEG."""
-    if img.format in _JPEG_FORMATS and size != img.size:
-        img.draft(None, size)  # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below `size`
-    img.load()
-    rgb = _to_rgb(img)
-    if rgb.size != size:
-        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    rgb.save(out, "JPEG", quality=quality)
-    return out.getvalue()
-
-
-def _verify_copy(img: Image.Image, data: bytes, verify: str) -> None:
-    """Checks a JPEG whose bytes will be copied. "full" decodes it at 1/8 scale: libjpeg still entropy-decodes every
-    coefficient, so truncation and corrupt markers fail exactly as in a full-size decode, for less IDCT work."""
-    if verify == "full":
-        img.draft(None, (1, 1))
-        img.load()
-    elif b"\xff\xd9" not in data[-_EOI_WINDOW:]:
-        raise BadInput(f"truncated JPEG: no end-of-image marker in its last {_EOI_WINDOW} bytes")
-
-
-def prepare_jpeg(data: bytes, options: ShardOptions) -> tuple[bytes, bool]:
-    """The sample's JPEG bytes from a source file's bytes, and whether they were re-encoded. The format is read from
-    the content, never the file name. RGB and grayscale JPEGs within --max-size are copied as they are."""
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as err:
-        raise BadInput("not an image (no known image format in its content)") from err
-    except _DECODE_ERRORS as err:
-        raise BadInput(f"corrupt image header: {err}") from err
-    try:
-        size = target_size(img.size, options.max_size)
-        if img.format in _JPEG_FORMATS and img.mode in ("RGB", "L") and size == img.size:
-            _verify_copy(img, data, options.verify)
-            return data, False
-        return _reencode(img, size, options.quality), True
-    except _DECODE_ERRORS as err:
-        raise BadInput(f"corrupt {img.format} image: {err}") from err
-
-
 # ------------------------------------------------------------------------------------------------ one shard
 class _HashingFile:
     """A write-only file that hashes and counts what passes through it to `raw`."""
@@ -504,6 +415,27 @@ def _run_pool(run: _Run, settings: RunSettings) -> None:
             tick()
 
 
+def round_balance(shards: list[tuple[int, int]], workers: int) -> str | None:
+    """A warning when whole-shard parallelism leaves cores idle: workers take shards in rounds, and a last round with
+    few shards keeps most workers waiting (141 shards of 1 GB on 64 cores: 3 rounds, the last with 13). Suggests the
+    shard size that fills every round. `shards`: (samples, estimated bytes) per planned shard. None when ≥ 90% of
+    the worker time is used."""
+    n = len(shards)
+    if workers < 2 or n == 0:
+        return None
+    rounds = -(-n // workers)
+    used = n / (rounds * workers)
+    if used >= 0.9:
+        return None
+    fill = rounds * workers  # shards that would fill every round
+    samples, size = (sum(column) for column in zip(*shards))
+    per_shard = -(-size // fill)  # rounded up, so that `fill` shards hold it all
+    hint = f"{-(-per_shard // 10**6)}MB" if per_shard >= 10**7 else str(-(-samples // fill))
+    return (f"{n} shards on {workers} workers: {rounds} round(s), the last with {n - (rounds - 1) * workers} "
+            f"shard(s), so {100 * used:.0f}% of the worker time is used; --shard-size {hint} would make about {fill} "
+            f"shards and fill every round")
+
+
 def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: ShardOptions,
                  settings: RunSettings) -> tuple[fmt.Manifest, dict]:
     """Writes (or resumes writing) SRC as shards in DEST; returns the complete manifest and this run's counts of
@@ -530,6 +462,10 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
         logger.warning("%d class folder(s) hold no usable image (their class index is kept): %s", len(empty),
                        ", ".join(empty[:10]))
     plan = plan_shards(scan, options)
+    warning = round_balance([(len(p.members), sum(estimated_sample_bytes(f, options, scan.classes)
+                                                  for _, f in p.members)) for p in plan], settings.workers)
+    if warning:
+        logger.warning(warning)
     dest.mkdir(parents=True, exist_ok=True)
     with fmt.lock_dest(dest):
         old = fmt.open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),

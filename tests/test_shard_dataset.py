@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from pipeline import shards as fmt
-from pipeline.shard_writer import ShardOptions, plan_shards, prepare_jpeg, scan_source
+from pipeline.image_prep import prepare_jpeg
+from pipeline.shard_writer import ShardOptions, plan_shards, scan_source
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["n01440764", "n01443537", "n01484850"]
@@ -403,3 +404,15 @@ def test_shard_size_flag_takes_samples_bytes_or_both():
     for bad in ("1.5", "10XB", "0", "", "1GB;2"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_shard_size(bad)
+
+
+def test_round_balance_warns_when_the_last_round_of_shards_leaves_workers_idle():
+    from pipeline.shard_writer import round_balance
+
+    imagenet = [(9_100, 10**9)] * 141  # ImageNet train at the default 1 GB shards
+    assert round_balance(imagenet, 16) is None  # 9 rounds, 98% used
+    warning = round_balance(imagenet, 64)
+    assert "3 round(s), the last with 13 shard(s)" in warning and "73%" in warning
+    assert "--shard-size 735MB would make about 192 shards" in warning
+    assert "--shard-size 25 would make about 4 shards" in round_balance([(33, 10**5)] * 3, 2)  # small: in samples
+    assert round_balance([(33, 10**5)] * 3, 1) is None
