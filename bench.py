@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import pkgutil
@@ -15,12 +16,13 @@ import benchmarks
 from benchmarks.common import device_info
 from config import ConfigError, load_config
 
-# Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict.
+# Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
+# run(cfg, earlier) -> dict to see the figures of the suites run before it).
 ORDER = ("shards", "masks", "data", "kernels", "step", "scaling")
 
 
 def available_suites() -> list[str]:
-    present = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != "common"}
+    present = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in ("common", "comm_model")}
     return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
 
 
@@ -52,7 +54,9 @@ def main(argv=None) -> int:
     results = {"device": info, "config": args.config, "suites": {}}
     for name in suites:
         print(f"\n== {name} ==")
-        results["suites"][name] = importlib.import_module(f"benchmarks.{name}").run(cfg)
+        run = importlib.import_module(f"benchmarks.{name}").run
+        earlier = {"earlier": results["suites"]} if "earlier" in inspect.signature(run).parameters else {}
+        results["suites"][name] = run(cfg, **earlier)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2, default=str)

@@ -1,5 +1,6 @@
 """Scaling suite: images/s per process of train.py with 1 and with 2 processes (the deepspeed launcher, the same
-per-process batch), and the efficiency 2-process per-GPU throughput / 1-process throughput, measured in one run.
+per-process batch), and the efficiency 2-process per-GPU throughput / 1-process throughput, measured in one run;
+then the model of 8-GPU and multi-node efficiency (benchmarks/comm_model.py) for the config's model.
 
 On a CPU machine each process gets one thread (OMP_NUM_THREADS=1) so that the single-process run is the fair
 baseline; on a GPU host it uses min(2, GPUs) GPUs. The data are the scikit-learn digits, sharded by the real CLIs;
@@ -38,8 +39,12 @@ def _throughput(config: str, shards: Path, out: Path, nproc: int) -> float:
     return statistics.median(rates)
 
 
-def run(cfg=None) -> dict:
+def run(cfg=None, earlier: dict | None = None) -> dict:
+    """Measures 1 vs 2 processes on the tiny recipe, then prints the multi-GPU model (benchmarks/comm_model.py) for
+    `cfg`'s model, at the step time the step suite measured on a GPU in this run when it did."""
     import torch
+
+    from benchmarks import comm_model
 
     config = "configs/tiny_cpu.yaml"  # the data here are 32 px digits: the tiny recipe whatever bench.py was given
     nproc = 2 if not torch.cuda.is_available() else min(2, torch.cuda.device_count())
@@ -51,5 +56,7 @@ def run(cfg=None) -> dict:
     print(f"scaling ({config}, same per-process batch, {STEPS} steps, median of the intervals after the first):")
     print(f"  1 process: {one:.1f} img/s per process | {nproc} processes: {many:.1f} img/s per process "
           f"({nproc * many:.1f} in all) | per-process efficiency {100 * efficiency:.1f}%")
+    measured = (earlier or {}).get("step", {}).get("ours", {}).get("step_time_s") if torch.cuda.is_available() else None
+    model = comm_model.run(cfg, measured_step_s=measured) if cfg is not None else None
     return {"config": config, "processes": nproc, "one_process_images_per_s": one,
-            "per_process_images_per_s": many, "efficiency": efficiency}
+            "per_process_images_per_s": many, "efficiency": efficiency, "multi_gpu_model": model}

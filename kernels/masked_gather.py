@@ -126,8 +126,8 @@ def set_index_check(mode: str) -> None:
 
 def check_index_range(idx: torch.Tensor, n: int, name: str, op: str) -> None:
     """Raises IndexError naming the first out-of-range value of idx and where it sits, as the policy above says."""
-    if idx.numel() == 0 or (idx.is_cuda and not _check_every_call and op in _checked_ops):
-        return
+    if idx.numel() == 0 or idx.is_meta or (idx.is_cuda and not _check_every_call and op in _checked_ops):
+        return  # meta tensors (FLOP counting without memory) hold no values to check
     _checked_ops.add(op)
     lo, hi = int(idx.min()), int(idx.max())  # a host sync on CUDA: hence once per op unless asked
     if lo >= 0 and hi < n:

@@ -32,3 +32,37 @@ def test_unknown_suite_is_refused():
     proc = subprocess.run([sys.executable, "bench.py", "--suite", "speed"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "unknown suite(s) ['speed']" in proc.stderr
+
+
+def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch):
+    import torch
+
+    import kernels
+    from benchmarks import comm_model
+    from config import load_config
+    from metrics import count_flops
+    from model.jepa import build_jepa, ijepa_loss
+
+    cfg = load_config(ROOT / "configs/tiny_cpu.yaml")
+    kernels.configure(attention="reference", gather="reference", device="cpu")  # CPU SDPA's backward is not counted
+    shape = comm_model.step_shape(cfg, ctx_tokens=40, tgt_tokens=10, masks=3)
+    model, target = build_jepa(cfg)  # the same step on real CPU tensors, counted the same way
+    s, (rows, cols) = cfg.data.crop_size, (cfg.data.crop_size // cfg.model.patch_size,) * 2
+    scale = rows * cols / 256
+    ctx = torch.zeros(1, round(40 * scale), dtype=torch.long)
+    tgt = torch.zeros(3, 1, round(10 * scale), dtype=torch.long)
+    real = count_flops(lambda: ijepa_loss(model, target, torch.randn(1, 3, s, s), ctx, tgt).backward())
+    assert shape.forward_flops + shape.backward_flops == real
+    assert shape.trained_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0.2 < shape.backward_share < 0.6
+
+    one_billion = comm_model.StepShape(10**9, forward_flops=1.0, backward_flops=1.0)
+    row = comm_model.efficiency(one_billion, step_s=1.0, n=8)  # NVLink 360 GB/s, 7/8 of each ring through a link
+    assert abs(row["exposed_ms"]["param all-gather"] - 7 / 8 * 2e9 / 360e9 * 1e3) < 1e-9
+    assert abs(row["exposed_ms"]["EMA master all-gather"] - 7 / 8 * 4e9 / 360e9 * 1e3) < 1e-9
+    assert abs(row["exposed_ms"]["grad reduce-scatter"] - 7 / 8 * 1e8 / 360e9 * 1e3) < 1e-9  # last bucket only
+    assert abs(row["efficiency"] - 1 / (1 + 7 / 8 * 6.1e9 / 360e9)) < 1e-12
+    slow = comm_model.efficiency(comm_model.StepShape(10**9, 1.0, 0.0), step_s=0.01, n=16)  # no backward to hide in
+    assert slow["link_GBps"] == comm_model.NIC_GBPS
+    assert abs(slow["exposed_ms"]["grad reduce-scatter"] - 15 / 16 * 2e9 / 45e9 * 1e3) < 1e-9
+    assert comm_model.efficiency(one_billion, step_s=1.0, n=1)["efficiency"] == 1.0
