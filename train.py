@@ -95,7 +95,8 @@ def setup_distributed(cfg):
 
 
 def build_engine(cfg, device, world_size, out_dir: Path):
-    """(DeepSpeed engine over context encoder + predictor, the torch AdamW inside it, the fp32 target encoder)."""
+    """(DeepSpeed engine over context encoder + predictor, the torch AdamW inside it, the fp32 target encoder; its
+    EMA is target_ema.target_ema(engine, target))."""
     import deepspeed
     import torch
 
@@ -103,6 +104,11 @@ def build_engine(cfg, device, world_size, out_dir: Path):
     from model.schedules import param_groups
 
     model, target = build_jepa(cfg)
+    if cfg.model.compile:  # before DeepSpeed wraps the model; the blocks' token dim stays dynamic (model/compile.py)
+        from model.compile import compile_blocks
+
+        logger.info("torch.compile: %d blocks (context encoder + predictor), %d (target encoder)",
+                    compile_blocks(model), compile_blocks(target))
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optimization.weight_decay), lr=cfg.optimization.lr,
                                   betas=cfg.optimization.betas, eps=cfg.optimization.eps, fused=fused)
@@ -135,46 +141,6 @@ def set_schedules(optimizer, step: int, cfg, warmup: int, total: int) -> dict:
         if not group.get("WD_exclude"):
             group["weight_decay"] = values["wd"]
     return values
-
-
-def fp32_master_views(engine):
-    """{bf16 param: view of its fp32 master} under ZeRO-1/2, from ONE all-gather per parameter group of the flat fp32
-    partitions (DeepSpeed keeps them in the layout of its flat bf16 buffer); None where that layout is not there
-    (ZeRO-3, CPU offload, no ZeRO), and the caller falls back to DeepSpeed's per-parameter API."""
-    import torch
-    import torch.distributed as dist
-
-    opt = engine.optimizer
-    parts = getattr(opt, "single_partition_of_fp32_groups", None)
-    if parts is None or getattr(opt, "cpu_offload", False):
-        return None
-    if any(len({t.numel() for t in group}) != 1 for group in opt.parallel_partitioned_bit16_groups):
-        return None  # unequal partitions: not the layout assumed here
-    views = {}
-    with torch.no_grad():
-        for i, part in enumerate(parts):
-            group = opt.real_dp_process_group[i]
-            full = torch.empty(part.numel() * dist.get_world_size(group), dtype=part.dtype, device=part.device)
-            dist.all_gather_into_tensor(full, part, group=group)
-            flat = opt.bit16_groups_flat[i]
-            for p in opt.bit16_groups[i]:
-                offset = (p.data_ptr() - flat.data_ptr()) // flat.element_size()
-                views[p] = full.narrow(0, offset, p.numel()).view_as(p)
-    return views
-
-
-def ema_from_engine(engine, target, momentum: float) -> None:
-    """target ← EMA of the context encoder's fp32 master weights, under any ZeRO stage."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    from model.ema import ema_update
-
-    views = fp32_master_views(engine) or {}
-    sources = []
-    for p in engine.module.context_encoder.parameters():
-        full = views.get(p) if p in views else (safe_get_full_fp32_param(p) if p.requires_grad else None)
-        sources.append(full if full is not None else p)  # frozen (pos_embed) or no DeepSpeed master: the param
-    ema_update(list(target.parameters()), sources, momentum)
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
@@ -222,11 +188,12 @@ def check_ranks_agree(target, step: int) -> str:
     return digests[0]
 
 
-def save_checkpoint(engine, target, loader, cfg, step: int, out_dir: Path) -> Path:
+def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path) -> Path:
     import torch.distributed as dist
 
     from checkpoints import checkpoint_dir, mark_complete, prune, tag_for
 
+    ema.wait()
     digest = check_ranks_agree(target, step)
 
     ckpt_dir, tag = checkpoint_dir(out_dir), tag_for(step)
@@ -277,14 +244,18 @@ def load_checkpoint(engine, target, loader, resume: str, out_dir: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- the loop
 
-def micro_step(engine, target, batch, dtype):
-    """Forward (targets without grad, then context + predictor) and backward of one micro batch; returns the loss."""
+def micro_step(engine, ema, target, batch, dtype):
+    """Forward (context encoder + predictor, then the targets without grad) and backward of one micro batch; returns
+    the loss. The targets come last so that the target encoder's all-gather (target_ema.py) overlaps the rest."""
     import torch
 
     from model.jepa import target_features
 
-    with torch.autocast(batch.images.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        targets = target_features(target, batch.images, batch.tgt_idx)
+    def targets():
+        ema.wait()
+        with torch.autocast(batch.images.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return target_features(target, batch.images, batch.tgt_idx)
+
     loss = engine(batch.images.to(dtype), batch.ctx_idx, batch.tgt_idx, targets)
     engine.backward(loss)
     engine.step()
@@ -364,6 +335,7 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
     from metrics import IntervalTimer, count_flops, peak_tflops
     from pipeline.loader import build_loader
     from probe import TrainingProbe
+    from target_ema import target_ema
 
     device, rank, world_size = setup_distributed(cfg)
     kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run (logged)
@@ -378,7 +350,9 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
     ipe = iterations_per_epoch(cfg, world_size, loader.num_samples)
     warmup, total = schedule_steps(cfg, ipe)
     last = min(total, cfg.optimization.max_steps or total)
+    ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
     step = load_checkpoint(engine, target, loader, resume, out_dir)
+    ema.loaded()
     monitor, state, timer = build_monitor(cfg, out_dir), LoopState(), IntervalTimer()
     flops, peak, batches = None, peak_tflops(device), iter(loader)
     probe = TrainingProbe(cfg.logging.probe_shards, cfg.data.crop_size) if cfg.logging.probe_every and rank == 0 else None
@@ -394,15 +368,15 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
             batch = next(batches)
             timer.add_wait(time.perf_counter() - t0)
             if flops is None:  # counted once, on the first micro step (same work as every other)
-                flops = count_flops(lambda: state.add(step, micro_step(engine, target, batch, dtype)))
+                flops = count_flops(lambda: state.add(step, micro_step(engine, ema, target, batch, dtype)))
                 flops *= cfg.optimization.grad_accum
             else:
-                state.add(step, micro_step(engine, target, batch, dtype))
+                state.add(step, micro_step(engine, ema, target, batch, dtype))
         timer.add_step(cfg.data.batch_size * cfg.optimization.grad_accum)  # one optimizer step
-        ema_from_engine(engine, target, sched["momentum"])
+        ema.update(sched["momentum"])  # its all-gather runs while the next batch is fetched and the context forward
         if rank == 0:
             bar.update(1)
-            diagnose(cfg, step, target, batch, monitor, probe, device, dtype)
+            diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype)
         save_now = step % cfg.checkpoint.every_steps == 0 or step == last
         if step % cfg.logging.every_steps == 0 or save_now:
             if device.type == "cuda":
@@ -414,12 +388,12 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
             figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
             log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor)
             if agree(stop.received is not None, device):
-                save_checkpoint(engine, target, loader, cfg, step, out_dir)
+                save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
                 logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
                             f"resume with --resume auto")
                 return 0
         if save_now:
-            save_checkpoint(engine, target, loader, cfg, step, out_dir)
+            save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
     bar.close()
     write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank)
     return 0
@@ -432,14 +406,17 @@ def progress_bar(enabled: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def diagnose(cfg, step, target, batch, monitor, probe, device, dtype) -> None:
+def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> None:
     """Rank 0, on their steps: collapse diagnostics of the target features, and the kNN probe."""
     import torch
 
     from metrics import collapse_diagnostics
 
     events = []
-    if cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0:
+    diagnostics = cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0
+    if diagnostics or (probe is not None and step % cfg.logging.probe_every == 0):
+        ema.wait()
+    if diagnostics:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             diag = collapse_diagnostics(target(batch.images))
         events += [(f"Diagnostics/{k}", v, step) for k, v in diag.items()]

@@ -99,10 +99,12 @@ class OurStep:
 
     def __init__(self, cfg, device: torch.device, world_size: int):
         import train
+        from target_ema import target_ema
 
         self.train = train
         out = Path("runs") / "bench-step"
         self.engine, self.optimizer, self.target = train.build_engine(cfg, device, world_size, out)
+        self.ema = target_ema(self.engine, self.target)
         self.dtype = training_dtype(cfg)
         self.momentum = cfg.ema.momentum[0]
 
@@ -110,8 +112,8 @@ class OurStep:
         from pipeline.loader import Batch
 
         batch = Batch(images, ctx, tgt, labels=torch.empty(0), keys=[])
-        loss = self.train.micro_step(self.engine, self.target, batch, self.dtype)
-        self.train.ema_from_engine(self.engine, self.target, self.momentum)
+        loss = self.train.micro_step(self.engine, self.ema, self.target, batch, self.dtype)
+        self.ema.update(self.momentum)
         return loss
 
 

@@ -1,6 +1,8 @@
 """The I-JEPA objective: predict, from the context tokens, the target encoder's features at the target blocks."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,11 +29,12 @@ class JEPA(nn.Module):
         self.predictor = predictor
 
     def forward(self, images: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, S, S), ctx_idx (B, Kc), tgt_idx (M, B, Kt), targets (M·B, Kt, D) → scalar loss."""
+                targets: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
+        """images (B, 3, S, S), ctx_idx (B, Kc), tgt_idx (M, B, Kt), targets (M·B, Kt, D) → scalar loss. `targets` may
+        be a function, called after the predictor: train.py's target weights arrive by an all-gather meanwhile."""
         z = self.context_encoder(images, ctx_idx)  # (B, Kc, D)
         pred = self.predictor(z, ctx_idx, tgt_idx)  # (M·B, Kt, D)
-        return jepa_loss(pred, targets)
+        return jepa_loss(pred, targets() if callable(targets) else targets)
 
 
 def ijepa_loss(model: JEPA, target_encoder: VisionTransformer, images: torch.Tensor, ctx_idx: torch.Tensor,

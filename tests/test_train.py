@@ -150,6 +150,7 @@ def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, sta
 
     from config import load_config
     from model.schedules import momentum_at
+    from model.vit import sincos_pos_embed_2d
 
     proc = run(command(shards, tmp_path, "optimization.max_steps=3", "checkpoint.every_steps=1",
                        "checkpoint.keep_last=2", f"deepspeed.zero_optimization={{stage: {stage}}}"))
@@ -163,8 +164,12 @@ def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, sta
     ipe = 1348 // 32  # digits train split / global batch (16 x 2 ranks)
     m = momentum_at(3, cfg.optimization.epochs * ipe, *cfg.ema.momentum)
     worst = 0.0
+    path = "on this rank's slice" if stage < 3 else "full fp32 masters gathered per parameter"
+    assert f"target EMA: {path}" in proc.stdout + proc.stderr
     for name, t in last["target_encoder"].items():
-        if name == "pos_embed":
+        if name == "pos_embed":  # frozen: the target keeps the fp32 sin-cos values (not DeepSpeed's bf16 copy)
+            assert torch.equal(t, prev["target_encoder"][name]) and t.dtype == torch.float32
+            assert torch.equal(t, sincos_pos_embed_2d(t.shape[-1], 8).float().reshape(t.shape))
             continue
         want = m * prev["target_encoder"][name].double() + (1 - m) * fp32["context_encoder." + name].double()
         worst = max(worst, ((t.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())

@@ -1,0 +1,102 @@
+"""The target encoder's EMA under DeepSpeed: target ← m·target + (1 − m)·(the optimizer's fp32 master weights).
+
+Under ZeRO-1/2 (ShardedTargetEMA) each rank holds the fp32 masters of one slice of each of DeepSpeed's flat parameter
+groups. It keeps the target's values for the same slice and updates them there, with no communication, then
+all-gathers the slices into flat fp32 buffers whose views ARE the target encoder's parameters. The gather is started
+right after the update and waited for when the target is next used: train.py runs the target forward after the
+context encoder and predictor, so the gather overlaps them (benchmarks/comm_model.py prices what stays exposed).
+Elsewhere (ZeRO-3, CPU offload, no ZeRO, unequal slices) GatheredTargetEMA reads each full fp32 master through
+DeepSpeed's per-parameter API, synchronously.
+
+Frozen parameters (the sin-cos pos_embed) are constants: the target keeps its fp32 copy, as the official EMA does.
+Part of the DeepSpeed wrapping (train.py): it reads the engine's optimizer, and imports DeepSpeed only in the fallback.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from model.ema import ema_update
+
+logger = logging.getLogger(__name__)
+
+
+class GatheredTargetEMA:
+    """Any ZeRO stage: one full fp32 master per parameter through deepspeed.utils.safe_get_full_fp32_param."""
+
+    def __init__(self, engine, target: torch.nn.Module):
+        self.pairs = [(t, p) for t, p in zip(target.parameters(), engine.module.context_encoder.parameters(),
+                                             strict=True) if p.requires_grad]
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        masters = [safe_get_full_fp32_param(p) for _, p in self.pairs]
+        ema_update([t for t, _ in self.pairs], masters, momentum)
+
+    def wait(self) -> None:
+        """The target is up to date when update returns."""
+
+    def loaded(self) -> None:
+        """Nothing is kept beside the target's own parameters."""
+
+
+class ShardedTargetEMA:
+    """ZeRO-1/2: the EMA of this rank's slice of the flat fp32 masters, then an async all-gather of the target."""
+
+    def __init__(self, engine, target: torch.nn.Module):
+        opt = engine.optimizer
+        targets = dict(zip(engine.module.context_encoder.parameters(), target.parameters(), strict=True))
+        self.groups = []  # (this rank's target slice, its fp32 masters, the full flat target, process group, rank)
+        for i, masters in enumerate(opt.single_partition_of_fp32_groups):
+            flat, group = opt.bit16_groups_flat[i], opt.real_dp_process_group[i]
+            full = torch.zeros(flat.numel(), dtype=torch.float32, device=masters.device)
+            for p in opt.bit16_groups[i]:  # the target's fp32 values at each context parameter's place in `flat`
+                if p in targets:
+                    t = targets[p]
+                    view = full.narrow(0, (p.data_ptr() - flat.data_ptr()) // flat.element_size(), p.numel())
+                    view.copy_(t.detach().reshape(-1))
+                    t.data = view.view_as(t)
+            rank, size = dist.get_rank(group), masters.numel()
+            # Predictor parameters share the groups: their slots are averaged too and never read (4% of ViT-H's).
+            self.groups.append((full.narrow(0, rank * size, size).clone(), masters, full, group, rank))
+        self.pending = []
+
+    @staticmethod
+    def fits(engine) -> bool:
+        """Whether DeepSpeed's optimizer has the ZeRO-1/2 layout this class reads: fp32 masters in one equal slice
+        per rank of each flat bf16 group, on the device."""
+        opt = engine.optimizer
+        if getattr(opt, "single_partition_of_fp32_groups", None) is None or getattr(opt, "cpu_offload", False):
+            return False
+        return all(len({t.numel() for t in parts}) == 1 for parts in opt.parallel_partitioned_bit16_groups)
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        self.wait()
+        ema_update([g[0] for g in self.groups], [g[1] for g in self.groups], momentum)
+        self.pending = [dist.all_gather_into_tensor(full, mine, group=group, async_op=True)
+                        for mine, _, full, group, _ in self.groups]
+
+    def wait(self) -> None:
+        """Blocks (on the GPU: makes the current stream wait) until the target holds the last update everywhere."""
+        for work in self.pending:
+            work.wait()
+        self.pending = []
+
+    def loaded(self) -> None:
+        """After target.load_state_dict (which wrote through the views): this rank's slices from the loaded values."""
+        for mine, masters, full, _, rank in self.groups:
+            mine.copy_(full.narrow(0, rank * masters.numel(), masters.numel()))
+
+
+def target_ema(engine, target: torch.nn.Module) -> ShardedTargetEMA | GatheredTargetEMA:
+    """The fastest EMA the engine's optimizer allows."""
+    if ShardedTargetEMA.fits(engine):
+        logger.info("target EMA: on this rank's slice of the fp32 masters, then one async all-gather per group")
+        return ShardedTargetEMA(engine, target)
+    logger.info("target EMA: full fp32 masters gathered per parameter (this ZeRO stage or offload has no slices)")
+    return GatheredTargetEMA(engine, target)
