@@ -52,17 +52,25 @@ def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch
     ctx = torch.zeros(1, round(40 * scale), dtype=torch.long)
     tgt = torch.zeros(3, 1, round(10 * scale), dtype=torch.long)
     real = count_flops(lambda: ijepa_loss(model, target, torch.randn(1, 3, s, s), ctx, tgt).backward())
-    assert shape.forward_flops + shape.backward_flops == real
+    assert shape.total_flops == real
     assert shape.trained_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert 0.2 < shape.backward_share < 0.6
+    assert 0.2 < shape.backward_share < 0.6 and 0.1 < shape.forward_share < 0.4
 
-    one_billion = comm_model.StepShape(10**9, forward_flops=1.0, backward_flops=1.0)
-    row = comm_model.efficiency(one_billion, step_s=1.0, n=8)  # NVLink 360 GB/s, 7/8 of each ring through a link
+    one_billion = comm_model.StepShape(10**9, target_flops=2.0, forward_flops=1.0, backward_flops=1.0)
+    row = comm_model.efficiency(one_billion, step_s=0.01, n=8)  # NVLink 360 GB/s, 7/8 of each ring through a link
     assert abs(row["exposed_ms"]["param all-gather"] - 7 / 8 * 2e9 / 360e9 * 1e3) < 1e-9
-    assert abs(row["exposed_ms"]["EMA master all-gather"] - 7 / 8 * 4e9 / 360e9 * 1e3) < 1e-9
-    assert abs(row["exposed_ms"]["grad reduce-scatter"] - 7 / 8 * 1e8 / 360e9 * 1e3) < 1e-9  # last bucket only
-    assert abs(row["efficiency"] - 1 / (1 + 7 / 8 * 6.1e9 / 360e9)) < 1e-12
-    slow = comm_model.efficiency(comm_model.StepShape(10**9, 1.0, 0.0), step_s=0.01, n=16)  # no backward to hide in
+    target_ms = 7 / 8 * 4e9 / 360e9 * 1e3  # 9.72 ms, of which the context forward (1/4 of 10 ms) hides 2.5
+    assert abs(row["exposed_ms"]["target all-gather"] - (target_ms - 2.5)) < 1e-9
+    reduce_ms, bucket_ms = 7 / 8 * 2e9 / 360e9 * 1e3, 7 / 8 * 1e8 / 360e9 * 1e3  # the backward (1/4) hides 2.5 ms
+    assert abs(row["exposed_ms"]["grad reduce-scatter"] - (bucket_ms + reduce_ms - bucket_ms - 2.5)) < 1e-9
+    assert abs(comm_model.efficiency(one_billion, step_s=1.0, n=8)["exposed_ms"]["grad reduce-scatter"]
+               - bucket_ms) < 1e-9  # a long backward hides all but the last bucket
+    exposed_s = (reduce_ms + target_ms - 2.5 + reduce_ms - 2.5) / 1e3
+    assert abs(row["efficiency"] - 0.01 / (0.01 + exposed_s)) < 1e-12
+    serial = comm_model.efficiency(one_billion, step_s=0.01, n=8, overlap_target=False)
+    assert abs(serial["exposed_ms"]["target all-gather"] - target_ms) < 1e-9
+    no_backward = comm_model.StepShape(10**9, 1.0, 1.0, 0.0)
+    slow = comm_model.efficiency(no_backward, step_s=0.01, n=16)  # across nodes, no backward to hide in
     assert slow["link_GBps"] == comm_model.NIC_GBPS
     assert abs(slow["exposed_ms"]["grad reduce-scatter"] - 15 / 16 * 2e9 / 45e9 * 1e3) < 1e-9
     assert comm_model.efficiency(one_billion, step_s=1.0, n=1)["efficiency"] == 1.0

@@ -1,6 +1,7 @@
 """The model's gather and attention entry points against plain loops and explicit softmax; the Triton kernels
 against their references (output and every gradient); the one switch."""
 import importlib
+import os
 
 import pytest
 import torch
@@ -322,3 +323,18 @@ def test_gpu_triton_gather_and_predictor_tokens_bf16():
     ctx_idx = torch.stack([torch.randperm(256)[:69] for _ in range(8)]).to(DEVICE)
     _check_op_and_grads(kernels.predictor_tokens_triton, kernels.predictor_tokens_reference,
                         [x_ctx, ctx_idx, idx, ppos, token], torch.bfloat16, ["x_ctx", "pos", "mask_token"])
+
+
+def test_kernels_compile_to_hopper_cubins_without_a_gpu():
+    """The interpreter never lowers the kernels: compile the training shapes' kernels for sm_90 with Triton's own
+    ptxas (bench/aot_compile_check.py; without --quick it covers every dtype, autotune config and head dim)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "bench/aot_compile_check.py", "--quick"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " 0 failed" in proc.stdout and " 15 compiled" in proc.stdout, proc.stdout
