@@ -78,6 +78,7 @@ class ModelConfig:
     pred_emb_dim: int = 384
     pred_num_heads: Optional[int] = None  # None = the encoder's heads, as the official code does
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile each block, token dim dynamic (model/compile.py)
 
 
 @dataclass(frozen=True)
