@@ -20,10 +20,35 @@ def peak_tflops(device: torch.device) -> Optional[float]:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
+_cpu_sdpa_registered = False
+
+
+def _count_cpu_sdpa() -> None:
+    """torch's flop counter knows the CUDA SDPA kernels but not the CPU one (it counts 0 for it): add its formulas,
+    the same as the CUDA kernels' (once per process)."""
+    global _cpu_sdpa_registered
+    if _cpu_sdpa_registered:
+        return
+    from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _forward(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)  # shapes: the counter passes shapes, not tensors
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    _cpu_sdpa_registered = True
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call of `fn` (forward and backward included if `fn` runs them), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _count_cpu_sdpa()
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
