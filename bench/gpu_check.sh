@@ -25,7 +25,7 @@ else
 fi
 $PY -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU', \
 '| torch', torch.__version__)" | tee "$out/device.txt"
-timeout 120 $PY -m pytest -m gpu tests/test_kernels.py -q -rs 2>&1 | tee "$out/pytest_gpu.log" | tail -15
+timeout 180 $PY -m pytest -m gpu tests/test_kernels.py tests/test_compile.py -q -rs 2>&1 | tee "$out/pytest_gpu.log" | tail -15
 timeout "$limit" $PY bench.py --config "$cfg" --suite "$suites" --out "$out/bench.json" 2>&1 | tee "$out/bench.log" \
   | grep -v '^\[20' | tail -60
 echo

@@ -101,7 +101,7 @@ def run(cfg, measured_step_s: float | None = None, batch: int | None = None) -> 
     """Prints the model for the config's model at the anchors' step times (and at a measured one when given)."""
     shape = step_shape(cfg)
     batch = batch or cfg.data.batch_size
-    steps = {"official code, H200 (anchor)": 0.40, "750 img/s target": batch / 750}
+    steps = {"official code, H200 anchor": 0.40, "750 img/s target": batch / 750}
     if measured_step_s:
         steps = {"measured in this run": measured_step_s, **steps}
     print(f"model of multi-GPU efficiency (ZeRO-2, bf16; a model, not a measurement): {shape.trained_params / 1e6:.1f}M "
