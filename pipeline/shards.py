@@ -1,5 +1,5 @@
 """The shard format that shard_dataset.py writes and the loaders read: naming, DALI index files, the manifest, and
-the split of shards across ranks.
+the listing of a dataset's shards (the loaders split its samples across ranks: pipeline/loader.py).
 
 A sharded dataset is a folder DEST holding:
 
@@ -33,7 +33,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Sequence
 
 FORMAT_NAME = "ijepa-webdataset-shards"
 FORMAT_VERSION = 1
@@ -46,7 +46,6 @@ CHECKS = ("none", "size", "checksum")
 LOCK_NAME = ".shard_dataset.lock"  # held by the writer while it runs
 _REBUILD = "rebuild DEST with `python shard_dataset.py SRC DEST --overwrite`"
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -401,24 +400,3 @@ def list_shards(dest: str | os.PathLike, manifest: Manifest | None = None) -> li
     if manifest is None:
         manifest = read_manifest(dest)
     return [ShardFile(dest / r.name, dest / r.index_name, r.samples) for r in manifest.shards if r.samples > 0]
-
-
-def assign_shards(shards: Sequence[T], rank: int, world_size: int) -> list[T]:
-    """The shards rank `rank` of `world_size` reads: shards rank, rank + world_size, rank + 2 * world_size, ...
-
-    Policy: strided, so ranks get disjoint shards whose union is every shard, and shard counts differ by at most one
-    between ranks (the short last shard lands on one rank only). Sample counts can differ by about one shard; a
-    loader running in lock-step should end its epoch at `min(rank_samples(...))`. Fewer shards than ranks is an
-    error, since a rank with no data would hang the others at their first collective.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    if len(shards) < world_size:
-        raise ValueError(f"{len(shards)} shard(s) cannot feed {world_size} ranks: rewrite the dataset with a smaller "
-                         f"--shard-size so that it has at least one shard per rank")
-    return list(shards[rank::world_size])
-
-
-def rank_samples(shards: Sequence[ShardFile], world_size: int) -> list[int]:
-    """Samples each rank gets under `assign_shards`, by rank."""
-    return [sum(s.samples for s in assign_shards(shards, rank, world_size)) for rank in range(world_size)]

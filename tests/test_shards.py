@@ -149,25 +149,6 @@ def test_list_shards_skips_empty_planned_shards(tmp_path):
     assert [s.samples for s in shards] == [3, 2] and all(s.path.is_absolute() for s in shards)
 
 
-@pytest.mark.parametrize("n_shards, world_size", [(7, 1), (7, 2), (7, 3), (8, 4), (5, 5)])
-def test_assign_shards_is_disjoint_complete_and_balanced(n_shards, world_size):
-    shards = [fmt.ShardFile(f"s{i}.tar", f"s{i}.idx", 10 + i) for i in range(n_shards)]
-    per_rank = [fmt.assign_shards(shards, rank, world_size) for rank in range(world_size)]
-    flat = [s for rank in per_rank for s in rank]
-    assert sorted(flat, key=lambda s: s.path) == sorted(shards, key=lambda s: s.path) and len(set(flat)) == len(flat)
-    assert max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
-    assert fmt.rank_samples(shards, world_size) == [sum(s.samples for s in rank) for rank in per_rank]
-    assert per_rank[0][0] is shards[0]
-
-
-def test_assign_shards_errors():
-    shards = [fmt.ShardFile(f"s{i}.tar", f"s{i}.idx", 1) for i in range(3)]
-    with pytest.raises(ValueError, match="rank 3 is not in"):
-        fmt.assign_shards(shards, 3, 3)
-    with pytest.raises(ValueError, match="3 shard.*4 ranks.*smaller --shard-size"):
-        fmt.assign_shards(shards, 0, 4)
-
-
 def test_describe_mismatch(tmp_path):
     manifest = make_dataset(tmp_path)
     same = dict(source=manifest.source, options=manifest.options, plan_sha256=manifest.plan_sha256, planned_inputs=6)
