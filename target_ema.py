@@ -40,6 +40,12 @@ class GatheredTargetEMA:
     def wait(self) -> None:
         """The target is up to date when update returns."""
 
+    def __enter__(self) -> GatheredTargetEMA:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
     def loaded(self) -> None:
         """Nothing is kept beside the target's own parameters."""
 
@@ -86,6 +92,12 @@ class ShardedTargetEMA:
         for work in self.pending:
             work.wait()
         self.pending = []
+
+    def __enter__(self) -> ShardedTargetEMA:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wait()
 
     def loaded(self) -> None:
         """After target.load_state_dict (which wrote through the views): this rank's slices from the loaded values."""

@@ -360,40 +360,41 @@ def fit(cfg, resume: str, stop: StopSignal) -> int:
     logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
                 f"{global_batch_size(cfg, world_size)}, {ipe} steps/epoch, steps {step + 1}..{last} of {total}")
     started, first_step = time.perf_counter(), step + 1
-    while step < last:
-        step += 1
-        sched = set_schedules(optimizer, step, cfg, warmup, total)
-        for _ in range(cfg.optimization.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            timer.add_wait(time.perf_counter() - t0)
-            if flops is None:  # counted once, on the first micro step (same work as every other)
-                flops = count_flops(lambda: state.add(step, micro_step(engine, ema, target, batch, dtype)))
-                flops *= cfg.optimization.grad_accum
-            else:
-                state.add(step, micro_step(engine, ema, target, batch, dtype))
-        timer.add_step(cfg.data.batch_size * cfg.optimization.grad_accum)  # one optimizer step
-        ema.update(sched["momentum"])  # its all-gather runs while the next batch is fetched and the context forward
-        if rank == 0:
-            bar.update(1)
-            diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype)
-        save_now = step % cfg.checkpoint.every_steps == 0 or step == last
-        if step % cfg.logging.every_steps == 0 or save_now:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            bad = state.bad_step()
-            if bad:
-                raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
-                                    f"checkpoint is kept in {out_dir / 'checkpoints'}")
-            figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
-            log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor)
-            if agree(stop.received is not None, device):
+    with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
+        while step < last:
+            step += 1
+            sched = set_schedules(optimizer, step, cfg, warmup, total)
+            for _ in range(cfg.optimization.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                timer.add_wait(time.perf_counter() - t0)
+                if flops is None:  # counted once, on the first micro step (same work as every other)
+                    flops = count_flops(lambda: state.add(step, micro_step(engine, ema, target, batch, dtype)))
+                    flops *= cfg.optimization.grad_accum
+                else:
+                    state.add(step, micro_step(engine, ema, target, batch, dtype))
+            timer.add_step(cfg.data.batch_size * cfg.optimization.grad_accum)  # one optimizer step
+            ema.update(sched["momentum"])  # its all-gather runs while the next batch is fetched and the context forward
+            if rank == 0:
+                bar.update(1)
+                diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype)
+            save_now = step % cfg.checkpoint.every_steps == 0 or step == last
+            if step % cfg.logging.every_steps == 0 or save_now:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                bad = state.bad_step()
+                if bad:
+                    raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
+                                        f"checkpoint is kept in {out_dir / 'checkpoints'}")
+                figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
+                log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor)
+                if agree(stop.received is not None, device):
+                    save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
+                    logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
+                                f"resume with --resume auto")
+                    return 0
+            if save_now:
                 save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
-                logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
-                            f"resume with --resume auto")
-                return 0
-        if save_now:
-            save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
     bar.close()
     write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank)
     return 0

@@ -116,6 +116,10 @@ class OurStep:
         self.ema.update(self.momentum)
         return loss
 
+    def close(self) -> None:
+        """Waits for the last target all-gather (a process must not exit with one in flight)."""
+        self.ema.wait()
+
 
 # ------------------------------------------------------------------------------------------------------ measuring
 
@@ -180,6 +184,8 @@ def run(cfg) -> dict:
         torch.manual_seed(cfg.run.seed)
         step = build(cfg, device) if build is ReferenceStep else build(cfg, device, world_size)
         results[name] = {**measure(step, cfg, device, step_masks, warmup, repeat), "kernels": chosen}
+        if hasattr(step, "close"):
+            step.close()
         del step
         if on_gpu:
             torch.cuda.empty_cache()
