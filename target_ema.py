@@ -24,18 +24,34 @@ logger = logging.getLogger(__name__)
 
 
 class GatheredTargetEMA:
-    """Any ZeRO stage: one full fp32 master per parameter through deepspeed.utils.safe_get_full_fp32_param."""
+    """ZeRO-3, CPU offload or no ZeRO: each parameter's full fp32 master, synchronously. Under ZeRO-3 and offload that
+    is deepspeed.utils.safe_get_full_fp32_param (collective under ZeRO-3); without ZeRO, the optimizer's replicated
+    fp32 copy (bf16 training) or the parameter itself (fp32 training)."""
 
     def __init__(self, engine, target: torch.nn.Module):
+        opt = engine.optimizer
         self.pairs = [(t, p) for t, p in zip(target.parameters(), engine.module.context_encoder.parameters(),
                                              strict=True) if p.requires_grad]
+        self.replicated = {p: m for low, high in zip(getattr(opt, "fp16_groups", []), getattr(opt, "fp32_groups", []))
+                           for p, m in zip(low, high)}  # no ZeRO, bf16: DeepSpeed's unfused optimizer keeps these
+        self.optimizer_name = type(opt).__name__
+
+    def master(self, p: torch.Tensor) -> torch.Tensor:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        if p in self.replicated:
+            return self.replicated[p]
+        full = safe_get_full_fp32_param(p)
+        if full is not None:
+            return full
+        if p.dtype == torch.float32:
+            return p  # fp32 training without ZeRO: the parameter is the master
+        raise RuntimeError(f"target EMA: no fp32 master weight found for a {p.dtype} parameter of shape "
+                           f"{tuple(p.shape)} under DeepSpeed's {self.optimizer_name}; use ZeRO stage 1, 2 or 3")
 
     @torch.no_grad()
     def update(self, momentum: float) -> None:
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        masters = [safe_get_full_fp32_param(p) for _, p in self.pairs]
-        ema_update([t for t, _ in self.pairs], masters, momentum)
+        ema_update([t for t, _ in self.pairs], [self.master(p) for _, p in self.pairs], momentum)
 
     def wait(self) -> None:
         """The target is up to date when update returns."""

@@ -144,10 +144,25 @@ def test_sigterm_checkpoints_and_exits_zero(shards, tmp_path):
     assert "stopped by SIGTERM" in log and "ranks agree" in log
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, stage):
+def fp32_masters(ckpt, tag: str, stage: int, states: dict) -> dict:
+    """{name: fp32 master} of a checkpoint: DeepSpeed's own consolidation under ZeRO; without ZeRO the optimizer's
+    replicated fp32 groups, named through the AdamW groups of model.schedules.param_groups."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from config import load_config
+    from model.jepa import build_jepa
+    from model.schedules import param_groups
+
+    if stage > 0:
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+    model, _ = build_jepa(load_config(ROOT / "configs" / "tiny_cpu.yaml"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: m for group, masters in zip(param_groups(model, 0.0), states["optimizer"]["fp32_groups"],
+                                                       strict=True) for p, m in zip(group["params"], masters, strict=True)}
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, stage):
     from config import load_config
     from model.schedules import momentum_at
     from model.vit import sincos_pos_embed_2d
@@ -159,12 +174,12 @@ def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, sta
     states = "*mp_rank_00_model_states.pt"  # ZeRO-3 prefixes zero_pp_rank_0_; the client state is in rank 0's file
     prev = torch.load(min((ckpt / "step00000002").glob(states)), weights_only=False)
     last = torch.load(min((ckpt / "step00000003").glob(states)), weights_only=False)
-    fp32 = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="step00000003")  # DeepSpeed's own consolidation
+    fp32 = fp32_masters(ckpt, "step00000003", stage, last)
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
     ipe = 1348 // 32  # digits train split / global batch (16 x 2 ranks)
     m = momentum_at(3, cfg.optimization.epochs * ipe, *cfg.ema.momentum)
     worst = 0.0
-    path = "on this rank's slice" if stage < 3 else "full fp32 masters gathered per parameter"
+    path = "on this rank's slice" if stage in (1, 2) else "full fp32 masters gathered per parameter"
     assert f"target EMA: {path}" in proc.stdout + proc.stderr
     for name, t in last["target_encoder"].items():
         if name == "pos_embed":  # frozen: the target keeps the fp32 sin-cos values (not DeepSpeed's bf16 copy)
