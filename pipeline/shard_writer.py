@@ -97,6 +97,7 @@ class PlannedShard:
     shard: int
     members: tuple[tuple[int, SourceFile], ...]  # (position in the shuffle, file)
     plan_sha256: str
+    estimated_bytes: int  # tar bytes if every member is copied (see estimated_sample_bytes)
 
 
 @dataclass(frozen=True)
@@ -219,13 +220,14 @@ def plan_shards(scan: SourceScan, options: ShardOptions) -> list[PlannedShard]:
         full = options.shard_samples is not None and len(current) >= options.shard_samples
         over = options.shard_bytes is not None and current_bytes + size > options.shard_bytes
         if current and (full or over):
-            groups.append(tuple(current))
+            groups.append((tuple(current), current_bytes))
             current, current_bytes = [], 0
         current.append((position, f))
         current_bytes += size
     if current:
-        groups.append(tuple(current))
-    return [PlannedShard(i, members, shard_plan_digest(members)) for i, members in enumerate(groups)]
+        groups.append((tuple(current), current_bytes))
+    return [PlannedShard(i, members, shard_plan_digest(members), size)
+            for i, (members, size) in enumerate(groups)]
 
 
 def plan_digest(plan: list[PlannedShard], classes: list[str] | None) -> str:
@@ -462,8 +464,7 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
         logger.warning("%d class folder(s) hold no usable image (their class index is kept): %s", len(empty),
                        ", ".join(empty[:10]))
     plan = plan_shards(scan, options)
-    warning = round_balance([(len(p.members), sum(estimated_sample_bytes(f, options, scan.classes)
-                                                  for _, f in p.members)) for p in plan], settings.workers)
+    warning = round_balance([(len(p.members), p.estimated_bytes) for p in plan], settings.workers)
     if warning:
         logger.warning(warning)
     dest.mkdir(parents=True, exist_ok=True)
