@@ -1,6 +1,7 @@
 """Throughput, MFU and collapse diagnostics: the figures train.py logs and bench.py reports."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -20,15 +21,10 @@ def peak_tflops(device: torch.device) -> Optional[float]:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-_cpu_sdpa_registered = False
-
-
+@functools.cache  # once per process
 def _count_cpu_sdpa() -> None:
     """torch's flop counter knows the CUDA SDPA kernels but not the CPU one (it counts 0 for it): add its formulas,
-    the same as the CUDA kernels' (once per process)."""
-    global _cpu_sdpa_registered
-    if _cpu_sdpa_registered:
-        return
+    the same as the CUDA kernels'."""
     from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
     aten = torch.ops.aten
@@ -40,8 +36,6 @@ def _count_cpu_sdpa() -> None:
     @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
     def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
         return sdpa_backward_flop_count(grad_out, query, key, value)
-
-    _cpu_sdpa_registered = True
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -86,11 +86,11 @@ def efficiency(shape: StepShape, step_s: float, n: int, bucket_params: int = 50_
     gather waited for at once, as before target_ema.py)."""
     gbps = NVLINK_GBPS if n <= GPUS_PER_NODE else NIC_GBPS
     p = shape.trained_params
-    reduce = ring_s(2 * p, n, gbps)
+    bf16_ring = ring_s(2 * p, n, gbps)  # the gradient reduce-scatter and the parameter all-gather alike
     last_bucket = ring_s(2 * min(bucket_params, p), n, gbps)
     hidden = shape.forward_share * step_s if overlap_target else 0.0
-    exposed = {"grad reduce-scatter": last_bucket + max(0.0, reduce - last_bucket - shape.backward_share * step_s),
-               "param all-gather": ring_s(2 * p, n, gbps),
+    exposed = {"grad reduce-scatter": last_bucket + max(0.0, bf16_ring - last_bucket - shape.backward_share * step_s),
+               "param all-gather": bf16_ring,
                "target all-gather": max(0.0, ring_s(4 * p, n, gbps) - hidden)}
     total = sum(exposed.values())
     return {"gpus": n, "link_GBps": gbps, "exposed_ms": {k: 1e3 * v for k, v in exposed.items()},
