@@ -23,7 +23,24 @@ from model.ema import ema_update
 logger = logging.getLogger(__name__)
 
 
-class GatheredTargetEMA:
+class _TargetEMA:
+    """What train.py calls: update(momentum) after each optimizer step; wait() before reading the target; loaded()
+    after loading it; `with ema:` around the loop, so that nothing is in flight when it ends or raises."""
+
+    def wait(self) -> None:
+        """The target is up to date when update returns (overridden where it is not)."""
+
+    def loaded(self) -> None:
+        """Nothing is kept beside the target's own parameters (overridden where something is)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wait()
+
+
+class GatheredTargetEMA(_TargetEMA):
     """ZeRO-3, CPU offload or no ZeRO: each parameter's full fp32 master, synchronously. Under ZeRO-3 and offload that
     is deepspeed.utils.safe_get_full_fp32_param (collective under ZeRO-3); without ZeRO, the optimizer's replicated
     fp32 copy (bf16 training) or the parameter itself (fp32 training)."""
@@ -53,20 +70,8 @@ class GatheredTargetEMA:
     def update(self, momentum: float) -> None:
         ema_update([t for t, _ in self.pairs], [self.master(p) for _, p in self.pairs], momentum)
 
-    def wait(self) -> None:
-        """The target is up to date when update returns."""
 
-    def __enter__(self) -> GatheredTargetEMA:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def loaded(self) -> None:
-        """Nothing is kept beside the target's own parameters."""
-
-
-class ShardedTargetEMA:
+class ShardedTargetEMA(_TargetEMA):
     """ZeRO-1/2: the EMA of this rank's slice of the flat fp32 masters, then an async all-gather of the target."""
 
     def __init__(self, engine, target: torch.nn.Module):
@@ -108,12 +113,6 @@ class ShardedTargetEMA:
         for work in self.pending:
             work.wait()
         self.pending = []
-
-    def __enter__(self) -> ShardedTargetEMA:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wait()
 
     def loaded(self) -> None:
         """After target.load_state_dict (which wrote through the views): this rank's slices from the loaded values."""
