@@ -1,14 +1,10 @@
-"""Kernel suite: each implementation of the gather and attention ops, the plain-PyTorch reference timed in the same run.
+"""Kernel suite: every implementation of every registered kernel (kernels/registry.py) at its ViT-H/14 cases, the
+plain-PyTorch reference timed in the same run.
 
-On CUDA, at the ViT-H/14 shapes of issue 9 (B = 128, bf16 under the model's mixed precision):
-- gather forward and forward+backward in GB/s of useful traffic (bytes the op must read and write), against the
-  device-to-device copy bandwidth measured in the same run (target: >= 80%): encoder input (patch tokens + pos at
-  ~69 context tokens of 256, D = 1280), target selection (4 masks of ~43 tokens, forward only) and the predictor's
-  input (D = 384, 4 masks);
-- attention forward and forward+backward TFLOP/s at (N, d) = (256, 80), (70, 80), (113, 24), H = 16: Triton,
-  every SDPA backend (flash, cuDNN, efficient, and SDPA's own pick) and the explicit-softmax reference.
-On CPU: the reference against SDPA at the config's small shapes; the Triton kernels need a GPU (the interpreter
-is for tests), so they are not timed there.
+Each case reports forward and forward+backward time and the rate of its useful work over each: GB/s for memory-bound
+ops, beside a device-to-device copy measured in the same run (target: >= 80% of it), or TFLOP/s for attention
+(target: Triton >= the best SDPA backend). On CUDA the batch is 128 (bf16); on the CPU it is 2 and the CUDA-only
+implementations are left out (Triton only interprets there, for the tests).
 """
 from __future__ import annotations
 
@@ -21,15 +17,7 @@ from benchmarks.common import time_call
 
 logger = logging.getLogger(__name__)
 
-GPU_BATCH, GPU_HEADS, GPU_DIM, GPU_PRED_DIM, GPU_TOKENS = 128, 16, 1280, 384, 256
-GPU_CONTEXT, GPU_MASKS, GPU_TARGET = 69, 4, 43
-GPU_ATTENTION_SHAPES = [(256, 80), (70, 80), (113, 24)]  # (N, head dim): all tokens, context, predictor
-
-
-def attention_flops(b: int, h: int, n: int, d: int, with_backward: bool = False) -> float:
-    """Matmul FLOPs: 4·B·H·N²·d forward (q kᵀ and p v); the backward adds 2.5× that (recompute + 4 matmuls)."""
-    fwd = 4.0 * b * h * n * n * d
-    return fwd * 3.5 if with_backward else fwd
+GPU_BATCH, CPU_BATCH = 128, 2
 
 
 def _seconds(fn, device: torch.device, repeat: int) -> float:
@@ -49,154 +37,75 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / _seconds(lambda: dst.copy_(src), device, repeat=20)
 
 
-def _fwd_bwd(op, inputs, leaves):
-    """A callable running op forward then backward with a fixed output gradient into `leaves`."""
-    out = op(*inputs)
-    grad = torch.randn_like(out)
+def _forward(op, inputs):
+    def run():
+        with torch.no_grad():
+            op(*inputs)
+    return run
+
+
+def _forward_backward(op, inputs, leaves):
+    """op forward then backward with a fixed output gradient into `leaves`."""
+    grad = torch.randn_like(op(*inputs))
     return lambda: torch.autograd.grad(op(*inputs), leaves, grad)
 
 
-def _qkv(b: int, h: int, n: int, d: int, dtype, device, grad: bool):
-    """q, k, v as the model makes them: (B, H, N, d) views of one packed (B, N, 3·H·d) projection."""
-    packed = torch.randn(b, n, 3, h, d, dtype=dtype, device=device).requires_grad_(grad)
-    return packed, packed.permute(2, 0, 3, 1, 4).unbind(0)
+def time_case(kernel: str, case, impl: str, op, device: torch.device, copy_bps: float | None, repeat: int) -> dict:
+    """One implementation at one case: ms and rates; an `error` instead when it cannot run the case."""
+    row = {"kernel": kernel, "case": case.name, "impl": impl, "unit": case.unit}
+    scale = 1e9 if case.unit == "B" else 1e12  # GB/s or TFLOP/s
+    try:
+        fwd = _seconds(_forward(op, case.inputs), device, repeat)
+        row.update(fwd_ms=fwd * 1e3, fwd_rate=case.work[0] / fwd / scale)
+        if case.leaves:
+            both = _seconds(_forward_backward(op, case.inputs, case.leaves), device, repeat)
+            row.update(fwd_bwd_ms=both * 1e3, fwd_bwd_rate=sum(case.work) / both / scale)
+    except RuntimeError as err:  # an SDPA backend that does not take this shape, or out of memory
+        row["error"] = str(err).splitlines()[0][:120]
+    if copy_bps and case.unit == "B" and "error" not in row:
+        row["fwd_of_copy"] = row["fwd_rate"] * scale / copy_bps
+        if "fwd_bwd_rate" in row:
+            row["fwd_bwd_of_copy"] = row["fwd_bwd_rate"] * scale / copy_bps
+    return row
 
 
-def _sdpa_backends() -> dict:
-    """SDPA with each CUDA backend forced, plus SDPA's own pick."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    def forced(backend):
-        def run(q, k, v):
-            with sdpa_kernel(backend):
-                return kernels.attention_sdpa(q, k, v)
-        return run
-
-    return {"sdpa": kernels.attention_sdpa, "sdpa-flash": forced(SDPBackend.FLASH_ATTENTION),
-            "sdpa-cudnn": forced(SDPBackend.CUDNN_ATTENTION), "sdpa-efficient": forced(SDPBackend.EFFICIENT_ATTENTION)}
-
-
-def bench_attention(shapes, b: int, h: int, dtype, device, impls: dict, repeat: int) -> list[dict]:
-    rows = []
-    for n, d in shapes:
-        for name, op in impls.items():
-            row = {"op": "attention", "impl": name, "B": b, "H": h, "N": n, "d": d, "dtype": str(dtype)}
-            try:
-                _, qkv = _qkv(b, h, n, d, dtype, device, grad=False)
-                fwd = _seconds(lambda: op(*qkv), device, repeat)
-                packed, qkv = _qkv(b, h, n, d, dtype, device, grad=True)
-                both = _seconds(_fwd_bwd(op, qkv, [packed]), device, repeat)
-            except RuntimeError as err:  # an SDPA backend that does not take this shape, or out of memory
-                row.update(error=str(err).splitlines()[0][:120])
-                rows.append(row)
-                continue
-            row.update(fwd_ms=fwd * 1e3, fwd_bwd_ms=both * 1e3,
-                       fwd_tflops=attention_flops(b, h, n, d) / fwd / 1e12,
-                       fwd_bwd_tflops=attention_flops(b, h, n, d, with_backward=True) / both / 1e12)
-            rows.append(row)
-    return rows
-
-
-def _gather_cases(b: int, device):
-    """(name, op per impl, inputs, leaves, forward bytes, backward bytes): useful traffic, bf16 tokens, fp32 tables."""
-    n, d, dp, kc, m, kt = GPU_TOKENS, GPU_DIM, GPU_PRED_DIM, GPU_CONTEXT, GPU_MASKS, GPU_TARGET
-    bf16 = torch.bfloat16
-    x = torch.randn(b, n, d, dtype=bf16, device=device, requires_grad=True)
-    x_patch = torch.randn(b, d, n, dtype=bf16, device=device).transpose(1, 2).requires_grad_()
-    pos = torch.randn(n, d, device=device)
-    ctx_idx = torch.stack([torch.randperm(n, device=device)[:kc].sort().values for _ in range(b)])  # (B, Kc)
-    tgt_idx = torch.stack([torch.stack([torch.randperm(n, device=device)[:kt] for _ in range(b)]) for _ in range(m)])
-    h = torch.randn(b, n, d, device=device)  # target features: fp32 after the no-affine LayerNorm
-    x_ctx = torch.randn(b, kc, dp, dtype=bf16, device=device, requires_grad=True)
-    ppos = torch.randn(n, dp, device=device)
-    token = torch.randn(1, 1, dp, device=device, requires_grad=True)
-    gather = {"triton": kernels.masked_gather_triton, "reference": kernels.masked_gather_reference}
-    tokens = {"triton": kernels.predictor_tokens_triton, "reference": kernels.predictor_tokens_reference}
-    rows_out = m * b * (kc + kt)
-    return [
-        # encoder input: read x rows (2 B) + pos rows (4 B), write fp32 tokens; backward: read the fp32 gradient,
-        # write the whole bf16 dx (every token: the unkept ones are zeros)
-        ("encoder input", gather, [x, ctx_idx, pos], [x], b * kc * d * (2 + 4 + 4), b * kc * d * 4 + b * n * d * 2),
-        # the same from timm's PatchEmbed layout, (B, N, D) strided (N·D, 1, N): both paths copy x first
-        ("encoder input, PatchEmbed layout", gather, [x_patch, ctx_idx, pos], [x_patch], b * kc * d * (2 + 4 + 4),
-         b * kc * d * 4 + b * n * d * 2),
-        ("target selection", gather, [h, tgt_idx], None, m * b * kt * d * (4 + 4), 0),
-        # predictor input: read x_ctx once per mask row (bf16) + pos rows (fp32), write fp32; backward: read the
-        # gradient, write dx_ctx (bf16) and the token's gradient
-        ("predictor input", tokens, [x_ctx, ctx_idx, tgt_idx, ppos, token], [x_ctx, token],
-         rows_out * dp * (4 + 4) + m * b * kc * dp * 2, rows_out * dp * 4 + b * kc * dp * 2),
-    ]
-
-
-def bench_gather(b: int, device, copy_bps: float, repeat: int) -> list[dict]:
-    rows = []
-    for case, impls, inputs, leaves, fwd_bytes, bwd_bytes in _gather_cases(b, device):
-        for name, op in impls.items():
-            fwd = _seconds(lambda: op(*inputs), device, repeat)
-            row = {"op": case, "impl": name, "B": b, "fwd_ms": fwd * 1e3, "fwd_GBps": fwd_bytes / fwd / 1e9,
-                   "fwd_of_copy": fwd_bytes / fwd / copy_bps}
-            if leaves:
-                both = _seconds(_fwd_bwd(op, inputs, leaves), device, repeat)
-                bwd = max(both - fwd, 1e-9)
-                row.update(fwd_bwd_ms=both * 1e3, bwd_GBps=bwd_bytes / bwd / 1e9,
-                           bwd_of_copy=bwd_bytes / bwd / copy_bps)
-            rows.append(row)
-    return rows
-
-
-def _print_table(rows: list[dict], metrics: list[str], key: tuple[str, ...]) -> None:
-    """One line per row; each metric also as a ratio to the reference row of the same case."""
-    ref = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "reference"}
+def _print(rows: list[dict]) -> None:
+    """One line per row; each rate also as a ratio to the reference row of the same case."""
+    ref = {r["case"]: r for r in rows if r["impl"] == kernels.REGISTRY[r["kernel"]].reference}
     for r in rows:
-        case = " ".join(f"{k}={r[k]}" for k in key)
         if "error" in r:
-            print(f"{case:44s} {r['impl']:15s} n/a: {r['error']}")
+            print(f"  {r['case']:38s} {r['impl']:15s} n/a: {r['error']}")
             continue
-        base = ref.get(tuple(r[k] for k in key), {})
+        unit = "GB/s" if r["unit"] == "B" else "TFLOP/s"
         cells = []
-        for m in metrics:
-            if m in r:
-                ratio = f" ({r[m] / base[m]:.2f}x ref)" if m in base and base[m] else ""
-                cells.append(f"{m} {r[m]:9.3f}{ratio}")
-        print(f"{case:44s} {r['impl']:15s} " + " | ".join(cells))
+        for key in ("fwd_ms", "fwd_rate", "fwd_of_copy", "fwd_bwd_ms", "fwd_bwd_rate", "fwd_bwd_of_copy"):
+            if key in r:
+                base = ref.get(r["case"], {}).get(key)
+                ratio = f" ({r[key] / base:.2f}x ref)" if base and key.endswith("rate") else ""
+                cells.append(f"{key.replace('rate', unit)} {r[key]:9.3f}{ratio}")
+        print(f"  {r['case']:38s} {r['impl']:15s} " + " | ".join(cells))
 
 
-def _run_cuda(device: torch.device) -> dict:
-    copy_bps = copy_bandwidth(device)
-    print(f"device copy bandwidth (read + write): {copy_bps / 1e9:.0f} GB/s")
-    gather = bench_gather(GPU_BATCH, device, copy_bps, repeat=20)
-    print("\nmasked gather (useful bytes; x_of_copy = fraction of the copy bandwidth, target >= 0.80)")
-    _print_table(gather, ["fwd_ms", "fwd_GBps", "fwd_of_copy", "fwd_bwd_ms", "bwd_GBps", "bwd_of_copy"], ("op",))
-    impls = {"triton": kernels.attention_triton, **_sdpa_backends(), "reference": kernels.attention_reference}
-    attention = bench_attention(GPU_ATTENTION_SHAPES, GPU_BATCH, GPU_HEADS, torch.bfloat16, device, impls, repeat=10)
-    print(f"\nattention, bf16, B={GPU_BATCH}, H={GPU_HEADS} (target: Triton >= the best SDPA backend)")
-    _print_table(attention, ["fwd_ms", "fwd_tflops", "fwd_bwd_ms", "fwd_bwd_tflops"], ("N", "d"))
-    return {"copy_GBps": copy_bps / 1e9, "gather": gather, "attention": attention}
-
-
-def _run_cpu(cfg) -> dict:
-    from config import grid_size, model_size
-
-    dim, _, heads, _ = model_size(cfg)
-    n = grid_size(cfg)[0] * grid_size(cfg)[1]
-    b = min(cfg.data.batch_size, 8)
-    pred_heads = cfg.model.pred_num_heads or heads
-    shapes = [(n, dim // heads), (max(n // 4, 4), dim // heads)]
-    rows = bench_attention(shapes, b, heads, torch.float32, torch.device("cpu"),
-                           {"sdpa": kernels.attention_sdpa, "reference": kernels.attention_reference}, repeat=10)
-    rows += bench_attention([(n, cfg.model.pred_emb_dim // pred_heads)], b, pred_heads, torch.float32,
-                            torch.device("cpu"), {"sdpa": kernels.attention_sdpa,
-                                                  "reference": kernels.attention_reference}, repeat=10)
-    print(f"attention, fp32, B={b}, CPU: SDPA against the explicit softmax")
-    _print_table(rows, ["fwd_ms", "fwd_bwd_ms"], ("H", "N", "d"))
-    print("Triton kernels: not timed, they need a CUDA GPU (on the CPU Triton only interprets, for the tests)")
-    return {"attention": rows, "triton": "needs a CUDA GPU"}
-
-
-def run(cfg) -> dict:
-    """Times every implementation of each op on this machine's device; returns the rows printed."""
+def run(cfg=None) -> dict:
+    """Times every implementation of each registered kernel on this machine's device; returns the rows printed.
+    `cfg` is accepted for the bench.py interface and not used (the cases are ViT-H/14's)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = _run_cuda(device) if device.type == "cuda" else _run_cpu(cfg)
-    result["auto"] = kernels.AUTO[device.type]
-    print(f"\nauto picks on {device.type}: {result['auto']} (kernels/__init__.py AUTO)")
-    return result
+    batch, repeat = (GPU_BATCH, 20) if device.type == "cuda" else (CPU_BATCH, 3)
+    copy_bps = copy_bandwidth(device) if device.type == "cuda" else None
+    if copy_bps:
+        print(f"device copy bandwidth (read + write): {copy_bps / 1e9:.0f} GB/s")
+    rows, auto = [], {}
+    for name, op in kernels.REGISTRY.items():
+        auto[name] = op.auto[device.type]
+        print(f"\n{name}, batch {batch} on {device.type} (x_of_copy: fraction of the copy bandwidth, target >= 0.80)")
+        group = []
+        for case in op.bench_cases(device, batch):
+            for impl, fn in case.ops.items():
+                if device.type == "cpu" and impl in op.cuda_only:
+                    continue
+                group.append(time_case(name, case, impl, fn, device, copy_bps, repeat))
+        _print(group)
+        rows += group
+    print(f"\nauto picks on {device.type}: {auto} (each kernel module's KERNEL.auto)")
+    return {"device": device.type, "batch": batch, "copy_GBps": copy_bps / 1e9 if copy_bps else None, "rows": rows,
+            "auto": auto}

@@ -1,96 +1,87 @@
 """The ops every model gathers and attends through, and the one switch that picks each op's implementation.
 
 Model code calls `kernels.attention`, `kernels.masked_gather` and `kernels.predictor_tokens`, never a raw kernel.
-`configure()` decides, once, which implementation each op runs:
-
-    attention: triton | sdpa | reference        gather (masked_gather and predictor_tokens): triton | reference
-
-from the config's `kernels:` section, overridden by the environment (IJEPA_ATTENTION, IJEPA_GATHER); "auto" takes
-the AUTO entry for the device class. An op called before any configure() configures the defaults once.
+Every module here that declares `KERNEL = KernelOp(...)` (kernels/registry.py) is registered in REGISTRY; its public
+ops become functions of this package (`kernels.<op>`, and each implementation as `kernels.<op>_<impl>`).
+`configure()` decides, once, which implementation each group runs: the config's `kernels:` section, overridden by
+the environment (IJEPA_ATTENTION, IJEPA_GATHER); "auto" takes the group's choice for the device class. An op called
+before any configure() configures the defaults once.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
+import pkgutil
 from typing import Callable, Optional
 
 import torch
 
-from kernels.attention import attention_reference, attention_sdpa, attention_triton
-from kernels.masked_gather import (masked_gather_reference, masked_gather_triton, predictor_tokens_reference,
-                                   predictor_tokens_triton, set_index_check)
-
-__all__ = ["configure", "implementations", "attention", "masked_gather", "predictor_tokens", "attention_reference",
-           "attention_sdpa", "attention_triton", "masked_gather_reference", "masked_gather_triton",
-           "predictor_tokens_reference", "predictor_tokens_triton"]
+from kernels.registry import KernelOp
 
 logger = logging.getLogger(__name__)
 
-IMPLS: dict[str, dict[str, dict[str, Callable]]] = {
-    "attention": {
-        "triton": {"attention": attention_triton},
-        "sdpa": {"attention": attention_sdpa},
-        "reference": {"attention": attention_reference},
-    },
-    "gather": {
-        "triton": {"masked_gather": masked_gather_triton, "predictor_tokens": predictor_tokens_triton},
-        "reference": {"masked_gather": masked_gather_reference, "predictor_tokens": predictor_tokens_reference},
-    },
-}
-# What "auto" means per device class: the implementation measured faster there (benchmarks/kernels.py prints both).
-# CUDA: the Triton kernels have no GPU measurement yet (bench/results/ holds none), so targets.md's rule applies:
-#   SDPA stays the attention default until Triton matches the best SDPA backend, and the gather stays on index_select
-#   until the Triton gather is measured at >= 80% of copy bandwidth. Flip these entries when the GPU script says so.
-# CPU: Triton runs there only in its interpreter (tests); SDPA measured faster than the explicit softmax on this
-#   project's CPU shapes (benchmarks/kernels.py on the 2-core dev machine).
-AUTO = {
-    "cuda": {"attention": "sdpa", "gather": "reference"},
-    "cpu": {"attention": "sdpa", "gather": "reference"},
-}
-ENV = {"attention": "IJEPA_ATTENTION", "gather": "IJEPA_GATHER", "check_indices": "IJEPA_CHECK_INDICES"}
 
-_chosen: dict[str, str] = {}  # op group → implementation, set by configure()
+def _discover() -> dict[str, KernelOp]:
+    """{group name: KernelOp} of every kernels/ module that declares KERNEL."""
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        op = getattr(module, "KERNEL", None)
+        if isinstance(op, KernelOp):
+            found[op.name] = op
+    return found
+
+
+REGISTRY: dict[str, KernelOp] = _discover()
+CHECK_INDICES_ENV = "IJEPA_CHECK_INDICES"
+
+_chosen: dict[str, str] = {}  # group → implementation, set by configure()
 _ops: dict[str, Callable] = {}  # public op → function, set by configure()
 
 
-def _resolve(group: str, asked: str, device_class: str) -> str:
-    asked = os.environ.get(ENV[group]) or asked  # the environment wins over the config
-    allowed = ("auto", *IMPLS[group])
+def _resolve(op: KernelOp, asked: str, device_class: str) -> str:
+    asked = os.environ.get(op.env) or asked  # the environment wins over the config
+    allowed = ("auto", *op.implementations)
     if asked not in allowed:
-        raise ValueError(f"kernels: {group} implementation must be one of {allowed}, got {asked!r} "
-                         f"(from {ENV[group]} if set, else the config's kernels.{group})")
-    impl = AUTO[device_class][group] if asked == "auto" else asked
-    if impl == "triton" and device_class == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"kernels: {group}=triton needs a CUDA device; on the CPU choose "
-                         f"{[i for i in IMPLS[group] if i != 'triton']} (Triton's interpreter, TRITON_INTERPRET=1 set "
-                         f"before importing kernels, is for tests)")
+        raise ValueError(f"kernels: {op.name} implementation must be one of {allowed}, got {asked!r} "
+                         f"(from {op.env} if set, else the config's kernels.{op.name})")
+    impl = op.auto[device_class] if asked == "auto" else asked
+    if impl in op.cuda_only and device_class == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"kernels: {op.name}={impl} needs a CUDA device; on the CPU choose "
+                         f"{[i for i in op.implementations if i not in op.cuda_only]} (Triton's interpreter, "
+                         f"TRITON_INTERPRET=1 set before importing kernels, is for tests)")
     return impl
 
 
-def configure(attention: str = "auto", gather: str = "auto", device: Optional[str | torch.device] = None,
-              check_indices: str = "first") -> dict[str, str]:
-    """Decides, once, which implementation each op runs; returns {group: implementation}.
+def configure(device: Optional[str | torch.device] = None, check_indices: str = "first",
+              **choices: str) -> dict[str, str]:
+    """Decides, once, which implementation each group runs; returns {group: implementation}.
 
     Args:
-        attention: auto | triton | sdpa | reference (IJEPA_ATTENTION overrides it).
-        gather: auto | triton | reference, for masked_gather and predictor_tokens (IJEPA_GATHER overrides it).
         device: the device the model runs on; None = CUDA if available, else CPU.
         check_indices: "first" range-checks CUDA indices on each gather op's first call (CPU ones every call),
             "always" on every call (a host sync each: for debugging). IJEPA_CHECK_INDICES overrides it.
+        **choices: group=implementation, e.g. attention="sdpa", gather="reference"; a group not named is "auto".
     """
+    unknown = set(choices) - set(REGISTRY)
+    if unknown:
+        raise ValueError(f"kernels: unknown group(s) {sorted(unknown)}; the groups are {sorted(REGISTRY)}")
     if device is None:
         device_class = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         device_class = "cuda" if torch.device(device).type == "cuda" else "cpu"
-    chosen = {group: _resolve(group, asked, device_class) for group, asked in (("attention", attention),
-                                                                              ("gather", gather))}
-    set_index_check(os.environ.get(ENV["check_indices"]) or check_indices)
+    chosen = {name: _resolve(op, choices.get(name, "auto"), device_class) for name, op in REGISTRY.items()}
+    from kernels.masked_gather import set_index_check
+
+    set_index_check(os.environ.get(CHECK_INDICES_ENV) or check_indices)
     _chosen.clear()
     _chosen.update(chosen)
     _ops.clear()
-    for group, impl in chosen.items():
-        _ops.update(IMPLS[group][impl])
-    logger.info("kernels on %s: attention=%s, gather=%s", device_class, chosen["attention"], chosen["gather"])
+    for name, impl in chosen.items():
+        _ops.update(REGISTRY[name].implementations[impl])
+    logger.info("kernels on %s: %s", device_class, ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return dict(chosen)
 
 
@@ -107,19 +98,21 @@ def _op(name: str) -> Callable:
     return _ops[name]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """q, k, v (B, H, N, d) → softmax(q kᵀ / sqrt(d)) v (B, H, N, d), no mask."""
-    return _op("attention")(q, k, v)
+def _dispatcher(name: str, reference: Callable) -> Callable:
+    """kernels.<name>: the implementation configure() chose, with the reference's signature and docstring."""
+
+    @functools.wraps(reference)
+    def dispatch(*args, **kwargs):
+        return _op(name)(*args, **kwargs)
+
+    dispatch.__name__ = dispatch.__qualname__ = name
+    return dispatch
 
 
-def masked_gather(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x (B, N, D) or (1, N, D); idx (M, B, K) or (B, K); pos (N, D) → (M·B, K, D): out[m·B + b, i] =
-    x[b, idx[m, b, i]] (+ pos[idx[m, b, i]]). Backward scatter-adds into x and pos."""
-    return _op("masked_gather")(x, idx, pos)
-
-
-def predictor_tokens(x_ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, pos: torch.Tensor,
-                     mask_token: torch.Tensor) -> torch.Tensor:
-    """The predictor's input (M·B, Kc + Kt, D): [x_ctx[b] + pos[ctx_idx[b]] ‖ mask_token + pos[tgt_idx[m, b]]] for
-    row m·B + b, in one pass (see kernels.masked_gather.predictor_tokens_reference)."""
-    return _op("predictor_tokens")(x_ctx, ctx_idx, tgt_idx, pos, mask_token)
+# kernels.<op> dispatches; kernels.<op>_<implementation> is that implementation itself (tests, benchmarks).
+for _kernel in REGISTRY.values():
+    for _name in _kernel.ops:
+        globals()[_name] = _dispatcher(_name, _kernel.implementations[_kernel.reference][_name])
+    for _impl, _fns in _kernel.implementations.items():
+        globals().update({f"{_name}_{_impl}": _fn for _name, _fn in _fns.items()})
+del _kernel, _name, _impl, _fns

@@ -1,27 +1,22 @@
 """Multi-head self-attention without a mask, softmax(q kᵀ / sqrt(d)) v: a Triton flash attention (forward and
-backward), PyTorch's SDPA, and the explicit-softmax reference.
+backward, FlashAttention-2 as in Triton's tutorial 06), PyTorch's SDPA, and the explicit-softmax reference.
 
-The Triton kernels follow the Triton tutorial 06-fused-attention (FlashAttention-2): the forward keeps a running
-max and sum per query row and stores the row's log-sum-exp (base 2); the backward recomputes the probabilities from it,
-one kernel for dK/dV (a key block per program, looping over the queries) and one for dQ (a query block per program,
-looping over the keys), so no atomics. Any sequence length (the last block is masked) and any head dim up to 256
-(the block is padded to the next power of 2 and masked: 24 → 32, 80 and 88 → 128, so d = 80 pays for 128 columns
-of q kᵀ and p v: a cost the GPU benchmark shows). fp32 accumulation whatever the input dtype; fp32 inputs use IEEE
-fp32 dots (not TF32) so that they match the reference. Under Triton's interpreter (tests) each tile is upcast to fp32
-right after its load and bf16 results are rounded by torch, since the interpreter's bf16 arithmetic and stores are
-wrong.
-
-Layout (style.md): the @triton.jit kernels, the launch functions with their checks, the autograd Function, the
-public ops, the reference. Nothing launches at import, so this module imports on a machine without CUDA.
+Layout (style): the @triton.jit kernels, the launch functions with their checks, the autograd Function, the public
+ops, the reference, then the registration (KERNEL). Nothing launches at import, so this imports without CUDA. The
+kernels' design (head-dim padding, precision, the interpreter's bf16 workarounds) is in docs/kernels.md.
 """
 from __future__ import annotations
 
+import itertools
 import os
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from kernels.registry import BenchCase, CompileSpec, KernelOp
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: @triton.jit picks its mode at definition
 LOG2E = 1.4426950408889634  # 1 / ln 2: the kernels work in base 2 (exp2)
@@ -280,3 +275,66 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     attn = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
     return attn.softmax(dim=-1) @ v
 
+
+# ---------------------------------------------------------------------------------------------------- registration
+PRECISION = {"fp32": "ieee", "fp16": "tf32", "bf16": "tf32"}  # dtype → the kernels' PRECISION constexpr
+VITH14_HEADS = 16
+VITH14_SHAPES = [(256, 80), (70, 80), (113, 24)]  # (N, head dim) at ViT-H/14: all tokens, context, predictor
+
+
+def compile_specs(quick: bool) -> list[CompileSpec]:
+    """Every kernel × autotune config × dtype × head dim 24/64/80/128; quick: bf16, the first config, d 80 and 24."""
+    dtypes, dims = (["bf16"], [80, 24]) if quick else (list(PRECISION), [24, 64, 80, 128])
+    specs = []
+    for t, d in itertools.product(dtypes, dims):
+        meta = {"HEAD_DIM": d, "D_PAD": max(16, triton.next_power_of_2(d)), "UPCAST": False, "PRECISION": PRECISION[t]}
+        ptr = {**{n: "*" + t for n in ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ")}, "LSE": "*fp32", "DELTA": "*fp32"}
+        for configs, kernel in ((FWD_CONFIGS, _attn_fwd_kernel), (BWD_CONFIGS, _attn_bwd_dkdv_kernel),
+                                (BWD_CONFIGS, _attn_bwd_dq_kernel)):
+            specs += [CompileSpec(kernel, ptr, {**meta, **c.kwargs}, c.num_warps, c.num_stages, f"{t} d={d} {c.kwargs}")
+                      for c in (configs[:1] if quick else configs)]
+        specs.append(CompileSpec(_attn_bwd_delta_kernel, ptr, {"HEAD_DIM": d, "D_PAD": meta["D_PAD"], "BLOCK_M": 64},
+                                 label=f"{t} d={d}"))
+    return specs
+
+
+def attention_flops(b: int, h: int, n: int, d: int) -> tuple[float, float]:
+    """Matmul FLOPs (forward, backward): 4·B·H·N²·d (q kᵀ and p v); the backward is 2.5× that (recompute + 4)."""
+    forward = 4.0 * b * h * n * n * d
+    return forward, 2.5 * forward
+
+
+def sdpa_backends() -> dict[str, Callable]:
+    """SDPA with each CUDA backend forced (the kernels suite times every one beside SDPA's own pick)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def forced(backend):
+        def run(q, k, v):
+            with sdpa_kernel(backend):
+                return attention_sdpa(q, k, v)
+        return run
+
+    return {"sdpa-flash": forced(SDPBackend.FLASH_ATTENTION), "sdpa-cudnn": forced(SDPBackend.CUDNN_ATTENTION),
+            "sdpa-efficient": forced(SDPBackend.EFFICIENT_ATTENTION)}
+
+
+def bench_cases(device: torch.device, batch: int) -> list[BenchCase]:
+    """ViT-H/14's attention shapes, q, k, v as the model makes them: views of one packed (B, N, 3·H·d) projection;
+    bf16 on CUDA (every SDPA backend forced as well), fp32 on the CPU."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ops = {name: fns["attention"] for name, fns in IMPLEMENTATIONS.items()}
+    if device.type == "cuda":
+        ops = {**ops, **sdpa_backends()}
+    cases = []
+    for n, d in VITH14_SHAPES:
+        packed = torch.randn(batch, n, 3, VITH14_HEADS, d, dtype=dtype, device=device, requires_grad=True)
+        cases.append(BenchCase(f"attention N={n} d={d} H={VITH14_HEADS}", ops, list(packed.permute(2, 0, 3, 1, 4)),
+                               [packed], attention_flops(batch, VITH14_HEADS, n, d), "FLOP"))
+    return cases
+
+
+IMPLEMENTATIONS = {"triton": {"attention": attention_triton}, "sdpa": {"attention": attention_sdpa},
+                   "reference": {"attention": attention_reference}}
+# auto: SDPA on both device classes until the Triton kernel is measured at or above the best SDPA backend on a GPU.
+KERNEL = KernelOp("attention", IMPLEMENTATIONS, reference="reference", auto={"cuda": "sdpa", "cpu": "sdpa"},
+                  cuda_only=frozenset({"triton"}), compile_specs=compile_specs, bench_cases=bench_cases)

@@ -1,26 +1,23 @@
-"""Masked-token gather: out[m·B + b, i, :] = x[b, idx[m, b, i], :] (+ pos[idx[m, b, i], :]), one launch for every mask.
+"""Masked-token gather: out[m·B + b, i, :] = x[b, idx[m, b, i], :] (+ pos[idx[m, b, i], :]), one launch for every
+mask; and the predictor's input assembly in one pass (`predictor_tokens`: context embedding + pos at the context
+indices, mask token + pos at the target indices, repeated per target mask), where the official code chains repeat /
+gather / cat / add.
 
-Also the predictor's input assembly as one pass (`predictor_tokens`): context embedding + pos at the context indices,
-mask token + pos at the target indices, repeated per target mask and concatenated, where the official code chains
-repeat / gather / cat / add.
-
-Layout (style.md): the @triton.jit kernels, the launch functions (shape, dtype and index-range checks), the autograd
-Functions, the public Triton ops, the plain-PyTorch references. Which one the model runs is decided once in
-kernels/__init__.py.
-
-Triton is imported here but nothing is launched at import, so this module imports on a machine without CUDA; the
-kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 set before this module is imported (tests).
-The kernels load every element, upcast it to fp32 (the interpreter gets bf16 arithmetic wrong, and the gather is
-memory-bound so the upcast is free), add in fp32 and round once on the store.
+Layout (style): the @triton.jit kernels, the launch functions (shape, dtype and index-range checks), the autograd
+Functions, the public Triton ops, the plain-PyTorch references, then the registration (KERNEL). Nothing launches at
+import. The kernels upcast every element to fp32 and round once on the store (docs/kernels.md says why).
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.registry import BenchCase, CompileSpec, KernelOp
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: @triton.jit picks its mode at definition
 
@@ -369,3 +366,68 @@ def predictor_tokens_reference(x_ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_i
     targets = mask_token.reshape(1, 1, -1) + masked_gather_reference(pos[None], tgt_idx)  # (M·B, Kt, D)
     dtype = torch.promote_types(x.dtype, targets.dtype)
     return torch.cat([x.to(dtype).repeat(m, 1, 1), targets.to(dtype)], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------- registration
+# ViT-H/14 at 224 px with the official masks: 256 tokens of width 1280, ~69 context tokens, 4 targets of ~43 tokens;
+# the predictor is 384 wide.
+VITH14_TOKENS, VITH14_DIM, VITH14_PRED_DIM, VITH14_CONTEXT, VITH14_MASKS, VITH14_TARGET = 256, 1280, 384, 69, 4, 43
+
+
+def compile_specs(quick: bool) -> list[CompileSpec]:
+    """Every kernel × dtype × int32/int64 indices × D 96/384/1280; quick: bf16, int64, D 1280 (training shapes)."""
+    grid = (["bf16"], ["i64"], [1280]) if quick else (["fp32", "fp16", "bf16"], ["i32", "i64"], [96, 384, 1280])
+    specs = []
+    for t, it, d in itertools.product(*grid):
+        br, bd = _blocks(d)
+        blocks, label = {"BLOCK_R": br, "BLOCK_D": bd}, f"{t} {it} D={d}"
+        specs += [CompileSpec(_gather_fwd_kernel, {"X": "*" + t, "POS": "*" + t, "IDX": "*" + it, "OUT": "*" + t},
+                              {"HAS_POS": has_pos, **blocks}, label=f"{label} pos={has_pos}") for has_pos in (False, True)]
+        specs += [CompileSpec(_gather_bwd_kernel, {"GRAD": "*" + t, "IDX": "*" + it, "DX": "*fp32", "DPOS": "*fp32"},
+                              {"X_GRAD": x_grad, "POS_GRAD": pos_grad, **blocks}, label=f"{label} {x_grad} {pos_grad}")
+                  for x_grad, pos_grad in ((True, False), (False, True), (True, True))]
+        specs.append(CompileSpec(_predictor_tokens_fwd_kernel, {"XC": "*" + t, "CTX_IDX": "*" + it, "TGT_IDX": "*" + it,
+                                                                "POS": "*" + t, "TOKEN": "*" + t, "OUT": "*" + t},
+                                 blocks, label=label))
+        specs.append(CompileSpec(_predictor_ctx_grad_kernel, {"GRAD": "*" + t, "DX": "*" + t}, blocks, label=label))
+    return specs
+
+
+def bench_cases(device: torch.device, b: int) -> list[BenchCase]:
+    """The model's three gathers at ViT-H/14 (bf16 tokens, fp32 tables); work = the bytes each must read and write."""
+    n, d, dp, kc, m, kt = VITH14_TOKENS, VITH14_DIM, VITH14_PRED_DIM, VITH14_CONTEXT, VITH14_MASKS, VITH14_TARGET
+    bf16 = torch.bfloat16
+    x = torch.randn(b, n, d, dtype=bf16, device=device, requires_grad=True)
+    x_patch = torch.randn(b, d, n, dtype=bf16, device=device).transpose(1, 2).requires_grad_()
+    pos = torch.randn(n, d, device=device)
+    ctx_idx = torch.stack([torch.randperm(n, device=device)[:kc].sort().values for _ in range(b)])  # (B, Kc)
+    tgt_idx = torch.stack([torch.stack([torch.randperm(n, device=device)[:kt] for _ in range(b)]) for _ in range(m)])
+    h = torch.randn(b, n, d, device=device)  # target features: fp32 after the no-affine LayerNorm
+    x_ctx = torch.randn(b, kc, dp, dtype=bf16, device=device, requires_grad=True)
+    ppos = torch.randn(n, dp, device=device)
+    token = torch.randn(1, 1, dp, device=device, requires_grad=True)
+    gather = {name: fns["masked_gather"] for name, fns in IMPLEMENTATIONS.items()}
+    tokens = {name: fns["predictor_tokens"] for name, fns in IMPLEMENTATIONS.items()}
+    rows_out = m * b * (kc + kt)
+    # encoder input: read x rows (2 B) + pos rows (4 B), write fp32 tokens; backward: read the fp32 gradient, write
+    # the whole bf16 dx (every token: the unkept ones are zeros)
+    encoder_work = (b * kc * d * (2 + 4 + 4), b * kc * d * 4 + b * n * d * 2)
+    return [
+        BenchCase("encoder input", gather, [x, ctx_idx, pos], [x], encoder_work, "B"),
+        # the same from timm's PatchEmbed layout, (B, N, D) strided (N·D, 1, N): both paths copy x first
+        BenchCase("encoder input, PatchEmbed layout", gather, [x_patch, ctx_idx, pos], [x_patch], encoder_work, "B"),
+        BenchCase("target selection", gather, [h, tgt_idx], None, (m * b * kt * d * (4 + 4), 0), "B"),
+        # predictor input: read x_ctx once per mask row (bf16) + pos rows (fp32), write fp32; backward: read the
+        # gradient, write dx_ctx (bf16) and the token's gradient
+        BenchCase("predictor input", tokens, [x_ctx, ctx_idx, tgt_idx, ppos, token], [x_ctx, token],
+                  (rows_out * dp * (4 + 4) + m * b * kc * dp * 2, rows_out * dp * 4 + b * kc * dp * 2), "B"),
+    ]
+
+
+IMPLEMENTATIONS = {
+    "triton": {"masked_gather": masked_gather_triton, "predictor_tokens": predictor_tokens_triton},
+    "reference": {"masked_gather": masked_gather_reference, "predictor_tokens": predictor_tokens_reference},
+}
+# auto: index_select (the reference) until the Triton gather is measured at >= 80% of copy bandwidth on a GPU.
+KERNEL = KernelOp("gather", IMPLEMENTATIONS, reference="reference", auto={"cuda": "reference", "cpu": "reference"},
+                  cuda_only=frozenset({"triton"}), compile_specs=compile_specs, bench_cases=bench_cases)
