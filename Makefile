@@ -22,7 +22,7 @@ test: $(STAMP)
 DEMO   := runs/demo
 NPROC  ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 demo: $(STAMP)
-	$(PY) digits_folder.py $(DEMO)/digits --size 32
+	$(PY) -m tools.digits $(DEMO)/digits --size 32
 	$(PY) shard_dataset.py $(DEMO)/digits/train $(DEMO)/shards --shard-size 170 --no-progress
 	$(PY) shard_dataset.py $(DEMO)/digits/val $(DEMO)/shards-val --shard-size 170 --no-progress
 	rm -rf $(DEMO)/train

@@ -17,12 +17,13 @@ from benchmarks.common import device_info
 from config import ConfigError, load_config
 
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
-# run(cfg, earlier) -> dict to see the figures of the suites run before it).
+# run(cfg, earlier) -> dict to see the figures of the suites run before it). The others are helpers and scripts.
 ORDER = ("shards", "masks", "data", "kernels", "step", "scaling")
+NOT_SUITES = ("common", "comm_model", "aot_compile_check")
 
 
 def available_suites() -> list[str]:
-    present = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in ("common", "comm_model")}
+    present = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in NOT_SUITES}
     return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
 
 

@@ -12,14 +12,10 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 import torch
 
-from probe import eval_images, extract_features, knn_accuracy, linear_accuracy, load_encoder
-
-logger = logging.getLogger("eval")
-
+from evaluation.report import evaluate, print_table
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,48 +31,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def evaluate(args) -> dict:
-    encoder, random_init = load_encoder(args.checkpoint, args.encoder)
-    crop = encoder.patch_embed.img_size[0]
-    train_images, train_y = eval_images(args.train_shards, crop, args.limit)
-    val_images, val_y = eval_images(args.val_shards, crop, args.limit)
-    results = {}
-    for name, model in (("checkpoint", encoder), ("random init", random_init)):
-        start = time.perf_counter()
-        train_x = extract_features(model, train_images, args.pool, device=args.device)
-        val_x = extract_features(model, val_images, args.pool, device=args.device)
-        knn = knn_accuracy(train_x, train_y, val_x, val_y)
-        linear, lr = linear_accuracy(train_x, train_y, val_x, val_y, epochs=args.epochs)
-        results[name] = {"knn_top1": knn, "linear_top1": linear, "linear_lr": lr,
-                         "seconds": time.perf_counter() - start}
-    results["setup"] = {"checkpoint": str(args.checkpoint), "encoder": args.encoder, "pool": args.pool,
-                        "train_images": len(train_y), "val_images": len(val_y), "classes": int(train_y.max()) + 1}
-    return results
-
-
-def print_table(results: dict) -> None:
-    s = results["setup"]
-    print(f"probe: {s['encoder']} encoder, {s['pool']} pool, {s['train_images']} train / {s['val_images']} val "
-          f"images, {s['classes']} classes (chance {100 / s['classes']:.1f}%)")
-    print(f"{'encoder':<14}{'kNN top-1':>11}{'linear top-1':>14}")
-    for name in ("checkpoint", "random init"):
-        r = results[name]
-        print(f"{name:<14}{100 * r['knn_top1']:>10.1f}%{100 * r['linear_top1']:>13.1f}%")
-    gain = [100 * (results["checkpoint"][k] - results["random init"][k]) for k in ("knn_top1", "linear_top1")]
-    print(f"{'margin':<14}{gain[0]:>+10.1f}%{gain[1]:>+13.1f}%")
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    args = parse_args(argv)
+    settings = vars(parse_args(argv))
+    json_path = settings.pop("json")
     try:
-        results = evaluate(args)
+        results = evaluate(**settings)  # every other option is an argument of evaluate, by name
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print_table(results)
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 

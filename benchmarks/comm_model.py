@@ -1,18 +1,9 @@
 """A model (not a measurement) of per-GPU efficiency at 8 GPUs and across nodes for train.py under ZeRO-2.
 
-Inputs: a step time (measured on one GPU, or an anchor), the step's FLOPs split into forward and backward (counted by
-torch on the meta device for the config's model and the official mask lengths), the bytes each collective moves per
-optimizer step (from the parameter count), and link bandwidths as parameters.
-
-Collectives per optimizer step, each a ring over n GPUs moving (n-1)/n × S bytes through every GPU's link:
-  1. gradient reduce-scatter, bf16, 2 bytes/param: bucketed (reduce_bucket_size) and overlapped with the backward
-     (overlap_comm); the last bucket always runs after the backward ends;
-  2. the bf16 parameter all-gather after the optimizer step, 2 bytes/param: exposed;
-  3. the target encoder's fp32 all-gather after the EMA of each rank's slice (target_ema.py), 4 bytes/param: started
-     after the optimizer step and waited for before the target forward, which runs after the context encoder and
-     predictor forwards, so it is exposed only beyond them.
-Efficiency = step / (step + exposed communication). Across nodes the ring runs at the NIC's bandwidth (one NIC per GPU,
-rail-optimised), inside a node at NVLink's.
+Inputs: a step time, the step's FLOPs split into the target forward, the context and predictor forwards and the
+backward (counted by torch on the meta device), the bytes each collective moves per optimizer step, and link
+bandwidths as parameters. Each collective is a ring; what the compute does not hide is exposed. Assumptions and
+results: docs/benchmarks.md and docs/training.md.
 """
 from __future__ import annotations
 
@@ -59,7 +50,7 @@ def step_shape(cfg, ctx_tokens: int = 69, tgt_tokens: int = 43, masks: int = 4) 
     scale = rows * cols / 256
     ctx_tokens, tgt_tokens = max(1, round(ctx_tokens * scale)), max(1, round(tgt_tokens * scale))
     with torch.device("meta"):
-        model, target = build_jepa(cfg)
+        model, target = build_jepa(cfg.model, cfg.data.crop_size)
     model.to("meta"), target.to("meta")  # buffers made on the CPU follow
     s = cfg.data.crop_size
     images = torch.empty(1, 3, s, s, device="meta")

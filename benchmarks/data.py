@@ -1,20 +1,9 @@
-"""Data pipeline suite: images/s of each loader backend (decode + random-resized crop + normalise, up to a float batch
-on the training device) beside a reference measured in the same run: webdataset + PIL decode + torchvision transforms
-(RandomResizedCrop(224, scale=(0.3, 1)), ToTensor, Normalize) in a 2-worker DataLoader.
+"""Data suite: images/s of each loader source (decode + random-resized crop + normalise, up to a float batch on the
+training device) beside webdataset + PIL + torchvision in a 2-worker DataLoader, measured in the same run.
 
-Fixed settings, whatever the config (so that figures compare across configs and with docs/targets.md): crop 224,
-batch 32, 2 DataLoader workers / DALI threads, prefetch 2. Data: 640 generated ImageNet-like JPEGs (500×375, quality
-90, a smooth colour field plus noise: about 100 KB each; 160 distinct images, each used 4 times) in a temporary folder,
-sharded by the real shard_dataset.py CLI into 4 shards; read from the page cache, so the figures are CPU (or GPU)
-cost, not disk. Each backend runs one warm-up epoch (worker start-up, DALI's shuffle buffer fill), then 2 timed
-epochs of 20 batches; the backends take turns for 2 rounds and each keeps its best round, so that a load spike from
-another process on a shared machine does not decide a ratio. Masks are not part of these figures (the masks suite
-measures them).
-
-Backends: `torch` (pipeline/torch_loader.py: workers decode with torchvision on the CPU; with CUDA the JPEGs are
-decoded on the GPU through nvJPEG), `dali` (pipeline/dali.py: CPU operators, or `device="mixed"` with CUDA) where
-DALI is installed. Targets: DALI on the CPU ≥ 1.5× the reference on a 2-core machine; on the GPU the torch backend ≥ 5,000
-images/s with ≤ 2 CPU threads (docs/targets.md).
+Fixed settings whatever the config (crop 224, batch 32, 2 workers or threads, prefetch 2) on 640 generated
+ImageNet-like JPEGs sharded by the real shard_dataset.py; one warm-up epoch, then 2 timed; the cases take turns for 2
+rounds and each keeps its best. Targets and measured figures: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -73,8 +62,8 @@ def reference_epochs(shards: Path):
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD
     from pipeline.shards import list_shards
+    from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
 
     transform = transforms.Compose([transforms.RandomResizedCrop(CROP, scale=(0.3, 1.0)), transforms.ToTensor(),
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -89,7 +78,7 @@ def reference_epochs(shards: Path):
 
 def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """What the loader does to a backend's batch (pipeline/loader.py Loader._images), in float32."""
-    from pipeline.loader import imagenet_stats
+    from pipeline.source import imagenet_stats
 
     images = images.to(device, non_blocking=True)
     if images.dtype == torch.uint8:
@@ -104,17 +93,16 @@ def backend_epochs(cfg, shards: Path, backend: str, device: torch.device):
 
     data = dataclasses.replace(cfg.data, shards=str(shards), backend=backend, batch_size=BATCH, crop_size=CROP,
                                num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise")
-    cfg = dataclasses.replace(cfg, data=data)
     all_shards = list_shards(shards)
     batches = sum(s.samples for s in all_shards) // BATCH
     if backend == "dali":
-        from pipeline.dali import DaliSource
+        from pipeline.dali_source import DaliSource
 
-        source = DaliSource(cfg, all_shards, batches, 0, 1, device, torch.float32)
+        source = DaliSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, torch.float32)
     else:
-        from pipeline.torch_loader import TorchSource
+        from pipeline.torch_source import TorchSource
 
-        source = TorchSource(cfg, all_shards, batches, 0, 1, device)
+        source = TorchSource(data, cfg.run.seed, all_shards, batches, 0, 1, device)
     epoch = 0
     while True:
         yield ((normalise(images, device), labels) for images, labels, _ in source.epoch_batches(epoch, 0))
@@ -149,7 +137,7 @@ def have_dali() -> bool:
 
 def run(cfg=None) -> dict:
     """Measures and prints the table; from `cfg` only the seed and crop/aspect ranges are used (crop size, batch and
-    workers are fixed here, see the module docstring)."""
+    workers are fixed here: docs/benchmarks.md)."""
     if cfg is None:
         from config import Config
 

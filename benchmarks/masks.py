@@ -1,13 +1,9 @@
-"""Mask sampler suite: our vectorized sampler beside a per-sample-loop reference written like the official collator.
+"""Mask sampler suite: our vectorized sampler beside a per-sample-loop reference written like the official collator
+(ms per batch of 128 on one core, 16×16 and 28×28 grids), and the token counts and spatial bias of every length policy
+and quirk switch (docs/masks.md).
 
-Measures ms per batch of 128 on one core (torch.set_num_threads(1)) on the 16×16 (224/14) and 28×28 (448/16) grids,
-and reports, per length policy and quirk switch, the token counts each gives (mean K_enc / K_pred) and the context's
-spatial bias (coverage of the first and the last two rows, relative to uniform).
-
-`ReferenceMaskCollator` is also the reference of tests/test_masks.py: the official algorithm
-(facebookresearch/ijepa `src/masks/multiblock.py`, MaskCollator) rewritten without the image collation, with the
-block-size generator's seed and the placement generator passed in (the official code takes them from a shared
-batch counter and the global torch RNG), and with a cap on its retry loop so that a test can never hang on it.
+`ReferenceMaskCollator` is also the reference of tests/test_masks.py: the official algorithm without the image
+collation, its generators passed in, and its retry loop capped so that a test can never hang on it.
 """
 from __future__ import annotations
 

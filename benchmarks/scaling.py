@@ -1,10 +1,7 @@
 """Scaling suite: images/s per process of train.py with 1 and with 2 processes (the deepspeed launcher, the same
-per-process batch), and the efficiency 2-process per-GPU throughput / 1-process throughput, measured in one run;
-then the model of 8-GPU and multi-node efficiency (benchmarks/comm_model.py) for the config's model.
-
-On a CPU machine each process gets one thread (OMP_NUM_THREADS=1) so that the single-process run is the fair
-baseline; on a GPU host it uses min(2, GPUs) GPUs. The data are the scikit-learn digits, sharded by the real CLIs;
-the figures come from train.py's own interval lines after the first interval (start-up and warm-up excluded).
+per-process batch) on the digits, and their ratio, measured in one run; then the model of 8-GPU and multi-node
+efficiency (benchmarks/comm_model.py). On a CPU each process gets one thread; the figures come from train.py's own
+interval lines after the first (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -16,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from digits_folder import shard_digits
-from train import free_port
+from tools.digits import shard_digits
+from training.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 60, 10

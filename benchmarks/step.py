@@ -1,16 +1,10 @@
 """Step suite: the project's training step beside a plain-PyTorch reference step, same model, batch, masks and device.
 
-Ours is train.py's step: the DeepSpeed engine of the config (ZeRO stage, bf16 weights with fp32 masters inside the
-optimizer), a torch AdamW (fused on CUDA), kernels as the `kernels:` switch picks them, the fused token assembly,
-the foreach EMA from the fp32 masters. The reference is written the way the official I-JEPA code is: fp32 weights
-under bf16 autocast, explicit-softmax attention, one torch.gather per mask then torch.cat, mask tokens built by repeat
-and add, a plain AdamW, a Python loop for the EMA. Both see synthetic images and the masks of the config's sampler
-(official semantics: lengths vary per step); ours is also timed with `mask.length_policy: fixed` (static shapes),
-reported apart from the headline.
-
-Figures per path: step time (median), images/s per GPU, FLOPs of one step counted by torch.utils.flop_counter, TFLOP/s
-and MFU (known GPUs only), peak memory, images per GPU-hour, and the GPU-hours the config's epochs would take on its
-dataset (the manifest's sample count, or ImageNet-1K's 1,281,167 when the config's shards are not here).
+Ours is train.py's step (training/engine.py: the DeepSpeed engine, AdamW, the kernels switch, the EMA from the fp32
+masters); the reference is written the way the official I-JEPA code is (fp32 weights under bf16 autocast,
+explicit-softmax attention, one gather per mask then cat, a Python-loop EMA). Both see the config's masks; ours is
+also timed with static shapes. Figures: step time, images/s per GPU, counted FLOPs, TFLOP/s, MFU (known GPUs), peak
+memory, images per GPU-hour and the GPU-hours of the config's epochs (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -18,14 +12,20 @@ import dataclasses
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import kernels
 from config import training_dtype
-from metrics import count_flops, peak_tflops
+from model.jepa import build_jepa
+from pipeline.loader import Batch
+from pipeline.shards import ManifestError, read_manifest
+from training.data import mask_sampler
+from training.distributed import setup_distributed, single_process_env
+from training.engine import build_engine, micro_step, param_groups
+from training.metrics import count_flops, peak_tflops
+from training.target_ema import target_ema
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ class ReferenceStep:
     """One official-style training step (optimizer step + EMA) per call."""
 
     def __init__(self, cfg, device: torch.device):
-        from model.jepa import build_jepa
-        from model.schedules import param_groups
-
-        model, target = build_jepa(cfg)
+        model, target = build_jepa(cfg.model, cfg.data.crop_size)
         self.model, self.target = model.to(device), target.to(device)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optimization.weight_decay), lr=cfg.optimization.lr)
         self.device, self.momentum = device, cfg.ema.momentum[0]
@@ -98,21 +95,14 @@ class OurStep:
     """train.py's step: DeepSpeed engine + fused AdamW + EMA from the fp32 masters, one optimizer step per call."""
 
     def __init__(self, cfg, device: torch.device, world_size: int):
-        import train
-        from target_ema import target_ema
-
-        self.train = train
-        out = Path("runs") / "bench-step"
-        self.engine, self.optimizer, self.target = train.build_engine(cfg, device, world_size, out)
+        self.engine, self.optimizer, self.target = build_engine(cfg, device, world_size)
         self.ema = target_ema(self.engine, self.target)
         self.dtype = training_dtype(cfg)
         self.momentum = cfg.ema.momentum[0]
 
     def __call__(self, images, ctx, tgt):
-        from pipeline.loader import Batch
-
         batch = Batch(images, ctx, tgt, labels=torch.empty(0), keys=[])
-        loss = self.train.micro_step(self.engine, self.ema, self.target, batch, self.dtype)
+        loss = micro_step(self.engine, self.ema, self.target, batch, self.dtype)
         self.ema.update(self.momentum)
         return loss
 
@@ -154,33 +144,28 @@ def measure(step, cfg, device, masks, warmup: int, repeat: int) -> dict:
 
 def dataset_size(cfg) -> tuple[int, str]:
     try:
-        from pipeline.shards import read_manifest
-
         return read_manifest(cfg.data.shards, check="none").total_samples, f"manifest of {cfg.data.shards}"
-    except Exception:  # no shards here: the projection uses ImageNet-1K, and says so
+    except ManifestError:  # no shards here: the projection uses ImageNet-1K, and says so
         return IMAGENET_1K, "ImageNet-1K (the config's shards are not here)"
 
 
 def run(cfg) -> dict:
-    import train
-
-    train.single_process_env()
-    device, _, world_size = train.setup_distributed(cfg)
+    single_process_env()
+    device, _, world_size = setup_distributed(cfg.run.device)
     on_gpu = device.type == "cuda"
     warmup, repeat = (5, 20) if on_gpu else (2, 5)
-    from pipeline.loader import mask_sampler
-
     sampler = mask_sampler(cfg)
     masks = [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
     fixed_cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, length_policy="fixed"))
     fixed_sampler = mask_sampler(fixed_cfg)
     fixed_masks = [fixed_sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
     results = {}
-    plans = [("reference (official-style)", dict(attention="reference", gather="reference"), ReferenceStep, masks),
+    reference = {name: op.reference for name, op in kernels.REGISTRY.items()}
+    plans = [("reference (official-style)", reference, ReferenceStep, masks),
              ("ours", dataclasses.asdict(cfg.kernels), OurStep, masks),
              ("ours, static shapes (fixed lengths)", dataclasses.asdict(cfg.kernels), OurStep, fixed_masks)]
     for name, impls, build, step_masks in plans:
-        chosen = kernels.configure(**impls, device=device)
+        chosen = kernels.configure(device=device, **impls)
         torch.manual_seed(cfg.run.seed)
         step = build(cfg, device) if build is ReferenceStep else build(cfg, device, world_size)
         results[name] = {**measure(step, cfg, device, step_masks, warmup, repeat), "kernels": chosen}

@@ -1,11 +1,2 @@
-"""I-JEPA models: ViT encoder (vit), predictor, objective (jepa), EMA, schedules, official checkpoints (official).
-
-`import model` stays free of torch (config.py needs only model.sizes); the public loader is imported on first use.
-"""
-
-
-def __getattr__(name):
-    if name in ("load_official_checkpoint", "load_encoder_for_eval", "to_timm", "export_timm"):
-        from model import official
-        return getattr(official, name)
-    raise AttributeError(f"module 'model' has no attribute {name!r}")
+"""I-JEPA models: the ViT encoder (vit), the predictor, the objective (jepa), the target EMA (ema), official
+checkpoints and the timm export (official), sizes, and torch.compile of the blocks (compile)."""

@@ -1,24 +1,9 @@
 """torch.compile of the transformer blocks, with the token dimension dynamic from the first call.
 
-The mask lengths change every step under `mask.length_policy: batch_min` (K_enc = the batch's shortest context, the
-predictor sees Kc + Kt tokens), so a block compiled for one length would recompile on the next step and, past
-dynamo's recompile limit, fall back to eager. Here each block's inner `_forward` (attention + MLP) is compiled once,
-and its input's token dimension (dim 1) is marked dynamic before every call, so the graph never specialises on it: one
-graph per block shape (dim, heads, dtype, grad mode), shared by every block of that shape, whatever the lengths.
-
-What stays outside the compiled region, on purpose:
-- activation checkpointing: `Block.forward` wraps `_forward` in torch.utils.checkpoint, which then recomputes the
-  compiled graph in backward (no checkpoint inside the graph);
-- module hooks: the block's own `__call__` runs eagerly, so wrappers that hook blocks keep working;
-- the patch embed, gathers, norms and heads (a few ops per step, not worth a graph each).
-
-One exception, on the CPU only: inductor's C++ codegen guards fp32 sums on `rows·N > 4096` (a more precise
-accumulation above that), so a block shape gets at most one more graph, when rows·N first crosses 4096 (the tiny
-config's predictor, 128 rows, at N = 33). Bounded, not per step; CUDA's Triton codegen has no such guard.
-
-The kernels switch is read inside the graph (dynamo guards on the chosen op, so a later `kernels.configure()` that
-picks another op recompiles instead of running the stale one). Tested on the CPU with attention = sdpa and reference;
-the Triton attention under torch.compile has not been run (no GPU measurement yet).
+Mask lengths change every step under `mask.length_policy: batch_min`, so each block's inner `_forward` is compiled
+once with its input's token dimension marked dynamic: one graph per block shape, whatever the lengths, no
+recompilation. Activation checkpointing, module hooks, the patch embed, gathers, norms and heads stay outside the
+compiled region. What is compiled, what is not and why, and the one bounded CPU exception: docs/training.md.
 """
 from __future__ import annotations
 

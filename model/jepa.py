@@ -8,7 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
+from model.ema import make_target_encoder
 from model.predictor import Predictor
+from model.sizes import encoder_size
 from model.vit import VisionTransformer
 
 
@@ -43,17 +45,19 @@ def ijepa_loss(model: JEPA, target_encoder: VisionTransformer, images: torch.Ten
     return model(images, ctx_idx, tgt_idx, target_features(target_encoder, images, tgt_idx))
 
 
-def build_jepa(cfg) -> tuple[JEPA, VisionTransformer]:
-    """(trainable context encoder + predictor, fp32 target encoder) shaped by a config.Config."""
-    from config import model_size
-    from model.ema import make_target_encoder
+def build_jepa(model, crop_size: int) -> tuple[JEPA, VisionTransformer]:
+    """(trainable context encoder + predictor, fp32 target encoder).
 
-    dim, depth, heads, mlp_ratio = model_size(cfg)
-    encoder = VisionTransformer(img_size=cfg.data.crop_size, patch_size=cfg.model.patch_size, embed_dim=dim,
-                                depth=depth, num_heads=heads, mlp_ratio=mlp_ratio)
-    predictor = Predictor(encoder.grid, dim, cfg.model.pred_emb_dim, cfg.model.pred_depth,
-                          cfg.model.pred_num_heads or heads, mlp_ratio)
-    if cfg.model.activation_checkpointing:
+    Args:
+        model: the config's model section (config.schema.ModelConfig): arch and its overrides, patch size, predictor.
+        crop_size: the training crop's side in pixels (the config's data.crop_size).
+    """
+    dim, depth, heads, mlp_ratio = encoder_size(model)
+    encoder = VisionTransformer(img_size=crop_size, patch_size=model.patch_size, embed_dim=dim, depth=depth,
+                                num_heads=heads, mlp_ratio=mlp_ratio)
+    predictor = Predictor(encoder.grid, dim, model.pred_emb_dim, model.pred_depth, model.pred_num_heads or heads,
+                          mlp_ratio)
+    if model.activation_checkpointing:
         encoder.set_grad_checkpointing(True)
         predictor.set_grad_checkpointing(True)
     return JEPA(encoder, predictor), make_target_encoder(encoder)

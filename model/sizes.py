@@ -1,4 +1,4 @@
-"""ViT sizes of the official I-JEPA code, kept free of torch so that configuration checks import nothing heavy."""
+"""ViT sizes of the official I-JEPA code (plain numbers: the config checks its arch names against them)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -19,3 +19,15 @@ VIT_SIZES: dict[str, ViTSize] = {
     "vit_huge": ViTSize(1280, 32, 16, 4.0),
     "vit_giant": ViTSize(1408, 40, 16, 48 / 11),
 }
+
+
+def encoder_size(model) -> ViTSize:
+    """The encoder's (embed_dim, depth, num_heads, mlp_ratio): the arch's values with a model config's overrides.
+
+    Args:
+        model: the config's model section (config.schema.ModelConfig): arch, and embed_dim / depth / num_heads, each
+            None for the arch's own value.
+    """
+    size = VIT_SIZES[model.arch]
+    return ViTSize(model.embed_dim or size.embed_dim, model.depth or size.depth, model.num_heads or size.num_heads,
+                   size.mlp_ratio)

@@ -6,7 +6,7 @@ load key for key and the encoder exports to timm's VisionTransformer unchanged.
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -123,6 +123,35 @@ class VisionTransformer(nn.Module):
             x = kernels.masked_gather(x, idx, pos=self.pos_embed[0])  # (M·B, K, D)
         x = run_blocks(self.blocks, x)
         return self.norm(x)
+
+    def forward_intermediates(self, images: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              norm: bool = False, intermediates_only: bool = False):
+        """The outputs of chosen blocks, as timm's VisionTransformer.forward_intermediates gives them (output_fmt
+        "NLC", no prefix tokens).
+
+        Args:
+            images: (B, 3, S, S).
+            indices: an int n → the last n blocks; a sequence → those block indices (negative from the end); None →
+                every block.
+            norm: pass each intermediate through the final LayerNorm.
+            intermediates_only: return only the list of intermediates, each (B, N, D).
+        Returns:
+            The intermediates, or (final output (B, N, D), intermediates).
+        """
+        depth = len(self.blocks)
+        if indices is None:
+            take = set(range(depth))
+        elif isinstance(indices, int):
+            take = set(range(depth - indices, depth))
+        else:
+            take = {i % depth for i in indices}
+        x = self.patch_embed(images) + self.pos_embed
+        intermediates = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
 
     def set_grad_checkpointing(self, enable: bool = True, every: int = 1) -> None:
         set_grad_checkpointing(self.blocks, enable, every)

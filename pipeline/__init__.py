@@ -1,1 +1,7 @@
-"""Data pipeline: the shard format, the mask sampler, the DALI and plain-PyTorch loaders."""
+"""The data pipeline: shards (format, writer), the multiblock mask sampler, the two sources (DALI, PyTorch) and the
+one loader that turns either into training batches. It receives its settings (the config's data section, a dtype,
+a mask sampler) from the caller and imports no configuration of its own."""
+
+
+class DataError(RuntimeError):
+    """Data that cannot be read at training time; the message names the shard and the sample key."""

@@ -6,12 +6,8 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
-
-if TYPE_CHECKING:
-    from pipeline.shard_writer import ShardOptions
 
 # What PIL raises on a corrupt or unsupported image (OSError covers truncated data and decoder errors).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
@@ -82,9 +78,10 @@ def _verify_copy(img: Image.Image, data: bytes, verify: str) -> None:
         raise BadInput(f"truncated JPEG: no end-of-image marker in its last {_EOI_WINDOW} bytes")
 
 
-def prepare_jpeg(data: bytes, options: ShardOptions) -> tuple[bytes, bool]:
+def prepare_jpeg(data: bytes, verify: str = "full", quality: int = 90, max_size: int | None = None) -> tuple[bytes, bool]:
     """The sample's JPEG bytes from a source file's bytes, and whether they were re-encoded. The format is read from
-    the content, never the file name. RGB and grayscale JPEGs within --max-size are copied as they are."""
+    the content, never the file name. RGB and grayscale JPEGs within `max_size` are copied as they are (checked as
+    `verify` says: "full" decode or "header"); others are re-encoded at `quality`."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
@@ -92,10 +89,10 @@ def prepare_jpeg(data: bytes, options: ShardOptions) -> tuple[bytes, bool]:
     except _DECODE_ERRORS as err:
         raise BadInput(f"corrupt image header: {err}") from err
     try:
-        size = target_size(img.size, options.max_size)
+        size = target_size(img.size, max_size)
         if img.format in _JPEG_FORMATS and img.mode in ("RGB", "L") and size == img.size:
-            _verify_copy(img, data, options.verify)
+            _verify_copy(img, data, verify)
             return data, False
-        return _reencode(img, size, options.quality), True
+        return _reencode(img, size, quality), True
     except _DECODE_ERRORS as err:
         raise BadInput(f"corrupt {img.format} image: {err}") from err

@@ -1,58 +1,12 @@
 """I-JEPA multiblock masks: official semantics, vectorized over the batch, a pure function of (seed, step, rank).
 
-For a grid of H×W patches, one call `sampler.sample(batch_size, step, rank)` gives
+    ctx_idx, tgt_idx = MultiBlockMaskSampler(input_size=224, patch_size=14).sample(batch_size, step, rank)
 
-    ctx_idx (B, K_enc)          context indices (one context mask; (nenc, B, K_enc) when nenc > 1)
-    tgt_idx (npred, B, K_pred)  target indices
-
-int64 CPU tensors, contiguous (ready for `pin_memory()` and a non-blocking copy), each row ascending; an index is the
-row-major patch position row·W + col. Defaults reproduce the official collator (facebookresearch/ijepa
-`src/masks/multiblock.py`, see ../shared/docs/ijepa-spec.md "Multiblock masks"):
-
-1. Block sizes, shared by the whole batch (and by every rank at one step, as in the official code, whose per-rank
-   collators seed their size generator with the same batch counter): a draw r ~ U[0, 1) gives the target scale
-   s = smin + r·(smax − smin), max_keep = int(H·W·s), aspect a = amin + r·(amax − amin), h = round(sqrt(max_keep·a)),
-   w = round(sqrt(max_keep/a)), then h ≤ H − 1, w ≤ W − 1. A second draw gives the context block with aspect 1.
-   See `block_size`.
-2. Per image, npred target rectangles at top ~ randint(0, H − h), left ~ randint(0, W − w); they may overlap.
-3. Per image, nenc context rectangles placed the same way, minus the union of that image's targets (unless
-   allow_overlap). A context is valid when MORE than min_keep indices remain; after 20 invalid placements the
-   constraint of the last remaining target is dropped (the official relaxation). The official code draws placements
-   one at a time; here the first placement of every image is drawn at once and, for the few that fail, all
-   20·npred remaining ones (the last of which has no constraint left) at once, with their counts read from integral
-   images; the first valid one is taken — the same distribution, and no loop can run unbounded.
-4. Truncation: every context is cut to K_enc = the smallest context length in the batch, keeping the lowest
-   (raster-order) indices; targets all have h·w indices (K_pred).
-
-Randomness: block sizes come from a torch.Generator seeded from (seed, step), placements from one seeded from
-(seed, step, rank) (`stream_seed`, numpy's SeedSequence hashing), so the same arguments give the same masks in any
-process, worker or machine (for one torch version: its CPU generator's streams are not promised across versions),
-nothing is carried between calls, and ranks get different masks.
-
-Switches (defaults = official; each other value is the "fixed" behaviour):
-- tie_aspect_to_scale=True: the target aspect reuses the scale's draw r, so large targets are always tall.
-  False: the aspect comes from an independent draw (a third draw of the size generator).
-- exclude_edges=True: placements use randint's exclusive bound and sizes are clamped to H − 1 / W − 1, so the last
-  patch row and column are never covered and, with enc_mask_scale (0.85, 1), the context is always the top-left
-  (H−1)×(W−1) square. False: blocks may reach every edge (top ~ randint(0, H − h + 1), h ≤ H) and the context is
-  placed anywhere it fits (it may be the whole grid).
-- truncation="raster": keep the lowest indices (biases the context toward the top of the image).
-  "random": keep a uniformly random subset of the right size (returned sorted).
-- length_policy="batch_min": K_enc = batch minimum, so shapes change every step (and task difficulty depends on the
-  per-GPU batch size). "fixed": constant K_enc and K_pred (static shapes: CUDA graphs, no recompilation).
-  fixed_pred_len=None → the smallest target area h·w over all draws (longer targets are truncated by the
-  `truncation` rule, so they are no longer full rectangles); fixed_enc_len=None → the 1% quantile of the per-image
-  context length, estimated once at construction from 4096 images drawn with a fixed seed (it depends on the
-  geometry only). An image whose context is shorter than K_enc is redrawn whole (targets and context) up to 10 times,
-  which conditions away about 1% of the draws and, unlike the relaxation, never lets a context see a target; only
-  an image still short after that has its context placed with threshold K_enc − 1 under the relaxation rule above.
-  Measured (batch 128, `mask_stats`, printed by `python bench.py --suite masks`): on 16×16, batch_min gives
-  K_enc ≈ 69 on average (42–100), K_pred ≈ 44.2 (35–54); fixed gives K_enc = 68 and K_pred = 35 (−9 tokens per
-  target, −21%), with ~1% of the images redrawn. On 28×28: batch_min ≈ 233 / 137, fixed 224 / 108.
-
-Departures from the official code, only where it would loop forever: a block of 0 patches (tiny grids) is made
-1 patch, and settings whose target or context blocks cannot hold more than min_keep patches raise ValueError at
-construction (the official collator hangs, e.g. on a 4×4 grid with min_keep 2).
+ctx_idx (B, K_enc) (or (nenc, B, K_enc)) and tgt_idx (npred, B, K_pred): int64 CPU tensors, contiguous, each row
+ascending; an index is the row-major patch position row·W + col. Defaults reproduce the official collator
+(facebookresearch/ijepa, src/masks/multiblock.py); a switch per official quirk gives the fixed behaviour. The
+semantics step by step, the randomness, the switches, the departures from the official code (only where it would
+loop forever) and the measured token counts are in docs/masks.md.
 """
 from __future__ import annotations
 
@@ -62,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from pipeline.seeds import hashed_seed
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +31,7 @@ _R_GRID = 4096  # draws checked at construction for the smallest block (per axis
 
 def stream_seed(seed: int, step: int, rank: int | None = None) -> int:
     """A 63-bit generator seed hashed from (seed, step) — the size stream — or (seed, step, rank) — placements."""
-    key = (0,) if rank is None else (1, rank)
-    state = np.random.SeedSequence(entropy=[seed, step], spawn_key=key).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    return hashed_seed([seed, step], (0,) if rank is None else (1, rank))
 
 
 def _block_size_array(r_scale: np.ndarray, r_aspect: np.ndarray, grid: tuple[int, int],
@@ -205,7 +159,7 @@ def _check_grid(input_size: object, patch_size: object, exclude_edges: bool) -> 
 
 
 class MultiBlockMaskSampler:
-    """Context and target indices of I-JEPA's multiblock masking; see the module docstring for the semantics.
+    """Context and target indices of I-JEPA's multiblock masking; docs/masks.md gives the semantics.
 
     Args:
         input_size: image size in pixels, an int or (height_px, width_px).

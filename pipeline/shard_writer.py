@@ -272,7 +272,8 @@ def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict
         if task.throttle_s:
             time.sleep(task.throttle_s)
         try:
-            jpeg, reencoded = prepare_jpeg(read_source(Path(task.src) / f.path), options)
+            jpeg, reencoded = prepare_jpeg(read_source(Path(task.src) / f.path), options.verify,
+                                            options.quality, options.max_size)
         except BadInput as bad:
             if task.strict:
                 raise ShardingError(f"{Path(task.src) / f.path}: {bad.reason} (--strict: fix or remove the file, "

@@ -1,24 +1,12 @@
-"""The shard format that shard_dataset.py writes and the loaders read: naming, DALI index files, the manifest, and
-the listing of a dataset's shards (the loaders split its samples across ranks: pipeline/loader.py).
+"""The shard format that shard_dataset.py writes and the loaders read: naming, DALI index files, the manifest, the
+listing of a dataset's shards and the samples their indexes hold.
 
-A sharded dataset is a folder DEST holding:
-
-    <prefix>-000000.tar ...  WebDataset shards. Each sample is `<key>.cls` (class index as ASCII, the webdataset
-                             convention; absent with --labels none), `<key>.jpg` (JPEG bytes) and, optionally,
-                             `<key>.json` ({"path", "class", "label"}). The key is the sample's position in the seeded
-                             shuffle of the source files, 10 digits: unique across shards, no dot in it.
-    <prefix>-000000.idx ...  one DALI index per shard, the format DALI's `wds2idx` writes (version v1.2): a first
-                             line "v1.2 <samples>", then one line per sample giving, for each of its tar members in
-                             tar order, "<ext> <data offset> <size> <member name>".
-    manifest.json            the manifest (schema in `manifest_to_dict`).
-
-Shards are numbered by their position in the plan: the seeded shuffle cut into shards before any file is read. A
-planned shard whose inputs were all bad has no files (`name` null, 0 samples), so numbers can have gaps; readers list
-shards through the manifest (`list_shards`), never by globbing.
-
-Only the standard library is imported here, so the loaders and tests import this module on any machine. The
-writer's side (atomic writes, DEST locking and ownership) is here too, so that what counts as "our files" in DEST
-is defined in one place.
+A sharded dataset is a folder DEST holding `<prefix>-000000.tar ...` (WebDataset shards: `<key>.cls`, `<key>.jpg`,
+optionally `<key>.json`; the key is the sample's position in the seeded shuffle, 10 digits), one DALI index per shard
+(`<prefix>-000000.idx ...`, wds2idx v1.2) and `manifest.json` (schema in `manifest_to_dict`). Readers list shards
+through the manifest (`list_shards`), never by globbing: a planned shard whose inputs were all bad has no files.
+docs/data-pipeline.md describes the format in full. Only the standard library is imported here; the writer's side
+(atomic writes, DEST locking and ownership) is here too, so that "our files" in DEST are defined in one place.
 """
 from __future__ import annotations
 
@@ -149,6 +137,50 @@ def parse_index(text: str, where: str = "index") -> list[list[tuple[str, int, in
         samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
                         for i in range(0, len(fields), 4)])
     return samples
+
+
+def member_key(member: str) -> str:
+    """webdataset's key of a tar member: its name up to the first dot of the base name."""
+    slash = member.rfind("/") + 1
+    dot = member.find(".", slash)
+    return member if dot < 0 else member[:dot]
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's members lie in its shard."""
+
+    shard: str  # tar path
+    key: str
+    jpg: tuple[int, int]  # (offset, size) of the JPEG bytes in the tar
+    cls: tuple[int, int] | None  # (offset, size) of the ASCII class index; None for unlabeled data
+
+
+def read_samples(shards: Sequence[ShardFile]) -> list[list[SampleRef]]:
+    """Every sample of each shard, in tar order, from the shards' index files.
+
+    Raises:
+        ManifestError: an index that cannot be read, is not a v1.2 index, or lists a sample without a .jpg member.
+    """
+    out = []
+    for shard in shards:
+        where = str(shard.index_path)
+        try:
+            entries = parse_index(shard.index_path.read_text(), where)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ManifestError(f"{where}: cannot read the index of shard {shard.path} ({err}); {_REBUILD}") from err
+        samples = []
+        for members in entries:
+            by_ext = {ext: (offset, size, name) for ext, offset, size, name in members}
+            if "jpg" not in by_ext:
+                raise ManifestError(f"{shard.path}: sample {member_key(members[0][3])} has no .jpg member ({where}); "
+                                    f"{_REBUILD}")
+            offset, size, name = by_ext["jpg"]
+            cls = by_ext.get("cls")
+            samples.append(SampleRef(str(shard.path), member_key(name), (offset, size),
+                                     None if cls is None else cls[:2]))
+        out.append(samples)
+    return out
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device (run on the GPU host: bench/gpu_check.sh)")
+    skip = pytest.mark.skip(reason="needs a CUDA device (run on the GPU host: benchmarks/gpu_check.sh)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -48,10 +48,11 @@ def clean_switch(monkeypatch):
     """No IJEPA_* kernel override leaks in; the kernels' defaults are back after the test."""
     import kernels
 
-    for var in kernels.ENV.values():
+    names = [op.env for op in kernels.REGISTRY.values()] + [kernels.CHECK_INDICES_ENV]
+    for var in names:
         monkeypatch.delenv(var, raising=False)
     yield
-    for var in kernels.ENV.values():  # a test may have set one; monkeypatch restores the outer value afterwards
+    for var in names:  # a test may have set one; monkeypatch restores the outer value afterwards
         monkeypatch.delenv(var, raising=False)
     kernels.configure()
 
@@ -59,6 +60,6 @@ def clean_switch(monkeypatch):
 @pytest.fixture(scope="session")
 def digit_shards(tmp_path_factory):
     """Real handwritten digits (scikit-learn) → class folders → shards via the real CLI: {"train": 8 shards, "val"}."""
-    from digits_folder import shard_digits
+    from tools.digits import shard_digits
 
     return shard_digits(tmp_path_factory.mktemp("digits"))

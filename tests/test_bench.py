@@ -40,13 +40,13 @@ def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch
     import kernels
     from benchmarks import comm_model
     from config import load_config
-    from metrics import count_flops
+    from training.metrics import count_flops
     from model.jepa import build_jepa, ijepa_loss
 
     cfg = load_config(ROOT / "configs/tiny_cpu.yaml")
     kernels.configure(attention="reference", gather="reference", device="cpu")  # CPU SDPA's backward is not counted
     shape = comm_model.step_shape(cfg, ctx_tokens=40, tgt_tokens=10, masks=3)
-    model, target = build_jepa(cfg)  # the same step on real CPU tensors, counted the same way
+    model, target = build_jepa(cfg.model, cfg.data.crop_size)  # the same step on real CPU tensors, counted the same way
     s, (rows, cols) = cfg.data.crop_size, (cfg.data.crop_size // cfg.model.patch_size,) * 2
     scale = rows * cols / 256
     ctx = torch.zeros(1, round(40 * scale), dtype=torch.long)

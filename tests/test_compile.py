@@ -24,7 +24,8 @@ ATOL, RTOL = 1e-5, 1e-4  # fp32; inductor reorders sums: measured max |diff| 9.5
 
 def tiny_jepa():
     """The context encoder + predictor of configs/tiny_cpu.yaml (96 wide, depth 4; predictor 48 wide, depth 2)."""
-    model, _ = build_jepa(load_config(ROOT / "configs" / "tiny_cpu.yaml"))
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    model, _ = build_jepa(cfg.model, cfg.data.crop_size)
     return model
 
 

@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from config import (ConfigError, config_from_dict, config_to_yaml, deepspeed_config, global_batch_size, grid_size,
-                    iterations_per_epoch, load_config, model_size, schedule_steps)
+                    iterations_per_epoch, load_config, schedule_steps)
+from model.sizes import encoder_size
 
 ROOT = Path(__file__).resolve().parent.parent
-OFFICIAL = ROOT.parent / "shared" / "fixtures" / "official_configs"
+OFFICIAL = ROOT / "tests" / "fixtures" / "official_configs"
 OUR_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
@@ -67,7 +68,7 @@ def test_paper_recipe_config():
     for section in ("mask", "optimization", "ema"):
         assert getattr(cfg, section) == getattr(official, section), section
     assert (cfg.model.arch, cfg.model.patch_size, cfg.data.crop_size, cfg.data.batch_size) == ("vit_huge", 14, 224, 128)
-    assert model_size(cfg) == (1280, 32, 16, 4.0)
+    assert encoder_size(cfg.model) == (1280, 32, 16, 4.0)
     assert grid_size(cfg) == (16, 16)
     assert cfg.deepspeed["zero_optimization"]["stage"] == 2
     assert cfg.optimization.precision == "bf16"

@@ -2,7 +2,7 @@
 import torch
 
 from model.ema import ema_update, make_target_encoder
-from model.schedules import momentum_at
+from training.schedules import momentum_at
 from model.vit import VisionTransformer
 
 

@@ -55,7 +55,7 @@ def test_loss_equals_an_independent_derivation_of_the_spec():
 
 def test_build_from_config():
     cfg = load_config("configs/tiny_cpu.yaml", overrides=["model.activation_checkpointing=true"])
-    model, target = build_jepa(cfg)
+    model, target = build_jepa(cfg.model, cfg.data.crop_size)
     assert model.context_encoder.grid == (8, 8) and model.context_encoder.embed_dim == 96
     assert len(model.predictor.predictor_blocks) == 2 and model.predictor.mask_token.shape == (1, 1, 48)
     assert all(b.grad_checkpointing for b in model.context_encoder.blocks)

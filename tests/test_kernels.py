@@ -257,7 +257,7 @@ def test_switch_flips_every_op_and_each_implementation_agrees(clean_switch):
         assert torch.allclose(kernels.masked_gather(x, idx, pos), want_gather), gather
         assert torch.allclose(kernels.predictor_tokens(x[:, :5], idx[0, :, :5], idx, pos, token), want_tokens), gather
     if not torch.cuda.is_available():  # what auto means on this device class
-        assert kernels.configure() == kernels.AUTO["cpu"]
+        assert kernels.configure() == {name: op.auto["cpu"] for name, op in kernels.REGISTRY.items()}
 
 
 def test_environment_overrides_the_config(clean_switch, monkeypatch):
@@ -275,7 +275,7 @@ def test_triton_on_a_cpu_without_the_interpreter_is_refused(clean_switch, monkey
         kernels.configure(attention="triton", device="cpu")
     with pytest.raises(ValueError, match="gather=triton needs a CUDA device"):
         kernels.configure(gather="triton", device="cpu")
-    assert kernels.configure(device="cpu") == kernels.AUTO["cpu"]
+    assert kernels.configure(device="cpu") == {name: op.auto["cpu"] for name, op in kernels.REGISTRY.items()}
 
 
 def test_index_check_modes(clean_switch):
@@ -327,14 +327,14 @@ def test_gpu_triton_gather_and_predictor_tokens_bf16():
 
 def test_kernels_compile_to_hopper_cubins_without_a_gpu():
     """The interpreter never lowers the kernels: compile the training shapes' kernels for sm_90 with Triton's own
-    ptxas (bench/aot_compile_check.py; without --quick it covers every dtype, autotune config and head dim)."""
+    ptxas (benchmarks/aot_compile_check.py; without --quick it covers every dtype, autotune config and head dim)."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "bench/aot_compile_check.py", "--quick"], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.aot_compile_check", "--quick"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " 0 failed" in proc.stdout and " 15 compiled" in proc.stdout, proc.stdout

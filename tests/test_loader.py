@@ -1,5 +1,5 @@
 """pipeline.loader with both backends (PyTorch, DALI on the CPU) on shards written by the real shard_dataset.py CLI
-from real images (scikit-learn's digits, via digits_folder.py): the batch contract, labels against the source class
+from real images (scikit-learn's digits, via tools/digits.py): the batch contract, labels against the source class
 folders, each sample once per epoch across 2 ranks, exact resume (keys, images, masks), bad data named by shard and
 key, and `data.backend: auto`.
 
@@ -21,7 +21,10 @@ import torch
 
 from config import load_config
 from pipeline import shards as fmt
-from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD, DataError, build_loader, resolve_backend
+from pipeline import DataError
+from pipeline.loader import resolve_backend
+from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
+from training.data import build_training_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES, SHARD_SIZE = 400, 100
@@ -46,7 +49,7 @@ def run(*cmd: str) -> None:
 def dataset(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     """(shard folder, expected label per key from the source class folders)."""
     tmp = tmp_path_factory.mktemp("digits")
-    run("digits_folder.py", str(tmp / "digits"), "--size", "32")
+    run("-m", "tools.digits", str(tmp / "digits"), "--size", "32")
     src = tmp / "src"
     for path in sorted((tmp / "digits" / "train").rglob("*.jpg"))[:SAMPLES]:
         (src / path.parent.name).mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ def take(loader, n: int) -> list:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_contract_and_labels_match_the_class_folders(dataset, backend, dtype):
     shards, expected = dataset
-    loader = build_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=dtype)
+    loader = build_training_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=dtype)
     assert loader.batches_per_epoch == SAMPLES // 20
     lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
@@ -106,7 +109,7 @@ def test_backends_give_the_same_pixel_statistics(dataset):
     shards, _ = dataset
     means = {}
     for backend in ("torch", "dali"):
-        loader = build_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=torch.float32)
+        loader = build_training_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=torch.float32)
         images = torch.cat([b.images for b in take(loader, loader.batches_per_epoch)])
         means[backend] = images.mean(dim=(0, 2, 3))
     assert torch.allclose(means["torch"], means["dali"], atol=0.1), means
@@ -122,7 +125,7 @@ def test_each_sample_once_per_epoch_across_ranks(dataset, backend, world_size, b
     per_rank = (SAMPLES // world_size) // batch_size
     epochs = {0: [], 1: []}
     for rank in range(world_size):
-        loader = build_loader(make_cfg(shards, backend, batch_size), rank=rank, world_size=world_size, device=CPU)
+        loader = build_training_loader(make_cfg(shards, backend, batch_size), rank=rank, world_size=world_size, device=CPU)
         assert loader.batches_per_epoch == per_rank
         batches = take(loader, 2 * per_rank)
         assert loader.epoch == 1 and loader.batch_in_epoch == per_rank
@@ -149,7 +152,7 @@ def test_resume_after_k_batches_reproduces_the_uninterrupted_run(dataset, backen
     total = 25  # 2.5 epochs of 10 batches on rank 1 of 2
 
     def fresh():
-        return build_loader(cfg, rank=1, world_size=2, device=CPU, dtype=torch.float32)
+        return build_training_loader(cfg, rank=1, world_size=2, device=CPU, dtype=torch.float32)
 
     reference = [snapshot(b) for b in take(fresh(), total)]
     for k in (3, 9, 10, 17):  # mid-epoch, DALI prefetching across the epoch's end, exactly at it, the next epoch
@@ -169,9 +172,9 @@ def test_resume_after_k_batches_reproduces_the_uninterrupted_run(dataset, backen
 @pytest.mark.skipif(not HAVE_DALI, reason="DALI is not installed")
 def test_dali_state_from_another_setup_is_refused(dataset):
     shards, _ = dataset
-    first = build_loader(make_cfg(shards, "dali"), rank=0, world_size=1, device=CPU)
+    first = build_training_loader(make_cfg(shards, "dali"), rank=0, world_size=1, device=CPU)
     take(first, 2)
-    other = build_loader(make_cfg(shards, "dali", batch_size=25), rank=0, world_size=1, device=CPU)
+    other = build_training_loader(make_cfg(shards, "dali", batch_size=25), rank=0, world_size=1, device=CPU)
     with pytest.raises(DataError, match="batch_size"):
         other.load_state_dict(first.state_dict())
 
@@ -195,7 +198,7 @@ def damaged_copy(shards: Path, dest: Path, shard: int, sample: int) -> tuple[Pat
 def test_corrupt_sample_is_named_by_shard_and_key(dataset, backend, tmp_path):
     shards, _ = dataset
     tar, key = damaged_copy(shards, tmp_path / "shards", shard=1, sample=37)
-    loader = build_loader(make_cfg(tmp_path / "shards", backend, num_workers=1), rank=0, world_size=1, device=CPU)
+    loader = build_training_loader(make_cfg(tmp_path / "shards", backend, num_workers=1), rank=0, world_size=1, device=CPU)
     with pytest.raises(DataError) as err:
         take(loader, loader.batches_per_epoch)
     assert str(tar) in str(err.value) and key in str(err.value)
@@ -207,7 +210,7 @@ def test_corrupt_sample_with_skip(dataset, backend, tmp_path):
     shards, _ = dataset
     tar, key = damaged_copy(shards, tmp_path / "shards", shard=2, sample=5)
     cfg = make_cfg(tmp_path / "shards", backend, on_bad_sample="skip")
-    loader = build_loader(cfg, rank=0, world_size=1, device=CPU)
+    loader = build_training_loader(cfg, rank=0, world_size=1, device=CPU)
     if backend == "torch":
         batches = take(loader, loader.batches_per_epoch)
         assert loader.source.skipped == 1
@@ -231,12 +234,12 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
     with open(target.path, "r+b") as f:
         f.truncate(cut)
     with pytest.raises(DataError, match=target.path.name):  # the manifest records the size: caught at build
-        build_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+        build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     manifest = json.loads((dest / fmt.MANIFEST_NAME).read_text())  # a shard cut after the size check
     manifest["shards"][3]["bytes"] = cut
     (dest / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
     lost = {n.split(".")[0] for sample in entries[60:] for ext, o, s, n in sample}
-    loader = build_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+    loader = build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     with pytest.raises(DataError) as err:
         take(loader, loader.batches_per_epoch)
     message = str(err.value)
@@ -245,7 +248,7 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
 
 def test_gpu_decode_path_names_or_skips_an_undecodable_sample(dataset):
     """decode_crop_on_gpu, run here on the CPU: the sample nvJPEG rejects is named, or replaced and reported."""
-    from pipeline.torch_loader import DataReadError, decode_crop_on_gpu
+    from pipeline.torch_source import DataReadError, decode_crop_on_gpu
 
     shards, _ = dataset
     shard = fmt.list_shards(shards)[0]
@@ -268,22 +271,23 @@ def test_gpu_decode_path_names_or_skips_an_undecodable_sample(dataset):
 def test_auto_backend_picks_dali_when_importable(dataset, monkeypatch):
     shards, _ = dataset
     if HAVE_DALI:
-        from pipeline.dali import DaliSource
+        from pipeline.dali_source import DaliSource
 
         assert resolve_backend("auto") == "dali"
-        loader = build_loader(make_cfg(shards, "auto"), rank=0, world_size=1, device=CPU)
+        loader = build_training_loader(make_cfg(shards, "auto"), rank=0, world_size=1, device=CPU)
         assert isinstance(loader.source, DaliSource)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if DALI were not installed
     assert resolve_backend("auto") == "torch"
     assert resolve_backend("dali") == "dali" and resolve_backend("torch") == "torch"
-    from pipeline.torch_loader import TorchSource
+    from pipeline.torch_source import TorchSource
 
-    assert isinstance(build_loader(make_cfg(shards, "auto"), 0, 1, CPU).source, TorchSource)
+    assert isinstance(build_training_loader(make_cfg(shards, "auto"), 0, 1, CPU).source, TorchSource)
 
 
 @pytest.mark.skipif(not HAVE_DALI, reason="DALI is not installed")
 def test_dali_label_and_key_parsing():
-    from pipeline.dali import member_key, parse_keys, parse_labels
+    from pipeline.dali_source import parse_keys, parse_labels
+    from pipeline.shards import member_key
 
     ascii_labels = torch.tensor([[ord("7"), 0, 0], [ord("1"), ord("2"), ord("3")], [0, 0, 0]], dtype=torch.uint8)
     assert parse_labels(ascii_labels).tolist() == [7, 123, -1]

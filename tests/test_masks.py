@@ -19,7 +19,7 @@ from pipeline.masks import MultiBlockMaskSampler, block_size, mask_stats, stream
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = {"16x16": (224, 14), "14x14": (224, 16), "28x28": (448, 16), "14x7": ((224, 112), 16)}
-# Official collator, 16×16, batch 128 (../shared/docs/ijepa-spec.md and issue 4): context coverage per row.
+# Official collator, 16×16, batch 128 (docs/masks.md and issue 4): context coverage per row.
 OFFICIAL_ROW_COVERAGE = [2.89, 2.39, 1.97, 1.61, 1.25, 0.95, 0.80, 0.72, 0.71, 0.72, 0.71, 0.63, 0.42, 0.19, 0.05, 0.00]
 
 

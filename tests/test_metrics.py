@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from metrics import count_flops
+from training.metrics import count_flops
 
 
 def test_count_flops_counts_sdpa_on_the_cpu_like_explicit_attention():

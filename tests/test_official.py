@@ -4,12 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import export_timm, load_encoder_for_eval, load_official_checkpoint, to_timm
+from model.official import export_timm, load_encoder_for_eval, load_official_checkpoint, to_timm
 from model.ema import make_target_encoder
 from model.predictor import Predictor
 from model.vit import VisionTransformer
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_tiny"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_tiny"
 
 
 def test_fixture_outputs_reproduced():

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from probe import knn_accuracy, linear_accuracy
+from evaluation.probes import knn_accuracy, linear_accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "official_tiny" / "checkpoint.pth.tar"
+FIXTURE = ROOT / "tests" / "fixtures" / "official_tiny" / "checkpoint.pth.tar"
 
 
 def blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int):

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from model.predictor import Predictor
-from model.schedules import lr_at, momentum_at, param_groups, wd_at
+from training.engine import param_groups
+from training.schedules import lr_at, momentum_at, wd_at
 from model.vit import VisionTransformer
 
 WARMUP, TOTAL = 40 * 625, 300 * 625  # the paper's recipe at ImageNet-1K, global batch 2048

@@ -380,16 +380,15 @@ def test_byte_cap_is_exact_for_copied_jpegs(imagenet):
 
 def test_prepare_jpeg_detects_the_format_from_content():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 3), dtype=np.uint8)
-    options = ShardOptions()
     jpeg = _jpeg(arr)
-    assert prepare_jpeg(jpeg, options) == (jpeg, False)
-    png_bytes, converted = prepare_jpeg(_encoded(arr, "PNG"), options)
+    assert prepare_jpeg(jpeg) == (jpeg, False)
+    png_bytes, converted = prepare_jpeg(_encoded(arr, "PNG"))
     assert converted and Image.open(io.BytesIO(png_bytes)).format == "JPEG"
-    cmyk, converted = prepare_jpeg(_jpeg(arr, "CMYK"), options)
+    cmyk, converted = prepare_jpeg(_jpeg(arr, "CMYK"))
     assert converted and Image.open(io.BytesIO(cmyk)).mode == "RGB"
     deep = io.BytesIO()
     Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(deep, "PNG")  # 16-bit gray, mid level
-    deep_bytes, _ = prepare_jpeg(deep.getvalue(), options)
+    deep_bytes, _ = prepare_jpeg(deep.getvalue())
     assert abs(np.asarray(Image.open(io.BytesIO(deep_bytes))).mean() - 128) < 3  # scaled, not clipped to white
 
 

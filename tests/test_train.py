@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import free_port
+from training.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -146,16 +146,17 @@ def test_sigterm_checkpoints_and_exits_zero(shards, tmp_path):
 
 def fp32_masters(ckpt, tag: str, stage: int, states: dict) -> dict:
     """{name: fp32 master} of a checkpoint: DeepSpeed's own consolidation under ZeRO; without ZeRO the optimizer's
-    replicated fp32 groups, named through the AdamW groups of model.schedules.param_groups."""
+    replicated fp32 groups, named through the AdamW groups of training.engine.param_groups."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from config import load_config
     from model.jepa import build_jepa
-    from model.schedules import param_groups
+    from training.engine import param_groups
 
     if stage > 0:
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
-    model, _ = build_jepa(load_config(ROOT / "configs" / "tiny_cpu.yaml"))
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    model, _ = build_jepa(cfg.model, cfg.data.crop_size)
     names = {id(p): n for n, p in model.named_parameters()}
     return {names[id(p)]: m for group, masters in zip(param_groups(model, 0.0), states["optimizer"]["fp32_groups"],
                                                        strict=True) for p, m in zip(group["params"], masters, strict=True)}
@@ -164,7 +165,7 @@ def fp32_masters(ckpt, tag: str, stage: int, states: dict) -> dict:
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stages_target_is_the_ema_of_the_fp32_weights(shards, tmp_path, stage):
     from config import load_config
-    from model.schedules import momentum_at
+    from training.schedules import momentum_at
     from model.vit import sincos_pos_embed_2d
 
     proc = run(command(shards, tmp_path, "optimization.max_steps=3", "checkpoint.every_steps=1",

@@ -1,11 +1,13 @@
-"""ViT encoder and predictor: positions, masked forward, parameter counts, activation checkpointing."""
+"""ViT encoder and predictor: positions, masked forward, intermediates as timm gives them, parameter counts,
+activation checkpointing."""
 import math
 
 import torch
 
-from config import load_config, model_size
+from config import load_config
+from model.official import to_timm
 from model.predictor import Predictor
-from model.sizes import VIT_SIZES
+from model.sizes import VIT_SIZES, encoder_size
 from model.vit import VisionTransformer, count_parameters, sincos_pos_embed_2d
 
 
@@ -32,9 +34,25 @@ def test_masked_forward_with_every_index_equals_full_forward():
     assert two.shape == (4, 5, 48) and torch.allclose(two[2:], one, atol=1e-6)
 
 
+def test_forward_intermediates_match_timms_and_the_forward():
+    enc = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=5, num_heads=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    timm_enc = to_timm(enc)
+    with torch.no_grad():
+        ours = enc.forward_intermediates(x, indices=4, norm=True, intermediates_only=True)
+        theirs = timm_enc.forward_intermediates(x, indices=4, norm=True, output_fmt="NLC", intermediates_only=True)
+        final, picked = enc.forward_intermediates(x, indices=[0, -1])
+        assert len(ours) == len(theirs) == 4
+        for a, b in zip(ours, theirs):
+            assert a.shape == (2, 16, 48) and (a - b).abs().max() <= 1e-5
+        assert not torch.allclose(ours[0], ours[-1])
+        assert torch.allclose(enc.norm(picked[1]), enc(x), atol=1e-6) and torch.allclose(final, enc(x), atol=1e-6)
+        assert torch.allclose(picked[0], enc.blocks[0](enc.patch_embed(x) + enc.pos_embed), atol=1e-6)
+
+
 def test_vith14_parameter_counts_on_meta_device():
     cfg = load_config("configs/vith14_in1k.yaml")
-    dim, depth, heads, ratio = model_size(cfg)
+    dim, depth, heads, ratio = encoder_size(cfg.model)
     with torch.device("meta"):
         enc = VisionTransformer(img_size=224, patch_size=14, embed_dim=dim, depth=depth, num_heads=heads,
                                 mlp_ratio=ratio)

@@ -1,54 +1,21 @@
-"""The DALI backend: webdataset shards → decode with the random crop fused in → resize → normalize, on the GPU
+"""The DALI source: webdataset shards → decode with the random crop fused in → resize → normalize, on the GPU
 (`device="mixed"`, nvJPEG / the hardware JPEG decoder) or, with no CUDA device, on the CPU (device_id=None).
 
-The only module that imports DALI. `DaliSource` implements the loader's Source protocol (pipeline/loader.py):
+The only module that imports DALI. `DaliSource` implements the loader's Source protocol (pipeline/source.py):
 
-    source = DaliSource(cfg, list_shards(dest), batches_per_epoch, rank, world_size, device, dtype)
+    source = DaliSource(data, seed, list_shards(dest), batches_per_epoch, rank, world_size, device, dtype)
     for images, labels, keys in source.epoch_batches(epoch, start): ...
 
-Epochs and ranks. Every rank indexes every shard and DALI splits the samples: shard_id=rank, num_shards=world_size,
-the reader's own even split of the concatenated samples into contiguous slices (sizes differ by at most one), with
-`stick_to_shard=False` (DALI's default): in epoch e rank r reads slice (r + e) % world_size, so the ranks read
-disjoint slices in every epoch and each rank sees all of the data over world_size epochs. `pad_last_batch=True`: DALI
-keeps its passes apart in the shuffle buffer (a sample of pass e+1 is never drawn before every sample of pass e,
-dali/operators/reader/loader/loader.h) and pads every rank's pass to the same ceil(ceil(N / world_size) / B) full
-batches, so DALI pass e = loader epoch e on every rank. The loader's epoch is the first `batches_per_epoch` of them
-((N // world_size) // B, the same on every rank, so ranks stay in lock-step); the rest of the pass (fewer than B
-samples, plus padding) is decoded and dropped before the next epoch starts. So every sample appears at most once per
-epoch across ranks; which few are dropped changes with the shuffle.
-
-Resume. The pipeline is built with `enable_checkpointing=True`; `state_dict()` holds the iterator's checkpoint
-(`DALIGenericIterator.checkpoints()`, which accounts for the batches DALI prefetched) with the epoch and batch it
-belongs to. `load_state_dict()` keeps it; the next `epoch_batches` builds the pipeline with `checkpoint=` and it
-continues with exactly the samples and crops the old one would have given next. The state also holds a fingerprint of
-the shards, batch, crop and seeds: a checkpoint from another set-up is refused with a message, never half-applied.
-
-Keys. `fn.get_property(jpg, key="source_info")` gives, in DALI 2.4, "<tar path>:<data offset>:<member name>" for the
-webdataset reader; the key is the member name without its extension, as in the shards and the PyTorch backend.
-
-Seeds. The pipeline seed (every random operator) and the reader seed (the shuffle) are hashed from (run.seed, rank);
-the order then depends on the epoch through the reader's state. Threads: data.num_workers (at least 1); the
-pipeline's prefetch queue depth: data.prefetch.
-
-Bad data. A sample DALI cannot decode stops the pipeline (a RuntimeError from DALI, never a hang). DaliSource then
-finds the culprit among the samples the reader can have reached (the unreturned samples within the reader's window:
-shuffle buffer + prefetched batches), by decoding each with DALI alone, and raises DataError naming the shard and the
-sample key. A shard shorter than its index is named with the key from DALI's message. DALI cannot skip a sample inside
-a running pipeline (a batch is pushed through every stage; there is no way to ask the reader for a replacement,
-NVIDIA/DALI#3913), so data.on_bad_sample: skip does not apply here: the error is raised all the same (the message says
-so) and `skipped` stays 0; the PyTorch backend (data.backend: torch) skips and counts.
-Known DALI 2.4 defect, seen on the CPU: its image decoders (decoders.image, image_random_crop and the experimental
-ones) can die with SIGSEGV, instead of raising, when a batch holds an undecodable JPEG followed by more samples (a
-64-sample batch with the bad JPEG first or in the middle crashed within 100 runs; batches of 20 or fewer, or the bad
-JPEG last, did not in 200). Then no message names the sample: rerun with data.backend: torch, which does, or find the
-damaged shard with `read_manifest(DEST, check="checksum")` (pipeline/shards.py). The search for the culprit below
-decodes one sample per run, which was never seen to crash.
+Every rank indexes every shard and DALI's reader splits the samples (shard_id=rank, num_shards=world_size); a
+pass of the reader is one loader epoch, its surplus batches dropped. Resume restores DALI's own reader checkpoint. A
+sample DALI cannot decode stops the pipeline; the source then names its shard and key. DALI cannot skip a sample
+(NVIDIA/DALI#3913), and DALI 2.4's decoders can die with SIGSEGV on some batches holding a bad JPEG. The epoch and
+rank arithmetic, the resume, the keys, the seeds and that defect are written down in docs/data-pipeline.md.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -56,8 +23,10 @@ import torch
 from nvidia.dali import Pipeline, fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipeline.loader import IMAGENET_MEAN, IMAGENET_STD, DataError
-from pipeline.shards import ShardFile, parse_index
+from pipeline import DataError
+from pipeline.seeds import hashed_seed
+from pipeline.shards import ManifestError, SampleRef, ShardFile, member_key, read_samples
+from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +76,6 @@ def parse_labels(ascii_digits: torch.Tensor) -> torch.Tensor:
     return torch.where(is_digit.any(dim=1), labels, torch.full_like(labels, -1))
 
 
-def member_key(member: str) -> str:
-    """webdataset's key of a tar member: its name up to the first dot of the base name."""
-    slash = member.rfind("/") + 1
-    dot = member.find(".", slash)
-    return member if dot < 0 else member[:dot]
-
-
 def parse_keys(source_info: torch.Tensor) -> list[str]:
     """(B, L) zero-padded "<tar>:<offset>:<member>" → the sample keys."""
     rows = source_info.cpu().numpy()
@@ -123,38 +85,15 @@ def parse_keys(source_info: torch.Tensor) -> list[str]:
 def dali_seed(seed: int, rank: int, stream: int) -> int:
     """A 31-bit seed for DALI hashed from (run.seed, rank), one per stream (0: operators, 1: reader shuffle); distinct
     from the mask sampler's streams (pipeline.masks.stream_seed)."""
-    state = np.random.SeedSequence(entropy=[seed, rank], spawn_key=(0xDA11, stream)).generate_state(1, np.uint32)
-    return int(state[0] >> np.uint32(1))
+    return hashed_seed([seed, rank], (0xDA11, stream), bits=31)
 
 
-@dataclass(frozen=True)
-class StoredSample:
-    """A sample, as the reader sees it: the shards concatenated in the order given, each in tar order."""
-
-    shard: str  # tar path
-    key: str
-    jpg: tuple[int, int]  # (offset, size) of the JPEG bytes
-
-
-def stored_order(shards: Sequence[ShardFile]) -> list[list[StoredSample]]:
-    """Every sample of each shard, from the index files, in tar order."""
-    out = []
-    for shard in shards:
-        try:
-            entries = parse_index(shard.index_path.read_text(), str(shard.index_path))
-        except OSError as err:
-            raise DataError(f"{shard.index_path}: cannot read the index of shard {shard.path} ({err}); "
-                            f"{_REBUILD}") from err
-        samples = []
-        for members in entries:
-            jpg = [(offset, size, name) for ext, offset, size, name in members if ext == "jpg"]
-            if not jpg:
-                raise DataError(f"{shard.path}: sample {member_key(members[0][3])} has no .jpg member "
-                                f"({shard.index_path}); {_REBUILD}")
-            offset, size, name = jpg[0]
-            samples.append(StoredSample(str(shard.path), member_key(name), (offset, size)))
-        out.append(samples)
-    return out
+def stored_order(shards: Sequence[ShardFile]) -> list[list[SampleRef]]:
+    """Every sample of each shard in tar order, as the reader sees them; an unreadable index is a DataError."""
+    try:
+        return read_samples(shards)
+    except ManifestError as err:
+        raise DataError(str(err)) from err
 
 
 def dali_message(err: BaseException) -> str:
@@ -168,34 +107,34 @@ def dali_message(err: BaseException) -> str:
 class DaliSource:
     """Source of the loader (pipeline/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
 
-    def __init__(self, cfg, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int, world_size: int,
-                 device: torch.device, dtype: torch.dtype = torch.float32):
+    def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
+                 world_size: int, device: torch.device, dtype: torch.dtype = torch.float32):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
         self.device, self.dtype = device, dtype
-        self.batch_size, self.batches_per_epoch = cfg.data.batch_size, batches_per_epoch
+        self.batch_size, self.batches_per_epoch = data.batch_size, batches_per_epoch
         self.samples = sum(s.samples for s in self.shards)  # N, over all ranks
         if batches_per_epoch * self.batch_size > self.samples // world_size:
             raise DataError(f"{batches_per_epoch} batches of {self.batch_size} per rank need "
                             f"{batches_per_epoch * self.batch_size} samples on each of {world_size} ranks; the "
                             f"shards hold {self.samples} in all")
-        self.on_bad_sample = cfg.data.on_bad_sample
-        self.skipped = 0  # stays 0: DALI cannot skip a sample (module docstring)
-        self.prefetch, self.shuffle_buffer = max(1, cfg.data.prefetch), cfg.data.shuffle_buffer
+        self.on_bad_sample = data.on_bad_sample
+        self.skipped = 0  # stays 0: DALI cannot skip a sample (docs/data-pipeline.md)
+        self.prefetch, self.shuffle_buffer = max(1, data.prefetch), data.shuffle_buffer
         out_dtype = types.FLOAT16 if dtype in (torch.float16, torch.bfloat16) else types.FLOAT
         self._pipe_args = dict(
             paths=[str(s.path) for s in self.shards], index_paths=[str(s.index_path) for s in self.shards],
             shard_id=rank, num_shards=world_size,
-            crop_size=cfg.data.crop_size, crop_scale=list(cfg.data.crop_scale), crop_ratio=list(cfg.data.crop_ratio),
-            shuffle_buffer=cfg.data.shuffle_buffer, reader_seed=dali_seed(cfg.run.seed, rank, 1), out_dtype=out_dtype,
-            batch_size=self.batch_size, num_threads=max(1, cfg.data.num_workers), device_id=self._device_id(),
-            seed=dali_seed(cfg.run.seed, rank, 0), prefetch_queue_depth=self.prefetch)
+            crop_size=data.crop_size, crop_scale=list(data.crop_scale), crop_ratio=list(data.crop_ratio),
+            shuffle_buffer=data.shuffle_buffer, reader_seed=dali_seed(seed, rank, 1), out_dtype=out_dtype,
+            batch_size=self.batch_size, num_threads=max(1, data.num_workers), device_id=self._device_id(),
+            seed=dali_seed(seed, rank, 0), prefetch_queue_depth=self.prefetch)
         self.fingerprint = {
             "shards": [[s.path.name, s.samples] for s in self.shards], "batch_size": self.batch_size,
-            "batches_per_epoch": batches_per_epoch, "crop_size": cfg.data.crop_size,
-            "crop_scale": list(cfg.data.crop_scale), "crop_ratio": list(cfg.data.crop_ratio),
-            "shuffle_buffer": cfg.data.shuffle_buffer, "seed": cfg.run.seed, "rank": rank, "world_size": world_size,
+            "batches_per_epoch": batches_per_epoch, "crop_size": data.crop_size,
+            "crop_scale": list(data.crop_scale), "crop_ratio": list(data.crop_ratio),
+            "shuffle_buffer": data.shuffle_buffer, "seed": seed, "rank": rank, "world_size": world_size,
             "decode": "cpu" if self._device_id() is None else "mixed", "dtype": str(out_dtype)}
         self._iter: Optional[DALIGenericIterator] = None
         self._epoch, self._batch = 0, 0  # position: batches handed out in the current epoch
@@ -203,7 +142,7 @@ class DaliSource:
         self._returned: set[str] = set()  # keys handed out in the current epoch (narrows down a bad sample)
         self._failed: Optional[DataError] = None
         self._dead: list = []  # failed pipelines, freed with this source (not mid-failure)
-        self._order: Optional[list[list[StoredSample]]] = None
+        self._order: Optional[list[list[SampleRef]]] = None
         if self.on_bad_sample == "skip":
             logger.warning("data.on_bad_sample: skip does not apply to the DALI backend: a sample DALI cannot decode "
                            "stops the run with an error naming it (use data.backend: torch to skip and count)")
@@ -318,7 +257,7 @@ class DaliSource:
         return DataError(f"DALI pipeline failed ({where}) over shards {[str(s.path) for s in self.shards]} and no "
                          f"sample the reader can have reached fails to decode alone: {said}")
 
-    def _slice(self, epoch: int) -> list[StoredSample]:
+    def _slice(self, epoch: int) -> list[SampleRef]:
         """The samples this rank's reader reads in `epoch`, in the order it reads them: DALI's contiguous slice
         (rank + epoch) % world_size of the concatenated shards (dali/operators/reader/loader/loader.cc start_index)."""
         flat = [sample for samples in self._order for sample in samples]
@@ -326,7 +265,7 @@ class DaliSource:
         n = len(flat)
         return flat[part * n // self.world_size:(part + 1) * n // self.world_size]
 
-    def _candidates(self) -> list[StoredSample]:
+    def _candidates(self) -> list[SampleRef]:
         """Samples the failed run can have read: those of the current pass within the reader's reach (shuffle buffer
         plus the batches DALI runs ahead) not yet handed out, and, near the end of the pass, the next pass's first."""
         ahead = (2 * self.prefetch + 2) * self.batch_size + max(1, self.shuffle_buffer)
@@ -342,7 +281,7 @@ class DaliSource:
         """(shard, key) of each candidate that DALI's decoder rejects on its own.
 
         One sample per run: DALI 2.4's CPU decoders can segfault when a batch holds an undecodable JPEG followed by
-        more samples (module docstring), never seen with the bad sample alone or last. A pipeline that failed is
+        more samples (docs/data-pipeline.md), never seen with the bad sample alone or last. A pipeline that failed is
         replaced (DALI: "no longer valid")."""
         candidates = self._candidates()
         logger.info("DALI pipeline failed: re-decoding %d sample(s) one by one to find the bad one", len(candidates))

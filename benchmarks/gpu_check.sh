@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The one script for the GPU host (../shared/docs/gpu-runbook.md): carried wheels → `pytest -m gpu` → bench suites at
+# The one script for the GPU host (docs/benchmarks.md): carried wheels → `pytest -m gpu` → bench suites at
 # ViT-H/14 (kernels; the training step at batch 128 beside the official-style reference; the data loaders, PyTorch
 # backend with nvJPEG decode) → a short table last. Full JSON and logs go to OUT_DIR.
 #
-#   bash bench/gpu_check.sh OUT_DIR          # on the GPU host ($OUT there); about 5 minutes
-#   bash bench/gpu_check.sh /tmp/dry         # here, without a GPU: the same steps on the tiny config (dry run)
+#   bash benchmarks/gpu_check.sh OUT_DIR     # on the GPU host ($OUT there); about 5 minutes
+#   bash benchmarks/gpu_check.sh /tmp/dry    # here, without a GPU: the same steps on the tiny config (dry run)
 set -uo pipefail
-out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
-if ls .whl/*.whl >/dev/null 2>&1; then  # deepspeed, webdataset and their needs (../shared/tools/device_wheels.sh)
+if ls .whl/*.whl >/dev/null 2>&1; then  # deepspeed, webdataset and their needs (tools/device_wheels.sh)
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi

@@ -1,7 +1,7 @@
 """Writes scikit-learn's handwritten digits (1,797 real 8×8 scans that ship with the package) as an ImageNet-style
 folder of JPEGs: OUT/train/<digit>/*.jpg and OUT/val/<digit>/*.jpg, upscaled to --size pixels.
 
-    python digits_folder.py runs/demo/digits --size 32 --val-fraction 0.25
+    python -m tools.digits runs/demo/digits --size 32 --val-fraction 0.25
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def shard_digits(root: Path, size: int = 32, shard_size: int = 170) -> dict[str,
     root/val (what the tests and the scaling benchmark train and probe on). Returns {"train": ..., "val": ...}."""
     import subprocess
 
-    here = Path(__file__).resolve().parent
+    repo = Path(__file__).resolve().parent.parent
     write_digits(root / "img", size)
     for split in ("train", "val"):
-        subprocess.run([sys.executable, str(here / "shard_dataset.py"), str(root / "img" / split), str(root / split),
-                        "--shard-size", str(shard_size), "--no-progress"], cwd=here, check=True, capture_output=True)
+        subprocess.run([sys.executable, str(repo / "shard_dataset.py"), str(root / "img" / split), str(root / split),
+                        "--shard-size", str(shard_size), "--no-progress"], cwd=repo, check=True, capture_output=True)
     return {split: root / split for split in ("train", "val")}
 
 

@@ -8,8 +8,8 @@ from typing import Callable, Optional
 
 import torch
 
-# Dense bf16 peak of each card, TFLOP/s (vendor figures), for MFU. targets.md also quotes the measured practical
-# ceiling of an H200 (780 TFLOP/s for an 8192³ bf16 matmul).
+# Dense bf16 peak of each card, TFLOP/s (vendor figures), for MFU. An H200's measured practical ceiling is lower:
+# 780 TFLOP/s for an 8192³ bf16 matmul.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 

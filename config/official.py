@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from config import ConfigError, suggest
+from config.errors import ConfigError, suggest
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Learning rate, weight decay and EMA momentum as pure functions of the optimizer step (1-based), as the spec says.
 
 Any step is computed directly, so a resumed run needs only its step: no generator to replay.
-`warmup` and `total` are in steps (config.schedule_steps gives them: warmup_epochs·ipe and epochs·ipe·ipe_scale).
+`warmup` and `total` are in steps (config.derived.schedule_steps gives them: warmup_epochs·ipe and epochs·ipe·ipe_scale).
 """
 from __future__ import annotations
 
@@ -27,14 +27,3 @@ def momentum_at(step: int, total: int, start: float, end: float) -> float:
     """EMA momentum used after optimizer step `step`: m_i = start + i·(end − start)/total with i = step − 1."""
     m = start + (step - 1) * (end - start) / total
     return min(m, end) if end >= start else max(m, end)  # held at `end` if training outlasts the schedule
-
-
-def param_groups(module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed (weights, mask_token) and not decayed (biases and other 1-D parameters)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "WD_exclude": True}]

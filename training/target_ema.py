@@ -1,15 +1,9 @@
 """The target encoder's EMA under DeepSpeed: target ← m·target + (1 − m)·(the optimizer's fp32 master weights).
 
-Under ZeRO-1/2 (ShardedTargetEMA) each rank holds the fp32 masters of one slice of each of DeepSpeed's flat parameter
-groups. It keeps the target's values for the same slice and updates them there, with no communication, then
-all-gathers the slices into flat fp32 buffers whose views ARE the target encoder's parameters. The gather is started
-right after the update and waited for when the target is next used: train.py runs the target forward after the
-context encoder and predictor, so the gather overlaps them (benchmarks/comm_model.py prices what stays exposed).
-Elsewhere (ZeRO-3, CPU offload, no ZeRO, unequal slices) GatheredTargetEMA reads each full fp32 master through
-DeepSpeed's per-parameter API, synchronously.
-
-Frozen parameters (the sin-cos pos_embed) are constants: the target keeps its fp32 copy, as the official EMA does.
-Part of the DeepSpeed wrapping (train.py): it reads the engine's optimizer, and imports DeepSpeed only in the fallback.
+Under ZeRO-1/2 (ShardedTargetEMA) each rank averages its own slice of the fp32 masters, with no communication, then
+all-gathers the target asynchronously; the gather overlaps the next step's context and predictor forwards. Elsewhere
+(ZeRO-3, CPU offload, no ZeRO) GatheredTargetEMA reads each full fp32 master, synchronously. The frozen sin-cos
+pos_embed stays fp32 in the target, as in the official EMA. Design and measurements: docs/training.md.
 """
 from __future__ import annotations
 

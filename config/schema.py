@@ -4,13 +4,11 @@
 
 Loading rejects unknown sections and keys (naming the closest valid key) and values of the wrong type, with the file,
 section and key in the message. The official I-JEPA YAML files are recognised by their `meta` section and mapped key by
-key (official_config.py). Values that follow from others (global batch, iterations per epoch, patch grid, the
-DeepSpeed batch keys) are computed by the functions at the end of this module and never written in YAML.
+key (config/official.py). Values that follow from others are computed in config/derived.py, never written in YAML.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,11 +17,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+import kernels
+from config.errors import ConfigError, suggest
+from config.official import is_official, map_official
 from model.sizes import VIT_SIZES
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used; the message says where and what to do."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +78,12 @@ class ModelConfig:
     compile: bool = False  # torch.compile each block, token dim dynamic (model/compile.py)
 
 
-@dataclass(frozen=True)
-class KernelsConfig:
-    """Which implementation each op uses; auto = the one measured faster on this device class (kernels/__init__)."""
-
-    attention: Literal["auto", "triton", "sdpa", "reference"] = "auto"
-    gather: Literal["auto", "triton", "reference"] = "auto"
+# One key per registered kernel group (kernels/registry.py): its implementations or "auto" (the one measured faster on
+# the device class). A new kernel module adds its key here by itself.
+KernelsConfig = dataclasses.make_dataclass(
+    "KernelsConfig", [(name, Literal[("auto", *op.implementations)], field(default="auto"))
+                      for name, op in kernels.REGISTRY.items()], frozen=True)
+KernelsConfig.__doc__ = "Which implementation each kernel group uses (kernels.configure); auto = the group's choice."
 
 
 @dataclass(frozen=True)
@@ -157,12 +154,11 @@ DERIVED_DEEPSPEED_KEYS = {
 }
 
 
+
 # ---------------------------------------------------------------------------------------------------------- loading
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML file (this project's schema or the official one), applies `section.key=value` overrides."""
-    from official_config import is_official, map_official  # official_config imports this module
-
     path = Path(path)
     raw = read_yaml(path)
     if is_official(raw):
@@ -213,13 +209,6 @@ def check_key(section: str, key: str, source: str) -> None:
     keys = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if key not in keys:
         raise ConfigError(f"{source}: section '{section}' has no key '{key}'{suggest(key, keys)}")
-
-
-def suggest(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    return f" (valid: {', '.join(sorted(choices))})"
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = None) -> Config:
@@ -335,6 +324,7 @@ def check_consistency(cfg: Config, source: str) -> None:
              f"{cfg.optimization.epochs}")
 
 
+
 # ---------------------------------------------------------------------------------------------------------- dumping
 
 def config_to_dict(cfg: Config) -> dict:
@@ -358,64 +348,3 @@ _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,20
 
 def config_to_yaml(cfg: Config) -> str:
     return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-
-
-# ---------------------------------------------------------------------------------------------------------- derived
-
-def model_size(cfg: Config) -> tuple[int, int, int, float]:
-    """(embed_dim, depth, num_heads, mlp_ratio) of the encoder: the arch's values with the config's overrides."""
-    size = VIT_SIZES[cfg.model.arch]
-    return (cfg.model.embed_dim or size.embed_dim, cfg.model.depth or size.depth,
-            cfg.model.num_heads or size.num_heads, size.mlp_ratio)
-
-
-def grid_size(cfg: Config) -> tuple[int, int]:
-    """Patches per side (H, W) of the square training crop."""
-    side = cfg.data.crop_size // cfg.model.patch_size
-    return side, side
-
-
-def global_batch_size(cfg: Config, world_size: int) -> int:
-    return cfg.data.batch_size * cfg.optimization.grad_accum * world_size
-
-
-def iterations_per_epoch(cfg: Config, world_size: int, num_samples: int) -> int:
-    """Optimizer steps per epoch over `num_samples` (from the shard manifest); the last partial batch is dropped."""
-    ipe = num_samples // global_batch_size(cfg, world_size)
-    if ipe < 1:
-        raise ConfigError(f"{num_samples} samples make no full global batch of {global_batch_size(cfg, world_size)} "
-                          f"(data.batch_size x optimization.grad_accum x {world_size} ranks): use more data or a "
-                          f"smaller data.batch_size")
-    return ipe
-
-
-def schedule_steps(cfg: Config, ipe: int) -> tuple[int, int]:
-    """(warmup steps, total schedule steps) of the lr, weight-decay and momentum schedules."""
-    opt = cfg.optimization
-    return int(opt.warmup_epochs * ipe), int(opt.epochs * ipe * opt.ipe_scale)
-
-
-def training_dtype(cfg: Config):
-    """The torch dtype of the weights, activations and batches: bf16 or fp32 (optimization.precision)."""
-    import torch
-
-    return torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
-
-
-def deepspeed_config(cfg: Config, world_size: int) -> dict:
-    """The DeepSpeed config dict: batch and precision keys derived here, the deepspeed section merged over them."""
-    derived = {
-        "train_batch_size": global_batch_size(cfg, world_size),
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.optimization.grad_accum,
-        "bf16": {"enabled": cfg.optimization.precision == "bf16"},
-        "steps_per_print": 10**9,  # train.py logs; DeepSpeed's own per-step print would duplicate it
-    }
-    return _merge(derived, cfg.deepspeed)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out

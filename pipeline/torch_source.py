@@ -1,65 +1,29 @@
-"""The PyTorch backend: random access into the shards through their index files, torchvision decode and crop.
+"""The PyTorch source: random access into the shards through their index files, torchvision decode and crop.
 
-Each sample is read at the byte offset its shard's DALI index gives, so an epoch is a true permutation of all samples
-(seeded by (seed, epoch)) of which rank r takes every world_size-th, and a resume starts at any batch without reading
-what came before. Workers of
-a DataLoader each build whole batches; every crop is drawn from a generator seeded by (seed, epoch, rank, batch), so
-the output does not depend on the number of workers. On a GPU the JPEGs are decoded there, batched through nvJPEG
-(torchvision.io.decode_jpeg(device="cuda")); on the CPU the workers decode.
+An epoch is one seeded permutation of all samples of which rank r takes every world_size-th; a resume starts at any
+batch without reading what came before. DataLoader workers build whole batches, each crop drawn from a generator
+seeded by (seed, epoch, rank, batch), so the output does not depend on the number of workers. On a GPU the JPEGs are
+decoded there, batched through nvJPEG; on the CPU the workers decode (docs/data-pipeline.md).
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import resized_crop
 
-from pipeline.loader import DataError
-from pipeline.shards import ShardFile, parse_index
+from pipeline import DataError
+from pipeline.seeds import hashed_seed
+from pipeline.shards import SampleRef, ShardFile, read_samples
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SampleRef:
-    shard: str  # tar path
-    key: str
-    jpg: tuple[int, int]  # (offset, size) of the JPEG bytes in the tar
-    cls: tuple[int, int] | None  # of the ASCII class index; None for unlabeled data
-
-
-def data_seed(*parts: int) -> int:
-    """A generator seed hashed from integers, in a domain of its own (the mask sampler hashes (seed, step, rank) too:
-    the same numbers must not give crops and masks from one random stream)."""
-    state = np.random.SeedSequence(entropy=list(parts), spawn_key=(0xDA7A,)).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
-
-
-def index_samples(shards: Sequence[ShardFile]) -> list[SampleRef]:
-    """Every sample of `shards`, from their DALI index files."""
-    out = []
-    for shard in shards:
-        where = str(shard.index_path)
-        try:
-            entries = parse_index(shard.index_path.read_text(), where)
-        except OSError as err:
-            raise RuntimeError(f"{where}: cannot read the index of shard {shard.path} ({err}); rebuild the shards "
-                               f"with shard_dataset.py") from err
-        for members in entries:
-            by_ext = {ext: (offset, size, name) for ext, offset, size, name in members}
-            if "jpg" not in by_ext:
-                raise RuntimeError(f"{shard.path}: sample {members[0][3]} has no .jpg member ({where})")
-            offset, size, name = by_ext["jpg"]
-            cls = by_ext.get("cls")
-            out.append(SampleRef(str(shard.path), name.rsplit(".", 1)[0], (offset, size),
-                                 None if cls is None else (cls[0], cls[1])))
-    return out
+DATA_STREAM = (0xDA7A,)  # the seed domain of epoch orders and crops (pipeline/seeds.py)
 
 
 def read_span(path: str, span: tuple[int, int], open_files: dict | None = None) -> bytes:
@@ -133,7 +97,7 @@ class EpochBatches(Dataset):
         return image, tuple(image.shape[-2:]), label
 
     def __getitem__(self, i: int):
-        gen = torch.Generator().manual_seed(data_seed(*self.seed, i))  # (seed, epoch, rank, batch)
+        gen = torch.Generator().manual_seed(hashed_seed((*self.seed, i), DATA_STREAM))  # (seed, epoch, rank, batch)
         picks = self.order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
         loaded, keys, skipped = [], [], 0
         for j in picks:
@@ -163,7 +127,7 @@ class EpochBatches(Dataset):
 
 class DataReadError(DataError):
     """A sample that cannot be read or decoded (raised inside DataLoader workers, re-raised by the loader): a
-    loader.DataError, so that callers catch one exception type whatever the backend."""
+    DataError, so that callers catch one exception type whatever the backend."""
 
 
 def bad_sample_message(shard: str, key: str, err: Exception) -> str:
@@ -211,24 +175,25 @@ def _as_is(batch):
 
 
 class TorchSource:
-    """Source of the loader (pipeline/loader.py) over this rank's shards."""
+    """Source (pipeline/source.py) over all shards; `data` is the config's data section."""
 
-    def __init__(self, cfg, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int, world_size: int,
-                 device: torch.device):
-        self.samples = index_samples(shards)  # every rank indexes every shard: it reads 1/world_size of them
+    def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
+                 world_size: int, device: torch.device):
+        # every rank indexes every shard: it reads 1/world_size of them
+        self.samples = [ref for refs in read_samples(shards) for ref in refs]
         self.world_size = world_size
         self.shard_of = {s.key: s.shard for s in self.samples}
         self.batches_per_epoch, self.rank, self.device = batches_per_epoch, rank, device
-        self.batch_size, self.crop_size = cfg.data.batch_size, cfg.data.crop_size
-        self.scale, self.ratio = cfg.data.crop_scale, cfg.data.crop_ratio
-        self.num_workers, self.prefetch = cfg.data.num_workers, cfg.data.prefetch
-        self.seed, self.on_bad_sample = cfg.run.seed, cfg.data.on_bad_sample
+        self.batch_size, self.crop_size = data.batch_size, data.crop_size
+        self.scale, self.ratio = data.crop_scale, data.crop_ratio
+        self.num_workers, self.prefetch = data.num_workers, data.prefetch
+        self.seed, self.on_bad_sample = seed, data.on_bad_sample
         self.decode_on_gpu = device.type == "cuda"
         self.skipped = 0
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """This rank's samples of `epoch`: every `world_size`-th of one permutation shared by all ranks."""
-        gen = torch.Generator().manual_seed(data_seed(self.seed, epoch))
+        gen = torch.Generator().manual_seed(hashed_seed((self.seed, epoch), DATA_STREAM))
         mine = torch.randperm(len(self.samples), generator=gen)[self.rank::self.world_size]
         return mine[: self.batches_per_epoch * self.batch_size]
 

@@ -1,0 +1,58 @@
+"""Values that follow from the config (never written in YAML): patch grid, global batch, iterations per epoch, schedule
+lengths, the training dtype and DeepSpeed's config dict."""
+from __future__ import annotations
+
+from config.errors import ConfigError
+from config.schema import Config
+
+
+def grid_size(cfg: Config) -> tuple[int, int]:
+    """Patches per side (H, W) of the square training crop."""
+    side = cfg.data.crop_size // cfg.model.patch_size
+    return side, side
+
+
+def global_batch_size(cfg: Config, world_size: int) -> int:
+    return cfg.data.batch_size * cfg.optimization.grad_accum * world_size
+
+
+def iterations_per_epoch(cfg: Config, world_size: int, num_samples: int) -> int:
+    """Optimizer steps per epoch over `num_samples` (from the shard manifest); the last partial batch is dropped."""
+    ipe = num_samples // global_batch_size(cfg, world_size)
+    if ipe < 1:
+        raise ConfigError(f"{num_samples} samples make no full global batch of {global_batch_size(cfg, world_size)} "
+                          f"(data.batch_size x optimization.grad_accum x {world_size} ranks): use more data or a "
+                          f"smaller data.batch_size")
+    return ipe
+
+
+def schedule_steps(cfg: Config, ipe: int) -> tuple[int, int]:
+    """(warmup steps, total schedule steps) of the lr, weight-decay and momentum schedules."""
+    opt = cfg.optimization
+    return int(opt.warmup_epochs * ipe), int(opt.epochs * ipe * opt.ipe_scale)
+
+
+def training_dtype(cfg: Config):
+    """The torch dtype of the weights, activations and batches: bf16 or fp32 (optimization.precision)."""
+    import torch
+
+    return torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    """The DeepSpeed config dict: batch and precision keys derived here, the deepspeed section merged over them."""
+    derived = {
+        "train_batch_size": global_batch_size(cfg, world_size),
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.optimization.grad_accum,
+        "bf16": {"enabled": cfg.optimization.precision == "bf16"},
+        "steps_per_print": 10**9,  # train.py logs; DeepSpeed's own per-step print would duplicate it
+    }
+    return _merge(derived, cfg.deepspeed)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

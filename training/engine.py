@@ -1,0 +1,82 @@
+"""The DeepSpeed engine and one training step: AdamW's parameter groups, the engine over the context encoder and
+predictor (the one place the model is wrapped), the schedules applied to the optimizer, a micro step, the monitors."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from config import Config, deepspeed_config
+from model.compile import compile_blocks
+from model.jepa import build_jepa, target_features
+from training.schedules import lr_at, momentum_at, wd_at
+
+logger = logging.getLogger(__name__)
+
+
+def param_groups(module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed (weights, mask_token) and not decayed (biases and other 1-D parameters)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "WD_exclude": True}]
+
+
+def build_engine(cfg: Config, device: torch.device, world_size: int):
+    """(DeepSpeed engine over context encoder + predictor, the torch AdamW inside it, the fp32 target encoder on
+    `device`; its EMA is training.target_ema.target_ema(engine, target)). The one place the model is wrapped:
+    torch.compile of the blocks when asked, then DeepSpeed."""
+    import deepspeed
+
+    model, target = build_jepa(cfg.model, cfg.data.crop_size)
+    if cfg.model.compile:  # before DeepSpeed wraps the model; the blocks' token dim stays dynamic (model/compile.py)
+        logger.info("torch.compile: %d blocks (context encoder + predictor), %d (target encoder)",
+                    compile_blocks(model), compile_blocks(target))
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optimization.weight_decay), lr=cfg.optimization.lr,
+                                  betas=cfg.optimization.betas, eps=cfg.optimization.eps, fused=fused)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                   config=deepspeed_config(cfg, world_size))
+    return engine, optimizer, target.to(device)
+
+
+def set_schedules(optimizer, step: int, cfg, warmup: int, total: int) -> dict:
+    """The step's lr and weight decay into every parameter group (no decay stays 0 on WD_exclude groups)."""
+    opt = cfg.optimization
+    values = {"lr": lr_at(step, warmup, total, opt.start_lr, opt.lr, opt.final_lr),
+              "wd": wd_at(step, total, opt.weight_decay, opt.final_weight_decay),
+              "momentum": momentum_at(step, total, *cfg.ema.momentum)}
+    for group in optimizer.param_groups:
+        group["lr"] = values["lr"]
+        if not group.get("WD_exclude"):
+            group["weight_decay"] = values["wd"]
+    return values
+
+
+def micro_step(engine, ema, target, batch, dtype):
+    """Forward (context encoder + predictor, then the targets without grad) and backward of one micro batch; returns
+    the loss. The targets come last so that the target encoder's all-gather (target_ema.py) overlaps the rest."""
+    def targets():
+        ema.wait()
+        with torch.autocast(batch.images.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return target_features(target, batch.images, batch.tgt_idx)
+
+    loss = engine(batch.images.to(dtype), batch.ctx_idx, batch.tgt_idx, targets)
+    engine.backward(loss)
+    engine.step()
+    return loss.detach()
+
+
+def build_monitor(cfg, out_dir: Path):
+    """DeepSpeed's TensorBoard and CSV monitors, driven by train.py (the engine's own monitor would read the loss
+    back to the host every step)."""
+    from deepspeed.monitor.config import get_monitor_config
+    from deepspeed.monitor.monitor import MonitorMaster
+
+    where = {"output_path": str(out_dir / "logs"), "job_name": cfg.run.name}
+    return MonitorMaster(get_monitor_config({"tensorboard": {"enabled": cfg.logging.tensorboard, **where},
+                                             "csv_monitor": {"enabled": cfg.logging.csv, **where}}))

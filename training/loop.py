@@ -1,0 +1,192 @@
+"""The training loop: config → distributed set-up → engine, loader, EMA → steps, logging and checkpoints → summary.
+
+What a run writes, what it logs, how it stops on a signal or a non-finite loss: docs/training.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+import kernels
+from config import config_to_yaml, global_batch_size, iterations_per_epoch, schedule_steps, training_dtype
+from training import TrainingError
+from training.checkpoints import load_checkpoint, save_checkpoint
+from training.data import build_training_loader
+from training.distributed import agree, setup_distributed
+from training.engine import build_engine, build_monitor, micro_step, set_schedules
+from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
+from training.target_ema import target_ema
+
+logger = logging.getLogger(__name__)
+
+
+class StopSignal:
+    """SIGTERM/SIGINT (preemption) set a flag; the loop checkpoints and exits at the next agreed check."""
+
+    def __init__(self):
+        self.received = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+
+class LoopState:
+    """Per-step losses and the non-finite flag, kept on the device until a check step reads them."""
+
+    def __init__(self):
+        self.losses, self.first_bad = [], None
+
+    def add(self, step, loss):
+        self.losses.append((step, loss))
+        bad = torch.where(torch.isfinite(loss), torch.zeros_like(loss), torch.full_like(loss, step))
+        self.first_bad = bad if self.first_bad is None else torch.where(self.first_bad > 0, self.first_bad, bad)
+
+    def bad_step(self) -> int:
+        return 0 if self.first_bad is None else int(self.first_bad.item())
+
+    def pop_losses(self):
+        values = torch.stack([v for _, v in self.losses]).float().tolist()
+        out = [(s, v) for (s, _), v in zip(self.losses, values)]
+        self.losses = []
+        return out
+
+
+def peak_memory_gb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS of this process (KiB → GiB)
+
+
+def log_interval(state, step, last, epoch, sched, batch, figures, monitor):
+    losses = state.pop_losses()
+    mean_loss = sum(v for _, v in losses) / len(losses)
+    kc, kt = batch.ctx_idx.shape[1], batch.tgt_idx.shape[2]
+    mfu = f"{figures['mfu'] * 100:.1f}%" if figures["mfu"] is not None else "n/a"
+    logger.info(f"step {step}/{last} ep {epoch} | loss {mean_loss:.4f} | lr {sched['lr']:.2e} wd {sched['wd']:.3f} "
+                f"m {sched['momentum']:.5f} | K {kc}/{kt} | {figures['images_per_s']:.1f} img/s/GPU | step "
+                f"{figures['step_time_s']:.3f}s = data {figures['data_wait_s']:.3f} + compute "
+                f"{figures['compute_s']:.3f} | mem {figures['peak_gb']:.2f} GiB | MFU {mfu} | "
+                f"{figures['images_per_gpu_hour']:,.0f} img/GPU-h | ETA {format_eta((last - step) * figures['step_time_s'])}")
+    events = [("Train/loss", v, s) for s, v in losses]
+    events += [(f"Train/{k}", v, step) for k, v in {**sched, "K_enc": kc, "K_pred": kt, "epoch": epoch}.items()]
+    events += [(f"Perf/{k}", v, step) for k, v in figures.items() if v is not None]
+    monitor.write_events(events)
+
+
+def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Callable]] = None) -> int:
+    """Trains `cfg` from `resume` ("", "auto" or a checkpoint folder) until its last step or a stop signal; returns
+    the exit code. `make_probe` builds, on rank 0, the kNN probe logged every logging.probe_every steps (a callable
+    (encoder, device) → top-1)."""
+    device, rank, world_size = setup_distributed(cfg.run.device)
+    kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run (logged)
+    out_dir = Path(cfg.run.out_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+    engine, optimizer, target = build_engine(cfg, device, world_size)
+    dtype = training_dtype(cfg)
+    loader = build_training_loader(cfg, rank, world_size, device)
+    ipe = iterations_per_epoch(cfg, world_size, loader.num_samples)
+    warmup, total = schedule_steps(cfg, ipe)
+    last = min(total, cfg.optimization.max_steps or total)
+    ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
+    step = load_checkpoint(engine, target, loader, resume, out_dir)
+    ema.loaded()
+    monitor, state, timer = build_monitor(cfg, out_dir), LoopState(), IntervalTimer()
+    flops, peak, batches = None, peak_tflops(device), iter(loader)
+    probe = make_probe() if make_probe is not None and cfg.logging.probe_every and rank == 0 else None
+    bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
+    logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
+                f"{global_batch_size(cfg, world_size)}, {ipe} steps/epoch, steps {step + 1}..{last} of {total}")
+    started, first_step = time.perf_counter(), step + 1
+    with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
+        while step < last:
+            step += 1
+            sched = set_schedules(optimizer, step, cfg, warmup, total)
+            for _ in range(cfg.optimization.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                timer.add_wait(time.perf_counter() - t0)
+                if flops is None:  # counted once, on the first micro step (same work as every other)
+                    flops = count_flops(lambda: state.add(step, micro_step(engine, ema, target, batch, dtype)))
+                    flops *= cfg.optimization.grad_accum
+                else:
+                    state.add(step, micro_step(engine, ema, target, batch, dtype))
+            timer.add_step(cfg.data.batch_size * cfg.optimization.grad_accum)  # one optimizer step
+            ema.update(sched["momentum"])  # its all-gather runs while the next batch is fetched and the context forward
+            if rank == 0:
+                bar.update(1)
+                diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype)
+            save_now = step % cfg.checkpoint.every_steps == 0 or step == last
+            if step % cfg.logging.every_steps == 0 or save_now:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                bad = state.bad_step()
+                if bad:
+                    raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
+                                        f"checkpoint is kept in {out_dir / 'checkpoints'}")
+                figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
+                log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor)
+                if agree(stop.received is not None, device):
+                    save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
+                    logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
+                                f"resume with --resume auto")
+                    return 0
+            if save_now:
+                save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
+    bar.close()
+    write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank)
+    return 0
+
+
+def progress_bar(enabled: bool, total: int, initial: int):
+    """A tqdm bar on rank 0 when stderr is a terminal; a no-op otherwise (logs stay line by line)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> None:
+    """Rank 0, on their steps: collapse diagnostics of the target features, and the kNN probe."""
+    events = []
+    diagnostics = cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0
+    if diagnostics or (probe is not None and step % cfg.logging.probe_every == 0):
+        ema.wait()
+    if diagnostics:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            diag = collapse_diagnostics(target(batch.images))
+        events += [(f"Diagnostics/{k}", v, step) for k, v in diag.items()]
+        logger.info(f"step {step} diagnostics: feature std {diag['feature_std']:.4f}, effective rank "
+                    f"{diag['effective_rank']:.1f}")
+    if probe is not None and step % cfg.logging.probe_every == 0:
+        top1 = probe(target, device)
+        events.append(("Probe/knn_top1", top1, step))
+        logger.info(f"step {step} probe: kNN top-1 {100 * top1:.1f}% (target encoder, held-out shards)")
+    if events:
+        monitor.write_events(events)
+
+
+def write_summary(cfg, out_dir: Path, steps: int, seconds: float, world_size: int, rank: int) -> None:
+    """Run-level throughput: images/s per GPU and images per GPU-hour over this process's steps."""
+    if rank != 0 or steps <= 0:
+        return
+    images = steps * global_batch_size(cfg, world_size)
+    per_gpu = images / seconds / world_size
+    summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
+               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info(f"summary: {steps} steps, {images} images in {seconds:.1f} s on {world_size} rank(s): "
+                f"{per_gpu:.1f} images/s per GPU, {per_gpu * 3600:,.0f} images per GPU-hour "
+                f"(includes start-up, checkpoints and logging)")
