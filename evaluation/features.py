@@ -9,9 +9,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import center_crop, resize
 
-from pipeline.shards import list_shards, read_samples
+from pipeline.shards import list_shards, read_samples, read_span
 from pipeline.source import imagenet_stats
-from pipeline.torch_source import read_span
 
 
 def eval_images(shards: str | Path, crop_size: int, limit: Optional[int] = None):

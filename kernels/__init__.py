@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
+from kernels.masked_gather import set_index_check
 from kernels.registry import KernelOp
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ def configure(device: Optional[str | torch.device] = None, check_indices: str = 
     else:
         device_class = "cuda" if torch.device(device).type == "cuda" else "cpu"
     chosen = {name: _resolve(op, choices.get(name, "auto"), device_class) for name, op in REGISTRY.items()}
-    from kernels.masked_gather import set_index_check
-
     set_index_check(os.environ.get(CHECK_INDICES_ENV) or check_indices)
     _chosen.clear()
     _chosen.update(chosen)

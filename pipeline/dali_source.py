@@ -25,7 +25,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
-from pipeline.shards import ManifestError, SampleRef, ShardFile, member_key, read_samples
+from pipeline.shards import ManifestError, SampleRef, ShardFile, member_key, read_samples, read_span
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -288,9 +288,11 @@ class DaliSource:
         bad, pipe, files = [], None, {}
         try:
             for sample in candidates:
-                f = files.get(sample.shard) or files.setdefault(sample.shard, open(sample.shard, "rb"))
-                f.seek(sample.jpg[0])
-                data = np.frombuffer(f.read(sample.jpg[1]), dtype=np.uint8)
+                try:
+                    data = np.frombuffer(read_span(sample.shard, sample.jpg, files), dtype=np.uint8)
+                except OSError:  # the shard is shorter than its index says: that sample cannot decode
+                    bad.append((sample.shard, sample.key))
+                    continue
                 if pipe is None:
                     pipe = decode_check_pipeline(batch_size=1, num_threads=1, device_id=self._device_id(),
                                                  prefetch_queue_depth=1)

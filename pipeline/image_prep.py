@@ -78,7 +78,8 @@ def _verify_copy(img: Image.Image, data: bytes, verify: str) -> None:
         raise BadInput(f"truncated JPEG: no end-of-image marker in its last {_EOI_WINDOW} bytes")
 
 
-def prepare_jpeg(data: bytes, verify: str = "full", quality: int = 90, max_size: int | None = None) -> tuple[bytes, bool]:
+def prepare_jpeg(data: bytes, verify: str = "full", quality: int = 90,
+                 max_size: int | None = None) -> tuple[bytes, bool]:
     """The sample's JPEG bytes from a source file's bytes, and whether they were re-encoded. The format is read from
     the content, never the file name. RGB and grayscale JPEGs within `max_size` are copied as they are (checked as
     `verify` says: "full" decode or "header"); others are re-encoded at `quality`."""

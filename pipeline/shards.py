@@ -183,6 +183,23 @@ def read_samples(shards: Sequence[ShardFile]) -> list[list[SampleRef]]:
     return out
 
 
+def read_span(path: str, span: tuple[int, int], open_files: dict | None = None) -> bytes:
+    """`span` = (offset, size) bytes of a shard file; `open_files` keeps the files open between calls."""
+    if open_files is None:
+        with open(path, "rb") as f:
+            return _read_at(f, path, span)
+    f = open_files.get(path) or open_files.setdefault(path, open(path, "rb"))
+    return _read_at(f, path, span)
+
+
+def _read_at(f, path: str, span: tuple[int, int]) -> bytes:
+    f.seek(span[0])
+    data = f.read(span[1])
+    if len(data) != span[1]:
+        raise OSError(f"{path}: truncated shard: wanted {span[1]} bytes at offset {span[0]}, got {len(data)}")
+    return data
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

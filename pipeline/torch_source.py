@@ -18,29 +18,11 @@ from torchvision.transforms.v2.functional import resized_crop
 
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
-from pipeline.shards import SampleRef, ShardFile, read_samples
+from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
 
 logger = logging.getLogger(__name__)
 
-
 DATA_STREAM = (0xDA7A,)  # the seed domain of epoch orders and crops (pipeline/seeds.py)
-
-
-def read_span(path: str, span: tuple[int, int], open_files: dict | None = None) -> bytes:
-    """`span` = (offset, size) bytes of a shard file; `open_files` keeps the files open between calls."""
-    if open_files is None:
-        with open(path, "rb") as f:
-            return _read_at(f, path, span)
-    f = open_files.get(path) or open_files.setdefault(path, open(path, "rb"))
-    return _read_at(f, path, span)
-
-
-def _read_at(f, path: str, span: tuple[int, int]) -> bytes:
-    f.seek(span[0])
-    data = f.read(span[1])
-    if len(data) != span[1]:
-        raise OSError(f"{path}: truncated shard: wanted {span[1]} bytes at offset {span[0]}, got {len(data)}")
-    return data
 
 
 def crop_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, float],
