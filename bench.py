@@ -11,10 +11,13 @@ import json
 import logging
 import pkgutil
 import sys
+from pathlib import Path
 
 import benchmarks
 from benchmarks.common import device_info
 from config import ConfigError, load_config
+from pipeline import DataError
+from training import TrainingError
 
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
 # run(cfg, earlier) -> dict to see the figures of the suites run before it). The others are helpers and scripts.
@@ -49,6 +52,9 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: unknown suite(s) {unknown}; available: {available_suites()}", file=sys.stderr)
         return 2
+    if args.out and not Path(args.out).resolve().parent.is_dir():  # found now, not after the suites ran
+        print(f"error: --out {args.out}: folder {Path(args.out).resolve().parent} does not exist", file=sys.stderr)
+        return 2
     info = device_info()
     print(f"device: {info['device']} | torch {info['torch']} | triton {info['triton']} | "
           f"DALI {info['nvidia-dali-cuda120']} | DeepSpeed {info['deepspeed']}")
@@ -57,7 +63,11 @@ def main(argv=None) -> int:
         print(f"\n== {name} ==")
         run = importlib.import_module(f"benchmarks.{name}").run
         earlier = {"earlier": results["suites"]} if "earlier" in inspect.signature(run).parameters else {}
-        results["suites"][name] = run(cfg, **earlier)
+        try:
+            results["suites"][name] = run(cfg, **earlier)
+        except (ConfigError, DataError, TrainingError) as err:  # the user's data or settings, named by the message
+            print(f"error: suite {name}: {err}", file=sys.stderr)
+            return 1
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2, default=str)

@@ -1,6 +1,7 @@
 """I-JEPA training service: DeepSpeed ZeRO over the context encoder + predictor, an fp32 EMA target encoder.
 
     deepspeed train.py --config configs/vith14_in1k.yaml [--set section.key=value ...] [--resume auto|PATH]
+                       [--accept-changes]            # resume although the data, batch or schedule changed
     torchrun --nproc_per_node 8 train.py --config ...
     python train.py --config configs/tiny_cpu.yaml                 # one process
     python train.py --config FILE --print-config                   # resolved config as YAML, then exit
@@ -25,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override one config key (repeatable), e.g. --set optimization.lr=5e-4")
     p.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint), a checkpoint folder, or '' "
                                                   "for a fresh start; default: checkpoint.resume from the config")
+    p.add_argument("--accept-changes", action="store_true",
+                   help="resume even though the data, batch or schedule differ from the checkpoint's (each change is "
+                        "logged); without it such a resume is refused, naming the differences")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     return p.parse_args(argv)
@@ -66,7 +70,8 @@ def main(argv=None) -> int:
     make_probe = lambda: TrainingProbe(cfg.logging.probe_shards, cfg.data.crop_size)  # noqa: E731  (rank 0 only)
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
-            return fit(cfg, cfg.checkpoint.resume if args.resume is None else args.resume, stop, make_probe)
+            return fit(cfg, cfg.checkpoint.resume if args.resume is None else args.resume, stop, make_probe,
+                       args.accept_changes)
     except (TrainingError, ConfigError, DataError) as err:
         logger.error("error: %s", err)
         return 1

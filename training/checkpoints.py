@@ -7,12 +7,14 @@ without the marker, which `--resume auto` skips and an explicit `--resume PATH` 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import pickle
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +22,15 @@ import torch.distributed as dist
 
 from config import config_to_yaml
 from training import TrainingError
-from training.distributed import gather
+from training.distributed import gather, on_rank0
+from training.run_dir import (SPACE_MARGIN, check_space, folder_bytes, fsync_tree, is_out_of_space,
+                              remove_crashed_saves, write_synced)
+from training.run_identity import differences
 
 logger = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
+RUN_FILE = "run.json"  # the step, world size and run identity (training/run_identity.py), JSON
 TAG = re.compile(r"^step(\d{8})$")
 
 
@@ -49,7 +55,14 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 
 
 def mark_complete(ckpt_dir: Path, tag: str, step: int) -> None:
-    (ckpt_dir / tag / COMPLETE).write_text(f"{step}\n")
+    write_synced(ckpt_dir / tag / COMPLETE, f"{step}\n")
+
+
+def clean_crashed_saves(out_dir: str | Path) -> None:
+    """Removes the folders of saves that died before completing (logged); called by rank 0 holding the run's lock."""
+    for name in remove_crashed_saves(checkpoint_dir(out_dir), TAG, COMPLETE):
+        logger.warning("removed %s: a save that did not complete (the run died or failed while writing it)",
+                       checkpoint_dir(out_dir) / name)
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> list[str]:
@@ -82,8 +95,32 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Optional[tuple[Path, str
 
 # ------------------------------------------------------------------------------------------------ saving, loading
 
+def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = ()) -> dict:
+    """A torch checkpoint file as a dict, unpickled with weights_only=True: tensors, plain values and the `allowed`
+    classes only, so that a planted pickle cannot run code. Raises CheckpointError naming the file."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"it refers to {found.group(1)}" if found else str(err).splitlines()[0]
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain values ({what}); not loaded, "
+                              f"since unpickling them could run code. Load only checkpoints written by train.py or "
+                              f"the official I-JEPA release") from None
+    except (EOFError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty'}); it may be truncated or damaged: "
+                              f"choose another checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not the dict of states a checkpoint holds")
+    return state
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states in types that load with weights_only=True (numpy's key array as a tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -91,7 +128,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -108,44 +146,109 @@ def check_ranks_agree(target, step: int) -> str:
     return digests[0]
 
 
-def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path) -> Path:
+def checkpoint_bytes(engine, target, ckpt_dir: Path) -> int:
+    """The size the next checkpoint will take: the newest complete one's, else counted from the parameters (module
+    weights in their dtype, fp32 master weights and two AdamW moments, the fp32 target encoder)."""
+    tags = complete_tags(ckpt_dir)
+    if tags:
+        return folder_bytes(ckpt_dir / tags[-1])
+    total = 0
+    for p in engine.module.parameters():
+        numel = getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves an empty placeholder on each rank
+        total += numel * (p.element_size() + 12)
+    return total + sum(p.numel() * 4 for p in target.parameters())
+
+
+def make_room(ckpt_dir: Path, tag: str, need: int) -> None:
+    """Rank 0, before a save: the folder exists and its file system has `need` bytes free (else TrainingError)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    check_space(ckpt_dir, need, f"checkpoint {tag}")
+    (ckpt_dir / tag).mkdir(exist_ok=True)
+
+
+def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, identity: dict) -> Path:
     """Saves `step` from every rank (DeepSpeed's files, with the target encoder, every rank's loader and RNG state and
-    the resolved config as client state); rank 0 then marks it complete and prunes the oldest."""
+    the resolved config as client state). Rank 0 first checks there is room; after every rank wrote and synced its
+    files it writes run.json (the run's identity) and the COMPLETE marker, then prunes the oldest. A save that fails
+    (a full disk) leaves no folder behind and raises on every rank; the last good checkpoint is kept."""
     ema.wait()
     digest = check_ranks_agree(target, step)
-
     ckpt_dir, tag = checkpoint_dir(out_dir), tag_for(step)
+    folder = ckpt_dir / tag
+    need = int(checkpoint_bytes(engine, target, ckpt_dir) * SPACE_MARGIN)
+    on_rank0(make_room, ckpt_dir, tag, need)
     client = {"step": step, "config": config_to_yaml(cfg), "target_encoder": target.state_dict(),
               "loader": gather(loader.state_dict()), "rng": gather(rng_state()),
               "world_size": dist.get_world_size()}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
-    dist.barrier()
+    error = None
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
+        fsync_tree(folder)
+    except (OSError, RuntimeError) as err:  # the failed write skipped DeepSpeed's closing barrier: wait it here
+        free = shutil.disk_usage(ckpt_dir).free
+        error = (f"no space left on the file system of {ckpt_dir}: need about {need / 1e9:.2f} GB for checkpoint "
+                 f"{tag}, have {free / 1e9:.2f} GB free" if is_out_of_space(err) or free < need
+                 else f"cannot write checkpoint {folder} ({type(err).__name__}: {err})")
+        dist.barrier()
+    errors = [e for e in gather(error) if e]
+    if errors:
+        if dist.get_rank() == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+        dist.barrier()
+        kept = complete_tags(ckpt_dir)
+        raise TrainingError(f"{errors[0]}; the unfinished folder was removed, the last good checkpoint is "
+                            f"{ckpt_dir / kept[-1] if kept else '(none)'}: free some space and resume with "
+                            f"--resume auto")
     if dist.get_rank() == 0:
+        write_synced(folder / RUN_FILE, json.dumps({"step": step, "world_size": dist.get_world_size(),
+                                                    "identity": identity}, indent=1))
         mark_complete(ckpt_dir, tag, step)
         for old in prune(ckpt_dir, cfg.checkpoint.keep_last):
             logger.info("removed old checkpoint %s", old)
-        logger.info("saved checkpoint %s (ranks agree: target encoder digest %s)", ckpt_dir / tag, digest)
+        logger.info("saved checkpoint %s (ranks agree: target encoder digest %s)", folder, digest)
     dist.barrier()
-    return ckpt_dir / tag
+    return folder
 
 
-def load_checkpoint(engine, target, loader, resume: str, out_dir: Path) -> int:
+def check_resume(folder: Path, identity: dict, accept_changes: bool) -> None:
+    """Refuses a checkpoint written by another number of ranks, or (unless `accept_changes`) by a run whose data,
+    batch or schedule differ from this one's; names every difference."""
+    path = folder / RUN_FILE
+    try:
+        meta = json.loads(path.read_text())
+        saved, world_size = dict(meta["identity"]), int(meta["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); the checkpoint is damaged: "
+                              f"choose another one") from None
+    if world_size != identity["world size"]:
+        raise CheckpointError(f"checkpoint {folder} was written by {world_size} ranks, this run has "
+                              f"{identity['world size']}: resume with the same number of processes")
+    changes = differences(saved, identity)
+    if changes and not accept_changes:
+        raise CheckpointError(f"checkpoint {folder} was written by a run with other settings: {'; '.join(changes)}. "
+                              f"Resume with the same settings, or pass --accept-changes if the change is meant")
+    for change in changes:
+        logger.warning("resuming with a change (--accept-changes): %s", change)
+
+
+def load_checkpoint(engine, target, loader, resume: str, out_dir: Path, identity: dict,
+                    accept_changes: bool = False) -> int:
     """Restores everything a checkpoint holds; returns its step (0 for a fresh start)."""
     found = resolve_resume(resume, out_dir)
     if found is None:
         logger.info("starting fresh (resume=%r found no checkpoint)", resume)
         return 0
     load_dir, tag = found
+    check_resume(load_dir / tag, identity, accept_changes)
     try:
         path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+    except CheckpointError:
+        raise
     except Exception as err:  # DeepSpeed/torch raise many types for damaged files; re-raised naming the checkpoint
-        raise TrainingError(f"checkpoint {load_dir / tag} cannot be loaded ({type(err).__name__}: {err}); it may be "
-                            f"corrupt: choose another one") from err
+        raise CheckpointError(f"checkpoint {load_dir / tag} cannot be loaded ({type(err).__name__}: {err}); it may "
+                              f"be corrupt: choose another one") from err
     if path is None or not client or "step" not in client:
-        raise TrainingError(f"checkpoint {load_dir / tag} cannot be loaded: DeepSpeed found no model states in it")
-    if client["world_size"] != dist.get_world_size():
-        raise TrainingError(f"checkpoint {load_dir / tag} was written by {client['world_size']} ranks, this run has "
-                            f"{dist.get_world_size()}: resume with the same number of processes")
+        raise CheckpointError(f"checkpoint {load_dir / tag} cannot be loaded: DeepSpeed found no model states in it")
     target.load_state_dict(client["target_encoder"])
     loader.load_state_dict(client["loader"][dist.get_rank()])
     set_rng_state(client["rng"][dist.get_rank()])

@@ -69,3 +69,25 @@ def release_shm_buffers() -> None:
     name = f"deepspeed_*_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{os.environ.get('RANK')}"
     for path in Path("/dev/shm").glob(name):
         path.unlink(missing_ok=True)
+
+
+def on_rank0(fn, *args):
+    """Runs `fn(*args)` on rank 0 while the other ranks wait; returns its value there (None elsewhere). An error
+    about the user's data or settings that it raises is raised on every rank, so no rank is left waiting in a
+    collective for one that gave up."""
+    import torch.distributed as dist
+
+    from config import ConfigError
+    from pipeline import DataError
+    from pipeline.shards import ManifestError
+
+    value, message = None, None
+    if dist.get_rank() == 0:
+        try:
+            value = fn(*args)
+        except (TrainingError, DataError, ConfigError, ManifestError) as err:
+            message = str(err)
+    message = gather(message)[0]
+    if message:
+        raise TrainingError(message)
+    return value

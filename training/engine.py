@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from config import Config, deepspeed_config
+from config import Config, ConfigError, deepspeed_config
 from model.compile import compile_blocks
 from model.jepa import build_jepa, target_features
+from training.checkpoints import load_states_file
 from training.schedules import lr_at, momentum_at, wd_at
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,31 @@ def build_engine(cfg: Config, device: torch.device, world_size: int):
                                   betas=cfg.optimization.betas, eps=cfg.optimization.eps, fused=fused)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                    config=deepspeed_config(cfg, world_size))
+    engine.checkpoint_engine = safe_checkpoint_engine(engine.checkpoint_engine)
     return engine, optimizer, target.to(device)
+
+
+def deepspeed_safe_types() -> list[type]:
+    """The classes of DeepSpeed's own that its ZeRO optimizer states pickle (found with
+    torch.serialization.get_unsafe_globals_in_checkpoint); plain data holders, safe to rebuild."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_checkpoint_engine(engine):
+    """DeepSpeed's torch checkpoint engine, its load replaced by one that unpickles with weights_only=True (tensors,
+    plain values and deepspeed_safe_types only): a file planted in a checkpoint folder cannot run code via --resume."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    if type(engine) is not TorchCheckpointEngine:
+        raise ConfigError(f"deepspeed: checkpoint engine {type(engine).__name__} is not supported (its loader "
+                          f"unpickles without weights_only); remove the deepspeed section's checkpoint engine keys")
+    allowed = deepspeed_safe_types()
+    engine.load = lambda path, map_location=None: load_states_file(path, map_location, allowed)
+    return engine
 
 
 def set_schedules(optimizer, step: int, cfg, warmup: int, total: int) -> dict:

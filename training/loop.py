@@ -4,6 +4,7 @@ What a run writes, what it logs, how it stops on a signal or a non-finite loss: 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,9 +20,14 @@ import torch
 import kernels
 from config import config_to_yaml, global_batch_size, iterations_per_epoch, schedule_steps, training_dtype
 from training import TrainingError
-from training.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.loader import resolve_backend
+from pipeline.shards import read_manifest
+from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, load_checkpoint,
+                                  save_checkpoint)
 from training.data import build_training_loader
-from training.distributed import agree, setup_distributed
+from training.distributed import agree, gather, on_rank0, setup_distributed
+from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir, write_synced
+from training.run_identity import run_identity
 from training.engine import build_engine, build_monitor, micro_step, set_schedules
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
 from training.target_ema import target_ema
@@ -68,7 +74,7 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS of this process (KiB → GiB)
 
 
-def log_interval(state, step, last, epoch, sched, batch, figures, monitor):
+def log_interval(state, step, last, epoch, sched, batch, figures, monitor, skipped: int):
     losses = state.pop_losses()
     mean_loss = sum(v for _, v in losses) / len(losses)
     kc, kt = batch.ctx_idx.shape[1], batch.tgt_idx.shape[2]
@@ -77,23 +83,38 @@ def log_interval(state, step, last, epoch, sched, batch, figures, monitor):
                 f"m {sched['momentum']:.5f} | K {kc}/{kt} | {figures['images_per_s']:.1f} img/s/GPU | step "
                 f"{figures['step_time_s']:.3f}s = data {figures['data_wait_s']:.3f} + compute "
                 f"{figures['compute_s']:.3f} | mem {figures['peak_gb']:.2f} GiB | MFU {mfu} | "
-                f"{figures['images_per_gpu_hour']:,.0f} img/GPU-h | ETA {format_eta((last - step) * figures['step_time_s'])}")
+                f"{figures['images_per_gpu_hour']:,.0f} img/GPU-h | ETA {format_eta((last - step) * figures['step_time_s'])}"
+                + (f" | skipped {skipped} bad samples so far" if skipped else ""))
     events = [("Train/loss", v, s) for s, v in losses]
     events += [(f"Train/{k}", v, step) for k, v in {**sched, "K_enc": kc, "K_pred": kt, "epoch": epoch}.items()]
     events += [(f"Perf/{k}", v, step) for k, v in figures.items() if v is not None]
+    events.append(("Data/skipped_samples", skipped, step))
     monitor.write_events(events)
 
 
-def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Callable]] = None) -> int:
+def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Callable]] = None,
+        accept_changes: bool = False) -> int:
     """Trains `cfg` from `resume` ("", "auto" or a checkpoint folder) until its last step or a stop signal; returns
     the exit code. `make_probe` builds, on rank 0, the kNN probe logged every logging.probe_every steps (a callable
-    (encoder, device) → top-1)."""
+    (encoder, device) → top-1). `accept_changes` resumes a checkpoint whose data, batch or schedule differ."""
     device, rank, world_size = setup_distributed(cfg.run.device)
+    with contextlib.ExitStack() as claim:
+        on_rank0(claim_out_dir, claim, cfg)  # rank 0 holds run.out_dir's lock until the run ends
+        return train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_size)
+
+
+def claim_out_dir(claim: contextlib.ExitStack, cfg) -> None:
+    """Rank 0: locks run.out_dir (one run at a time), removes folders of saves that crashed, writes config.yaml."""
+    out_dir = Path(cfg.run.out_dir)
+    claim.enter_context(locked_out_dir(out_dir))
+    clean_crashed_saves(out_dir)
+    write_synced(out_dir / "config.yaml", config_to_yaml(cfg))
+
+
+def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_size) -> int:
+    """The run itself, on every rank, once rank 0 holds run.out_dir."""
     kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run (logged)
     out_dir = Path(cfg.run.out_dir)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     engine, optimizer, target = build_engine(cfg, device, world_size)
     dtype = training_dtype(cfg)
@@ -101,16 +122,21 @@ def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Ca
     ipe = iterations_per_epoch(cfg, world_size, loader.num_samples)
     warmup, total = schedule_steps(cfg, ipe)
     last = min(total, cfg.optimization.max_steps or total)
+    identity = run_identity(cfg, world_size, resolve_backend(cfg.data.backend), read_manifest(cfg.data.shards, "none").plan_sha256,
+                            loader.num_samples, ipe, warmup, total)
     ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
-    step = load_checkpoint(engine, target, loader, resume, out_dir)
+    step = load_checkpoint(engine, target, loader, resume, out_dir, identity, accept_changes)
     ema.loaded()
+    on_rank0(check_space, out_dir, int(checkpoint_bytes(engine, target, checkpoint_dir(out_dir)) * SPACE_MARGIN),
+             "one checkpoint")  # now, rather than after hours of training
     monitor, state, timer = build_monitor(cfg, out_dir), LoopState(), IntervalTimer()
     flops, peak, batches = None, peak_tflops(device), iter(loader)
-    probe = make_probe() if make_probe is not None and cfg.logging.probe_every and rank == 0 else None
+    probe = on_rank0(make_probe) if make_probe is not None and cfg.logging.probe_every else None
     bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
     logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
                 f"{global_batch_size(cfg, world_size)}, {ipe} steps/epoch, steps {step + 1}..{last} of {total}")
     started, first_step = time.perf_counter(), step + 1
+    save = lambda: save_checkpoint(engine, ema, target, loader, cfg, step, out_dir, identity)  # noqa: E731
     with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
         while step < last:
             step += 1
@@ -138,17 +164,24 @@ def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Ca
                     raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
                                         f"checkpoint is kept in {out_dir / 'checkpoints'}")
                 figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
-                log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor)
+                log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped_samples(loader))
                 if agree(stop.received is not None, device):
-                    save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
+                    save()
                     logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
                                 f"resume with --resume auto")
                     return 0
             if save_now:
-                save_checkpoint(engine, ema, target, loader, cfg, step, out_dir)
+                save()
     bar.close()
-    write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank)
+    write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank,
+                  skipped_samples(loader))
     return 0
+
+
+def skipped_samples(loader) -> int:
+    """Samples skipped as unreadable (data.on_bad_sample: skip) by all ranks since the run began (resumes included);
+    a collective: every rank calls it."""
+    return sum(gather(loader.source.skipped))
 
 
 def progress_bar(enabled: bool, total: int, initial: int):
@@ -178,15 +211,15 @@ def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> No
         monitor.write_events(events)
 
 
-def write_summary(cfg, out_dir: Path, steps: int, seconds: float, world_size: int, rank: int) -> None:
+def write_summary(cfg, out_dir: Path, steps: int, seconds: float, world_size: int, rank: int, skipped: int) -> None:
     """Run-level throughput: images/s per GPU and images per GPU-hour over this process's steps."""
     if rank != 0 or steps <= 0:
         return
     images = steps * global_batch_size(cfg, world_size)
     per_gpu = images / seconds / world_size
     summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
-               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped}
+    write_synced(out_dir / "summary.json", json.dumps(summary, indent=2))
     logger.info(f"summary: {steps} steps, {images} images in {seconds:.1f} s on {world_size} rank(s): "
                 f"{per_gpu:.1f} images/s per GPU, {per_gpu * 3600:,.0f} images per GPU-hour "
-                f"(includes start-up, checkpoints and logging)")
+                f"(includes start-up, checkpoints and logging); {skipped} bad samples skipped")

@@ -1,0 +1,115 @@
+"""The run's out_dir: one run at a time (a lock), space for the next checkpoint, no folders of crashed saves.
+
+The lock is an flock on `<out_dir>/.run.lock`, taken by rank 0: the kernel releases it however the process ends
+(SIGKILL included), so a dead run never leaves a stale lock behind. The file holds who took it (host, pid, time), for
+the message a second run gets.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from training import TrainingError
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".run.lock"
+SPACE_MARGIN = 1.1  # a checkpoint's size varies a little between saves (pickled client state); keep 10 % spare
+
+
+@contextlib.contextmanager
+def locked_out_dir(out_dir: Path):
+    """Holds the exclusive lock on `out_dir` (created if needed) for the body; raises TrainingError naming the holder
+    when another run has it."""
+    path = out_dir / LOCK_NAME
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as err:
+        raise TrainingError(f"run.out_dir {out_dir} cannot hold a run ({err.strerror}: {err.filename}): give a "
+                            f"folder that can be created and written") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not written its name yet"
+            raise TrainingError(f"run.out_dir {out_dir} is in use by another run ({holder}; lock {path}): wait for "
+                                f"it to end or give this run another run.out_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+
+
+def remove_crashed_saves(ckpt_dir: Path, tag_pattern, complete_name: str) -> list[str]:
+    """Deletes checkpoint folders without a complete marker (a run died or failed while saving them); returns their
+    names. Only called while holding the out_dir lock, so no live run is writing them."""
+    if not ckpt_dir.is_dir():
+        return []
+    crashed = sorted(p.name for p in ckpt_dir.iterdir()
+                     if p.is_dir() and tag_pattern.match(p.name) and not (p / complete_name).is_file())
+    for name in crashed:
+        shutil.rmtree(ckpt_dir / name)
+    return crashed
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def check_space(path: Path, need: int, what: str) -> None:
+    """Raises TrainingError when the file system of `path` has less than `need` bytes free."""
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise TrainingError(f"no space on the file system of {path} for {what}: need {need / 1e9:.2f} GB, have "
+                            f"{free / 1e9:.2f} GB free; free some space (or set checkpoint.keep_last lower) and "
+                            f"resume with --resume auto")
+
+
+def is_out_of_space(err: BaseException) -> bool:
+    """torch.save reports a full disk as an OSError (ENOSPC, EDQUOT) or as a RuntimeError from its C++ writer
+    ('basic_ios::clear: iostream error', 'file write failed')."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("iostream error" in text or "write failed" in text)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flushes every file under `path`, then the folders, to stable storage (before a complete marker is written)."""
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Writes `path` atomically (a temporary file, fsync, rename, fsync of the folder)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
