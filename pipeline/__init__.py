@@ -4,4 +4,5 @@ a mask sampler) from the caller and imports no configuration of its own."""
 
 
 class DataError(RuntimeError):
-    """Data that cannot be read at training time; the message names the shard and the sample key."""
+    """Data that cannot be read: a damaged shard folder (pipeline.shards.ManifestError, a subclass) or sample; the
+    message names the shard, and the sample key where there is one."""

@@ -25,7 +25,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
-from pipeline.shards import ManifestError, SampleRef, ShardFile, member_key, read_samples, read_span
+from pipeline.shards import SampleRef, ShardFile, member_key, read_index, read_samples, read_span
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,11 @@ def training_pipeline(paths: list[str], index_paths: list[str], shard_id: int, n
                                      num_shards=num_shards, stick_to_shard=False, pad_last_batch=True, name=READER)
     source_info = fn.get_property(jpg, key="source_info")
     decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
+    # adjust_orientation=False: the stored pixels, EXIF orientation ignored, as in the PyTorch backend, the eval
+    # reader and the official code (PIL without exif_transpose)
     images = fn.decoders.image_random_crop(jpg, device=decode_device, output_type=types.RGB,
                                            random_area=list(crop_scale), random_aspect_ratio=list(crop_ratio),
-                                           num_attempts=10)  # (h, w, 3) uint8: only the crop is decoded
+                                           num_attempts=10, adjust_orientation=False)  # (h, w, 3) uint8: the crop
     images = fn.resize(images, size=[crop_size, crop_size])  # (S, S, 3), antialiased linear
     images = fn.crop_mirror_normalize(images, dtype=out_dtype, output_layout="CHW",
                                       mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])
@@ -63,7 +65,7 @@ def decode_check_pipeline():
     """Decodes what is fed to "jpg": used to find the sample that stopped the training pipeline."""
     jpg = fn.external_source(name="jpg", dtype=types.UINT8, ndim=1)
     decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
-    return fn.decoders.image(jpg, device=decode_device, output_type=types.RGB)
+    return fn.decoders.image(jpg, device=decode_device, output_type=types.RGB, adjust_orientation=False)
 
 
 def parse_labels(ascii_digits: torch.Tensor) -> torch.Tensor:
@@ -88,14 +90,6 @@ def dali_seed(seed: int, rank: int, stream: int) -> int:
     return hashed_seed([seed, rank], (0xDA11, stream), bits=31)
 
 
-def stored_order(shards: Sequence[ShardFile]) -> list[list[SampleRef]]:
-    """Every sample of each shard in tar order, as the reader sees them; an unreadable index is a DataError."""
-    try:
-        return read_samples(shards)
-    except ManifestError as err:
-        raise DataError(str(err)) from err
-
-
 def dali_message(err: BaseException) -> str:
     """The operator's own words from a DALI pipeline error, without the traceback DALI wraps around them."""
     text = str(err)
@@ -112,6 +106,8 @@ class DaliSource:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
+        for shard in self.shards:  # DALI reads the .idx files itself, trusting them: check them first (one at a time)
+            read_index(shard)
         self.device, self.dtype = device, dtype
         self.batch_size, self.batches_per_epoch = data.batch_size, batches_per_epoch
         self.samples = sum(s.samples for s in self.shards)  # N, over all ranks
@@ -238,7 +234,7 @@ class DaliSource:
         else:
             todo = f"set data.backend: torch and data.on_bad_sample: skip to skip and count such samples, or {_REBUILD}"
         if self._order is None:
-            self._order = stored_order(self.shards)
+            self._order = read_samples(self.shards)  # tar order, as the reader sees them (ManifestError: a DataError)
         truncated = re.search(r'Malformed index file at "([^"]+)" line (\d+)', said)
         if truncated:
             for shard, samples in zip(self.shards, self._order):

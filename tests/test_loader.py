@@ -235,11 +235,19 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
         f.truncate(cut)
     with pytest.raises(DataError, match=target.path.name):  # the manifest records the size: caught at build
         build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
-    manifest = json.loads((dest / fmt.MANIFEST_NAME).read_text())  # a shard cut after the size check
-    manifest["shards"][3]["bytes"] = cut
-    (dest / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
     lost = {n.split(".")[0] for sample in entries[60:] for ext, o, s, n in sample}
+    manifest = json.loads((dest / fmt.MANIFEST_NAME).read_text())  # the size recorded too: the index's offsets
+    manifest["shards"][3]["bytes"] = cut                               # are checked against the tar at build
+    (dest / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as err:
+        build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+    message = str(err.value)
+    assert str(target.path) in message and any(key in message for key in lost) and "\n" not in message, message
+    shutil.rmtree(dest)  # a shard cut while the run goes on: named by the read that fails
+    shutil.copytree(shards, dest)
     loader = build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+    with open(target.path, "r+b") as f:
+        f.truncate(cut)
     with pytest.raises(DataError) as err:
         take(loader, loader.batches_per_epoch)
     message = str(err.value)

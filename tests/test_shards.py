@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 
+from pipeline import DataError
 from pipeline import shards as fmt
 
 
@@ -72,6 +73,41 @@ def test_index_round_trip_and_rejects_malformed_text():
         fmt.parse_index(text.replace("v1.2", "v1.1"))
     with pytest.raises(fmt.ManifestError, match="malformed"):
         fmt.parse_index("v1.2 1\ncls 512 1\n")
+
+
+GOOD_LINE = "cls 512 1 0000000004.cls jpg 1536 1200 0000000004.jpg"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("cls 512 1 0000000004.cls jpg 1536 1200", "7 fields"),
+    ("cls 512 1 0000000004.cls jpg -1536 1200 0000000004.jpg", "non-negative decimal"),
+    ("cls 512 1 0000000004.cls jpg 1536 \u0661 0000000004.jpg", "non-negative decimal"),  # an Arabic-Indic digit
+    ("cls 512 1 0000000004.cls jpg 1536 1200 ../..", "not <key>.jpg"),
+    ("cls 512 1 0000000004.cls jpg 1536 1200 a/0000000004.jpg", "not <key>.jpg"),
+    ("cls 512 1 0000000004.cls jpg 1536 1200 0000000004.png", "not <key>.jpg"),
+    ("cls 512 1 0000000004.cls jpg 1536 1200 0000000005.jpg", "2 keys"),
+    ("cls 512 1 0000000004.cls jpg 1000 1200 0000000004.jpg", "does not follow a tar header"),
+    ("cls 512 1 0000000004.cls jpg 512 1200 0000000004.jpg", "does not follow a tar header"),  # overlaps the cls
+    ("cls 512 1 0000000004.cls jpg 1536 10000000000000 0000000004.jpg", "ends past the tar's 4096 bytes"),
+    ("", "1 fields"),
+])
+def test_index_with_crafted_fields_is_refused(line, message):
+    """Nothing an index says is used before it is checked: numbers, member names, tar order, bounds."""
+    assert fmt.parse_index(f"v1.2 1\n{GOOD_LINE}\n", "x.idx", tar_size=4096)[0][1] == ("jpg", 1536, 1200,
+                                                                                       "0000000004.jpg")
+    with pytest.raises(fmt.ManifestError, match=f"x.idx: malformed line 2 .*{message}.*--overwrite"):
+        fmt.parse_index(f"v1.2 1\n{line}\n", "x.idx", tar_size=4096)
+
+
+def test_read_index_checks_the_manifest_digest_and_sample_count(tmp_path):
+    make_dataset(tmp_path, samples=(3, 0, 2))
+    shard = fmt.list_shards(tmp_path)[1]
+    assert shard.index_sha256 and len(fmt.read_index(shard)) == 2
+    with pytest.raises(fmt.ManifestError, match="train-000002.tar: its index .* does not match the index_sha256"):
+        fmt.read_index(dataclasses.replace(shard, index_sha256="0" * 64))
+    with pytest.raises(fmt.ManifestError, match="lists 2 samples, the manifest records 3"):
+        fmt.read_index(dataclasses.replace(shard, samples=3))
+    assert isinstance(fmt.ManifestError("x"), DataError) and isinstance(fmt.ManifestError("x"), ValueError)
 
 
 def test_manifest_round_trip(tmp_path):
