@@ -6,7 +6,9 @@
 SRC holds one sub-folder per class (class index = position in the sorted folder names, as torchvision's ImageFolder),
 images found recursively inside; or any image files with --labels none. DEST receives <prefix>-000000.tar, its DALI
 index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards.py). Bad inputs are skipped and listed
-in the manifest. Rerunning the same command resumes: complete shards whose checksums match are kept, the rest rebuilt.
+in the manifest with the reason (damaged JPEGs included: see pipeline/image_prep.py). Rerunning the same command
+resumes: complete shards whose checksums match are kept, the rest rebuilt, and so are the shards holding a source file
+modified since (a new modification time); files added, removed or resized make DEST refused unless --overwrite.
 
 Exit status: 0 done (bad inputs skipped), 1 error (message on stderr), 2 bad arguments, 130 interrupted (resumable).
 """
@@ -75,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=_positive_int, default=len(os.sched_getaffinity(0)),
                    help="processes building shards (default: all cores, %(default)s here)")
     p.add_argument("--verify", choices=VERIFY_MODES, default="full",
-                   help="full: decode every image (default); header: parse headers and find a JPEG's end marker")
+                   help="full: decode every image and check each JPEG's scan data (default); header: parse headers "
+                        "and check each JPEG's marker structure")
     p.add_argument("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
     p.add_argument("--max-size", type=_positive_int, default=None, metavar="N",
                    help="resize images whose longer side exceeds N pixels down to N (re-encodes only those)")

@@ -4,9 +4,18 @@
 2. Plan before reading any file: shuffle the sorted list with `random.Random(seed)` and cut it into shards by
    samples and/or bytes, from the sizes on disk. The plan alone decides where each file goes, so the output is the
    same byte for byte whatever the worker count.
-3. DEST must be empty, or hold a manifest of the same source, options and plan (then this run resumes it).
-4. Workers build whole shards: a shard the manifest records is kept if its files still match their sha256, others
-   are written under a temporary name and renamed when complete; the main process rewrites the manifest after each.
+3. DEST must be empty, or hold a manifest of the same source, options and plan layout (then this run resumes it).
+4. Workers build whole shards: a shard the manifest records is kept if its inputs are unchanged and its files still
+   match their sha256, others are written under a temporary name and renamed when complete; the main process
+   rewrites the manifest after each.
+
+Changed sources. The plan layout (`plan_digest`: class list, and the path, size, label and shuffle position of every
+file) decides whether DEST belongs to this run; files added, removed, renamed or resized change it, and DEST is
+refused unless --overwrite. Each shard's digest (`shard_plan_digest`) also covers its files' modification times
+(st_mtime_ns), so a source file replaced by other content of the same size, or edited in place, makes a rerun
+rebuild exactly the shards holding it. Not detected: a change that keeps both size and mtime (a replacement whose
+mtime was set back, e.g. `touch -r` or `cp -p` of a same-size file, or one within the file system's timestamp
+granularity, 1-2 s on some network and FAT file systems).
 
 Byte cap: a shard closes before the sample that would take its estimated tar size past `shard_bytes`. The estimate
 is exact for copied JPEGs (headers and padding included; the tar end adds at most 10 KiB); re-encoded files count
@@ -25,7 +34,6 @@ import os
 import platform
 import random
 import signal
-import stat
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,18 +45,15 @@ from tqdm import tqdm
 
 from pipeline import shards as fmt
 from pipeline.image_prep import BadInput, prepare_jpeg, read_source
+from pipeline.source_scan import (IMAGE_EXTENSIONS, ShardingError, SourceFile, SourceScan, check_paths,
+                                   scan_source)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 LABEL_MODES = ("folders", "none")
 VERIFY_MODES = ("full", "header")
 _TAR_MTIME = 0  # webdataset's TarWriter fixes uid/gid (0), user/group names and mode; its mtime defaults to now
 _progress = None  # a worker's shared counter of processed inputs, set by _init_worker
-
-
-class ShardingError(RuntimeError):
-    """A problem the user must fix; the message says what, where, and what to do."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class ShardOptions:
     shard_samples: int | None = None
     shard_bytes: int | None = 1_000_000_000
     prefix: str = "shard"
-    verify: str = "full"  # "full": decode every image; "header": parse headers (and find a JPEG's end marker)
+    verify: str = "full"  # "full": decode every image; "header": parse headers (and a JPEG's marker structure)
     quality: int = 90  # JPEG quality of re-encoded images
     max_size: int | None = None  # longer side above this is resized down (aspect kept)
     json: bool = False  # also write <key>.json
@@ -75,21 +80,6 @@ class RunSettings:
     overwrite: bool = False
     progress: bool = True
     throttle_s: float = 0.0  # sleep per input: lets tests kill a run part way (SHARD_DATASET_THROTTLE_S)
-
-
-@dataclass(frozen=True, slots=True)  # slots: a million of these stay small
-class SourceFile:
-    path: str  # relative to SRC, "/"-separated
-    size: int
-    label: int | None
-
-
-@dataclass
-class SourceScan:
-    classes: list[str] | None
-    files: list[SourceFile]  # sorted by path
-    skipped: list[dict]  # bad inputs found while scanning: {"path", "reason", "shard": None}
-    ignored: list[dict]  # {"path", "reason"}
 
 
 @dataclass(frozen=True)
@@ -120,73 +110,6 @@ class ShardResult:
 
 
 # ---------------------------------------------------------------------------------------------------- scan and plan
-def _add_file(src: Path, rel: str, label: int | None, scan: SourceScan) -> None:
-    try:
-        st = os.stat(src / rel)
-    except OSError as err:
-        scan.skipped.append({"path": rel, "reason": f"unreadable: {err.strerror}", "shard": None})
-        return
-    if not stat.S_ISREG(st.st_mode):
-        scan.skipped.append({"path": rel, "reason": "not a regular file", "shard": None})
-    elif st.st_size == 0:
-        scan.skipped.append({"path": rel, "reason": "empty file (0 bytes)", "shard": None})
-    else:
-        scan.files.append(SourceFile(rel, st.st_size, label))
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    """Whether the entry is a folder, following symlinks; False when that cannot be known (e.g. a symlink loop)."""
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _walk(src: Path, top: str, label: int | None, scan: SourceScan, seen: set) -> None:
-    """Adds every image file under SRC/top (recursively, symlinked folders followed once) to `scan`."""
-    stack = [top]
-    while stack:
-        rel = stack.pop()
-        try:
-            entries = sorted(os.scandir(src / rel), key=lambda e: e.name)
-        except OSError as err:
-            scan.skipped.append({"path": rel + "/", "reason": f"unreadable folder: {err.strerror}", "shard": None})
-            continue
-        for entry in entries:
-            path = f"{rel}/{entry.name}" if rel else entry.name
-            if _is_dir(entry):
-                folder = os.stat(entry.path)
-                if (folder.st_dev, folder.st_ino) in seen:
-                    scan.ignored.append({"path": path + "/", "reason": "folder already scanned through another path"})
-                else:
-                    seen.add((folder.st_dev, folder.st_ino))
-                    stack.append(path)
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                _add_file(src, path, label, scan)
-            else:
-                scan.ignored.append({"path": path, "reason": "not an image file name"})
-
-
-def scan_source(src: Path, labels: str) -> SourceScan:
-    """Lists SRC. labels="folders": class index = position in the sorted sub-folder names (torchvision's
-    ImageFolder); files directly in SRC are ignored. labels="none": every image file under SRC, unlabeled."""
-    root = os.stat(src)
-    seen = {(root.st_dev, root.st_ino)}
-    if labels == "none":
-        scan = SourceScan(None, [], [], [])
-        _walk(src, "", None, scan, seen)
-    else:
-        entries = sorted(os.scandir(src), key=lambda e: e.name)
-        scan = SourceScan([e.name for e in entries if _is_dir(e)], [], [], [])
-        scan.ignored += [{"path": e.name, "reason": "not inside a class folder"} for e in entries if not _is_dir(e)]
-        for label, name in enumerate(scan.classes):
-            folder = os.stat(src / name)
-            seen.add((folder.st_dev, folder.st_ino))
-            _walk(src, name, label, scan, seen)
-    scan.files.sort(key=lambda f: f.path)
-    return scan
-
-
 def sample_json(file: SourceFile, classes: list[str] | None) -> bytes:
     meta = {"path": file.path, "class": None if file.label is None else classes[file.label], "label": file.label}
     return json.dumps(meta, sort_keys=True).encode("ascii")  # ASCII escapes: safe for any file name
@@ -202,10 +125,13 @@ def estimated_sample_bytes(file: SourceFile, options: ShardOptions, classes: lis
     return size
 
 
-def shard_plan_digest(members: tuple[tuple[int, SourceFile], ...]) -> str:
+def shard_plan_digest(members: tuple[tuple[int, SourceFile], ...], mtimes: bool = True) -> str:
+    """Digest of the inputs planned for one shard: shuffle position, label, size and path of each file and, with
+    `mtimes`, its modification time (a shard whose digest differs from the recorded one is rebuilt)."""
     digest = hashlib.sha256()
     for position, f in members:
-        digest.update(f"{position}\t{f.label}\t{f.size}\t{f.path}\n".encode("utf-8", "surrogateescape"))
+        stamp = f"{f.mtime_ns}\t" if mtimes else ""
+        digest.update(f"{position}\t{f.label}\t{f.size}\t{stamp}{f.path}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -231,9 +157,11 @@ def plan_shards(scan: SourceScan, options: ShardOptions) -> list[PlannedShard]:
 
 
 def plan_digest(plan: list[PlannedShard], classes: list[str] | None) -> str:
+    """Digest of the plan's layout: the class list and which file (path, size, label) goes where. Modification
+    times are left out, so a file modified in place keeps DEST resumable and changes only its shard's digest."""
     digest = hashlib.sha256(json.dumps(classes).encode("ascii"))
     for shard in plan:
-        digest.update(shard.plan_sha256.encode("ascii"))
+        digest.update(shard_plan_digest(shard.members, mtimes=False).encode("ascii"))
     return digest.hexdigest()
 
 
@@ -332,7 +260,12 @@ def _output_errors(path: Path):
 def run_shard_task(task: ShardTask) -> ShardResult:
     """Keeps the recorded shard if its files still match their checksums, else (re)writes it."""
     previous = task.previous
-    if previous is not None and previous.plan_sha256 == task.planned.plan_sha256:
+    if previous is not None and previous.plan_sha256 != task.planned.plan_sha256:
+        why = ("it was written by an older shard_dataset.py, which did not record modification times"
+               if previous.plan_sha256 == shard_plan_digest(task.planned.members, mtimes=False) else
+               "a source file in it was modified since it was written")
+        logger.warning("rebuilding shard %d: %s", previous.shard, why)
+    elif previous is not None:
         problem = fmt.verify_shard(task.dest, previous, checksum=True)
         if problem is None:
             _advance(len(task.planned.members))
@@ -439,6 +372,34 @@ def round_balance(shards: list[tuple[int, int]], workers: int) -> str | None:
             f"shards and fill every round")
 
 
+def _scan(src: Path, options: ShardOptions, strict: bool) -> SourceScan:
+    try:
+        scan = scan_source(src, options.labels)
+    except OSError as err:
+        raise ShardingError(f"cannot read SRC {err.filename or src}: {err.strerror or err}") from err
+    if not scan.files:
+        hint = " (use --labels none for a folder without class sub-folders)" if scan.classes == [] else ""
+        raise ShardingError(f"no usable image files ({' '.join(IMAGE_EXTENSIONS)}) found in {src}{hint}")
+    if strict and scan.skipped:
+        bad = scan.skipped[0]
+        raise ShardingError(f"{src / bad['path']}: {bad['reason']} (--strict; {len(scan.skipped)} such input(s))")
+    empty = sorted(set(scan.classes or []) - {scan.classes[f.label] for f in scan.files if f.label is not None})
+    if empty:
+        logger.warning("%d class folder(s) hold no usable image (their class index is kept): %s", len(empty),
+                       ", ".join(empty[:10]))
+    return scan
+
+
+@contextlib.contextmanager
+def _dest_errors(dest: Path):
+    """A failure to create, lock or write DEST (permissions, a read-only or full disk) as one clear error."""
+    try:
+        yield
+    except OSError as err:
+        raise ShardingError(f"cannot write DEST {dest}: {err.filename or dest}: {err.strerror or err}. Fix "
+                            f"permissions or free space, then rerun the same command to resume") from err
+
+
 def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: ShardOptions,
                  settings: RunSettings) -> tuple[fmt.Manifest, dict]:
     """Writes (or resumes writing) SRC as shards in DEST; returns the complete manifest and this run's counts of
@@ -448,36 +409,23 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
         ShardingError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
         pipeline.shards.DestError: DEST holds something else (and not --overwrite), or another run holds it.
     """
-    src, dest = Path(src).resolve(), Path(dest).resolve()
-    if not src.is_dir():
-        raise ShardingError(f"SRC {src} is not a folder")
-    if dest == src or src in dest.parents:
-        raise ShardingError(f"DEST {dest} must not be SRC or inside it (SRC is only ever read)")
-    scan = scan_source(src, options.labels)
-    if not scan.files:
-        hint = " (use --labels none for a folder without class sub-folders)" if scan.classes == [] else ""
-        raise ShardingError(f"no usable image files ({' '.join(IMAGE_EXTENSIONS)}) found in {src}{hint}")
-    if settings.strict and scan.skipped:
-        bad = scan.skipped[0]
-        raise ShardingError(f"{src / bad['path']}: {bad['reason']} (--strict; {len(scan.skipped)} such input(s))")
-    empty = sorted(set(scan.classes or []) - {scan.classes[f.label] for f in scan.files if f.label is not None})
-    if empty:
-        logger.warning("%d class folder(s) hold no usable image (their class index is kept): %s", len(empty),
-                       ", ".join(empty[:10]))
+    src, dest = check_paths(src, dest)
+    scan = _scan(src, options, settings.strict)
     plan = plan_shards(scan, options)
     warning = round_balance([(len(p.members), p.estimated_bytes) for p in plan], settings.workers)
     if warning:
         logger.warning(warning)
-    dest.mkdir(parents=True, exist_ok=True)
-    with fmt.lock_dest(dest):
-        old = fmt.open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
-                            len(scan.files), settings.overwrite)
-        run = _Run(src, dest, options, scan, plan, old)
-        fmt.write_manifest(dest, run.manifest(fmt.STATUS_IN_PROGRESS))
-        _run_pool(run, settings)
-        manifest = run.manifest(fmt.STATUS_COMPLETE)
-        if manifest.total_samples == 0:
-            raise ShardingError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a usable "
-                                f"image: see 'skipped' in {dest / fmt.MANIFEST_NAME}")
-        fmt.write_manifest(dest, manifest)
+    with _dest_errors(dest):
+        dest.mkdir(parents=True, exist_ok=True)
+        with fmt.lock_dest(dest):
+            old = fmt.open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
+                                len(scan.files), settings.overwrite)
+            run = _Run(src, dest, options, scan, plan, old)
+            fmt.write_manifest(dest, run.manifest(fmt.STATUS_IN_PROGRESS))
+            _run_pool(run, settings)
+            manifest = run.manifest(fmt.STATUS_COMPLETE)
+            if manifest.total_samples == 0:
+                raise ShardingError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a "
+                                    f"usable image: see 'skipped' in {dest / fmt.MANIFEST_NAME}")
+            fmt.write_manifest(dest, manifest)
     return manifest, run.counts

@@ -2,7 +2,8 @@
 webdataset and DALI (CPU), reproducibility, SIGKILL + resume, refusal of a foreign DEST, --strict, --max-size.
 
 Unreadable input: the tests run as root, where chmod 000 still reads, so the unreadable file is a dangling symlink
-named .jpg (open fails with ENOENT); a FIFO named .jpg stands for "not a regular file".
+named .jpg (open fails with ENOENT, reported as a dangling symlink); a FIFO named .jpg stands for "not a regular
+file". tests/test_source_hardening.py tries the hostile inputs one by one.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from PIL import Image
 
 from pipeline import shards as fmt
 from pipeline.image_prep import prepare_jpeg
-from pipeline.shard_writer import ShardOptions, plan_shards, scan_source
+from pipeline.shard_writer import ShardOptions, plan_shards
+from pipeline.source_scan import scan_source
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["n01440764", "n01443537", "n01484850"]
@@ -82,7 +84,7 @@ def make_imagenet_like(root: Path, per_class: int = 5) -> tuple[dict, dict]:
     (root / "README.txt").write_text("ignored: not inside a class folder\n")
     bad.update({f"{CLASSES[0]}/truncated.JPEG": "truncated", f"{CLASSES[0]}/cut_header.jpg": "truncated",
                 f"{CLASSES[0]}/zero.jpg": "empty",
-                f"{CLASSES[1]}/text.jpg": "not an image", f"{CLASSES[1]}/dangling.JPEG": "unreadable",
+                f"{CLASSES[1]}/text.jpg": "not an image", f"{CLASSES[1]}/dangling.JPEG": "dangling symlink",
                 f"{CLASSES[2]}/fifo.jpg": "not a regular file"})
     return good, bad
 
