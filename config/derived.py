@@ -29,7 +29,11 @@ def iterations_per_epoch(cfg: Config, world_size: int, num_samples: int) -> int:
 def schedule_steps(cfg: Config, ipe: int) -> tuple[int, int]:
     """(warmup steps, total schedule steps) of the lr, weight-decay and momentum schedules."""
     opt = cfg.optimization
-    return int(opt.warmup_epochs * ipe), int(opt.epochs * ipe * opt.ipe_scale)
+    warmup, total = int(opt.warmup_epochs * ipe), int(opt.epochs * ipe * opt.ipe_scale)
+    if total < 1:  # the schedules divide by it, and a run of 0 steps would end at once with exit code 0
+        raise ConfigError(f"optimization.epochs {opt.epochs} x {ipe} iterations per epoch x optimization.ipe_scale "
+                          f"{opt.ipe_scale} gives {total} schedule steps; raise optimization.ipe_scale or epochs")
+    return warmup, total
 
 
 def training_dtype(cfg: Config):

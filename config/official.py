@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from config.errors import ConfigError, suggest
+from config.errors import ConfigError, plain, suggest
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ OFFICIAL_KEYS: dict[tuple[str, str], tuple[str, str, Callable[[Any], Any]]] = {
     ("meta", "model_name"): ("model", "arch", _same),
     ("meta", "pred_depth"): ("model", "pred_depth", _same),
     ("meta", "pred_emb_dim"): ("model", "pred_emb_dim", _same),
-    ("meta", "use_bfloat16"): ("optimization", "precision", lambda v: "bf16" if v else "fp32"),
+    # A value of another type passes unchanged, for the schema to refuse naming the key.
+    ("meta", "use_bfloat16"): ("optimization", "precision",
+                               lambda v: ("bf16" if v else "fp32") if isinstance(v, bool) else v),
     ("optimization", "ema"): ("ema", "momentum", _same),
     ("optimization", "epochs"): ("optimization", "epochs", _same),
     ("optimization", "warmup"): ("optimization", "warmup_epochs", _same),
@@ -42,7 +44,7 @@ OFFICIAL_KEYS: dict[tuple[str, str], tuple[str, str, Callable[[Any], Any]]] = {
     ("optimization", "weight_decay"): ("optimization", "weight_decay", _same),
     ("optimization", "final_weight_decay"): ("optimization", "final_weight_decay", _same),
     ("logging", "write_tag"): ("run", "name", _same),
-    ("logging", "folder"): ("run", "out_dir", lambda v: str(v).rstrip("/")),
+    ("logging", "folder"): ("run", "out_dir", lambda v: (v.rstrip("/") or v) if isinstance(v, str) else v),
 }
 # Augmentations the official code has but every released config turns off; only "off" is implemented here.
 AUGMENTATION_KEYS = {("data", k) for k in ("color_jitter_strength", "use_color_distortion", "use_gaussian_blur",
@@ -65,16 +67,19 @@ def is_official(raw: dict) -> bool:
     return "meta" in raw
 
 
-def map_official(raw: dict, source: str) -> dict:
-    """Official YAML dict → a dict in our schema; logs a note for each dropped key."""
+def map_official(raw: dict, source: str) -> tuple[dict, dict]:
+    """Official YAML dict → (a dict in our schema, {(our section, key): where its value came from}); logs a note for
+    each dropped key. The second names the official key in the messages of the schema's checks."""
     out: dict[str, dict] = {}
+    sources: dict[tuple[str, str], str] = {}
     for section, values in raw.items():
         if section not in OFFICIAL_SECTIONS:
-            raise ConfigError(f"{source}: unknown section '{section}' in an official-schema file{suggest(section, OFFICIAL_SECTIONS)}")
+            raise ConfigError(f"{source}: unknown section {section!r} in an official-schema file"
+                              f"{suggest(section, OFFICIAL_SECTIONS)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys, got {values!r}")
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
         for key, value in values.items():
-            where = f"{source}: {section}.{key} (official schema)"
+            where = f"{source}: {plain(section)}.{plain(key)} (official schema)"
             if (section, key) in OFFICIAL_KEYS:
                 ours_section, ours_key, transform = OFFICIAL_KEYS[(section, key)]
                 if isinstance(value, str) and value.startswith("$replace"):
@@ -82,6 +87,7 @@ def map_official(raw: dict, source: str) -> dict:
                                    where, value, ours_section, ours_key)
                     continue
                 out.setdefault(ours_section, {})[ours_key] = transform(value)
+                sources[(ours_section, ours_key)] = where
             elif (section, key) in AUGMENTATION_KEYS:
                 if value:
                     raise ConfigError(f"{where} = {value!r}: this augmentation is not implemented (the I-JEPA "
@@ -92,9 +98,11 @@ def map_official(raw: dict, source: str) -> dict:
                 if value not in (None, False, ""):
                     logger.warning("note: %s = %r is ignored: %s", where, value, DROPPED_KEYS[(section, key)])
             else:
-                known = [k for s, k in [*OFFICIAL_KEYS, *AUGMENTATION_KEYS, *DROPPED_KEYS, *CHECKPOINT_KEYS] if s == section]
+                known = [k for s, k in [*OFFICIAL_KEYS, *AUGMENTATION_KEYS, *DROPPED_KEYS, *CHECKPOINT_KEYS]
+                         if s == section]
                 raise ConfigError(f"{where}: unknown key{suggest(key, known)}")
     meta = raw.get("meta", {})
     if meta.get("load_checkpoint"):
         out.setdefault("checkpoint", {})["resume"] = meta.get("read_checkpoint") or "auto"
-    return out
+        sources[("checkpoint", "resume")] = f"{source}: meta.read_checkpoint (official schema)"
+    return out, sources

@@ -2,46 +2,54 @@
 
     cfg = load_config("configs/vith14_in1k.yaml", overrides=["optimization.lr=5e-4"])
 
-Loading rejects unknown sections and keys (naming the closest valid key) and values of the wrong type, with the file,
+Loading rejects unknown sections and keys (naming the closest valid key), values of the wrong type, values outside the
+range their field declares (config/ranges.py) and combinations that cannot run (check_consistency), with the file,
 section and key in the message. The official I-JEPA YAML files are recognised by their `meta` section and mapped key by
 key (config/official.py). Values that follow from others are computed in config/derived.py, never written in YAML.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
 import kernels
-from config.errors import ConfigError, suggest
+from config.errors import ConfigError, plain, suggest
 from config.official import is_official, map_official
-from model.sizes import VIT_SIZES
+from config.ranges import INT64_MAX, at_least, between, check_value, text
+from model.sizes import VIT_SIZES, encoder_size
 
 
+# Each numeric field declares its allowed range and each string its rule (config/ranges.py); loading checks them.
+# The upper bounds of sizes and counts are resource limits: far beyond the recipes, short of what exhausts a machine.
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "ijepa"
-    out_dir: str = "runs/ijepa"  # logs, the resolved config and checkpoints go here
-    seed: int = 0
+    name: str = text("ijepa", required=True, name=True)
+    out_dir: str = text("runs/ijepa", required=True)  # logs, the resolved config and checkpoints go here
+    seed: int = between(0, INT64_MAX, default=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: str = ""  # folder written by shard_dataset.py (holds manifest.json)
+    shards: str = text("")  # folder written by shard_dataset.py (holds manifest.json)
     backend: Literal["auto", "dali", "torch"] = "auto"  # auto = DALI when importable
-    batch_size: int = 128  # per GPU, per micro step
-    crop_size: int = 224
-    crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area range
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
-    num_workers: int = 2  # DALI CPU threads / DataLoader workers per GPU
-    prefetch: int = 2  # batches queued ahead of the training step
-    shuffle_buffer: int = 2048  # samples held for shuffling
+    batch_size: int = between(1, 65536, default=128)  # per GPU, per micro step
+    crop_size: int = between(1, 4096, default=224)
+    # RandomResizedCrop's area and aspect ranges; beyond 1:10 the crop of a small image is under one pixel wide
+    crop_scale: tuple[float, float] = between(0.0, 1.0, default=(0.3, 1.0), low_open=True, ordered=True)
+    crop_ratio: tuple[float, float] = between(0.1, 10.0, default=(3 / 4, 4 / 3), ordered=True)
+    num_workers: int = between(0, 64, default=2)  # DALI CPU threads / DataLoader workers per GPU (0: in process)
+    prefetch: int = between(1, 16, default=2)  # batches queued ahead of the training step
+    shuffle_buffer: int = between(0, 65536, default=2048)  # samples held for shuffling
     on_bad_sample: Literal["raise", "skip"] = "raise"  # skip = drop and count corrupt samples
 
 
@@ -49,31 +57,34 @@ class DataConfig:
 class MaskConfig:
     """Multiblock masking; keyword names of the official collator, plus a switch per official quirk."""
 
-    enc_mask_scale: tuple[float, float] = (0.85, 1.0)
-    pred_mask_scale: tuple[float, float] = (0.15, 0.2)
-    aspect_ratio: tuple[float, float] = (0.75, 1.5)
-    nenc: int = 1
-    npred: int = 4
-    min_keep: int = 10
+    enc_mask_scale: tuple[float, float] = between(0.0, 1.0, default=(0.85, 1.0), low_open=True, ordered=True)
+    pred_mask_scale: tuple[float, float] = between(0.0, 1.0, default=(0.15, 0.2), low_open=True, ordered=True)
+    aspect_ratio: tuple[float, float] = between(0.01, 100.0, default=(0.75, 1.5), ordered=True)
+    nenc: int = between(1, 1, default=1, why="the context encoder and predictor take one context block per image, as "
+                                            "every released I-JEPA config; several are not implemented")
+    npred: int = between(1, 64, default=4)
+    min_keep: int = at_least(0, default=10)  # below the smallest block: checked against the grid
     allow_overlap: bool = False
     tie_aspect_to_scale: bool = True  # official: target aspect drawn with the same r as its scale
     exclude_edges: bool = True  # official: last patch row and column never covered; (H-1)x(W-1) context
     truncation: Literal["raster", "random"] = "raster"  # official: keep the lowest raster indices
     length_policy: Literal["batch_min", "fixed"] = "batch_min"  # fixed = static shapes
-    fixed_enc_len: Optional[int] = None  # with length_policy fixed; None = derived by the sampler
-    fixed_pred_len: Optional[int] = None
+    fixed_enc_len: Optional[int] = at_least(1, default=None, null="derived by the sampler")  # with length_policy fixed
+    fixed_pred_len: Optional[int] = at_least(1, default=None, null="derived by the sampler")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "vit_huge"  # one of model.sizes.VIT_SIZES
-    patch_size: int = 14
-    embed_dim: Optional[int] = None  # None = the arch's value; set to shrink or grow a preset
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
-    pred_depth: int = 12
-    pred_emb_dim: int = 384
-    pred_num_heads: Optional[int] = None  # None = the encoder's heads, as the official code does
+    patch_size: int = between(1, 4096, default=14)
+    # None = the arch's value; set to shrink or grow a preset
+    embed_dim: Optional[int] = between(1, 16384, default=None, null="the arch's value")
+    depth: Optional[int] = between(1, 256, default=None, null="the arch's value")
+    num_heads: Optional[int] = between(1, 16384, default=None, null="the arch's value")
+    pred_depth: int = between(1, 256, default=12)
+    pred_emb_dim: int = between(1, 16384, default=384)
+    # None = the encoder's heads, as the official code does
+    pred_num_heads: Optional[int] = between(1, 16384, default=None, null="the encoder's heads")
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each block, token dim dynamic (model/compile.py)
 
@@ -88,41 +99,48 @@ KernelsConfig.__doc__ = "Which implementation each kernel group uses (kernels.co
 
 @dataclass(frozen=True)
 class OptimizationConfig:
-    epochs: int = 300
-    warmup_epochs: float = 40
-    ipe_scale: float = 1.0  # schedules run over epochs * iterations_per_epoch * ipe_scale steps
-    start_lr: float = 2e-4
-    lr: float = 1e-3
-    final_lr: float = 1e-6
-    weight_decay: float = 0.04
-    final_weight_decay: float = 0.4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    grad_accum: int = 1  # micro steps per optimizer step
+    epochs: int = between(1, 10**6, default=300)
+    warmup_epochs: float = at_least(0.0, default=40)  # at most epochs
+    # schedules run over epochs * iterations_per_epoch * ipe_scale steps
+    ipe_scale: float = between(0.0, 1000.0, default=1.0, low_open=True)
+    # A huge lr is allowed (it diverges, and the run stops naming the step) as long as AdamW can compute with it:
+    # check_optimizer. Weight decay: decoupled, lr * wd per step.
+    start_lr: float = at_least(0.0, default=2e-4)
+    lr: float = at_least(0.0, default=1e-3)
+    final_lr: float = at_least(0.0, default=1e-6)
+    weight_decay: float = at_least(0.0, default=0.04)
+    final_weight_decay: float = at_least(0.0, default=0.4)
+    betas: tuple[float, float] = between(0.0, 1.0, default=(0.9, 0.999), high_open=True)  # AdamW's, in [0, 1)
+    eps: float = between(0.0, 1.0, default=1e-8, low_open=True)
+    grad_accum: int = between(1, 4096, default=1)  # micro steps per optimizer step
     precision: Literal["bf16", "fp32"] = "bf16"
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (schedules keep their length)
+    # stop after this many optimizer steps (schedules keep their length)
+    max_steps: Optional[int] = at_least(1, default=None, null="the whole schedule")
 
 
 @dataclass(frozen=True)
 class EMAConfig:
-    momentum: tuple[float, float] = (0.996, 1.0)  # linear from the first to the second over the schedule
+    # linear from the first to the second over the schedule
+    momentum: tuple[float, float] = between(0.0, 1.0, default=(0.996, 1.0), ordered=True)
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 1000
-    keep_last: int = 3
-    resume: str = ""  # "" = fresh start, "auto" = latest complete checkpoint in run.out_dir, or a path
+    every_steps: int = at_least(1, default=1000)
+    keep_last: int = at_least(1, default=3)
+    resume: str = text("")  # "" = fresh start, "auto" = latest complete checkpoint in run.out_dir, or a path
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    every_steps: int = 10
+    every_steps: int = at_least(1, default=10)
     tensorboard: bool = True
     csv: bool = True
-    diagnostics_every: int = 500  # collapse diagnostics of the target features; 0 = off
-    probe_every: int = 0  # kNN probe of the target encoder on probe_shards every N steps (rank 0); 0 = off
-    probe_shards: str = ""  # small labeled held-out shards: the first half fits the kNN, the second half scores it
+    diagnostics_every: int = at_least(0, default=500)  # collapse diagnostics of the target features; 0 = off
+    # kNN probe of the target encoder on probe_shards every N steps (rank 0); 0 = off
+    probe_every: int = at_least(0, default=0)
+    # small labeled held-out shards: the first half fits the kNN, the second half scores it
+    probe_shards: str = text("")
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,10 @@ DERIVED_DEEPSPEED_KEYS = {
     "optimizer": "optimization.* (the optimizer is a torch AdamW built by train.py)",
     "scheduler": "optimization.* (schedules are functions of the step, applied by train.py)",
 }
-
+FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: AdamW's scalars become fp32
+TRITON_MAX_HEAD_DIM = 256  # kernels/attention.py's Triton kernels
+# The sampler's messages name its arguments (mask section keys): prefixed with the section, they name config keys.
+MASK_NAMES = re.compile(r"(?<![\w.])(" + "|".join(f.name for f in dataclasses.fields(MaskConfig)) + r")\b")
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
@@ -160,32 +181,48 @@ DERIVED_DEEPSPEED_KEYS = {
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML file (this project's schema or the official one), applies `section.key=value` overrides."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw, sources = read_yaml(path), {}
     if is_official(raw):
-        raw = map_official(raw, str(path))
-    sources = {}
+        raw, sources = map_official(raw, plain(path))
     for item in overrides:
         section, key, value = parse_override(item)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ConfigError(f"{path}: section '{section}' must be a mapping, got {raw[section]!r}")
-        raw[section][key] = value
-        sources[(section, key)] = f"--set {item}"
-    return config_from_dict(raw, str(path), sources)
+            raise ConfigError(f"{plain(path)}: section {section!r} must be a mapping, got {raw[section]!r}")
+        if section == "deepspeed":  # nested keys: --set deepspeed.zero_optimization.stage=3
+            set_nested(raw[section], key.split("."), value, f"--set {plain(item)}")
+        else:
+            raw[section][key] = value
+        sources[(section, key)] = f"--set {plain(item)}"
+    return config_from_dict(raw, plain(path), sources)
 
 
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (give the path of a YAML file, e.g. configs/tiny_cpu.yaml)")
+        raise ConfigError(f"{plain(path)}: config file not found (give the path of a YAML file, e.g. "
+                          f"configs/tiny_cpu.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{plain(path)}: cannot read the config file ({err}); give a readable UTF-8 YAML "
+                          f"file") from err
+    try:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as err:  # RecursionError: nesting deeper than Python's stack
+        raise ConfigError(f"{plain(path)}: not valid YAML: {yaml_problem(err)}") from err
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{plain(path)}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def yaml_problem(err: Exception) -> str:
+    """PyYAML's multi-line message as one line: the problem and where it is."""
+    mark = getattr(err, "problem_mark", None)
+    if getattr(err, "problem", None) and mark is not None:
+        return f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(err).split())
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:
@@ -193,43 +230,55 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     name, sep, text = item.partition("=")
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not section or not key:
-        raise ConfigError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set optimization.lr=5e-4")
+        raise ConfigError(f"--set {plain(item)}: expected SECTION.KEY=VALUE, e.g. --set optimization.lr=5e-4")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item}: the value is not valid YAML: {err}") from err
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"--set {plain(item)}: the value is not valid YAML: {yaml_problem(err)}") from err
     if section != "deepspeed":
-        check_key(section, key, f"--set {item}")
+        check_key(section, key, f"--set {plain(item)}")
     return section, key, value
 
 
-def check_key(section: str, key: str, source: str) -> None:
+def set_nested(values: dict, keys: list[str], value: Any, source: str) -> None:
+    """values[k1][k2]...[kn] = value, creating the mappings on the way."""
+    for key in keys[:-1]:
+        values = values.setdefault(key, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: deepspeed.{'.'.join(keys[:-1])} is not a mapping, so it has no key "
+                              f"{keys[-1]!r}")
+    values[keys[-1]] = value
+
+
+def check_key(section: Any, key: Any, source: str) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"{source}: unknown section '{section}'{suggest(section, [*SECTIONS, 'deepspeed'])}")
+        raise ConfigError(f"{source}: unknown section {section!r}{suggest(section, [*SECTIONS, 'deepspeed'])}")
     keys = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if key not in keys:
-        raise ConfigError(f"{source}: section '{section}' has no key '{key}'{suggest(key, keys)}")
+        raise ConfigError(f"{source}: section {section!r} has no key {key!r}{suggest(key, keys)}")
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = None) -> Config:
-    """Builds and checks the typed tree; `sources` names where an overridden (section, key) came from."""
+    """Builds and checks the typed tree: types, each value's declared range (config/ranges.py), then the rules
+    between keys; `sources` names where an overridden (section, key) came from."""
     sources = sources or {}
     sections = {}
     for section, values in raw.items():
         if section not in SECTIONS and section != "deepspeed":
-            raise ConfigError(f"{source}: unknown section '{section}'{suggest(section, [*SECTIONS, 'deepspeed'])}")
+            raise ConfigError(f"{source}: unknown section {section!r}{suggest(section, [*SECTIONS, 'deepspeed'])}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys, got {values!r}")
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
         if section == "deepspeed":
             sections[section] = check_deepspeed(values, source)
             continue
         cls = SECTIONS[section]
-        hints = typing.get_type_hints(cls)
+        hints, specs = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
             where = sources.get((section, key), source)
             check_key(section, key, where)
             kwargs[key] = coerce(value, hints[key], f"{where}: {section}.{key}")
+            check_value(kwargs[key], specs[key], f"{where}: {section}.{key}")
         sections[section] = cls(**kwargs)
     cfg = Config(**sections)
     check_consistency(cfg, source)
@@ -237,10 +286,18 @@ def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = N
 
 
 def check_deepspeed(values: dict, source: str) -> dict:
+    """The pass-through section: no key that our sections derive, and a ZeRO stage DeepSpeed has."""
     for key in values:
         if key in DERIVED_DEEPSPEED_KEYS:
             raise ConfigError(f"{source}: deepspeed.{key} is derived from {DERIVED_DEEPSPEED_KEYS[key]}; "
                               f"set that instead and remove deepspeed.{key}")
+    zero = values.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"{source}: deepspeed.zero_optimization is {zero!r}; allowed: a mapping, e.g. {{stage: 2}}")
+    stage = zero.get("stage", 0)
+    if type(stage) is not int or stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{source}: deepspeed.zero_optimization.stage is {stage!r}; allowed: 0, 1, 2 or 3 "
+                          f"(the ZeRO stage, an integer)")
     return dict(values)
 
 
@@ -278,17 +335,25 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def coerce_float(value: Any, where: str) -> float:
-    # PyYAML reads 1e-3 (no dot) as a string; accept such numbers but nothing else that is not a number.
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number, got {value!r} (bool)")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+    """A finite float. PyYAML reads 1e-3 (no dot) as a string: such numbers are accepted, nothing else that is not a
+    number; nan and inf (YAML .nan, .inf) are refused: no setting means anything with them."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
-    raise ConfigError(f"{where}: expected a number, got {value!r} ({type(value).__name__})")
+    if number is None:
+        raise ConfigError(f"{where}: expected a number, got {value!r} ({type(value).__name__})")
+    try:
+        number = float(number)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
 
 
 def check_consistency(cfg: Config, source: str) -> None:
@@ -297,26 +362,12 @@ def check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: {msg}")
 
     if cfg.model.arch not in VIT_SIZES:
-        fail(f"model.arch: unknown '{cfg.model.arch}'{suggest(cfg.model.arch, VIT_SIZES)}")
-    if cfg.data.crop_size % cfg.model.patch_size:
-        fail(f"data.crop_size {cfg.data.crop_size} is not a multiple of model.patch_size {cfg.model.patch_size}")
-    for name, (lo, hi) in [("data.crop_scale", cfg.data.crop_scale), ("mask.enc_mask_scale", cfg.mask.enc_mask_scale),
-                           ("mask.pred_mask_scale", cfg.mask.pred_mask_scale)]:
-        if not 0 < lo <= hi <= 1:
-            fail(f"{name} must satisfy 0 < low <= high <= 1, got ({lo}, {hi})")
-    for name, (lo, hi) in [("data.crop_ratio", cfg.data.crop_ratio), ("mask.aspect_ratio", cfg.mask.aspect_ratio),
-                           ("ema.momentum", cfg.ema.momentum), ("optimization.betas", cfg.optimization.betas)]:
-        if not 0 <= lo <= hi:
-            fail(f"{name} must satisfy 0 <= low <= high, got ({lo}, {hi})")
-    positive = {"data.batch_size": cfg.data.batch_size, "data.crop_size": cfg.data.crop_size,
-                "model.patch_size": cfg.model.patch_size, "optimization.epochs": cfg.optimization.epochs,
-                "optimization.grad_accum": cfg.optimization.grad_accum, "mask.npred": cfg.mask.npred,
-                "mask.nenc": cfg.mask.nenc, "checkpoint.every_steps": cfg.checkpoint.every_steps,
-                "checkpoint.keep_last": cfg.checkpoint.keep_last, "logging.every_steps": cfg.logging.every_steps,
-                "optimization.max_steps": cfg.optimization.max_steps or 1}
-    for name, value in positive.items():
-        if value < 1:
-            fail(f"{name} must be at least 1, got {value}")
+        fail(f"model.arch: unknown {cfg.model.arch!r}{suggest(cfg.model.arch, VIT_SIZES)}")
+    check_grid(cfg, fail)
+    check_masks(cfg, fail)
+    check_model(cfg, fail)
+    check_kernels(cfg, fail)
+    check_optimizer(cfg, fail)
     if cfg.logging.probe_every and not cfg.logging.probe_shards:
         fail("logging.probe_every is set but logging.probe_shards is empty: give a small labeled shard folder")
     if cfg.optimization.warmup_epochs > cfg.optimization.epochs:
@@ -324,18 +375,89 @@ def check_consistency(cfg: Config, source: str) -> None:
              f"{cfg.optimization.epochs}")
 
 
+def check_grid(cfg: Config, fail: Callable[[str], None]) -> None:
+    """The crop is a whole number of patches, enough for a block to fit."""
+    crop, patch = cfg.data.crop_size, cfg.model.patch_size
+    if crop % patch:
+        fail(f"data.crop_size {crop} is not a multiple of model.patch_size {patch}")
+    smallest = 2 if cfg.mask.exclude_edges else 1  # excluded edges leave the last row and column out of every block
+    if crop // patch < smallest:
+        fail(f"data.crop_size {crop} / model.patch_size {patch} gives a {crop // patch}x{crop // patch} patch grid; "
+             f"at least {smallest}x{smallest} is needed (mask.exclude_edges {cfg.mask.exclude_edges})")
+
+
+def check_masks(cfg: Config, fail: Callable[[str], None]) -> None:
+    """What the multiblock sampler refuses at construction (blocks smaller than min_keep, fixed lengths that do not
+    fit the smallest blocks or without length_policy fixed), refused here with its message in config keys."""
+    from pipeline.masks import MultiBlockMaskSampler
+
+    try:  # ~1 ms; ~30 ms with length_policy fixed and no fixed_enc_len (the sampler estimates it)
+        MultiBlockMaskSampler(input_size=cfg.data.crop_size, patch_size=cfg.model.patch_size,
+                              **dataclasses.asdict(cfg.mask))
+    except ValueError as err:
+        crop, patch = cfg.data.crop_size, cfg.model.patch_size
+        side = crop // patch
+        grid = f"the {side}x{side} grid of data.crop_size {crop} / model.patch_size {patch}"
+        message = MASK_NAMES.sub(lambda m: f"mask.{m[1]}", str(err))
+        fail(message.replace(f"a {side}x{side} grid", grid).replace("this grid", grid))
+
+
+def check_model(cfg: Config, fail: Callable[[str], None]) -> None:
+    """Widths split into whole heads, divisible by 4 (the 2-D sin-cos positions), head dims the attention runs."""
+    model = cfg.model
+    dim, _, heads, _ = encoder_size(model)
+    arch = f" ({model.arch}'s)"
+    encoder = ("model.embed_dim" + ("" if model.embed_dim else arch), dim,
+               "model.num_heads" + ("" if model.num_heads else arch), heads)
+    predictor = ("model.pred_emb_dim", model.pred_emb_dim,
+                 "model.pred_num_heads" + ("" if model.pred_num_heads else " (the encoder's)"),
+                 model.pred_num_heads or heads)
+    for width_key, width, heads_key, n in (encoder, predictor):
+        if width % 4:
+            fail(f"{width_key} {width} is not divisible by 4, which the 2-D sin-cos positions need")
+        if width % n:
+            fail(f"{width_key} {width} is not divisible by {heads_key} {n}")
+        if cfg.kernels.attention == "triton" and width // n > TRITON_MAX_HEAD_DIM:
+            fail(f"{width_key} {width} / {heads_key} {n} gives heads of {width // n}; kernels.attention triton runs "
+                 f"heads of at most {TRITON_MAX_HEAD_DIM}: use more heads or kernels.attention sdpa")
+
+
+def check_optimizer(cfg: Config, fail: Callable[[str], None]) -> None:
+    """AdamW's step size lr / (1 - beta1^step) and its decay factor 1 - lr * wd become fp32 scalars of the optimizer
+    state: beyond fp32's range torch raises instead of stepping."""
+    opt = cfg.optimization
+    lr_key, peak_lr = max([("start_lr", opt.start_lr), ("lr", opt.lr), ("final_lr", opt.final_lr)], key=lambda x: x[1])
+    wd_key, peak_wd = max([("weight_decay", opt.weight_decay), ("final_weight_decay", opt.final_weight_decay)],
+                          key=lambda x: x[1])
+    if peak_lr / (1 - opt.betas[0]) > FP32_MAX:
+        fail(f"optimization.{lr_key} {peak_lr} / (1 - optimization.betas[0] {opt.betas[0]}), AdamW's first step, "
+             f"exceeds fp32's range ({FP32_MAX:.3g}): lower optimization.{lr_key}")
+    if peak_lr * peak_wd > FP32_MAX:
+        fail(f"optimization.{lr_key} {peak_lr} x optimization.{wd_key} {peak_wd}, AdamW's decay per step, exceeds "
+             f"fp32's range ({FP32_MAX:.3g}): lower one of them")
+
+
+def check_kernels(cfg: Config, fail: Callable[[str], None]) -> None:
+    """A CUDA-only implementation asked for a CPU run (Triton's interpreter, for tests, runs them on the CPU)."""
+    if cfg.run.device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    for name, op in kernels.REGISTRY.items():
+        if getattr(cfg.kernels, name) in op.cuda_only:
+            fail(f"kernels.{name} {getattr(cfg.kernels, name)} needs a CUDA device but run.device is cpu: choose "
+                 f"one of {', '.join(i for i in op.implementations if i not in op.cuda_only)} or auto")
+
 
 # ---------------------------------------------------------------------------------------------------------- dumping
 
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dict (lists for pairs) in section order: what YAML dumps and config_from_dict reads back."""
-    def plain(v):
+    def lists(v):
         if isinstance(v, tuple):
-            return [plain(x) for x in v]
+            return [lists(x) for x in v]
         if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
+            return {k: lists(x) for k, x in v.items()}
         return v
-    return {f.name: plain(dataclasses.asdict(getattr(cfg, f.name)) if f.name != "deepspeed" else cfg.deepspeed)
+    return {f.name: lists(dataclasses.asdict(getattr(cfg, f.name)) if f.name != "deepspeed" else cfg.deepspeed)
             for f in dataclasses.fields(cfg)}
 
 

@@ -99,7 +99,8 @@ def test_wrong_type_names_key_section_file(tmp_path):
     ("data", "backend", "jax", "not one of"),
     ("model", "arch", "vit_hug", "did you mean 'vit_huge'"),
     ("data", "crop_size", 225, "not a multiple of model.patch_size"),
-    ("mask", "pred_mask_scale", [0.3, 0.2], "0 < low <= high <= 1"),
+    ("mask", "pred_mask_scale", [0.3, 0.2], r"mask.pred_mask_scale is \[0.3, 0.2\]; allowed: two numbers, each > 0 "
+                                            r"and <= 1, the first <= the second"),
 ])
 def test_bad_values_rejected(section, key, value, message):
     with pytest.raises(ConfigError, match=message) as err:
