@@ -256,7 +256,7 @@ class MultiBlockMaskSampler:
             sizes = self._sizes_from_draws(float(r[i]), float(r_aspect[i]), float(r_ctx[i]))
             lengths.append(self._draw(gen, per_batch, *sizes, self.min_keep).ctx_len.flatten())
         quantile = torch.quantile(torch.cat(lengths).double(), FIXED_ENC_QUANTILE, interpolation="lower")
-        return max(int(quantile), 1)
+        return min(max(int(quantile), 1), self.min_enc_area)  # never more than the smallest block holds
 
     # -- sampling ------------------------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ def crop_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, 
     in_ratio = width / height  # fallback: the central crop of the closest allowed aspect
     w, h = (width, int(round(width / ratio[0]))) if in_ratio < ratio[0] else (
         (int(round(height * ratio[1])), height) if in_ratio > ratio[1] else (width, height))
+    h, w = max(h, 1), max(w, 1)  # an extreme ratio on a tiny image would round a side to 0 pixels
     return (height - h) // 2, (width - w) // 2, h, w
 
 

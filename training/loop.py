@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 import kernels
-from config import config_to_yaml, global_batch_size, iterations_per_epoch, schedule_steps, training_dtype
+from config import ConfigError, config_to_yaml, global_batch_size, iterations_per_epoch, schedule_steps, training_dtype
 from training import TrainingError
 from pipeline.loader import resolve_backend
 from pipeline.shards import read_manifest
@@ -113,7 +113,10 @@ def claim_out_dir(claim: contextlib.ExitStack, cfg) -> None:
 
 def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_size) -> int:
     """The run itself, on every rank, once rank 0 holds run.out_dir."""
-    kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)  # decided once, for the whole run (logged)
+    try:  # decided once, for the whole run (logged)
+        kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)
+    except ValueError as err:  # e.g. a Triton kernel asked for with run.device auto on a machine without CUDA
+        raise ConfigError(f"kernels: {err}") from None
     out_dir = Path(cfg.run.out_dir)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     engine, optimizer, target = build_engine(cfg, device, world_size)
