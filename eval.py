@@ -3,19 +3,44 @@
     python eval.py --checkpoint runs/demo/train/checkpoints/step00000500 --train-shards runs/demo/shards \\
                    --val-shards runs/demo/shards-val [--encoder target|context] [--pool avg|last4]
 
-CHECKPOINT is a checkpoint folder written by train.py or a file in the official I-JEPA release format. The TARGET
-(EMA) encoder is evaluated by default, as the paper does.
+CHECKPOINT is a checkpoint folder written by train.py or a file in the official I-JEPA release format; either loads
+with weights_only=True, so a file that would run code when unpickled is refused. The TARGET (EMA) encoder is evaluated
+by default, as the paper does. The train and val shards must share one class list.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
+from pathlib import Path
 
 import torch
 
+from config import ConfigError
+from evaluation import EvalError
 from evaluation.report import evaluate, print_table
+from model.official import CheckpointFileError
+from pipeline import DataError
+from training.checkpoints import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+# What a user's checkpoint, shards or options can be wrong with; each carries one line naming the file and the fix
+USER_ERRORS = (EvalError, DataError, CheckpointFileError, CheckpointError, ConfigError)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,26 +49,83 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-shards", required=True, help="labeled shards the probes are scored on")
     p.add_argument("--encoder", choices=("target", "context"), default="target")
     p.add_argument("--pool", choices=("avg", "last4"), default="avg")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images per split")
-    p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images per split")
+    p.add_argument("--epochs", type=positive_int, default=100, help="linear-probe epochs")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--json", default=None, help="also write the figures here")
     return p.parse_args(argv)
 
 
+def check_device(name: str) -> None:
+    """Refuses a device this machine does not have before any work is done."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvalError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise EvalError(f"--device {name}: eval.py runs on cpu or cuda only")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise EvalError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise EvalError(f"--device {name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+
+
+def check_json_path(json_path: str, settings: dict) -> Path:
+    """The --json file must be writable and must not be one of the inputs (good data is never overwritten)."""
+    path = Path(json_path)
+    if path.is_dir():
+        raise EvalError(f"--json {path}: is a folder; give a file name, e.g. {path / 'probe.json'}")
+    if not path.parent.is_dir():
+        raise EvalError(f"--json {path}: its folder {path.parent} does not exist; create it first")
+    for option in ("checkpoint", "train_shards", "val_shards"):
+        source = Path(settings[option]).resolve()
+        if path.resolve() == source or source in path.resolve().parents:
+            raise EvalError(f"--json {path}: would overwrite the {option.replace('_', '-')} input {source}; "
+                            f"write the figures elsewhere")
+    return path
+
+
+def write_json(path: Path, results: dict) -> None:
+    """Written to a temporary file, then renamed: an interrupted write leaves no half file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise EvalError(f"--json {path}: cannot be written ({err.strerror or err}); the figures are printed above") \
+            from None
+
+
+def run(settings: dict, json_path: str | None) -> None:
+    for option in ("checkpoint", "train_shards", "val_shards"):
+        if not settings[option].strip():  # Path("") is the current folder: say what was given instead
+            raise EvalError(f"--{option.replace('_', '-')} is empty; give a path")
+    check_device(settings["device"])
+    path = check_json_path(json_path, settings) if json_path else None
+    if Path(settings["train_shards"]).resolve() == Path(settings["val_shards"]).resolve():
+        logger.warning("warning: --train-shards and --val-shards are the same folder: the probes are scored on the "
+                       "images they were fitted on")
+    results = evaluate(**settings)  # every other option is an argument of evaluate, by name
+    print_table(results)
+    if path:
+        write_json(path, results)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # torch's advice on a damaged file's pickle protocol; the file is then refused in one line of ours
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     settings = vars(parse_args(argv))
     json_path = settings.pop("json")
     try:
-        results = evaluate(**settings)  # every other option is an argument of evaluate, by name
-    except (FileNotFoundError, ValueError) as err:
+        run(settings, json_path)
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print_table(results)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(results, f, indent=2)
     return 0
 
 

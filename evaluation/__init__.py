@@ -1,2 +1,7 @@
 """Evaluation of frozen encoders as papers judge them: features (eval transform, pooling), probes (kNN, linear, the
 in-training kNN probe), encoders from our or official checkpoints, and eval.py's report beside random init."""
+
+
+class EvalError(Exception):
+    """A checkpoint, shard folder or option that cannot give meaningful figures; the message names it and says what
+    to do."""

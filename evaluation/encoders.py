@@ -1,8 +1,15 @@
 """The encoder a probe evaluates, and its random-init twin: from a train.py checkpoint folder or an official-format
-file; the target (EMA) encoder by default, as the paper evaluates."""
+file; the target (EMA) encoder by default, as the paper evaluates.
+
+Both kinds may come from elsewhere, so every file loads with weights_only=True (tensors and plain values; for
+DeepSpeed's states also its own plain data classes): a planted pickle is refused before it can run code.
+"""
 from __future__ import annotations
 
 import copy
+import os
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -10,44 +17,120 @@ import torch
 import yaml
 
 from config import config_from_dict
+from evaluation import EvalError
 from model.jepa import build_jepa
-from model.official import load_encoder_for_eval
+from model.official import DAMAGED_FILE_ERRORS, first_line, load_encoder_for_eval, load_strict
 from model.vit import init_weights
-from training.checkpoints import COMPLETE
+from training.checkpoints import COMPLETE, TAG, complete_tags, load_states_file
+from training.engine import deepspeed_safe_types
+
+STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 
 
 def load_encoder(checkpoint: str | Path, which: Literal["target", "context"] = "target"):
     """(encoder, random-init encoder of the same architecture) from this project's checkpoint folder (a DeepSpeed
-    tag folder written by train.py) or an official-format file."""
+    tag folder written by train.py) or an official-format file.
+
+    Raises:
+        EvalError, model.official.CheckpointFileError, training.checkpoints.CheckpointError, config.ConfigError:
+            one line naming the checkpoint and what is wrong.
+    """
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
-        return _load_ours(checkpoint, which)
-    encoder = load_encoder_for_eval(checkpoint, which=which)
-    random_init = copy.deepcopy(encoder)
-    torch.manual_seed(0)
-    random_init.apply(init_weights)  # official init; the fixed positions stay as they are
+        encoder, random_init = _load_ours(checkpoint, which)
+    else:
+        encoder = load_encoder_for_eval(checkpoint, which=which)
+        random_init = copy.deepcopy(encoder)
+        torch.manual_seed(0)
+        random_init.apply(init_weights)  # official init; the fixed positions stay as they are
+    check_usable(encoder, f"{checkpoint} ({which} encoder)")
     return encoder, random_init.eval()
 
 
-def _load_ours(tag_dir: Path, which: str):
-    if not (tag_dir / COMPLETE).is_file():
-        raise FileNotFoundError(f"{tag_dir}: not a complete checkpoint of train.py (no {COMPLETE} marker)")
-    states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
+def check_usable(encoder, where: str) -> None:
+    """Weights that can give figures: finite, and a patch embedding that takes the RGB images the probes feed."""
+    channels = encoder.patch_embed.proj.in_channels
+    if channels != 3:
+        raise EvalError(f"{where}: takes {channels}-channel images; the probes feed RGB (3 channels)")
+    bad = [name for name, t in encoder.state_dict().items() if not torch.isfinite(t).all()]
+    if bad:
+        raise EvalError(f"{where}: {len(bad)} tensors hold NaN or inf (first: {bad[0]}): its run diverged before "
+                        f"this save; evaluate an earlier checkpoint")
+
+
+def find_tag_dir(folder: Path) -> Path:
+    """`folder` itself when it is a complete checkpoint of train.py; else one line saying which folder to give."""
+    if (folder / COMPLETE).is_file():
+        return folder
+    for ckpt_dir in (folder, folder / "checkpoints"):  # a run's checkpoints/ folder, or the run's out_dir
+        tags = complete_tags(ckpt_dir)
+        if tags:
+            raise EvalError(f"{folder}: holds checkpoints, it is not one; give a tag folder, e.g. the newest "
+                            f"complete one: --checkpoint {ckpt_dir / tags[-1]}")
+    if TAG.match(folder.name):
+        raise EvalError(f"{folder}: incomplete checkpoint (no {COMPLETE} marker: its run died while saving); "
+                        f"evaluate an older one")
+    raise EvalError(f"{folder}: not a checkpoint of train.py (no {COMPLETE} marker, no complete checkpoints in it); "
+                    f"give a tag folder such as <out_dir>/checkpoints/step00000500, or an official-format file")
+
+
+def _load_ours(folder: Path, which: str):
+    """(encoder, the run's own init) from a train.py tag folder: the target from our client state, the context
+    encoder from DeepSpeed's fp32 master weights."""
+    tag_dir = find_tag_dir(folder)
+    states = sorted(tag_dir.glob(STATES_GLOB))
     if not states:
-        raise FileNotFoundError(f"{tag_dir}: no DeepSpeed model states (*mp_rank_00_model_states.pt) in it")
-    client = torch.load(states[0], map_location="cpu", weights_only=False)
-    cfg = config_from_dict(yaml.safe_load(client["config"]), f"{tag_dir} (saved config)")
+        raise EvalError(f"{tag_dir}: no DeepSpeed model states ({STATES_GLOB}) in it: the folder is damaged; "
+                        f"evaluate another checkpoint")
+    client = load_states_file(states[0])  # our model states need no allow-listed class
+    if not isinstance(client.get("config"), str) or "target_encoder" not in client:
+        raise EvalError(f"{states[0]}: holds no saved config and target encoder: not written by this project's "
+                        f"train.py")
+    try:
+        raw = yaml.safe_load(client["config"])
+    except yaml.YAMLError as err:
+        raise EvalError(f"{states[0]}: its saved config is not valid YAML ({first_line(err)})") from None
+    if not isinstance(raw, dict):
+        raise EvalError(f"{states[0]}: its saved config is a {type(raw).__name__}, not a mapping of sections")
+    cfg = config_from_dict(raw, f"{states[0]} (saved config)")
     torch.manual_seed(cfg.run.seed)
     _, random_target = build_jepa(cfg.model, cfg.data.crop_size)  # the run's own init: the random baseline is step 0
     encoder = copy.deepcopy(random_target)
-    if which == "target":
-        encoder.load_state_dict(client["target_encoder"])
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        full = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-        prefix = "context_encoder."
-        state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
-        state.setdefault("pos_embed", encoder.pos_embed.detach())  # frozen: not in DeepSpeed's fp32 copy
-        encoder.load_state_dict(state)
+    state = client["target_encoder"] if which == "target" else _context_state(tag_dir, encoder)
+    load_strict(encoder, state, f"{states[0]}[{which}_encoder]", against="the model of its saved config")
     return encoder.eval(), random_target.eval()
+
+
+def _context_state(tag_dir: Path, encoder) -> dict:
+    """The context encoder's fp32 weights, gathered by DeepSpeed's zero_to_fp32 from every rank's ZeRO partition."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with weights_only_loads(deepspeed_safe_types()):
+            full = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
+        raise EvalError(f"{tag_dir}: its ZeRO states hold objects other than tensors and plain values "
+                        f"({first_line(err.__context__ or err)}); not loaded, because unpickling them could run "
+                        f"code") from None
+    except DAMAGED_FILE_ERRORS as err:  # raised inside DeepSpeed's reader, about the folder's files
+        raise EvalError(f"{tag_dir}: DeepSpeed cannot rebuild the context encoder from its ZeRO states "
+                        f"({type(err).__name__}: {first_line(err)}); the folder may be damaged: evaluate another "
+                        f"checkpoint, or --encoder target (which needs only {STATES_GLOB})") from None
+    prefix = "context_encoder."
+    state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    state.setdefault("pos_embed", encoder.pos_embed.detach())  # frozen: not in DeepSpeed's fp32 copy
+    return state
+
+
+@contextmanager
+def weights_only_loads(allowed: list[type]):
+    """Every torch.load inside unpickles with weights_only=True and `allowed`, DeepSpeed's own calls included (they
+    pass weights_only=False; torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides that)."""
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ.update({k: v for k, v in saved.items() if v is not None})

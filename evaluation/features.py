@@ -9,25 +9,72 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import center_crop, resize
 
-from pipeline.shards import list_shards, read_samples, read_span
+from pipeline import DataError
+from pipeline.shards import Manifest, SampleRef, list_shards, read_manifest, read_samples, read_span
 from pipeline.source import imagenet_stats
+
+REBUILD = "rebuild the folder with shard_dataset.py"
+
+
+def shard_classes(shards: str | Path, manifest: Optional[Manifest] = None) -> list[str]:
+    """The class names of a labeled shard folder, in label order (label i is classes[i]), from its manifest.
+
+    Raises:
+        DataError: the folder is not a complete shard folder, or it was written without labels.
+    """
+    classes = (manifest or read_manifest(shards)).classes
+    if classes is None:
+        raise DataError(f"{shards}: unlabeled shards (written with --labels none) cannot be used for a probe; shard "
+                        f"the class folders with labels")
+    if not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{shards}: the manifest's classes are not all names (strings); {REBUILD}")
+    return classes
 
 
 def eval_images(shards: str | Path, crop_size: int, limit: Optional[int] = None):
-    """(images uint8 (N, 3, S, S), labels (N,)) from a shard folder: resize the short side to S/0.875, center crop."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms.v2.functional import center_crop, resize
+    """(images uint8 (N, 3, S, S), labels (N,)) from a shard folder: resize the short side to S/0.875, center crop.
 
-    refs = [ref for refs in read_samples(list_shards(shards)) for ref in refs][:limit]
-    if any(r.cls is None for r in refs):
-        raise ValueError(f"{shards}: unlabeled shards (written with --labels none) cannot be used for a probe")
+    Raises:
+        DataError: naming the folder, or the shard and sample, when the images or labels cannot be read.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 image, got {limit}")
+    manifest = read_manifest(shards)
+    num_classes = len(shard_classes(shards, manifest))
+    folder = Path(shards).parent if Path(shards).suffix == ".json" else shards  # read_manifest takes either
+    refs = [ref for refs in read_samples(list_shards(folder, manifest)) for ref in refs][:limit]
+    if not refs:
+        raise DataError(f"{shards}: holds no images (its manifest lists no samples); shard a non-empty folder")
     images, labels, files = [], [], {}
-    for ref in refs:
-        jpg = torch.frombuffer(bytearray(read_span(ref.shard, ref.jpg, files)), dtype=torch.uint8)
-        image = resize(decode_jpeg(jpg, mode=ImageReadMode.RGB), [round(crop_size / 0.875)], antialias=True)
-        images.append(center_crop(image, [crop_size, crop_size]))
-        labels.append(int(read_span(ref.shard, ref.cls, files)))
+    try:
+        for ref in refs:
+            images.append(_image(ref, read_span(ref.shard, ref.jpg, files), crop_size))
+            labels.append(_label(ref, files, num_classes))
+    except OSError as err:  # a shard shorter than its index says (read_span names it)
+        raise DataError(f"{err}; {REBUILD}") from None
+    finally:
+        for f in files.values():
+            f.close()
     return torch.stack(images), torch.tensor(labels)
+
+
+def _image(ref: SampleRef, jpg: bytes, crop_size: int) -> torch.Tensor:
+    """(3, S, S) uint8: the JPEG, its short side resized to S/0.875, center-cropped."""
+    try:
+        image = decode_jpeg(torch.frombuffer(bytearray(jpg), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as err:  # torchvision's error for bytes that are no (complete) JPEG
+        raise DataError(f"{ref.shard}: sample {ref.key}: its JPEG cannot be decoded ({str(err).strip()[:120]}); "
+                        f"{REBUILD}") from None
+    image = resize(image, [round(crop_size / 0.875)], antialias=True)
+    return center_crop(image, [crop_size, crop_size])
+
+
+def _label(ref: SampleRef, files: dict, num_classes: int) -> int:
+    text = "" if ref.cls is None else read_span(ref.shard, ref.cls, files).decode("ascii", errors="replace").strip()
+    if not text.isdigit() or int(text) >= num_classes:
+        raise DataError(f"{ref.shard}: sample {ref.key}: class {text[:20]!r} is not a label of the manifest's "
+                        f"{num_classes} classes; {REBUILD}")
+    return int(text)
 
 
 @torch.no_grad()

@@ -7,19 +7,21 @@ Every figure is meant to be read beside the same architecture at random init, me
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from evaluation.features import eval_images, extract_features
+from pipeline import DataError
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  k: int = 20, temperature: float = 0.07) -> float:
     """Weighted kNN on cosine similarity (weights exp(sim / T)), as DINO evaluates; top-1 accuracy in [0, 1]."""
     train_x, test_x = F.normalize(train_x.float(), dim=1), F.normalize(test_x.float(), dim=1)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = int(max(train_y.max(), test_y.max())) + 1  # votes only: classes nobody votes for cost nothing
     k = min(k, len(train_x))
     correct = 0
     for xs, ys in zip(test_x.split(1024), test_y.split(1024)):
@@ -30,12 +32,15 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, lr: float, epochs: int = 100, batch_size: int = 256,
-                 weight_decay: float = 0.0, seed: int = 0) -> nn.Module:
-    """BatchNorm without affine + Linear, trained with AdamW on frozen features."""
+                 weight_decay: float = 0.0, seed: int = 0, num_classes: Optional[int] = None) -> nn.Module:
+    """BatchNorm without affine + Linear (one output per class: `num_classes`, else as many as train_y needs),
+    trained with AdamW on frozen features."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    num_classes = int(train_y.max()) + 1
+    num_classes = num_classes or int(train_y.max()) + 1
     head = nn.Sequential(nn.BatchNorm1d(train_x.shape[1], affine=False), nn.Linear(train_x.shape[1], num_classes))
+    if len(train_x) < 2:
+        return head.eval()  # BatchNorm needs two samples: an untrained head (a --limit of 1 or 2 images)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     head.train()
@@ -61,13 +66,14 @@ def linear_accuracy(train_x, train_y, test_x, test_y, lrs=(1e-3, 1e-2, 1e-1), ep
                     seed: int = 0) -> tuple[float, float]:
     """(test top-1, chosen lr): the lr is chosen on a held-out fifth of the TRAIN features, never on the test set."""
     gen = torch.Generator().manual_seed(seed)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1  # every head the same width, whatever its fit split
     order = torch.randperm(len(train_x), generator=gen)
     cut = max(1, len(order) // 5)
     hold, fit = order[:cut], order[cut:]
-    scores = {lr: accuracy(linear_probe(train_x[fit], train_y[fit], lr, epochs, seed=seed), train_x[hold],
-                           train_y[hold]) for lr in lrs}
+    scores = {lr: accuracy(linear_probe(train_x[fit], train_y[fit], lr, epochs, seed=seed, num_classes=num_classes),
+                           train_x[hold], train_y[hold]) for lr in lrs}
     best = max(scores, key=scores.get)
-    head = linear_probe(train_x, train_y, best, epochs, seed=seed)
+    head = linear_probe(train_x, train_y, best, epochs, seed=seed, num_classes=num_classes)
     return accuracy(head, test_x, test_y), best
 
 
@@ -78,7 +84,7 @@ class TrainingProbe:
         images, labels = eval_images(shards, crop_size, limit)
         half = len(labels) // 2
         if half < 1:
-            raise ValueError(f"{shards}: a training probe needs at least 2 labeled images")
+            raise DataError(f"{shards}: a training probe needs at least 2 labeled images, the folder has 1")
         self.fit, self.score = (images[:half], labels[:half]), (images[half:], labels[half:])
 
     def __call__(self, encoder, device) -> float:
@@ -88,5 +94,3 @@ class TrainingProbe:
         encoder.train(was_training)
         return knn_accuracy(fit_x, self.fit[1], score_x, self.score[1])
 
-
-# -------------------------------------------------------------------------------------------------------- encoders

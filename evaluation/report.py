@@ -5,8 +5,9 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
+from evaluation import EvalError
 from evaluation.encoders import load_encoder
-from evaluation.features import eval_images, extract_features
+from evaluation.features import eval_images, extract_features, shard_classes
 from evaluation.probes import knn_accuracy, linear_accuracy
 
 
@@ -14,7 +15,14 @@ def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str |
              encoder: Literal["target", "context"] = "target", pool: Literal["avg", "last4"] = "avg",
              limit: Optional[int] = None, epochs: int = 100, device: str = "cpu") -> dict:
     """kNN and linear-probe top-1 of the checkpoint's encoder and of its random-init twin, fitted on the train shards
-    and scored on the val shards; with the set-up under "setup"."""
+    and scored on the val shards; with the set-up under "setup".
+
+    Raises:
+        EvalError, pipeline.DataError, model.official.CheckpointFileError, training.checkpoints.CheckpointError,
+            config.ConfigError: one line naming the file or folder and what is wrong (checked in that order: the
+            shard folders' manifests, the checkpoint, then the images).
+    """
+    classes = same_classes(train_shards, val_shards)
     which = encoder
     encoder, random_init = load_encoder(checkpoint, which)
     crop = encoder.patch_embed.img_size[0]
@@ -30,8 +38,30 @@ def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str |
         results[name] = {"knn_top1": knn, "linear_top1": linear, "linear_lr": lr,
                          "seconds": time.perf_counter() - start}
     results["setup"] = {"checkpoint": str(checkpoint), "encoder": which, "pool": pool,
-                        "train_images": len(train_y), "val_images": len(val_y), "classes": int(train_y.max()) + 1}
+                        "train_images": len(train_y), "val_images": len(val_y), "classes": len(classes)}
     return results
+
+
+def same_classes(train_shards: str | Path, val_shards: str | Path) -> list[str]:
+    """The class list both folders share: label i must name the same class in both, else the figures mean nothing."""
+    train, val = shard_classes(train_shards), shard_classes(val_shards)
+    if train == val:
+        return train
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    if only_train or only_val:
+        what = f"only in train: {_some(only_train)}; only in val: {_some(only_val)}"
+    else:  # the same names, ordered (or repeated) differently
+        first = next((i for i, (a, b) in enumerate(zip(train, val)) if a != b), min(len(train), len(val)))
+        at = [repr(names[first]) if first < len(names) else "nothing" for names in (train, val)]
+        what = f"the same names in another order (label {first} is {at[0]} in train, {at[1]} in val)"
+    raise EvalError(f"the class lists of the train shards {train_shards} ({len(train)} classes) and the val shards "
+                    f"{val_shards} ({len(val)} classes) differ: {what}; label i must be the same class in both: shard "
+                    f"both splits from folders with the same class folders")
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    return "none" if not names else ", ".join(map(repr, names[:limit])) + (f" and {len(names) - limit} more"
+                                                                           if len(names) > limit else "")
 
 
 def print_table(results: dict) -> None:

@@ -3,13 +3,16 @@
 The official file is a torch.save dict with 'encoder', 'predictor', 'target_encoder' state dicts (keys prefixed
 'module.' by DDP), plus optimizer state and bookkeeping. The architecture is read from the tensors' shapes; only the
 number of heads is not in the weights: it is looked up from the official size for that width, or passed in.
+Such files come from elsewhere, so they load with weights_only=True: a pickle that would run code is refused.
 """
 from __future__ import annotations
 
 import math
+import pickle
 import re
+import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,8 +25,76 @@ from model.vit import VisionTransformer
 OFFICIAL_PARTS = ("encoder", "predictor", "target_encoder")
 
 
+# What torch.load raises for truncated or foreign bytes (found by cutting and flipping bytes of a real checkpoint)
+DAMAGED_FILE_ERRORS = (OSError, EOFError, RuntimeError, ValueError, LookupError, TypeError, AttributeError,
+                       ArithmeticError, MemoryError)
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be used (missing, damaged, unsafe, not the expected layout); the message is one
+    line naming the file, the part and key, and what is wrong."""
+
+
+def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
+    """torch.load of a file that may come from elsewhere: tensors, plain values and the `allowed` classes only
+    (weights_only=True), never code. Every failure is one CheckpointFileError line naming the file."""
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "checkpoint not found"
+        raise CheckpointFileError(f"{path}: {what} (give an official-format file or a checkpoint folder written by "
+                                  f"train.py)")
+    if path.stat().st_size == 0:
+        raise CheckpointFileError(f"{path}: the file is empty (0 bytes): an interrupted copy or save? Use a "
+                                  f"complete copy")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
+            warnings.simplefilter("ignore", UserWarning)
+            with torch.serialization.safe_globals(list(allowed)):
+                return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
+        cause = first_line(err.__context__ or err)
+        if cause.startswith("Unsupported operand"):
+            raise CheckpointFileError(f"{path}: not a readable torch checkpoint ({cause}): damaged, or not written "
+                                      f"by torch.save") from None
+        found = re.search(r"GLOBAL (\S+)", cause)
+        raise CheckpointFileError(f"{path}: holds objects other than tensors and plain values "
+                                  f"({found.group(1) if found else cause}); not loaded, because unpickling them could "
+                                  f"run code. Use a file saved from plain state dicts") from None
+    except DAMAGED_FILE_ERRORS as err:
+        raise CheckpointFileError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+                                  f"{first_line(err)}): damaged or truncated? Use a complete copy") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The gist of an exception's message: its first sentence, for a one-line error."""
+    lines = str(err).strip().splitlines()
+    return lines[0].split(". ")[0][:200] if lines else type(err).__name__  # torch adds sentences of advice
+
+
 def strip_prefix(state: dict, prefix: str = "module.") -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def check_state(state: object, where: str) -> dict:
+    """A state dict (str → tensor) or one line saying why not."""
+    if not isinstance(state, dict):
+        raise CheckpointFileError(f"{where}: holds a value of type {type(state).__name__}, not a state dict (names → "
+                                  f"tensors)")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointFileError(f"{where}: key {key!r} is of type {type(key).__name__}, not a name: not a "
+                                      f"state dict")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointFileError(f"{where}: entry {key!r} is of type {type(value).__name__}, not a tensor: not "
+                                      f"a state dict")
+    return state
+
+
+def _tensor(state: dict, key: str, ndim: int, where: str) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointFileError(f"{where}: missing key {key!r}")
+    if state[key].ndim != ndim:
+        raise CheckpointFileError(f"{where}: {key} has shape {tuple(state[key].shape)}, expected {ndim} dimensions")
+    return state[key]
 
 
 def _count(state: dict, pattern: str) -> int:
@@ -36,59 +107,87 @@ def heads_for_width(dim: int, num_heads: Optional[int], source: str) -> int:
     for size in VIT_SIZES.values():
         if size.embed_dim == dim:
             return size.num_heads
-    raise ValueError(f"{source}: width {dim} matches no official ViT size, and the number of heads is not stored in "
-                     f"the weights: pass num_heads=")
+    raise CheckpointFileError(f"{source}: width {dim} matches no official ViT size, and the number of heads is not "
+                              f"stored in the weights: pass num_heads=")
 
 
 def encoder_from_state(state: dict, num_heads: Optional[int], source: str) -> VisionTransformer:
     """Builds an encoder shaped like `state` (no 'module.' prefix)."""
-    dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
-    side = math.isqrt(state["pos_embed"].shape[1])
-    if side * side != state["pos_embed"].shape[1]:
-        raise ValueError(f"{source}: pos_embed has {state['pos_embed'].shape[1]} tokens, not a square grid")
-    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
-    return VisionTransformer(img_size=side * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim,
-                             depth=_count(state, r"blocks\.(\d+)\."), num_heads=heads_for_width(dim, num_heads, source),
-                             mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state)
-
-
-def predictor_from_state(state: dict, encoder: VisionTransformer, num_heads: Optional[int]) -> Predictor:
-    pdim = state["mask_token"].shape[-1]
-    return Predictor(grid=encoder.grid, embed_dim=encoder.embed_dim, predictor_embed_dim=pdim,
-                     depth=_count(state, r"predictor_blocks\.(\d+)\."), num_heads=num_heads or encoder.num_heads,
-                     mlp_ratio=state["predictor_blocks.0.mlp.fc1.weight"].shape[0] / pdim,
-                     qkv_bias="predictor_blocks.0.attn.qkv.bias" in state)
-
-
-def load_strict(module: nn.Module, state: dict, what: str) -> None:
-    """Every key used, every shape checked; the error names the file part and the keys."""
+    dim, in_chans, patch, patch_w = _tensor(state, "patch_embed.proj.weight", 4, source).shape
+    pos = _tensor(state, "pos_embed", 3, source)
+    side = math.isqrt(pos.shape[1])
+    if patch != patch_w or side * side != pos.shape[1] or pos.shape[::2] != (1, dim):
+        raise CheckpointFileError(f"{source}: pos_embed {tuple(pos.shape)} and patch_embed.proj.weight "
+                                  f"{(dim, in_chans, patch, patch_w)} do not describe a ViT (want pos_embed "
+                                  f"(1, side², {dim}) and square patches)")
+    mlp_ratio = _tensor(state, "blocks.0.mlp.fc1.weight", 2, source).shape[0] / dim
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{what}: does not match the architecture read from its own shapes:\n{err}") from err
+        return VisionTransformer(img_size=side * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim,
+                                 depth=_count(state, r"blocks\.(\d+)\."), mlp_ratio=mlp_ratio,
+                                 num_heads=heads_for_width(dim, num_heads, source),
+                                 qkv_bias="blocks.0.attn.qkv.bias" in state)
+    except ValueError as err:  # the constructor's own checks (heads divide the width, ...) on shapes from the file
+        raise CheckpointFileError(f"{source}: its shapes give no buildable encoder: {err}") from None
+
+
+def predictor_from_state(state: dict, encoder: VisionTransformer, num_heads: Optional[int],
+                         source: str) -> Predictor:
+    pdim = _tensor(state, "predictor_embed.weight", 2, source).shape[0]  # Linear(D → Dp): weight (Dp, D)
+    mask_token = _tensor(state, "mask_token", 3, source)
+    if mask_token.shape != (1, 1, pdim):
+        raise CheckpointFileError(f"{source}: mask_token has shape {tuple(mask_token.shape)}, expected "
+                                  f"(1, 1, {pdim}) (the predictor width of predictor_embed.weight)")
+    mlp_ratio = _tensor(state, "predictor_blocks.0.mlp.fc1.weight", 2, source).shape[0] / pdim
+    try:
+        return Predictor(grid=encoder.grid, embed_dim=encoder.embed_dim, predictor_embed_dim=pdim,
+                         depth=_count(state, r"predictor_blocks\.(\d+)\."), num_heads=num_heads or encoder.num_heads,
+                         mlp_ratio=mlp_ratio, qkv_bias="predictor_blocks.0.attn.qkv.bias" in state)
+    except ValueError as err:
+        raise CheckpointFileError(f"{source}: its shapes give no buildable predictor: {err}") from None
+
+
+def describe_mismatch(module: nn.Module, state: dict, limit: int = 3) -> str:
+    """'' when `state` fits `module` key for key and shape for shape; else what differs, on one line."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [f"{k} is {tuple(state[k].shape)}, not {tuple(want[k].shape)}" for k in want
+              if k in state and state[k].shape != want[k].shape]
+    parts = [f"{label} ({len(keys)}): {', '.join(map(str, keys[:limit]))}{', ...' if len(keys) > limit else ''}"
+             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("wrong shapes", shapes)) if keys]
+    return "; ".join(parts)
+
+
+def load_strict(module: nn.Module, state: object, what: str,
+                against: str = "the architecture read from its own shapes") -> None:
+    """Every key used, every shape checked; the one-line error names the file part and the keys."""
+    mismatch = describe_mismatch(module, check_state(state, what))
+    if mismatch:
+        raise CheckpointFileError(f"{what}: does not match {against}: {mismatch}")
+    module.load_state_dict(state, strict=True)
 
 
 def load_official_checkpoint(path: str | Path, num_heads: Optional[int] = None,
                              pred_num_heads: Optional[int] = None) -> tuple[VisionTransformer, Predictor,
                                                                             VisionTransformer]:
-    """(encoder, predictor, target_encoder) from an official I-JEPA checkpoint, fp32 on the CPU."""
+    """(encoder, predictor, target_encoder) from an official I-JEPA checkpoint, fp32 on the CPU.
+
+    Raises:
+        CheckpointFileError: one line naming the file (and part, key) and what is wrong.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a damaged file; re-raised with the file named
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+    ckpt = safe_load(path)
     missing = [part for part in OFFICIAL_PARTS if not isinstance(ckpt, dict) or part not in ckpt]
     if missing:
-        raise ValueError(f"{path}: not in the official I-JEPA format: missing {missing} (expected a dict with "
-                         f"{list(OFFICIAL_PARTS)})")
-    states = {part: strip_prefix(ckpt[part]) for part in OFFICIAL_PARTS}
+        raise CheckpointFileError(f"{path}: not in the official I-JEPA format: missing {missing} (expected a dict "
+                                  f"with {list(OFFICIAL_PARTS)})")
+    states = {part: strip_prefix(check_state(ckpt[part], f"{path}[{part}]")) for part in OFFICIAL_PARTS}
     encoder = encoder_from_state(states["encoder"], num_heads, f"{path}[encoder]")
     load_strict(encoder, states["encoder"], f"{path}[encoder]")
     target = make_target_encoder(encoder)
     load_strict(target, states["target_encoder"], f"{path}[target_encoder]")
-    predictor = predictor_from_state(states["predictor"], encoder, pred_num_heads)
+    predictor = predictor_from_state(states["predictor"], encoder, pred_num_heads, f"{path}[predictor]")
     load_strict(predictor, states["predictor"], f"{path}[predictor]")
     return encoder, predictor, target
 

@@ -1,10 +1,13 @@
-"""Official-format checkpoints load exactly, for any size; the encoder exports to timm."""
+"""Official-format checkpoints load exactly, for any size, and only as tensors and plain values; damaged ones are
+named in one line; the encoder exports to timm."""
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.official import export_timm, load_encoder_for_eval, load_official_checkpoint, to_timm
+from model.official import (CheckpointFileError, export_timm, load_encoder_for_eval, load_official_checkpoint,
+                            to_timm)
 from model.ema import make_target_encoder
 from model.predictor import Predictor
 from model.vit import VisionTransformer
@@ -95,7 +98,7 @@ def test_bad_checkpoints_are_named(tmp_path):
     encoder, predictor, target = load_official_checkpoint(FIXTURE / "checkpoint.pth.tar")
     state = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(),
              "target_encoder": target.state_dict()}
-    with pytest.raises(FileNotFoundError, match="missing.pth: checkpoint not found"):
+    with pytest.raises(CheckpointFileError, match="missing.pth: checkpoint not found"):
         load_official_checkpoint(tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
@@ -115,6 +118,77 @@ def test_bad_checkpoints_are_named(tmp_path):
     torch.save({**state, "predictor": bad_pred}, shape)
     with pytest.raises(ValueError, match=r"(?s)shape.pth\[predictor\].*predictor_proj.bias"):
         load_official_checkpoint(shape)
+
+
+def _edited(state: dict, part: str, key: str, value) -> dict:
+    edited = {name: dict(tensors) for name, tensors in state.items()}
+    if value is None:
+        del edited[part][key]
+    else:
+        edited[part][key] = value
+    return edited
+
+
+def test_damaged_files_give_one_line_naming_file_part_and_key(tmp_path):
+    """Each damage is refused with a CheckpointFileError of one line naming the file (and part and key); none
+    escapes as an EOFError, KeyError or AttributeError."""
+    raw = (FIXTURE / "checkpoint.pth.tar").read_bytes()
+    state = torch.load(FIXTURE / "checkpoint.pth.tar", weights_only=True)
+    state = {part: state[part] for part in ("encoder", "predictor", "target_encoder")}
+    cases = {
+        "empty": (b"", "the file is empty"),
+        "truncated": (raw[: len(raw) // 2], "not a readable torch checkpoint"),
+        "list": ([1, 2], "not in the official I-JEPA format"),
+        "int_state": ({**state, "encoder": 3}, r"\[encoder\]: holds a value of type int, not a state dict"),
+        "int_keys": ({**state, "predictor": {1: torch.zeros(1)}}, r"\[predictor\]: key 1 is of type int, not a name"),
+        "str_value": (_edited(state, "encoder", "module.pos_embed", "x"), r"\[encoder\]: entry 'module.pos_embed'"),
+        "mask_token": (_edited(state, "predictor", "module.mask_token", torch.zeros(1, 1, 7)),
+                       r"\[predictor\]: mask_token has shape \(1, 1, 7\), expected \(1, 1, 96\)"),
+        "no_mask_token": (_edited(state, "predictor", "module.mask_token", None),
+                          r"\[predictor\]: missing key 'mask_token'"),
+        "no_patch_embed": (_edited(state, "encoder", "module.patch_embed.proj.weight", None),
+                           r"\[encoder\]: missing key 'patch_embed.proj.weight'"),
+        "pos_embed": (_edited(state, "target_encoder", "module.pos_embed", torch.zeros(1, 15, 192)),
+                      r"\[target_encoder\]: does not match .* pos_embed is \(1, 15, 192\), not \(1, 64, 192\)"),
+        "pos_embed_width": (_edited(state, "encoder", "module.pos_embed", torch.zeros(1, 16, 7)),
+                            r"\[encoder\]: pos_embed \(1, 16, 7\) .* do not describe a ViT"),
+        "patch_2d": (_edited(state, "encoder", "module.patch_embed.proj.weight", torch.zeros(3, 3)),
+                     r"\[encoder\]: patch_embed.proj.weight has shape \(3, 3\), expected 4 dimensions"),
+        "width_no_size": (_edited(_edited(state, "encoder", "module.patch_embed.proj.weight",
+                                          torch.zeros(100, 3, 16, 16)), "encoder", "module.pos_embed",
+                                  torch.zeros(1, 64, 100)), r"\[encoder\]: width 100 matches no official ViT size"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.pth"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        with pytest.raises(CheckpointFileError) as err:
+            load_official_checkpoint(path)
+        text = str(err.value)
+        assert "\n" not in text and text.startswith(str(path)), (name, text)
+        assert re.search(message, text), (name, text)
+
+
+class Planted:
+    """Unpickling this would create `marker`: what a hostile checkpoint's __reduce__ does with os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "planted.pth.tar"
+    torch.save({"encoder": {"pos_embed": Planted(marker)}, "predictor": {}, "target_encoder": {}}, path)
+    with pytest.raises(CheckpointFileError, match=r"planted.pth.tar: holds objects other than tensors and plain "
+                                                  r"values \(.*\); not loaded, because unpickling them could run"):
+        load_official_checkpoint(path)
+    assert not marker.exists()
 
 
 def test_eval_encoder_is_the_target_by_default_and_timm_export_matches(tmp_path):

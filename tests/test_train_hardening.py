@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from pipeline import shards as fmt
-from training.checkpoints import load_states_file
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -76,6 +75,8 @@ class Planted:
 
 def test_own_checkpoint_files_load_with_weights_only(trained):
     """Every file train.py writes loads with weights_only=True: the model states without any allow-listed class."""
+    from training.checkpoints import load_states_file
+
     folder = trained / "checkpoints" / "step00000002"
     client = load_states_file(folder / "mp_rank_00_model_states.pt")
     assert client["step"] == 2 and isinstance(client["rng"][0]["numpy"][1], torch.Tensor)
@@ -93,7 +94,7 @@ def test_resume_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_p
     assert proc.returncode == 1
     assert not marker.exists(), "code planted in the checkpoint ran"
     (line,) = error_lines(proc)
-    assert str(planted) in line and "could run code" in line and "it refers to getattr" in line
+    assert str(planted) in line and "could run code" in line and "getattr" in line
 
 
 # -------------------------------------------------------------------------------------------- 3. a changed resume

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import random
 import re
 import shutil
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from config import config_to_yaml
+from model.official import CheckpointFileError, safe_load
 from training import TrainingError
 from training.distributed import gather, on_rank0
 from training.run_dir import (SPACE_MARGIN, check_space, folder_bytes, fsync_tree, is_out_of_space,
@@ -96,21 +96,13 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Optional[tuple[Path, str
 # ------------------------------------------------------------------------------------------------ saving, loading
 
 def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = ()) -> dict:
-    """A torch checkpoint file as a dict, unpickled with weights_only=True: tensors, plain values and the `allowed`
-    classes only, so that a planted pickle cannot run code. Raises CheckpointError naming the file."""
+    """A torch checkpoint file as a dict, unpickled with weights_only=True (model.official.safe_load): tensors, plain
+    values and the `allowed` classes only, so that a planted pickle cannot run code. Raises CheckpointError naming
+    the file."""
     try:
-        with torch.serialization.safe_globals(list(allowed)):
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        what = f"it refers to {found.group(1)}" if found else str(err).splitlines()[0]
-        raise CheckpointError(f"{path}: holds objects other than tensors and plain values ({what}); not loaded, "
-                              f"since unpickling them could run code. Load only checkpoints written by train.py or "
-                              f"the official I-JEPA release") from None
-    except (EOFError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'empty'}); it may be truncated or damaged: "
-                              f"choose another checkpoint") from None
+        state = safe_load(Path(path), map_location, allowed)
+    except CheckpointFileError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not the dict of states a checkpoint holds")
     return state
