@@ -21,7 +21,8 @@ import re
 import sys
 
 from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardingError, ShardOptions, build_shards
-from pipeline.shards import MANIFEST_NAME, DestError, Manifest
+from pipeline.shard_dest import DestError
+from pipeline.shards import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger("shard_dataset")
 

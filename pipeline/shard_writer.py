@@ -44,6 +44,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from pipeline import shards as fmt
+from pipeline.shard_dest import lock_dest, open_dest
 from pipeline.image_prep import BadInput, prepare_jpeg, read_source
 from pipeline.source_scan import (IMAGE_EXTENSIONS, ShardingError, SourceFile, SourceScan, check_paths,
                                    scan_source)
@@ -407,7 +408,7 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
 
     Raises:
         ShardingError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
-        pipeline.shards.DestError: DEST holds something else (and not --overwrite), or another run holds it.
+        pipeline.shard_dest.DestError: DEST holds something else (and not --overwrite), or another run holds it.
     """
     src, dest = check_paths(src, dest)
     scan = _scan(src, options, settings.strict)
@@ -417,8 +418,8 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
         logger.warning(warning)
     with _dest_errors(dest):
         dest.mkdir(parents=True, exist_ok=True)
-        with fmt.lock_dest(dest):
-            old = fmt.open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
+        with lock_dest(dest):
+            old = open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
                                 len(scan.files), settings.overwrite)
             run = _Run(src, dest, options, scan, plan, old)
             fmt.write_manifest(dest, run.manifest(fmt.STATUS_IN_PROGRESS))

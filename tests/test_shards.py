@@ -10,6 +10,7 @@ import tarfile
 import pytest
 
 from pipeline import DataError
+from pipeline import shard_dest
 from pipeline import shards as fmt
 
 
@@ -188,11 +189,11 @@ def test_list_shards_skips_empty_planned_shards(tmp_path):
 def test_describe_mismatch(tmp_path):
     manifest = make_dataset(tmp_path)
     same = dict(source=manifest.source, options=manifest.options, plan_sha256=manifest.plan_sha256, planned_inputs=6)
-    assert fmt.describe_mismatch(manifest, **same) is None
-    assert "holds shards of /data/train" in fmt.describe_mismatch(manifest, **{**same, "source": "/other"})
-    assert "seed 0 → 1" in fmt.describe_mismatch(manifest, **{**same, "options": {"seed": 1, "prefix": "train"}})
-    assert "other options" in fmt.describe_mismatch(manifest, **{**same, "options": {"seed": 0}})
-    assert "6 files then, 7 now" in fmt.describe_mismatch(manifest, **{**same, "plan_sha256": "e" * 64,
+    assert shard_dest.describe_mismatch(manifest, **same) is None
+    assert "holds shards of /data/train" in shard_dest.describe_mismatch(manifest, **{**same, "source": "/other"})
+    assert "seed 0 → 1" in shard_dest.describe_mismatch(manifest, **{**same, "options": {"seed": 1, "prefix": "train"}})
+    assert "other options" in shard_dest.describe_mismatch(manifest, **{**same, "options": {"seed": 0}})
+    assert "6 files then, 7 now" in shard_dest.describe_mismatch(manifest, **{**same, "plan_sha256": "e" * 64,
                                                                           "planned_inputs": 7})
 
 
@@ -201,7 +202,7 @@ def test_remove_shard_files_leaves_other_files(tmp_path):
     (tmp_path / "train-000009.tar").write_bytes(b"stale shard of ours")
     (tmp_path / "notes.txt").write_text("not ours")
     (tmp_path / "other-000000.tar").write_bytes(b"another prefix: not ours")
-    assert fmt.remove_shard_files(tmp_path, manifest, "train") == 1 + 4 + 1
+    assert shard_dest.remove_shard_files(tmp_path, manifest, "train") == 1 + 4 + 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other-000000.tar"]
 
 
