@@ -100,7 +100,11 @@ def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Ca
     device, rank, world_size = setup_distributed(cfg.run.device)
     with contextlib.ExitStack() as claim:
         on_rank0(claim_out_dir, claim, cfg)  # rank 0 holds run.out_dir's lock until the run ends
-        return train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_size)
+        code = train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_size)
+    # Every rank is past the last collective: tear the group down before the interpreter exits, so that no rank's
+    # communication threads are destroyed mid-flight ("terminate called without an active exception" under gloo).
+    torch.distributed.destroy_process_group()
+    return code
 
 
 def claim_out_dir(claim: contextlib.ExitStack, cfg) -> None:
@@ -138,7 +142,7 @@ def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_siz
     bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
     logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
                 f"{global_batch_size(cfg, world_size)}, {ipe} steps/epoch, steps {step + 1}..{last} of {total}")
-    started, first_step = time.perf_counter(), step + 1
+    started, first_step, skipped = time.perf_counter(), step + 1, 0
     save = lambda: save_checkpoint(engine, ema, target, loader, cfg, step, out_dir, identity)  # noqa: E731
     with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
         while step < last:
@@ -167,7 +171,8 @@ def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_siz
                     raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
                                         f"checkpoint is kept in {out_dir / 'checkpoints'}")
                 figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
-                log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped_samples(loader))
+                skipped = skipped_samples(loader)  # the last step always logs: summary.json takes it from there
+                log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped)
                 if agree(stop.received is not None, device):
                     save()
                     logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
@@ -176,8 +181,7 @@ def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_siz
             if save_now:
                 save()
     bar.close()
-    write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank,
-                  skipped_samples(loader))
+    write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank, skipped)
     return 0
 
 
