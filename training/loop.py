@@ -129,8 +129,9 @@ def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_siz
     ipe = iterations_per_epoch(cfg, world_size, loader.num_samples)
     warmup, total = schedule_steps(cfg, ipe)
     last = min(total, cfg.optimization.max_steps or total)
-    identity = run_identity(cfg, world_size, resolve_backend(cfg.data.backend), read_manifest(cfg.data.shards, "none").plan_sha256,
-                            loader.num_samples, ipe, warmup, total)
+    shards_plan = read_manifest(cfg.data.shards, "none").plan_sha256
+    identity = run_identity(cfg, world_size, resolve_backend(cfg.data.backend), shards_plan, loader.num_samples, ipe,
+                            warmup, total)
     ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
     step = load_checkpoint(engine, target, loader, resume, out_dir, identity, accept_changes)
     ema.loaded()
