@@ -264,7 +264,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def write_file_atomic(path: Path, data: bytes, sync: bool = True) -> None:
-    """Writes `data` to a temporary name beside `path`, syncs it to disk (if `sync`), then renames it over `path`."""
+    """Writes `data` to a temporary name beside `path`, syncs it to disk (if `sync`), then renames it over `path`
+    (and, if `sync`, syncs the folder, so that the rename itself survives a crash)."""
     tmp = path.with_name(partial_name(path.name))
     try:
         with open(tmp, "wb") as f:
@@ -275,6 +276,16 @@ def write_file_atomic(path: Path, data: bytes, sync: bool = True) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if sync:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def manifest_to_dict(manifest: Manifest) -> dict:

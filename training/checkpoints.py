@@ -21,10 +21,11 @@ import torch.distributed as dist
 
 from config import config_to_yaml
 from model.official import CheckpointFileError, safe_load
+from pipeline.shards import write_file_atomic
 from training import TrainingError
 from training.distributed import gather, on_rank0
 from training.run_dir import (SPACE_MARGIN, check_space, folder_bytes, fsync_tree, is_out_of_space,
-                              remove_crashed_saves, write_synced)
+                              remove_crashed_saves)
 from training.run_identity import differences
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 
 
 def mark_complete(ckpt_dir: Path, tag: str, step: int) -> None:
-    write_synced(ckpt_dir / tag / COMPLETE, f"{step}\n")
+    write_file_atomic(ckpt_dir / tag / COMPLETE, f"{step}\n".encode())
 
 
 def clean_crashed_saves(out_dir: str | Path) -> None:
@@ -192,8 +193,8 @@ def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, 
                             f"{ckpt_dir / kept[-1] if kept else '(none)'}: free some space and resume with "
                             f"--resume auto")
     if dist.get_rank() == 0:
-        write_synced(folder / RUN_FILE, json.dumps({"step": step, "world_size": dist.get_world_size(),
-                                                    "identity": identity}, indent=1))
+        write_file_atomic(folder / RUN_FILE, json.dumps({"step": step, "world_size": dist.get_world_size(),
+                                                         "identity": identity}, indent=1).encode())
         mark_complete(ckpt_dir, tag, step)
         for old in prune(ckpt_dir, cfg.checkpoint.keep_last):
             logger.info("removed old checkpoint %s", old)

@@ -21,12 +21,12 @@ import kernels
 from config import ConfigError, config_to_yaml, global_batch_size, iterations_per_epoch, schedule_steps, training_dtype
 from training import TrainingError
 from pipeline.loader import resolve_backend
-from pipeline.shards import read_manifest
+from pipeline.shards import read_manifest, write_file_atomic
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, load_checkpoint,
                                   save_checkpoint)
 from training.data import build_training_loader
 from training.distributed import agree, gather, on_rank0, setup_distributed
-from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir, write_synced
+from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
 from training.run_identity import run_identity
 from training.engine import build_engine, build_monitor, micro_step, set_schedules
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
@@ -112,7 +112,7 @@ def claim_out_dir(claim: contextlib.ExitStack, cfg) -> None:
     out_dir = Path(cfg.run.out_dir)
     claim.enter_context(locked_out_dir(out_dir))
     clean_crashed_saves(out_dir)
-    write_synced(out_dir / "config.yaml", config_to_yaml(cfg))
+    write_file_atomic(out_dir / "config.yaml", config_to_yaml(cfg).encode())
 
 
 def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_size) -> int:
@@ -172,7 +172,8 @@ def train(cfg, resume, stop, make_probe, accept_changes, device, rank, world_siz
                     raise TrainingError(f"non-finite loss at step {bad}; stopped without saving, the last good "
                                         f"checkpoint is kept in {out_dir / 'checkpoints'}")
                 figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
-                skipped = skipped_samples(loader)  # the last step always logs: summary.json takes it from there
+                if cfg.data.on_bad_sample == "skip":  # else none can be skipped: no collective for a constant 0
+                    skipped = skipped_samples(loader)  # the last step always logs: summary.json takes it from here
                 log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped)
                 if agree(stop.received is not None, device):
                     save()
@@ -227,7 +228,7 @@ def write_summary(cfg, out_dir: Path, steps: int, seconds: float, world_size: in
     per_gpu = images / seconds / world_size
     summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
                "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped}
-    write_synced(out_dir / "summary.json", json.dumps(summary, indent=2))
+    write_file_atomic(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
     logger.info(f"summary: {steps} steps, {images} images in {seconds:.1f} s on {world_size} rank(s): "
                 f"{per_gpu:.1f} images/s per GPU, {per_gpu * 3600:,.0f} images per GPU-hour "
                 f"(includes start-up, checkpoints and logging); {skipped} bad samples skipped")

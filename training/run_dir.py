@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+from pipeline.shards import fsync_dir
 from training import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -94,22 +95,3 @@ def fsync_tree(path: Path) -> None:
             finally:
                 os.close(fd)
     fsync_dir(path)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_synced(path: Path, text: str) -> None:
-    """Writes `path` atomically (a temporary file, fsync, rename, fsync of the folder)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
