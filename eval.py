@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from evaluation import EvalError
 from evaluation.report import evaluate, print_table
 from model.official import CheckpointFileError
 from pipeline import DataError
+from pipeline.shards import write_file_atomic
 from training.checkpoints import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -90,12 +90,9 @@ def check_json_path(json_path: str, settings: dict) -> Path:
 
 def write_json(path: Path, results: dict) -> None:
     """Written to a temporary file, then renamed: an interrupted write leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_file_atomic(path, (json.dumps(results, indent=2) + "\n").encode())
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise EvalError(f"--json {path}: cannot be written ({err.strerror or err}); the figures are printed above") \
             from None
 
