@@ -26,8 +26,6 @@ def shard_classes(shards: str | Path, manifest: Optional[Manifest] = None) -> li
     if classes is None:
         raise DataError(f"{shards}: unlabeled shards (written with --labels none) cannot be used for a probe; shard "
                         f"the class folders with labels")
-    if not all(isinstance(c, str) for c in classes):
-        raise DataError(f"{shards}: the manifest's classes are not all names (strings); {REBUILD}")
     return classes
 
 
@@ -41,8 +39,7 @@ def eval_images(shards: str | Path, crop_size: int, limit: Optional[int] = None)
         raise ValueError(f"limit must be at least 1 image, got {limit}")
     manifest = read_manifest(shards)
     num_classes = len(shard_classes(shards, manifest))
-    folder = Path(shards).parent if Path(shards).suffix == ".json" else shards  # read_manifest takes either
-    refs = [ref for refs in read_samples(list_shards(folder, manifest)) for ref in refs][:limit]
+    refs = [ref for refs in read_samples(list_shards(shards, manifest)) for ref in refs][:limit]
     if not refs:
         raise DataError(f"{shards}: holds no images (its manifest lists no samples); shard a non-empty folder")
     images, labels, files = [], [], {}

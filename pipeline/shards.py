@@ -358,6 +358,8 @@ def manifest_from_dict(obj: object, where: str) -> Manifest:
     if not all(isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("reason"), str)
                for e in manifest.skipped + manifest.ignored):
         raise ManifestError(f"{where}: an entry of 'skipped' or 'ignored' is not a {{path, reason}} object; {_REBUILD}")
+    if manifest.classes is not None and not all(isinstance(c, str) for c in manifest.classes):
+        raise ManifestError(f"{where}: the classes are not all names (strings); {_REBUILD}")
     if manifest.status not in (STATUS_COMPLETE, STATUS_IN_PROGRESS):
         raise ManifestError(f"{where}: unknown status {manifest.status!r}; {_REBUILD}")
     if [r.shard for r in shards] != sorted({r.shard for r in shards}) or any(
@@ -428,8 +430,11 @@ def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete
 
 
 def list_shards(dest: str | os.PathLike, manifest: Manifest | None = None) -> list[ShardFile]:
-    """The shards holding samples, in shard order, with absolute paths (reads the manifest when not given)."""
+    """The shards holding samples, in shard order, with absolute paths (reads the manifest when not given). `dest`
+    is the shard folder or its manifest.json, as for read_manifest."""
     dest = Path(dest).absolute()
+    if dest.suffix == ".json" and not dest.is_dir():
+        dest = dest.parent
     if manifest is None:
         manifest = read_manifest(dest)
     return [ShardFile(dest / r.name, dest / r.index_name, r.samples, r.index_sha256)
