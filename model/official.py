@@ -8,9 +8,11 @@ Such files come from elsewhere, so they load with weights_only=True: a pickle th
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -48,7 +50,7 @@ def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
             warnings.simplefilter("ignore", UserWarning)
-            with torch.serialization.safe_globals(list(allowed)):
+            with allowed_globals(allowed):
                 return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
         cause = first_line(err.__context__ or err)
@@ -62,6 +64,34 @@ def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
     except DAMAGED_FILE_ERRORS as err:
         raise CheckpointFileError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
                                   f"{first_line(err)}): damaged or truncated? Use a complete copy") from None
+
+
+@contextmanager
+def allowed_globals(allowed: Sequence[type]):
+    """Adds `allowed` to torch's weights_only allow-list for the block, and on leaving removes only the classes it
+    added: torch's own safe_globals removes them all, so a nested use would strip the outer block's classes."""
+    added = [c for c in allowed if c not in torch.serialization.get_safe_globals()]
+    torch.serialization.add_safe_globals(added)
+    try:
+        yield
+    finally:
+        kept = [c for c in torch.serialization.get_safe_globals() if c not in added]
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(kept)
+
+
+@contextmanager
+def weights_only_loads(allowed: Sequence[type]):
+    """Every torch.load inside unpickles with weights_only=True and `allowed`, DeepSpeed's own calls included (they
+    pass weights_only=False; torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides that)."""
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with allowed_globals(allowed):
+            yield
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
 
 
 def first_line(err: BaseException) -> str:

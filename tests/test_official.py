@@ -208,3 +208,26 @@ def test_eval_encoder_is_the_target_by_default_and_timm_export_matches(tmp_path)
         ours, theirs = chosen(images), model.eval().forward_features(images)
         assert (ours - theirs).abs().max() <= 1e-5
         assert (model(images) - ours.mean(1)).abs().max() <= 1e-5  # global_pool='avg' pools our tokens
+
+
+class _Plain:
+    """A plain data class, allowed by name in the test below."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def test_nested_allowances_keep_the_outer_ones(tmp_path):
+    """A safe_load inside a weights_only_loads block (DeepSpeed loads universal checkpoints so: its own torch.load
+    calls, and our checkpoint engine's) must not strip the outer block's allowed classes on leaving."""
+    from model.official import safe_load, weights_only_loads
+
+    path = tmp_path / "plain.pt"
+    torch.save({"x": _Plain(3)}, path)
+    before = list(torch.serialization.get_safe_globals())
+    with weights_only_loads([_Plain]):
+        assert safe_load(path, allowed=[_Plain])["x"].value == 3  # the inner block allows _Plain too, then leaves
+        assert torch.load(path, weights_only=False)["x"].value == 3  # forced weights_only: needs the outer allowance
+    assert torch.serialization.get_safe_globals() == before
+    with pytest.raises(CheckpointFileError, match="_Plain"):
+        safe_load(path)
