@@ -101,6 +101,8 @@ def dali_message(err: BaseException) -> str:
 class DaliSource:
     """Source of the loader (pipeline/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
 
+    takes_offset = False  # DALI's reader splits each pass by (shard_id, num_shards): it cannot start mid-order
+
     def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
                  world_size: int, device: torch.device, dtype: torch.dtype = torch.float32):
         if not 0 <= rank < world_size:
@@ -134,6 +136,7 @@ class DaliSource:
             "decode": "cpu" if self._device_id() is None else "mixed", "dtype": str(out_dtype)}
         self._iter: Optional[DALIGenericIterator] = None
         self._epoch, self._batch = 0, 0  # position: batches handed out in the current epoch
+        self._first_epoch = 0  # the loader epoch of the reader's first pass (restart)
         self._checkpoint: Optional[bytes] = None  # what the next pipeline is built from (DALI's serialized bytes)
         self._returned: set[str] = set()  # keys handed out in the current epoch (narrows down a bad sample)
         self._failed: Optional[DataError] = None
@@ -150,7 +153,11 @@ class DaliSource:
 
     # ------------------------------------------------------------------------------------------------ iteration
 
-    def epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def epoch_batches(self, epoch: int, start: int, offset: int = 0,
+                      batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        if offset or batches not in (None, self.batches_per_epoch):
+            raise ValueError(f"DALI source: an epoch starts at its first sample and has {self.batches_per_epoch} "
+                             f"batches (asked: offset {offset}, {batches} batches)")
         if self._failed is not None:
             raise self._failed
         if (epoch, start) != (self._epoch, self._batch):
@@ -203,7 +210,8 @@ class DaliSource:
     def state_dict(self) -> dict:
         checkpoint = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint
         return {"backend": "dali", "version": STATE_VERSION, "epoch": self._epoch, "batch": self._batch,
-                "checkpoint": checkpoint, "fingerprint": self.fingerprint, "skipped": self.skipped}
+                "first_epoch": self._first_epoch, "checkpoint": checkpoint, "fingerprint": self.fingerprint,
+                "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("backend") != "dali" or state.get("version") != STATE_VERSION:
@@ -219,7 +227,14 @@ class DaliSource:
                             f"settings, seed, rank and device kind, or start a fresh run")
         self._iter, self._failed = None, None
         self._checkpoint, self._epoch, self._batch = state["checkpoint"], state["epoch"], state["batch"]
+        self._first_epoch = state.get("first_epoch", 0)
         self._returned, self.skipped = set(), state["skipped"]
+
+    def restart(self, epoch: int, skipped: int) -> None:
+        """Continues a run of another layout (Loader.continue_from): a fresh reader whose first pass is `epoch`."""
+        self._iter, self._failed, self._checkpoint = None, None, None
+        self._epoch, self._batch, self._first_epoch = epoch, 0, epoch
+        self._returned, self.skipped = set(), skipped
 
     # ------------------------------------------------------------------------------------------------ bad data
 
@@ -255,9 +270,10 @@ class DaliSource:
 
     def _slice(self, epoch: int) -> list[SampleRef]:
         """The samples this rank's reader reads in `epoch`, in the order it reads them: DALI's contiguous slice
-        (rank + epoch) % world_size of the concatenated shards (dali/operators/reader/loader/loader.cc start_index)."""
+        (rank + pass) % world_size of the concatenated shards (dali/operators/reader/loader/loader.cc start_index),
+        where pass counts the reader's passes from its first (epoch - first epoch)."""
         flat = [sample for samples in self._order for sample in samples]
-        part = (self.rank + epoch) % self.world_size
+        part = (self.rank + epoch - self._first_epoch) % self.world_size
         n = len(flat)
         return flat[part * n // self.world_size:(part + 1) * n // self.world_size]
 

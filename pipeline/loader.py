@@ -1,13 +1,21 @@
 """The one loader entry: shards → training batches (images, ctx_idx, tgt_idx, labels) on the training device.
 
-    loader = build_loader(cfg.data, sampler, seed=cfg.run.seed, rank=0, world_size=1, device=device, dtype=dtype)
+    loader = build_loader(cfg.data, sampler, seed=cfg.run.seed, rank=0, world_size=1, grad_accum=1, device=device,
+                          dtype=dtype)
     for batch in loader: ...          # endless: epochs follow each other; loader.epoch says which
     state = loader.state_dict()       # resume: a new loader + load_state_dict(state) continues with exactly the
                                       # samples, crops and masks the old one would have produced next
+    loader.continue_from(states, world_size, batch_size, step)   # resume on another number of ranks (below)
 
 A source (pipeline/source.py) yields each epoch's images; masks come from the multiblock sampler as a pure function
-of (seed, batch number, rank), so they need no state of their own. Every rank runs the same number of batches per
-epoch (the smallest rank's share), so ranks stay in lock-step.
+of (seed, batch number, rank), so they need no state of their own. An epoch is steps_per_epoch optimizer steps of
+global_batch = batch_size × world_size × grad_accum samples; every rank runs the same number of batches, so ranks
+stay in lock-step and an epoch ends on an optimizer step.
+
+An epoch's samples are one global order; optimizer step j of the epoch takes its samples [j·G, (j+1)·G). A run that
+resumes on another number of ranks (`continue_from`) starts that epoch at the sample where the old ranks stopped (the
+`offset`): the PyTorch source continues the same global order, so every sample of that epoch is read once; DALI's
+reader cannot start mid-order, so that epoch restarts (docs/training.md, "Elastic resume").
 """
 from __future__ import annotations
 
@@ -44,24 +52,38 @@ def resolve_backend(name: str) -> str:
     return "dali"
 
 
+def steps_per_epoch(num_samples: int, global_batch: int) -> int:
+    """Optimizer steps in an epoch: the last partial global batch is dropped."""
+    return num_samples // global_batch
+
+
 class Loader:
-    def __init__(self, source: Source, sampler: MultiBlockMaskSampler, batch_size: int, batches_per_epoch: int,
-                 num_samples: int, rank: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, source: Source, sampler: MultiBlockMaskSampler, batch_size: int, world_size: int,
+                 grad_accum: int, num_samples: int, rank: int, device: torch.device, dtype: torch.dtype):
         self.source, self.sampler, self.batch_size = source, sampler, batch_size
-        self.batches_per_epoch, self.num_samples, self.rank = batches_per_epoch, num_samples, rank
+        self.world_size, self.grad_accum, self.num_samples, self.rank = world_size, grad_accum, num_samples, rank
+        self.global_batch = batch_size * world_size * grad_accum
+        self.batches_per_epoch = steps_per_epoch(num_samples, self.global_batch) * grad_accum  # of this rank
+        self.epoch_samples = steps_per_epoch(num_samples, self.global_batch) * self.global_batch  # of all ranks
         self.device, self.dtype = device, dtype
         self.epoch, self.batch_in_epoch, self.batches_seen = 0, 0, 0
+        self.offset = 0  # samples of the current epoch read before this world size took over (continue_from)
         self.mean, self.std = imagenet_stats(device)
+
+    def batches_in_epoch(self) -> int:
+        """This rank's batches in the current epoch: whole optimizer steps of what is left after the offset."""
+        return max(0, self.epoch_samples - self.offset) // self.global_batch * self.grad_accum
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
-            for images, labels, keys in self.source.epoch_batches(self.epoch, self.batch_in_epoch):
+            batches = self.source.epoch_batches(self.epoch, self.batch_in_epoch, self.offset, self.batches_in_epoch())
+            for images, labels, keys in batches:
                 ctx_idx, tgt_idx = self.sampler.sample(self.batch_size, step=self.batches_seen, rank=self.rank)
                 self.batch_in_epoch += 1
                 self.batches_seen += 1
                 yield Batch(self._images(images), self._to_device(ctx_idx), self._to_device(tgt_idx),
                             self._to_device(labels), keys)
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.epoch, self.batch_in_epoch, self.offset = self.epoch + 1, 0, 0
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda" and t.device.type == "cpu":
@@ -76,16 +98,46 @@ class Loader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "batches_seen": self.batches_seen,
-                "source": self.source.state_dict()}
+                "offset": self.offset, "source": self.source.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.batches_seen = state["batches_seen"]
+        self.batches_seen, self.offset = state["batches_seen"], state.get("offset", 0)
         self.source.load_state_dict(state["source"])
+
+    def continue_from(self, states: list[dict], world_size: int, batch_size: int, step: int) -> str:
+        """Takes over from the loaders of another run layout: `states` are their state_dicts (one per old rank, all
+        at optimizer step `step`), which had `world_size` ranks and batches of `batch_size`. Returns what it did, for
+        the log.
+
+        The epoch goes on at the first sample the old ranks had not read: exactly, with a source that takes an
+        offset (PyTorch); otherwise (DALI) the epoch restarts and the samples read in it before are read again.
+        Masks continue with the batch number step × grad_accum."""
+        epoch, done = saved_position(states, world_size, batch_size)
+        if (self.epoch_samples - done) // self.global_batch == 0:  # no whole step of this epoch is left
+            epoch, done = epoch + 1, 0
+        skipped = sum(state["source"].get("skipped", 0) for state in states) if self.rank == 0 else 0
+        self.source.restart(epoch, skipped)
+        self.epoch, self.batch_in_epoch, self.batches_seen = epoch, 0, step * self.grad_accum
+        where = f"epoch {epoch} at sample {done:,} of {self.epoch_samples:,}"
+        if done == 0 or self.source.takes_offset:
+            self.offset = done
+            return f"data: {where}, the same global sample order (every sample of the epoch once)"
+        self.offset = 0
+        return (f"data: {where}: the {type(self.source).__name__} backend cannot start an epoch mid-order on "
+                f"another number of ranks, so epoch {epoch} restarts: the {done:,} samples its old ranks had read in "
+                f"it are read a second time, the rest once; later epochs read every sample once")
+
+
+def saved_position(states: list[dict], world_size: int, batch_size: int) -> tuple[int, int]:
+    """(epoch, samples of it read) of the loaders whose state_dicts are `states` (one per rank, in lock-step), which
+    had `world_size` ranks reading batches of `batch_size`."""
+    first = states[0]
+    return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
 
 
 def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, world_size: int, device: torch.device,
-                 dtype: torch.dtype) -> Loader:
+                 dtype: torch.dtype, grad_accum: int = 1) -> Loader:
     """The loader of `rank`.
 
     Args:
@@ -94,6 +146,7 @@ def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, wor
         seed: the run's seed, from which the source's shuffles and crops are hashed.
         rank, world_size: this process's place among the data-parallel ranks.
         device, dtype: where the batches go, and the images' dtype there.
+        grad_accum: batches per optimizer step on each rank; an epoch ends on a whole step.
     """
     if not data.shards:
         raise DataError("data.shards is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set "
@@ -104,10 +157,10 @@ def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, wor
     except (ManifestError, ValueError) as err:
         raise DataError(f"data.shards {data.shards}: {err}") from err
     per_rank = manifest.total_samples // world_size  # ranks split the samples (not the shards) evenly
-    batches = per_rank // data.batch_size
+    batches = steps_per_epoch(manifest.total_samples, data.batch_size * world_size * grad_accum) * grad_accum
     if batches < 1:
-        raise DataError(f"data.shards {data.shards}: {per_rank} samples per rank make no batch of "
-                        f"{data.batch_size}: lower data.batch_size or use more data")
+        raise DataError(f"data.shards {data.shards}: {per_rank} samples per rank make no optimizer step of "
+                        f"{grad_accum} batch(es) of {data.batch_size}: lower data.batch_size or use more data")
     backend = resolve_backend(data.backend)
     try:
         if backend == "dali":
@@ -123,4 +176,4 @@ def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, wor
         raise DataError(f"data.shards {data.shards}: {err}") from err
     logger.info("data: %s backend, %d shard(s), %d samples per rank, %d batches of %d per epoch", backend,
                 len(shards), per_rank, batches, data.batch_size)
-    return Loader(source, sampler, data.batch_size, batches, manifest.total_samples, rank, device, dtype)
+    return Loader(source, sampler, data.batch_size, world_size, grad_accum, manifest.total_samples, rank, device, dtype)

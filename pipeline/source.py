@@ -24,13 +24,20 @@ class Source(Protocol):
     batches_per_epoch batches per epoch, every sample at most once per epoch across ranks, in an order that depends
     only on (seed, epoch, rank). docs/data-pipeline.md gives each source's arithmetic.
 
-    epoch_batches yields (images, labels, keys): images uint8 (B, 3, S, S) for the loader to normalise, or already
-    normalised floats."""
+    epoch_batches(epoch, start, offset, batches) yields (images, labels, keys) from batch `start` on: images uint8
+    (B, 3, S, S) for the loader to normalise, or already normalised floats. A source that `takes_offset` starts an
+    epoch at sample `offset` of its global order with `batches` batches (a run continued on another number of
+    ranks); the others only take offset 0 and a whole epoch. restart(epoch, skipped) makes a fresh source continue
+    at `epoch` (Loader.continue_from)."""
 
     skipped: int  # corrupt samples skipped so far (data.on_bad_sample: skip)
+    takes_offset: bool
 
-    def epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]: ...
+    def epoch_batches(self, epoch: int, start: int, offset: int = 0,
+                      batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def restart(self, epoch: int, skipped: int) -> None: ...

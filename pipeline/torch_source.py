@@ -1,7 +1,8 @@
 """The PyTorch source: random access into the shards through their index files, torchvision decode and crop.
 
-An epoch is one seeded permutation of all samples of which rank r takes every world_size-th; a resume starts at any
-batch without reading what came before. DataLoader workers build whole batches, each crop drawn from a generator
+An epoch is one seeded permutation of all samples (the global order) of which rank r takes every world_size-th,
+starting at the epoch's offset (0, or where the ranks of a run with another world size stopped); a resume starts at
+any batch without reading what came before. DataLoader workers build whole batches, each crop drawn from a generator
 seeded by (seed, epoch, rank, batch), so the output does not depend on the number of workers. On a GPU the JPEGs are
 decoded there, batched through nvJPEG; on the CPU the workers decode (docs/data-pipeline.md).
 """
@@ -60,7 +61,7 @@ class EpochBatches(Dataset):
     crop boxes for the main process to decode and crop on the GPU."""
 
     def __init__(self, samples: list[SampleRef], order: torch.Tensor, batch_size: int, crop_size: int, scale, ratio,
-                 seed: tuple[int, int, int], decode_on_gpu: bool, on_bad_sample: str):
+                 seed: tuple[int, ...], decode_on_gpu: bool, on_bad_sample: str):
         self.samples, self.order, self.batch_size = samples, order, batch_size
         self.crop_size, self.scale, self.ratio, self.seed = crop_size, scale, ratio, seed
         self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
@@ -160,6 +161,8 @@ def _as_is(batch):
 class TorchSource:
     """Source (pipeline/source.py) over all shards; `data` is the config's data section."""
 
+    takes_offset = True  # an epoch can start at any sample of its global order
+
     def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
                  world_size: int, device: torch.device):
         # every rank indexes every shard: it reads 1/world_size of them
@@ -174,15 +177,19 @@ class TorchSource:
         self.decode_on_gpu = device.type == "cuda"
         self.skipped = 0
 
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        """This rank's samples of `epoch`: every `world_size`-th of one permutation shared by all ranks."""
+    def epoch_order(self, epoch: int, offset: int = 0, batches: int | None = None) -> torch.Tensor:
+        """This rank's samples of `epoch`: every `world_size`-th of one permutation shared by all ranks (the global
+        order), from its sample `offset` on, for `batches` batches (default: a whole epoch)."""
         gen = torch.Generator().manual_seed(hashed_seed((self.seed, epoch), DATA_STREAM))
-        mine = torch.randperm(len(self.samples), generator=gen)[self.rank::self.world_size]
-        return mine[: self.batches_per_epoch * self.batch_size]
+        mine = torch.randperm(len(self.samples), generator=gen)[offset + self.rank::self.world_size]
+        return mine[: (self.batches_per_epoch if batches is None else batches) * self.batch_size]
 
-    def epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        dataset = EpochBatches(self.samples, self.epoch_order(epoch), self.batch_size, self.crop_size, self.scale,
-                               self.ratio, (self.seed, epoch, self.rank), self.decode_on_gpu, self.on_bad_sample)
+    def epoch_batches(self, epoch: int, start: int, offset: int = 0,
+                      batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        # crops are seeded by (seed, epoch, rank[, offset], batch): a continued epoch draws crops of its own
+        seed = (self.seed, epoch, self.rank) + ((offset,) if offset else ())
+        dataset = EpochBatches(self.samples, self.epoch_order(epoch, offset, batches), self.batch_size,
+                               self.crop_size, self.scale, self.ratio, seed, self.decode_on_gpu, self.on_bad_sample)
         workers = self.num_workers
         loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None,
@@ -203,3 +210,7 @@ class TorchSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = state["skipped"]
+
+    def restart(self, epoch: int, skipped: int) -> None:
+        """Continues a run of another layout (Loader.continue_from): the position lives in the loader."""
+        self.skipped = skipped

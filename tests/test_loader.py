@@ -8,6 +8,7 @@ epoch and a batch of 24 leaves 8 per rank over (the epoch boundary with a remain
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -177,6 +178,72 @@ def test_dali_state_from_another_setup_is_refused(dataset):
     other = build_training_loader(make_cfg(shards, "dali", batch_size=25), rank=0, world_size=1, device=CPU)
     with pytest.raises(DataError, match="batch_size"):
         other.load_state_dict(first.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------------ elastic
+
+def read_steps(loaders: list, steps: int, grad_accum: int) -> list[list[str]]:
+    """The keys each optimizer step reads across `loaders` (one per rank, grad_accum batches each per step)."""
+    iters = [iter(loader) for loader in loaders]
+    return [[k for it in iters for _ in range(grad_accum) for k in next(it).keys] for _ in range(steps)]
+
+
+def layout(shards, backend, world_size, batch_size, grad_accum=1):
+    cfg = make_cfg(shards, backend, batch_size)
+    cfg = dataclasses.replace(cfg, optimization=dataclasses.replace(cfg.optimization, grad_accum=grad_accum))
+    return [build_training_loader(cfg, rank=r, world_size=world_size, device=CPU) for r in range(world_size)]
+
+
+@pytest.mark.parametrize("old,new,k", [
+    ((2, 20, 1), (1, 20, 2), 3),  # 2 ranks → 1, the global batch of 40 kept with grad_accum 2
+    ((2, 24, 1), (3, 16, 1), 3),  # 2 → 3: 48 = 3 × 16
+    ((2, 24, 1), (3, 16, 1), 8),  # stopped at the end of the epoch: the new ranks begin the next
+    ((2, 20, 1), (3, 20, 1), 3),  # per-GPU batch kept: the global batch becomes 60
+])
+def test_torch_backend_reads_every_sample_of_the_epoch_once_across_a_change_of_ranks(dataset, old, new, k):
+    """Old ranks read k steps, new ranks continue from their states: over the epoch that spans the change, every
+    sample the uninterrupted old run would read is read once (the new layout reads whole steps of its own batch)."""
+    shards, _ = dataset
+    (w0, b0, a0), (w1, b1, a1) = old, new
+    uninterrupted = read_steps(layout(shards, "torch", *old), 400 // (w0 * b0 * a0), a0)
+    before_loaders = layout(shards, "torch", *old)
+    before = read_steps(before_loaders, k, a0)
+    after_loaders = layout(shards, "torch", *new)
+    notes = {loader.continue_from([l.state_dict() for l in before_loaders], w0, b0, step=k) for loader in after_loaders}
+    assert len(notes) == 1 and "the same global sample order" in notes.pop()
+    epoch_steps = 400 // (w0 * b0 * a0)
+    if k == epoch_steps:  # the old ranks had finished epoch 0: the new ones start epoch 1 at its first sample
+        assert all(loader.epoch == 1 and loader.offset == 0 for loader in after_loaders)
+        return
+    g1 = w1 * b1 * a1
+    left = (400 // (w0 * b0 * a0) * w0 * b0 * a0 - k * w0 * b0 * a0) // g1  # whole new steps left in the epoch
+    after = read_steps(after_loaders, left, a1)
+    keys = [key for step in before + after for key in step]
+    assert len(keys) == len(set(keys))  # nothing twice
+    epoch = {key for step in uninterrupted for key in step}
+    assert set(keys) <= epoch
+    if g1 == w0 * b0 * a0:  # the global batch kept: the very same samples, step by step
+        assert [sorted(s) for s in before + after] == [sorted(s) for s in uninterrupted]
+    else:  # a new global batch: the epoch ends at its last whole step of 60; the rest of the order is not read
+        assert len(keys) == k * w0 * b0 * a0 + left * g1 and len(epoch - set(keys)) < g1
+    next_epoch = read_steps(after_loaders, 400 // g1, a1)  # then whole epochs in the new layout
+    assert all(loader.epoch == 1 for loader in after_loaders)
+    assert len({key for step in next_epoch for key in step}) == 400 // g1 * g1
+
+
+@pytest.mark.skipif(not HAVE_DALI, reason="DALI is not installed")
+def test_dali_restarts_the_epoch_on_another_number_of_ranks_and_says_what_repeats(dataset):
+    shards, expected = dataset
+    before_loaders = layout(shards, "dali", 2, 20)
+    before = read_steps(before_loaders, 3, 1)
+    after = build_training_loader(make_cfg(shards, "dali", 20), rank=0, world_size=1, device=CPU)
+    note = after.continue_from([l.state_dict() for l in before_loaders], 2, 20, step=3)
+    assert "epoch 0 restarts: the 120 samples its old ranks had read in it are read a second time" in note
+    assert after.epoch == 0 and after.offset == 0 and after.batches_seen == 3
+    epoch = read_steps([after], after.batches_per_epoch, 1)
+    keys = [key for step in epoch for key in step]
+    assert sorted(keys) == sorted(expected)  # the restarted epoch reads each sample once
+    assert {key for step in before for key in step} <= set(keys)  # so those read before the change repeat
 
 
 # ------------------------------------------------------------------------------------------------------ bad data

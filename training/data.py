@@ -22,4 +22,4 @@ def build_training_loader(cfg: Config, rank: int, world_size: int, device: torch
     """The loader of `rank`: data.backend picks DALI or the PyTorch source; images in the training dtype unless
     `dtype` is given."""
     return build_loader(cfg.data, mask_sampler(cfg), seed=cfg.run.seed, rank=rank, world_size=world_size,
-                        device=device, dtype=dtype or training_dtype(cfg))
+                        device=device, dtype=dtype or training_dtype(cfg), grad_accum=cfg.optimization.grad_accum)
