@@ -2,6 +2,8 @@
 
     deepspeed train.py --config configs/vith14_in1k.yaml [--set section.key=value ...] [--resume auto|PATH]
                        [--accept-changes]            # resume although the data, batch or schedule changed
+                       [--keep-per-gpu-batch]        # on another number of GPUs: keep data.batch_size, not the
+                                                     # global batch (the schedules are rescaled)
     torchrun --nproc_per_node 8 train.py --config ...
     python train.py --config configs/tiny_cpu.yaml                 # one process
     python train.py --config FILE --print-config                   # resolved config as YAML, then exit
@@ -29,6 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--accept-changes", action="store_true",
                    help="resume even though the data, batch or schedule differ from the checkpoint's (each change is "
                         "logged); without it such a resume is refused, naming the differences")
+    p.add_argument("--keep-per-gpu-batch", action="store_true",
+                   help="resuming on another number of GPUs: keep data.batch_size per GPU and let the global batch "
+                        "change (the schedules are laid out for it, logged); by default the global batch is kept and "
+                        "the per-GPU batch and grad_accum adjusted")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     return p.parse_args(argv)
@@ -71,7 +77,7 @@ def main(argv=None) -> int:
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
             return fit(cfg, cfg.checkpoint.resume if args.resume is None else args.resume, stop, make_probe,
-                       args.accept_changes)
+                       args.accept_changes, args.keep_per_gpu_batch)
     except (TrainingError, ConfigError, DataError) as err:
         logger.error("error: %s", err)
         return 1

@@ -141,6 +141,8 @@ class LoggingConfig:
     probe_every: int = at_least(0, default=0)
     # small labeled held-out shards: the first half fits the kNN, the second half scores it
     probe_shards: str = text("")
+    # each rank appends the keys of every batch it reads to run.out_dir/samples/rank<r>.tsv (training/sample_log.py)
+    sample_log: bool = False
 
 
 @dataclass(frozen=True)

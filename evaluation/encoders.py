@@ -7,9 +7,7 @@ DeepSpeed's states also its own plain data classes): a planted pickle is refused
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -19,10 +17,9 @@ import yaml
 from config import config_from_dict
 from evaluation import EvalError
 from model.jepa import build_jepa
-from model.official import DAMAGED_FILE_ERRORS, first_line, load_encoder_for_eval, load_strict
+from model.official import DAMAGED_FILE_ERRORS, first_line, load_encoder_for_eval, load_strict, weights_only_loads
 from model.vit import init_weights
-from training.checkpoints import COMPLETE, TAG, complete_tags, load_states_file
-from training.engine import deepspeed_safe_types
+from training.checkpoints import COMPLETE, TAG, complete_tags, deepspeed_safe_types, load_states_file
 
 STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 
@@ -120,17 +117,3 @@ def _context_state(tag_dir: Path, encoder) -> dict:
     state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
     state.setdefault("pos_embed", encoder.pos_embed.detach())  # frozen: not in DeepSpeed's fp32 copy
     return state
-
-
-@contextmanager
-def weights_only_loads(allowed: list[type]):
-    """Every torch.load inside unpickles with weights_only=True and `allowed`, DeepSpeed's own calls included (they
-    pass weights_only=False; torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides that)."""
-    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(allowed):
-            yield
-    finally:
-        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-        os.environ.update({k: v for k, v in saved.items() if v is not None})

@@ -20,13 +20,12 @@ import torch
 import torch.distributed as dist
 
 from config import config_to_yaml
-from model.official import CheckpointFileError, safe_load
+from model.official import CheckpointFileError, first_line, safe_load, weights_only_loads
 from pipeline.shards import write_file_atomic
 from training import TrainingError
 from training.distributed import gather, on_rank0
 from training.run_dir import (SPACE_MARGIN, check_space, folder_bytes, fsync_tree, is_out_of_space,
                               remove_crashed_saves)
-from training.run_identity import differences
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,12 @@ class CheckpointError(TrainingError):
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
+
+
+def universal_root(out_dir: str | Path) -> Path:
+    """Where a run resumed on another world size keeps the universal conversion it loaded (training/resume.py), until
+    its first checkpoint of its own is complete."""
+    return checkpoint_dir(out_dir) / "universal"
 
 
 def tag_for(step: int) -> str:
@@ -109,6 +114,16 @@ def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[typ
     return state
 
 
+def deepspeed_safe_types() -> list[type]:
+    """The classes of DeepSpeed's own that its ZeRO optimizer states pickle (found with
+    torch.serialization.get_unsafe_globals_in_checkpoint); plain data holders, safe to rebuild."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
 def rng_state() -> dict:
     """This process's RNG states in types that load with weights_only=True (numpy's key array as a tensor)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -159,11 +174,12 @@ def make_room(ckpt_dir: Path, tag: str, need: int) -> None:
     (ckpt_dir / tag).mkdir(exist_ok=True)
 
 
-def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, identity: dict) -> Path:
+def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, record: dict) -> Path:
     """Saves `step` from every rank (DeepSpeed's files, with the target encoder, every rank's loader and RNG state and
     the resolved config as client state). Rank 0 first checks there is room; after every rank wrote and synced its
-    files it writes run.json (the run's identity) and the COMPLETE marker, then prunes the oldest. A save that fails
-    (a full disk) leaves no folder behind and raises on every rank; the last good checkpoint is kept."""
+    files it writes run.json (the step, the world size and `record`: the run's identity and the batch its config
+    asked for) and the COMPLETE marker, then prunes the oldest and any universal conversion. A save that fails (a
+    full disk) leaves no folder behind and raises on every rank; the last good checkpoint is kept."""
     ema.wait()
     digest = check_ranks_agree(target, step)
     ckpt_dir, tag = checkpoint_dir(out_dir), tag_for(step)
@@ -194,56 +210,30 @@ def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, 
                             f"--resume auto")
     if dist.get_rank() == 0:
         write_file_atomic(folder / RUN_FILE, json.dumps({"step": step, "world_size": dist.get_world_size(),
-                                                         "identity": identity}, indent=1).encode())
+                                                         **record}, indent=1).encode())
         mark_complete(ckpt_dir, tag, step)
         for old in prune(ckpt_dir, cfg.checkpoint.keep_last):
             logger.info("removed old checkpoint %s", old)
+        if universal_root(out_dir).is_dir():  # the run has a checkpoint of its own now
+            shutil.rmtree(universal_root(out_dir))
+            logger.info("removed %s: the universal conversion this run resumed from", universal_root(out_dir))
         logger.info("saved checkpoint %s (ranks agree: target encoder digest %s)", folder, digest)
     dist.barrier()
     return folder
 
 
-def check_resume(folder: Path, identity: dict, accept_changes: bool) -> None:
-    """Refuses a checkpoint written by another number of ranks, or (unless `accept_changes`) by a run whose data,
-    batch or schedule differ from this one's; names every difference."""
-    path = folder / RUN_FILE
+def restore(engine, target, load_dir: Path, tag: str) -> dict:
+    """Loads DeepSpeed's states (every torch.load inside unpickling weights_only, DeepSpeed's own included) and the
+    target encoder from checkpoint `tag` in `load_dir`; returns the client state (step, loader, RNG states)."""
     try:
-        meta = json.loads(path.read_text())
-        saved, world_size = dict(meta["identity"]), int(meta["world_size"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); the checkpoint is damaged: "
-                              f"choose another one") from None
-    if world_size != identity["world size"]:
-        raise CheckpointError(f"checkpoint {folder} was written by {world_size} ranks, this run has "
-                              f"{identity['world size']}: resume with the same number of processes")
-    changes = differences(saved, identity)
-    if changes and not accept_changes:
-        raise CheckpointError(f"checkpoint {folder} was written by a run with other settings: {'; '.join(changes)}. "
-                              f"Resume with the same settings, or pass --accept-changes if the change is meant")
-    for change in changes:
-        logger.warning("resuming with a change (--accept-changes): %s", change)
-
-
-def load_checkpoint(engine, target, loader, resume: str, out_dir: Path, identity: dict,
-                    accept_changes: bool = False) -> int:
-    """Restores everything a checkpoint holds; returns its step (0 for a fresh start)."""
-    found = resolve_resume(resume, out_dir)
-    if found is None:
-        logger.info("starting fresh (resume=%r found no checkpoint)", resume)
-        return 0
-    load_dir, tag = found
-    check_resume(load_dir / tag, identity, accept_changes)
-    try:
-        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+        with weights_only_loads(deepspeed_safe_types()):
+            path, client = engine.load_checkpoint(str(load_dir), tag=tag)
     except CheckpointError:
         raise
     except Exception as err:  # DeepSpeed/torch raise many types for damaged files; re-raised naming the checkpoint
-        raise CheckpointError(f"checkpoint {load_dir / tag} cannot be loaded ({type(err).__name__}: {err}); it may "
-                              f"be corrupt: choose another one") from err
+        raise CheckpointError(f"checkpoint {load_dir / tag} cannot be loaded ({type(err).__name__}: "
+                              f"{first_line(err)}); it may be corrupt: choose another one") from err
     if path is None or not client or "step" not in client:
         raise CheckpointError(f"checkpoint {load_dir / tag} cannot be loaded: DeepSpeed found no model states in it")
     target.load_state_dict(client["target_encoder"])
-    loader.load_state_dict(client["loader"][dist.get_rank()])
-    set_rng_state(client["rng"][dist.get_rank()])
-    logger.info("resumed from %s at step %d", load_dir / tag, client["step"])
-    return client["step"]
+    return client

@@ -10,7 +10,7 @@ import torch
 from config import Config, ConfigError, deepspeed_config
 from model.compile import compile_blocks
 from model.jepa import build_jepa, target_features
-from training.checkpoints import load_states_file
+from training.checkpoints import deepspeed_safe_types, load_states_file
 from training.schedules import lr_at, momentum_at, wd_at
 
 logger = logging.getLogger(__name__)
@@ -27,10 +27,11 @@ def param_groups(module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0, "WD_exclude": True}]
 
 
-def build_engine(cfg: Config, device: torch.device, world_size: int):
+def build_engine(cfg: Config, device: torch.device, world_size: int, load_universal: bool = False):
     """(DeepSpeed engine over context encoder + predictor, the torch AdamW inside it, the fp32 target encoder on
     `device`; its EMA is training.target_ema.target_ema(engine, target)). The one place the model is wrapped:
-    torch.compile of the blocks when asked, then DeepSpeed."""
+    torch.compile of the blocks when asked, then DeepSpeed. `load_universal`: the checkpoint to load is a universal
+    conversion (a resume on another world size, training/resume.py)."""
     import deepspeed
 
     model, target = build_jepa(cfg.model, cfg.data.crop_size)
@@ -40,20 +41,12 @@ def build_engine(cfg: Config, device: torch.device, world_size: int):
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optimization.weight_decay), lr=cfg.optimization.lr,
                                   betas=cfg.optimization.betas, eps=cfg.optimization.eps, fused=fused)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                   config=deepspeed_config(cfg, world_size))
+    ds_config = deepspeed_config(cfg, world_size)
+    if load_universal:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     engine.checkpoint_engine = safe_checkpoint_engine(engine.checkpoint_engine)
     return engine, optimizer, target.to(device)
-
-
-def deepspeed_safe_types() -> list[type]:
-    """The classes of DeepSpeed's own that its ZeRO optimizer states pickle (found with
-    torch.serialization.get_unsafe_globals_in_checkpoint); plain data holders, safe to rebuild."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
 
 
 def safe_checkpoint_engine(engine):

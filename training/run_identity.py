@@ -45,11 +45,12 @@ def run_identity(cfg: Config, world_size: int, backend: str, shards_plan: str, n
     return out
 
 
-def differences(saved: dict, current: dict) -> list[str]:
-    """'name: saved → current' for every entry that differs (an entry only one side has counts as a difference)."""
-    out = []
+def differences(saved: dict, current: dict) -> dict[str, str]:
+    """{name: 'name: saved → current'} for every entry that differs (an entry only one side has counts as a
+    difference), in the saved identity's order."""
+    out = {}
     for name in [*saved, *(k for k in current if k not in saved)]:
         old, new = saved.get(name, "(absent)"), current.get(name, "(absent)")
         if old != new:
-            out.append(f"{name}: {old} → {new}")
+            out[name] = f"{name}: {old} → {new}"
     return out

@@ -1,0 +1,330 @@
+"""Elastic resume (training/resume.py): a checkpoint written by N ranks goes on on M, through DeepSpeed's universal
+checkpoint, with the global batch kept (or, on request, the per-GPU batch), the data position continued and the
+schedules where they were. The plan's arithmetic is tested in-process; the rest runs train.py (or the set-up it
+runs, tests/elastic_worker.py) under real launchers: torchrun, DeepSpeed's launcher, two of each as two nodes.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from config import load_config
+from training.checkpoints import CheckpointError
+from training.distributed import free_port
+from training.resume import SavedRun, check_resume, plan_resume, split_global_batch
+from training.sample_log import read_sample_log
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SMALL = 192  # digits in the small set: 4 steps of 48 per epoch
+
+
+# ------------------------------------------------------------------------------------------------------ the plan
+
+def saved(world_size=2, batch=24, accum=1, requested=None, folder="ckpt/step00000010") -> SavedRun:
+    identity = {"data.batch_size": batch, "optimization.grad_accum": accum, "world size": world_size,
+                "global batch size": batch * accum * world_size, "schedule: steps per epoch": 28}
+    return SavedRun(Path(folder), 10, world_size, identity, requested or (batch, accum), 0)
+
+
+def cfg_with(batch=24, accum=1):
+    return load_config(ROOT / "configs" / "tiny_cpu.yaml",
+                       overrides=[f"data.batch_size={batch}", f"optimization.grad_accum={accum}"])
+
+
+@pytest.mark.parametrize("global_batch,world,max_batch,want", [
+    (48, 2, 24, (24, 1)),  # the run's own split
+    (48, 2, 12, (12, 2)),  # the run's own split, with accumulation
+    (48, 1, 24, (24, 2)),  # fewer GPUs: accumulate
+    (48, 3, 24, (16, 1)),  # more GPUs: a smaller per-GPU batch
+    (48, 1, 10, (8, 6)),  # never above the configured per-GPU batch (it is what fits in memory)
+    (48, 4, 24, (12, 1)),  # the fewest accumulation steps
+    (2048, 16, 128, (128, 1)),
+    (2048, 12, 128, None),  # no whole split
+    (48, 5, 24, None),
+])
+def test_the_global_batch_is_split_exactly_or_not_at_all(global_batch, world, max_batch, want):
+    got = split_global_batch(global_batch, world, max_batch)
+    assert got == want
+    if got:
+        assert got[0] * got[1] * world == global_batch and got[0] <= max_batch
+
+
+def test_a_world_size_that_cannot_keep_the_global_batch_is_refused_naming_those_that_can():
+    with pytest.raises(CheckpointError) as err:
+        plan_resume(cfg_with(24), saved(world_size=2, batch=24), world_size=5, keep_per_gpu_batch=False)
+    message = str(err.value)
+    assert "global batch of 48; 5 GPUs cannot split it exactly" in message
+    assert "Resume on 1, 2, 3, 4, 6, 8, 12, 16, 24 or 48 GPUs" in message and "--keep-per-gpu-batch" in message
+
+
+def test_the_plan_keeps_the_global_batch_and_expects_only_the_layout_to_change():
+    plan = plan_resume(cfg_with(24), saved(world_size=2, batch=24), world_size=3, keep_per_gpu_batch=False)
+    assert (plan.batch_size, plan.grad_accum, plan.elastic, plan.rescaled) == (16, 1, True, False)
+    assert plan.expected == {"world size", "data.batch_size", "optimization.grad_accum"}
+    assert any("global batch 48 kept = 16 per GPU × grad_accum 1 × 3 GPU(s) (was 24 × 1 × 2)" in n for n in plan.notes)
+    again = plan_resume(cfg_with(24), saved(world_size=3, batch=16, requested=(24, 1)), 3, False)
+    assert (again.batch_size, again.elastic, again.expected) == (16, False, frozenset())  # the same command again
+    back = plan_resume(cfg_with(24), saved(world_size=3, batch=16, requested=(24, 1)), 2, False)
+    assert (back.batch_size, back.grad_accum) == (24, 1)
+
+
+def test_keep_per_gpu_batch_expects_the_schedules_to_change():
+    plan = plan_resume(cfg_with(24), saved(world_size=2, batch=24), world_size=3, keep_per_gpu_batch=True)
+    assert (plan.batch_size, plan.grad_accum, plan.rescaled) == (24, 1, True)
+    assert {"global batch size", "schedule: total steps", "schedule: steps per epoch"} <= plan.expected
+
+
+def test_a_batch_changed_in_the_config_stays_a_change_to_refuse():
+    plan = plan_resume(cfg_with(32), saved(world_size=2, batch=24), world_size=3, keep_per_gpu_batch=False)
+    assert (plan.batch_size, plan.expected) == (32, frozenset({"world size"}))
+    current = {**saved().identity, "world size": 3, "data.batch_size": 32, "global batch size": 96}
+    with pytest.raises(CheckpointError, match=r"data.batch_size: 24 → 32; global batch size: 48 → 96\. Resume with"):
+        check_resume(saved(), current, accept_changes=False, expected=plan.expected)
+
+
+def test_planned_changes_are_logged_not_refused(caplog):
+    current = {**saved().identity, "world size": 3, "data.batch_size": 16}
+    with caplog.at_level(logging.INFO):
+        check_resume(saved(), current, False, frozenset({"world size", "data.batch_size"}))
+    assert "planned change: world size: 2 → 3" in caplog.text and "data.batch_size: 24 → 16" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------------ launches
+
+PORTS = []
+
+
+@pytest.fixture(autouse=True)
+def _no_shm_leftovers():
+    yield
+    for port in PORTS:
+        for path in Path("/dev/shm").glob(f"deepspeed_*_127.0.0.1_{port}_*"):
+            path.unlink(missing_ok=True)
+
+
+def port() -> int:
+    PORTS.append(free_port())
+    return PORTS[-1]
+
+
+def sets(shards, out_dir, batch, *more) -> list[str]:
+    base = [f"data.shards={shards}", f"run.out_dir={out_dir}", f"data.batch_size={batch}", "data.num_workers=0",
+            "data.backend=torch", "logging.every_steps=1", "logging.diagnostics_every=0", "logging.sample_log=true",
+            *more]
+    return [arg for s in base for arg in ("--set", s)]
+
+
+def torchrun(nproc, *args, nnodes=1, node_rank=0, master_port=None):
+    return [str(BIN / "torchrun"), f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1", f"--master_port={master_port or port()}", *args]
+
+
+def launch(cmd, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_all(cmds, timeout=600) -> list[subprocess.CompletedProcess]:
+    """Starts every command at once (the nodes of one job) and waits for all."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in cmds]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [subprocess.CompletedProcess(c, p.returncode, out, "") for c, p, out in zip(cmds, procs, outs)]
+
+
+def ok(proc) -> str:
+    out = (proc.stdout or "") + (proc.stderr or "")
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_shards(digit_shards, tmp_path_factory):
+    """192 digits in 4 shards: an epoch is 4 steps of a global batch of 48."""
+    images = sorted((digit_shards["train"].parent / "img" / "train").rglob("*.jpg"))[:SMALL]
+    src = tmp_path_factory.mktemp("small") / "img"
+    for path in images:
+        (src / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, src / path.parent.name / path.name)
+    dest = src.parent / "shards"
+    proc = launch([sys.executable, "shard_dataset.py", str(src), str(dest), "--shard-size", "48", "--no-progress"])
+    ok(proc)
+    return dest
+
+
+def losses(out_dir) -> dict[int, float]:
+    out = {}
+    with open(Path(out_dir) / "logs" / "tiny_cpu" / "Train_loss.csv") as f:
+        for row in csv.reader(f):
+            if row and row[0] != "step":
+                out[int(row[0])] = float(row[1])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ states
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards, tmp_path, stage):
+    """2 ranks train 2 steps and checkpoint; 1 and 3 ranks load it (DeepSpeed's universal conversion): the full fp32
+    masters, AdamW moments, 16-bit weights and target encoder equal those of the training engine at its save."""
+    shards, run_dir = digit_shards["train"], tmp_path / "run"
+    common = sets(shards, run_dir, 24, "optimization.max_steps=2", "checkpoint.every_steps=2",
+                  f"deepspeed.zero_optimization={{stage: {stage}}}")
+    worker = str(ROOT / "tests" / "elastic_worker.py")
+    ok(launch(torchrun(2, worker, str(tmp_path / "before.pt"), "--train", *common)))
+    before = torch.load(tmp_path / "before.pt", weights_only=False)
+    for world, (batch, accum) in ((1, (24, 2)), (3, (16, 1))):
+        out = ok(launch(torchrun(world, worker, str(tmp_path / f"after{world}.pt"), "--resume", "auto", *common)))
+        assert "elastic resume" in out  # DeepSpeed converts once; the second resume reuses the conversion
+        assert ("converted from" if world == 1 else "kept from an earlier attempt at this resume") in out
+        after = torch.load(tmp_path / f"after{world}.pt", weights_only=False)
+        assert (after["step"], after["world_size"], after["batch_size"], after["grad_accum"]) == (2, world, batch,
+                                                                                                   accum)
+        assert after["params"].keys() == before["params"].keys() and len(before["params"]) > 50
+        for name, want in before["params"].items():
+            for key, tensor in want.items():
+                assert torch.equal(after["params"][name][key], tensor), (world, name, key)
+        for name, tensor in before["target"].items():
+            assert torch.equal(after["target"][name], tensor), (world, name)
+        loader = after["loader"]
+        assert (loader["epoch"], loader["offset"], loader["batch_in_epoch"], loader["batches_seen"]) == (
+            0, 2 * 48, 0, 2 * accum)
+    assert (run_dir / "checkpoints" / "universal" / "step00000002").is_dir()  # kept until the run saves its own
+
+
+# ------------------------------------------------------------------------------------------------------ 1 → 2 → 1
+
+@pytest.mark.slow
+def test_an_epoch_spanning_a_change_reads_every_sample_once_and_the_loss_goes_on(small_shards, tmp_path):
+    """1 rank (steps 1-6) → 2 ranks (7-10) → 1 rank (11-14), global batch 48 kept, beside an uninterrupted run."""
+    def train(nproc, out, last, *extra):
+        cmd = torchrun(nproc, "train.py", "--config", "configs/tiny_cpu.yaml",
+                       *sets(small_shards, out, 48, f"optimization.max_steps={last}", "checkpoint.every_steps=3"),
+                       *extra)
+        return ok(launch(cmd))
+
+    train(1, tmp_path / "ref", 14)
+    first = train(1, tmp_path / "run", 6)
+    assert "global batch 48, 4 steps/epoch" in first
+    second = train(2, tmp_path / "run", 10, "--resume", "auto")
+    assert "global batch 48 kept = 24 per GPU × grad_accum 1 × 2 GPU(s) (was 48 × 1 × 1)" in second
+    assert "data: epoch 1 at sample 96 of 192, the same global sample order" in second
+    third = train(1, tmp_path / "run", 14, "--resume", "auto")
+    assert "global batch 48 kept = 48 per GPU × grad_accum 1 × 1 GPU(s) (was 24 × 1 × 2)" in third
+    assert not (tmp_path / "run" / "checkpoints" / "universal").exists()  # removed once the run saved its own
+
+    rows = read_sample_log(tmp_path / "run")
+    by_step = {}
+    for row in rows:
+        by_step.setdefault(row["step"], []).append(row)
+    assert sorted(by_step) == list(range(1, 15))
+    assert {r["world_size"] for s in range(7, 11) for r in by_step[s]} == {2}
+    for epoch, steps in ((1, range(5, 9)), (2, range(9, 13))):  # both epochs span a change of world size
+        keys = [k for s in steps for r in by_step[s] for k in r["keys"]]
+        assert all(r["epoch"] == epoch for s in steps for r in by_step[s])
+        assert len(keys) == len(set(keys)) == SMALL  # every sample of the set, once
+    reference = {}
+    for row in read_sample_log(tmp_path / "ref"):
+        reference.setdefault(row["step"], []).extend(row["keys"])
+    for step in range(1, 15):  # the same global order: each step reads the samples the uninterrupted run read
+        assert sorted(k for r in by_step[step] for k in r["keys"]) == sorted(reference[step])
+
+    want, got = losses(tmp_path / "ref"), losses(tmp_path / "run")
+    assert [got[s] for s in range(1, 7)] == [want[s] for s in range(1, 7)]  # before the change: the same run
+    step_to_step = max(abs(want[s + 1] - want[s]) for s in range(1, 14))
+    gaps = {s: abs(got[s] - want[s]) for s in range(7, 15)}
+    assert max(gaps.values()) <= step_to_step, (gaps, step_to_step)
+    assert abs(got[7] - got[6]) <= 2 * step_to_step and abs(got[11] - got[10]) <= 2 * step_to_step
+
+
+# ------------------------------------------------------------------------------------------------------ two nodes
+
+def check_ranks(rows, steps, world, nproc_per_node, accum=1):
+    """Each step: every global rank read `accum` batches, rank = node_rank × nproc_per_node + local_rank, no sample
+    twice."""
+    for step in steps:
+        mine = [r for r in rows if r["step"] == step]
+        assert sorted(r["rank"] for r in mine) == sorted(list(range(world)) * accum), (step, mine)
+        for r in mine:
+            assert r["world_size"] == world and r["rank"] == r["node_rank"] * nproc_per_node + r["local_rank"]
+        keys = [k for r in mine for k in r["keys"]]
+        assert len(keys) == len(set(keys))
+
+
+@pytest.mark.slow
+def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
+    """2 torchrun launchers as 2 nodes × 2 processes train and checkpoint; one node of 3 processes goes on."""
+    run_dir, master = tmp_path / "run", port()
+    args = ["train.py", "--config", "configs/tiny_cpu.yaml",
+            *sets(small_shards, run_dir, 12, "optimization.max_steps=3", "checkpoint.every_steps=3")]
+    procs = launch_all([torchrun(2, *args, nnodes=2, node_rank=n, master_port=master) for n in (0, 1)])
+    out = ok(procs[0]) + ok(procs[1])
+    assert out.count("saved checkpoint") == 1  # global rank 0 alone writes run.json, COMPLETE and the log
+    check_ranks(read_sample_log(run_dir), range(1, 4), world=4, nproc_per_node=2)
+    more = ["train.py", "--config", "configs/tiny_cpu.yaml",
+            *sets(small_shards, run_dir, 12, "optimization.max_steps=5", "checkpoint.every_steps=3"),
+            "--resume", "auto"]
+    out = ok(launch(torchrun(3, *more)))
+    assert "written by 4 rank(s), this run has 3" in out
+    assert "global batch 48 kept = 8 per GPU × grad_accum 2 × 3 GPU(s) (was 12 × 1 × 4)" in out
+    rows = read_sample_log(run_dir)
+    check_ranks([r for r in rows if r["world_size"] == 3], (4, 5), world=3, nproc_per_node=3, accum=2)
+    epoch0 = [k for r in rows if r["step"] <= 4 for k in r["keys"]]  # steps 1-3 on 4 ranks, step 4 on 3
+    assert len(epoch0) == len(set(epoch0)) == SMALL
+
+
+@pytest.mark.slow
+def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_shards, tmp_path):
+    """DeepSpeed's launcher with a hostfile of 2 nodes and --no_ssh, one launcher per node (rank from its
+    --node_rank), trains and checkpoints; `python train.py` alone goes on; 5 processes cannot split the batch."""
+    run_dir, master = tmp_path / "run", port()
+    (tmp_path / "hostfile").write_text("node0 slots=1\nnode1 slots=1\n")
+    args = ["train.py", "--config", "configs/tiny_cpu.yaml",
+            *sets(small_shards, run_dir, 16, "optimization.max_steps=2", "checkpoint.every_steps=2")]
+    procs = launch_all([[str(BIN / "deepspeed"), "--hostfile", str(tmp_path / "hostfile"), "--no_ssh",
+                         f"--node_rank={n}", "--master_addr=127.0.0.1", f"--master_port={master}", *args]
+                        for n in (0, 1)])
+    ok(procs[0]), ok(procs[1])
+    check_ranks(read_sample_log(run_dir), (1, 2), world=2, nproc_per_node=1)
+    more = [a.replace("max_steps=2", "max_steps=4") for a in args] + ["--resume", "auto"]
+    refused = launch(torchrun(5, *more))
+    assert refused.returncode != 0
+    lines = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "global batch of 32; 5 GPUs cannot split it exactly" in lines[0]
+    out = ok(launch([sys.executable, *more]))
+    assert "global batch 32 kept = 16 per GPU × grad_accum 2 × 1 GPU(s) (was 16 × 1 × 2)" in out
+    assert json.loads((run_dir / "checkpoints" / "step00000004" / "run.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None,
+                    reason="DALI is not installed")
+def test_dali_backend_restarts_the_interrupted_epoch_and_says_which_samples_repeat(small_shards, tmp_path):
+    """DALI's reader cannot start mid-order on another number of shards: 1 rank reads 2 steps of epoch 0, 2 ranks
+    restart epoch 0 and read it whole; the log names the 96 samples read twice."""
+    run_dir = tmp_path / "run"
+    args = ["train.py", "--config", "configs/tiny_cpu.yaml", *sets(small_shards, run_dir, 48, "data.backend=dali",
+                                                                   "checkpoint.every_steps=2")]
+    ok(launch(torchrun(1, *args, "--set", "optimization.max_steps=2")))
+    out = ok(launch(torchrun(2, *args, "--set", "optimization.max_steps=6", "--resume", "auto")))
+    assert ("epoch 0 restarts: the 96 samples its old ranks had read in it are read a second time, the rest once"
+            in out)
+    rows = read_sample_log(run_dir)
+    before = {k for r in rows if r["world_size"] == 1 for k in r["keys"]}
+    restarted = [k for r in rows if r["world_size"] == 2 and r["epoch"] == 0 for k in r["keys"]]
+    assert len(before) == 96 and len(restarted) == len(set(restarted)) == SMALL  # epoch 0 again, whole
+    assert before <= set(restarted)
+    assert sorted({r["step"] for r in rows if r["world_size"] == 2}) == [3, 4, 5, 6]  # the step count goes on
