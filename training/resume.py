@@ -121,7 +121,7 @@ def plan_resume(cfg: Config, saved: Optional[SavedRun], world_size: int, keep_pe
     if not keep_per_gpu_batch:
         split = split_global_batch(saved.global_batch, world_size, batch)
         if split is None:
-            raise CheckpointError(no_split_message(saved, world_size, batch))
+            raise CheckpointError(no_split_message(saved, world_size, batch * accum))
         batch, accum = split
     if (batch, accum) != tuple(then[key] for key in BATCH_KEYS):
         expected.update(BATCH_KEYS)
@@ -139,13 +139,14 @@ def plan_resume(cfg: Config, saved: Optional[SavedRun], world_size: int, keep_pe
     return ResumePlan(saved, batch, accum, elastic, rescaled, frozenset(expected), tuple(notes))
 
 
-def no_split_message(saved: SavedRun, world_size: int, batch: int) -> str:
+def no_split_message(saved: SavedRun, world_size: int, per_gpu: int) -> str:
+    """`per_gpu`: the configured batch × grad_accum, what --keep-per-gpu-batch would keep."""
     g = saved.global_batch
     fits = [str(n) for n in range(1, g + 1) if g % n == 0]
     return (f"checkpoint {saved.folder} trained with a global batch of {g}; {world_size} GPUs cannot split it "
             f"exactly (per-GPU batch × grad_accum × {world_size} = {g} has no whole solution). Resume on "
             f"{', '.join(fits[:-1])} or {fits[-1]} GPUs to keep it, or pass --keep-per-gpu-batch to train on with "
-            f"{batch} per GPU (global batch {batch * world_size} × grad_accum, schedules rescaled)")
+            f"{per_gpu} samples per GPU and step (global batch {per_gpu * world_size}, schedules rescaled)")
 
 
 def apply_plan(cfg: Config, plan: ResumePlan) -> Config:
