@@ -247,7 +247,7 @@ def test_an_epoch_spanning_a_change_reads_every_sample_once_and_the_loss_goes_on
     assert [got[s] for s in range(1, 7)] == [want[s] for s in range(1, 7)]  # before the change: the same run
     step_to_step = max(abs(want[s + 1] - want[s]) for s in range(1, 14))
     gaps = {s: abs(got[s] - want[s]) for s in range(7, 15)}
-    assert max(gaps.values()) <= step_to_step, (gaps, step_to_step)
+    assert max(gaps.values()) <= step_to_step / 2, (gaps, step_to_step)  # measured: 0.0023 vs 0.0235
     assert abs(got[7] - got[6]) <= 2 * step_to_step and abs(got[11] - got[10]) <= 2 * step_to_step
 
 
