@@ -5,7 +5,6 @@ runs, tests/elastic_worker.py) under real launchers: torchrun, DeepSpeed's launc
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import logging
@@ -20,7 +19,7 @@ import torch
 
 from config import load_config
 from training.checkpoints import CheckpointError
-from training.distributed import free_port
+from launches import logged_losses, master_port, no_shm_leftovers  # noqa: F401  (an autouse fixture)
 from training.resume import SavedRun, check_resume, plan_resume, split_global_batch
 from training.sample_log import read_sample_log
 
@@ -103,22 +102,6 @@ def test_planned_changes_are_logged_not_refused(caplog):
 
 # ------------------------------------------------------------------------------------------------------ launches
 
-PORTS = []
-
-
-@pytest.fixture(autouse=True)
-def _no_shm_leftovers():
-    yield
-    for port in PORTS:
-        for path in Path("/dev/shm").glob(f"deepspeed_*_127.0.0.1_{port}_*"):
-            path.unlink(missing_ok=True)
-
-
-def port() -> int:
-    PORTS.append(free_port())
-    return PORTS[-1]
-
-
 def sets(shards, out_dir, batch, *more) -> list[str]:
     base = [f"data.shards={shards}", f"run.out_dir={out_dir}", f"data.batch_size={batch}", "data.num_workers=0",
             "data.backend=torch", "logging.every_steps=1", "logging.diagnostics_every=0", "logging.sample_log=true",
@@ -126,9 +109,9 @@ def sets(shards, out_dir, batch, *more) -> list[str]:
     return [arg for s in base for arg in ("--set", s)]
 
 
-def torchrun(nproc, *args, nnodes=1, node_rank=0, master_port=None):
+def torchrun(nproc, *args, nnodes=1, node_rank=0, port=None):
     return [str(BIN / "torchrun"), f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1", f"--master_port={master_port or port()}", *args]
+            "--master_addr=127.0.0.1", f"--master_port={port or master_port()}", *args]
 
 
 def launch(cmd, timeout=600):
@@ -163,15 +146,6 @@ def small_shards(digit_shards, tmp_path_factory):
     proc = launch([sys.executable, "shard_dataset.py", str(src), str(dest), "--shard-size", "48", "--no-progress"])
     ok(proc)
     return dest
-
-
-def losses(out_dir) -> dict[int, float]:
-    out = {}
-    with open(Path(out_dir) / "logs" / "tiny_cpu" / "Train_loss.csv") as f:
-        for row in csv.reader(f):
-            if row and row[0] != "step":
-                out[int(row[0])] = float(row[1])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ states
@@ -243,7 +217,7 @@ def test_an_epoch_spanning_a_change_reads_every_sample_once_and_the_loss_goes_on
     for step in range(1, 15):  # the same global order: each step reads the samples the uninterrupted run read
         assert sorted(k for r in by_step[step] for k in r["keys"]) == sorted(reference[step])
 
-    want, got = losses(tmp_path / "ref"), losses(tmp_path / "run")
+    want, got = logged_losses(tmp_path / "ref"), logged_losses(tmp_path / "run")
     assert [got[s] for s in range(1, 7)] == [want[s] for s in range(1, 7)]  # before the change: the same run
     step_to_step = max(abs(want[s + 1] - want[s]) for s in range(1, 14))
     gaps = {s: abs(got[s] - want[s]) for s in range(7, 15)}
@@ -268,10 +242,10 @@ def check_ranks(rows, steps, world, nproc_per_node, accum=1):
 @pytest.mark.slow
 def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
     """2 torchrun launchers as 2 nodes × 2 processes train and checkpoint; one node of 3 processes goes on."""
-    run_dir, master = tmp_path / "run", port()
+    run_dir, master = tmp_path / "run", master_port()
     args = ["train.py", "--config", "configs/tiny_cpu.yaml",
             *sets(small_shards, run_dir, 12, "optimization.max_steps=3", "checkpoint.every_steps=3")]
-    procs = launch_all([torchrun(2, *args, nnodes=2, node_rank=n, master_port=master) for n in (0, 1)])
+    procs = launch_all([torchrun(2, *args, nnodes=2, node_rank=n, port=master) for n in (0, 1)])
     out = ok(procs[0]) + ok(procs[1])
     assert out.count("saved checkpoint") == 1  # global rank 0 alone writes run.json, COMPLETE and the log
     check_ranks(read_sample_log(run_dir), range(1, 4), world=4, nproc_per_node=2)
@@ -291,7 +265,7 @@ def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
 def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_shards, tmp_path):
     """DeepSpeed's launcher with a hostfile of 2 nodes and --no_ssh, one launcher per node (rank from its
     --node_rank), trains and checkpoints; `python train.py` alone goes on; 5 processes cannot split the batch."""
-    run_dir, master = tmp_path / "run", port()
+    run_dir, master = tmp_path / "run", master_port()
     (tmp_path / "hostfile").write_text("node0 slots=1\nnode1 slots=1\n")
     args = ["train.py", "--config", "configs/tiny_cpu.yaml",
             *sets(small_shards, run_dir, 16, "optimization.max_steps=2", "checkpoint.every_steps=2")]

@@ -1,5 +1,4 @@
 """train.py end to end: 2 CPU processes through the real deepspeed launcher (gloo), on real handwritten digits."""
-import csv
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.distributed import free_port
+from launches import logged_losses, master_port, no_shm_leftovers  # noqa: F401  (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -24,41 +23,18 @@ def shards(digit_shards):
     return digit_shards["train"]
 
 
-PORTS = []  # master ports of the launches of this module
-
-
-@pytest.fixture(autouse=True)
-def _no_shm_leftovers():
-    """A run killed with SIGKILL cannot unlink DeepSpeed's /dev/shm buffers (train.py does on any other exit)."""
-    yield
-    for port in PORTS:
-        for path in Path("/dev/shm").glob(f"deepspeed_*_127.0.0.1_{port}_*"):
-            path.unlink(missing_ok=True)
-
-
 def command(shards, out_dir, *sets, nproc=2):
     base = ["--config", "configs/tiny_cpu.yaml", "--set", f"data.shards={shards}", "--set", f"run.out_dir={out_dir}",
             "--set", "data.batch_size=16", "--set", "data.num_workers=0", "--set", "logging.every_steps=1",
             "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch"]
     for s in sets:
         base += ["--set", s]
-    PORTS.append(free_port())
-    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(PORTS[-1]), "train.py", *base]
+    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(master_port()), "train.py", *base]
 
 
 def run(cmd, timeout=900):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def losses(out_dir) -> dict[int, float]:
-    """Per-step losses from DeepSpeed's CSV monitor (a resumed run appends; a re-done step keeps its last value)."""
-    out = {}
-    with open(Path(out_dir) / "logs" / "tiny_cpu" / "Train_loss.csv") as f:
-        for row in csv.reader(f):
-            if row and row[0] != "step":
-                out[int(row[0])] = float(row[1])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +49,7 @@ def reference_run(shards, tmp_path_factory):
 
 def test_loss_decreases_and_ranks_agree(reference_run):
     out, log = reference_run
-    loss = losses(out)
+    loss = logged_losses(out)
     assert sorted(loss) == list(range(1, 51))
     first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(46, 51)) / 5
     assert last < 0.8 * first, (first, last)
@@ -97,12 +73,12 @@ def test_sigkill_then_resume_auto_gives_identical_losses(shards, reference_run, 
     time.sleep(3)  # a few steps past the checkpoint, then kill every process of the launch without warning
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = max(losses(tmp_path))
+    killed_at = max(logged_losses(tmp_path))
     assert killed_at < 50
     resumed = run([*cmd, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr + resumed.stdout
-    want, got = losses(ref_out), losses(tmp_path)
+    want, got = logged_losses(ref_out), logged_losses(tmp_path)
     assert sorted(got) == list(range(1, 51))
     assert [got[s] for s in range(1, 51)] == [want[s] for s in range(1, 51)]
 

@@ -99,13 +99,13 @@ def test_resume_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_p
 
 def test_a_resume_on_another_world_size_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_path):
     """The universal conversion (DeepSpeed's converter, in its own process) loads weights-only as well."""
-    from training.distributed import free_port
+    from launches import master_port
 
     out = copy_run(trained, tmp_path / "run")
     marker = tmp_path / "PWNED"
     planted = out / "checkpoints" / "step00000002" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": {"zero_stage": Planted(marker)}}, planted)
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(master_port())]
     proc = run(launcher + command(shards, out, "optimization.max_steps=4")[1:] + ["--resume", "auto"])
     assert proc.returncode != 0
     assert not marker.exists(), "code planted in the checkpoint ran"
