@@ -64,7 +64,7 @@ def test_a_world_size_that_cannot_keep_the_global_batch_is_refused_naming_those_
         plan_resume(cfg_with(24), saved(world_size=2, batch=24), world_size=5, keep_per_gpu_batch=False)
     message = str(err.value)
     assert "global batch of 48; 5 GPUs cannot split it exactly" in message
-    assert "Resume on 1, 2, 3, 4, 6, 8, 12, 16, 24 or 48 GPUs" in message
+    assert "Resume on 1, 2, 3, 4, 6, 8, 12, 16, 24 or 48 GPU(s)" in message
     assert "--keep-per-gpu-batch to train on with 24 samples per GPU and step (global batch 120" in message
 
 

@@ -143,9 +143,10 @@ def no_split_message(saved: SavedRun, world_size: int, per_gpu: int) -> str:
     """`per_gpu`: the configured batch × grad_accum, what --keep-per-gpu-batch would keep."""
     g = saved.global_batch
     fits = [str(n) for n in range(1, g + 1) if g % n == 0]
+    counts = f"{', '.join(fits[:-1])} or {fits[-1]}" if len(fits) > 1 else fits[0]
     return (f"checkpoint {saved.folder} trained with a global batch of {g}; {world_size} GPUs cannot split it "
             f"exactly (per-GPU batch × grad_accum × {world_size} = {g} has no whole solution). Resume on "
-            f"{', '.join(fits[:-1])} or {fits[-1]} GPUs to keep it, or pass --keep-per-gpu-batch to train on with "
+            f"{counts} GPU(s) to keep it, or pass --keep-per-gpu-batch to train on with "
             f"{per_gpu} samples per GPU and step (global batch {per_gpu * world_size}, schedules rescaled)")
 
 
