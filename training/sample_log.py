@@ -21,10 +21,7 @@ class SampleLog:
         self.file = open(folder / f"rank{rank:05d}.tsv", "a", buffering=1)  # line-buffered: one write per batch
 
     def write(self, step: int, epoch: int, keys: list[str]) -> None:
-        self.file.write(f"{step}\t{epoch}\t{self.prefix}\t{','.join(keys)}\n")
-
-    def close(self) -> None:
-        self.file.close()
+        self.file.write(f"{step}\t{epoch}\t{self.prefix}\t{','.join(keys)}\n")  # closed with the process
 
 
 def read_sample_log(out_dir: Path) -> list[dict]:
