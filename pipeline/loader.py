@@ -63,8 +63,9 @@ class Loader:
         self.source, self.sampler, self.batch_size = source, sampler, batch_size
         self.world_size, self.grad_accum, self.num_samples, self.rank = world_size, grad_accum, num_samples, rank
         self.global_batch = batch_size * world_size * grad_accum
-        self.batches_per_epoch = steps_per_epoch(num_samples, self.global_batch) * grad_accum  # of this rank
-        self.epoch_samples = steps_per_epoch(num_samples, self.global_batch) * self.global_batch  # of all ranks
+        self.steps_per_epoch = steps_per_epoch(num_samples, self.global_batch)  # optimizer steps
+        self.batches_per_epoch = self.steps_per_epoch * grad_accum  # of this rank
+        self.epoch_samples = self.steps_per_epoch * self.global_batch  # of all ranks
         self.device, self.dtype = device, dtype
         self.epoch, self.batch_in_epoch, self.batches_seen = 0, 0, 0
         self.offset = 0  # samples of the current epoch read before this world size took over (continue_from)

@@ -161,7 +161,7 @@ def prepare(cfg, resume, accept_changes, keep_per_gpu_batch, device, rank, world
     identity = run_identity(cfg, world_size, resolve_backend(cfg.data.backend), shards_plan, loader.num_samples, ipe,
                             warmup, total)
     ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
-    step, shift = restore_saved(engine, target, loader, plan, out_dir, identity, accept_changes, ipe)
+    step, shift = restore_saved(engine, target, loader, plan, out_dir, identity, accept_changes)
     ema.loaded()
     on_rank0(check_space, out_dir, int(checkpoint_bytes(engine, target, checkpoint_dir(out_dir)) * SPACE_MARGIN),
              "one checkpoint")  # now, rather than after hours of training
@@ -183,7 +183,7 @@ def train(run: Run, stop: StopSignal, make_probe) -> int:
     samples = SampleLog(out_dir, rank, world_size) if cfg.logging.sample_log else None
     bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
     logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
-                f"{global_batch_size(cfg, world_size)}, {loader.batches_per_epoch // cfg.optimization.grad_accum} "
+                f"{global_batch_size(cfg, world_size)}, {loader.steps_per_epoch} "
                 f"steps/epoch, steps {step + 1}..{last} of {end}"
                 + (f" (the schedules run {shift:+d} steps from the count)" if shift else ""))
     started, first_step, skipped = time.perf_counter(), step + 1, 0

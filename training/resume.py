@@ -6,7 +6,7 @@ the data and the schedules go on.
     plan = plan_resume(cfg, saved, world_size, keep_per_gpu_batch)
     cfg = apply_plan(cfg, plan)                              # the batch this run trains with
     ... build the engine (DeepSpeed's load_universal when plan.elastic), the loader, the run identity ...
-    step = restore_saved(engine, target, loader, plan, out_dir, identity, accept_changes, steps_per_epoch)
+    step = restore_saved(engine, target, loader, plan, out_dir, identity, accept_changes)
 
 By default the global batch is kept exactly: the per-GPU batch (at most the configured data.batch_size, which is
 what fits in memory) and grad_accum are chosen so that batch × grad_accum × GPUs equals the saved global batch; when
@@ -175,8 +175,8 @@ def check_resume(saved: SavedRun, identity: dict, accept_changes: bool, expected
         logger.warning("resuming with a change (--accept-changes): %s", change)
 
 
-def restore_saved(engine, target, loader, plan: ResumePlan, out_dir: Path, identity: dict, accept_changes: bool,
-                  steps_per_epoch: int) -> tuple[int, int]:
+def restore_saved(engine, target, loader, plan: ResumePlan, out_dir: Path, identity: dict,
+                  accept_changes: bool) -> tuple[int, int]:
     """Restores what `plan.saved` holds into the engine, the target encoder and the loader; returns (the step the
     run goes on from, 0 for a fresh start; the schedule shift: the schedules run at step + shift). A checkpoint of
     another world size is converted first (rank 0); a loader of another layout continues where the saved ranks
@@ -203,10 +203,10 @@ def restore_saved(engine, target, loader, plan: ResumePlan, out_dir: Path, ident
         set_rng_state(client["rng"][rank % len(client["rng"])])  # the old ranks' states, round robin
         if plan.rescaled:  # the same place in the epoch, counted in steps of the new global batch
             epoch, done = saved_position(client["loader"], saved.world_size, then[1])
-            shift = epoch * steps_per_epoch + done // loader.global_batch - step
+            shift = epoch * loader.steps_per_epoch + done // loader.global_batch - step
             logger.info(f"schedules: step {step} was sample {done:,} of epoch {epoch}; with the global batch of "
-                        f"{loader.global_batch} ({steps_per_epoch} steps per epoch) the schedules go on from their "
-                        f"step {step + shift} (shift {shift:+d}; the step count goes on from {step})")
+                        f"{loader.global_batch} ({loader.steps_per_epoch} steps per epoch) the schedules go on from "
+                        f"their step {step + shift} (shift {shift:+d}; the step count goes on from {step})")
     logger.info("resumed from %s at step %d", saved.folder, step)
     return step, shift
 
