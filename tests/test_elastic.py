@@ -264,7 +264,8 @@ def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
 @pytest.mark.slow
 def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_shards, tmp_path):
     """DeepSpeed's launcher with a hostfile of 2 nodes and --no_ssh, one launcher per node (rank from its
-    --node_rank), trains and checkpoints; `python train.py` alone goes on; 5 processes cannot split the batch."""
+    --node_rank), trains and checkpoints; `python train.py` alone goes on; 5 processes cannot split the batch; 3
+    go on with --keep-per-gpu-batch."""
     run_dir, master = tmp_path / "run", master_port()
     (tmp_path / "hostfile").write_text("node0 slots=1\nnode1 slots=1\n")
     args = ["train.py", "--config", "configs/tiny_cpu.yaml",
@@ -282,6 +283,16 @@ def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_
     out = ok(launch([sys.executable, *more]))
     assert "global batch 32 kept = 16 per GPU × grad_accum 2 × 1 GPU(s) (was 16 × 1 × 2)" in out
     assert json.loads((run_dir / "checkpoints" / "step00000004" / "run.json").read_text())["world_size"] == 1
+    # --keep-per-gpu-batch on 3: 16 per GPU, global batch 32 → 48; step 4 read 128 samples of epoch 0, which is
+    # step 128 // 48 = 2 of the new schedules (shift -2); one whole new step is left in epoch 0 (16 samples unread)
+    rescaled = [a.replace("max_steps=2", "max_steps=5") for a in args] + ["--resume", "auto", "--keep-per-gpu-batch"]
+    out = ok(launch(torchrun(3, *rescaled)))
+    assert "global batch 32 → 48" in out and "schedule: total steps: 120 → 80" in out
+    assert "the schedules go on from their step 2 (shift -2; the step count goes on from 4)" in out
+    saved = json.loads((run_dir / "checkpoints" / "step00000005" / "run.json").read_text())
+    assert saved["schedule_shift"] == -2 and saved["identity"]["global batch size"] == 48
+    epoch0 = [k for r in read_sample_log(run_dir) if r["step"] <= 5 for k in r["keys"]]
+    assert len(epoch0) == len(set(epoch0)) == 4 * 32 + 48
 
 
 @pytest.mark.slow
