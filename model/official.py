@@ -1,4 +1,5 @@
-"""Checkpoints in the official I-JEPA release format → our encoder, predictor and target encoder; timm export.
+"""Checkpoints in the official I-JEPA release format → our encoder, predictor and target encoder (exports to other
+libraries' formats live in model.export).
 
 The official file is a torch.save dict with 'encoder', 'predictor', 'target_encoder' state dicts (keys prefixed
 'module.' by DDP), plus optimizer state and bookkeeping. The architecture is read from the tensors' shapes; only the
@@ -228,25 +229,3 @@ def load_encoder_for_eval(path: str | Path, which: Literal["target", "context"] 
     encoder, _, target = load_official_checkpoint(path, **kwargs)
     return (target if which == "target" else encoder).eval()
 
-
-def timm_kwargs(encoder: VisionTransformer) -> dict:
-    """timm VisionTransformer arguments that give our encoder's features from forward_features."""
-    return dict(img_size=encoder.grid[0] * encoder.patch_embed.patch_size[0],
-                patch_size=encoder.patch_embed.patch_size[0], embed_dim=encoder.embed_dim, depth=len(encoder.blocks),
-                num_heads=encoder.num_heads, mlp_ratio=encoder.mlp_ratio, qkv_bias=True, class_token=False,
-                global_pool="avg", fc_norm=False, num_classes=0)
-
-
-def to_timm(encoder: VisionTransformer) -> nn.Module:
-    """A timm VisionTransformer holding this encoder's weights (same names: the state dict loads strictly)."""
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
-    model = TimmViT(**timm_kwargs(encoder))
-    model.load_state_dict({k: v.detach().float().clone() for k, v in encoder.state_dict().items()}, strict=True)
-    return model.eval()
-
-
-def export_timm(encoder: VisionTransformer, path: str | Path) -> dict:
-    """Writes a timm-loadable state dict; returns the timm_kwargs to build the model that loads it."""
-    torch.save({k: v.detach().float().clone() for k, v in encoder.state_dict().items()}, path)
-    return timm_kwargs(encoder)

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_SCRIPTS = {"train", "eval", "bench", "shard_dataset"}
+ENTRY_SCRIPTS = {"train", "eval", "export", "bench", "shard_dataset"}
 # Lowest first. A module may import its own package and the packages of lower layers, nothing else of ours.
 LAYERS = [{"tools"}, {"kernels"}, {"model", "pipeline"}, {"config"}, {"training"}, {"evaluation"}, {"benchmarks"}]
 LAYER = {package: level for level, packages in enumerate(LAYERS) for package in packages}

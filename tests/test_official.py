@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.official import (CheckpointFileError, export_timm, load_encoder_for_eval, load_official_checkpoint,
-                            to_timm)
 from model.ema import make_target_encoder
+from model.export import export_timm, to_timm
+from model.official import CheckpointFileError, load_encoder_for_eval, load_official_checkpoint
 from model.predictor import Predictor
 from model.vit import VisionTransformer
 
@@ -200,9 +200,11 @@ def test_eval_encoder_is_the_target_by_default_and_timm_export_matches(tmp_path)
     assert not torch.equal(context.norm.weight, target.norm.weight)
 
     import timm
-    kwargs = export_timm(chosen, tmp_path / "encoder_timm.pth")
+    from safetensors.torch import load_file
+
+    kwargs = export_timm(chosen, tmp_path / "encoder_timm.safetensors")
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
-    model.load_state_dict(torch.load(tmp_path / "encoder_timm.pth"), strict=True)
+    model.load_state_dict(load_file(tmp_path / "encoder_timm.safetensors"), strict=True)  # safetensors: no pickle
     images = torch.load(FIXTURE / "expected.pt")["images"]
     with torch.no_grad():
         ours, theirs = chosen(images), model.eval().forward_features(images)

@@ -5,7 +5,7 @@ import math
 import torch
 
 from config import load_config
-from model.official import to_timm
+from model.export import to_timm
 from model.predictor import Predictor
 from model.sizes import VIT_SIZES, encoder_size
 from model.vit import VisionTransformer, count_parameters, sincos_pos_embed_2d
