@@ -1,7 +1,11 @@
-"""Frozen-encoder evaluation of a checkpoint: kNN and linear probe top-1, beside the same architecture at random init.
+"""Frozen-encoder evaluation of a checkpoint, beside the same architecture at random init: kNN, linear, attentive
+(V-JEPA) and low-shot (a few labels per class, 3 seeded subsets) top-1, in one table and, with --json, a file.
 
     python eval.py --checkpoint runs/demo/train/checkpoints/step00000500 --train-shards runs/demo/shards \\
-                   --val-shards runs/demo/shards-val [--encoder target|context] [--pool avg|last4]
+                   --val-shards runs/demo/shards-val [--encoder target|context] [--pool avg|last4] [--low-shot 1%]
+
+The linear, attentive and low-shot probes each train a grid of learning rates and weight decays at once, in one pass
+over the frozen features; the best head of each grid on the val split is reported with its setting (as V-JEPA 2).
 
 CHECKPOINT is a checkpoint folder written by train.py or a file in the official I-JEPA release format; either loads
 with weights_only=True, so a file that would run code when unpickled is refused. The TARGET (EMA) encoder is evaluated
@@ -21,6 +25,7 @@ import torch
 from config import ConfigError
 from evaluation import EvalError
 from evaluation.report import evaluate, print_table
+from evaluation.sweep import parse_low_shot
 from model.official import CheckpointFileError
 from pipeline import DataError
 from pipeline.shards import write_file_atomic
@@ -42,6 +47,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def low_shot_labels(text: str) -> str:
+    try:
+        parse_low_shot(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="train.py checkpoint folder, or an official-format file")
@@ -50,7 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder", choices=("target", "context"), default="target")
     p.add_argument("--pool", choices=("avg", "last4"), default="avg")
     p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images per split")
-    p.add_argument("--epochs", type=positive_int, default=100, help="linear-probe epochs")
+    p.add_argument("--epochs", type=positive_int, default=100, help="linear and low-shot probe epochs")
+    p.add_argument("--attentive-epochs", type=positive_int, default=20, help="attentive-probe epochs")
+    p.add_argument("--low-shot", type=low_shot_labels, default="1%",
+                   help="labels per class of the low-shot probe: a percentage of each class (1%%) or a count (5)")
+    p.add_argument("--cache-gb", type=positive_float, default=4.0,
+                   help="hold the attentive probe's frozen tokens in memory up to this size, else recompute them")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--json", default=None, help="also write the figures here")
     return p.parse_args(argv)

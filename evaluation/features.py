@@ -74,16 +74,21 @@ def _label(ref: SampleRef, files: dict, num_classes: int) -> int:
     return int(text)
 
 
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) → float, normalised with the ImageNet statistics the encoder was trained with."""
+    mean, std = imagenet_stats(images.device)
+    return (images.float() - mean) / std
+
+
 @torch.no_grad()
 def extract_features(encoder, images: torch.Tensor, pool: Literal["avg", "last4"] = "avg", batch_size: int = 256,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, D) average-pooled output tokens, or (N, 4·D) the concatenated average pools of the last 4 blocks (each
     through the final LayerNorm)."""
     encoder = encoder.to(device).eval()
-    mean, std = imagenet_stats(device)
     feats = []
     for chunk in images.split(batch_size):
-        x = (chunk.to(device).float() - mean) / std
+        x = normalize(chunk.to(device))
         if pool == "avg":
             feats.append(encoder(x).mean(dim=1).float().cpu())
             continue

@@ -1,5 +1,5 @@
-"""Frozen-feature probes: weighted kNN and a linear head (its learning rate chosen on held-out train features), and
-the kNN probe run during training.
+"""The weighted kNN probe on frozen features, and the kNN probe run during training (the swept linear, low-shot and
+attentive probes are in evaluation.sweep and evaluation.attentive).
 
 Every figure is meant to be read beside the same architecture at random init, measured with the same code
 (eval.py prints both): small runs can look barely better than random features.
@@ -7,10 +7,8 @@ Every figure is meant to be read beside the same architecture at random init, me
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from evaluation.features import eval_images, extract_features
@@ -29,52 +27,6 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         votes = torch.zeros(len(xs), num_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
         correct += (votes.argmax(1) == ys).sum().item()
     return correct / len(test_x)
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, lr: float, epochs: int = 100, batch_size: int = 256,
-                 weight_decay: float = 0.0, seed: int = 0, num_classes: Optional[int] = None) -> nn.Module:
-    """BatchNorm without affine + Linear (one output per class: `num_classes`, else as many as train_y needs),
-    trained with AdamW on frozen features."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    num_classes = num_classes or int(train_y.max()) + 1
-    head = nn.Sequential(nn.BatchNorm1d(train_x.shape[1], affine=False), nn.Linear(train_x.shape[1], num_classes))
-    if len(train_x) < 2:
-        return head.eval()  # BatchNorm needs two samples: an untrained head (a --limit of 1 or 2 images)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    head.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(train_x), generator=gen)
-        for idx in order.split(batch_size):
-            if len(idx) < 2:
-                continue  # BatchNorm needs two samples
-            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    return head.eval()
-
-
-@torch.no_grad()
-def accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (head(x).argmax(1) == y).float().mean().item()
-
-
-def linear_accuracy(train_x, train_y, test_x, test_y, lrs=(1e-3, 1e-2, 1e-1), epochs: int = 100,
-                    seed: int = 0) -> tuple[float, float]:
-    """(test top-1, chosen lr): the lr is chosen on a held-out fifth of the TRAIN features, never on the test set."""
-    gen = torch.Generator().manual_seed(seed)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1  # every head the same width, whatever its fit split
-    order = torch.randperm(len(train_x), generator=gen)
-    cut = max(1, len(order) // 5)
-    hold, fit = order[:cut], order[cut:]
-    scores = {lr: accuracy(linear_probe(train_x[fit], train_y[fit], lr, epochs, seed=seed, num_classes=num_classes),
-                           train_x[hold], train_y[hold]) for lr in lrs}
-    best = max(scores, key=scores.get)
-    head = linear_probe(train_x, train_y, best, epochs, seed=seed, num_classes=num_classes)
-    return accuracy(head, test_x, test_y), best
 
 
 class TrainingProbe:

@@ -6,39 +6,60 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from evaluation import EvalError
+from evaluation.attentive import ATTENTIVE_GRID, Tokens, attentive_sweep, token_bytes
 from evaluation.encoders import load_encoder
 from evaluation.features import eval_images, extract_features, shard_classes
-from evaluation.probes import knn_accuracy, linear_accuracy
+from evaluation.probes import knn_accuracy
+from evaluation.sweep import LINEAR_GRID, linear_sweep, low_shot_sweep, parse_low_shot
+
+LOW_SHOT_SEEDS = (0, 1, 2)
 
 
 def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str | Path,
              encoder: Literal["target", "context"] = "target", pool: Literal["avg", "last4"] = "avg",
-             limit: Optional[int] = None, epochs: int = 100, device: str = "cpu") -> dict:
-    """kNN and linear-probe top-1 of the checkpoint's encoder and of its random-init twin, fitted on the train shards
-    and scored on the val shards; with the set-up under "setup".
+             limit: Optional[int] = None, epochs: int = 100, attentive_epochs: int = 20, low_shot: str = "1%",
+             cache_gb: float = 4.0, device: str = "cpu") -> dict:
+    """kNN, linear, attentive and low-shot top-1 of the checkpoint's encoder and of its random-init twin, fitted on
+    the train shards and scored on the val shards; with the set-up under "setup".
 
+    Args:
+        epochs: the linear and low-shot probes' epochs; attentive_epochs: the attentive probe's.
+        low_shot: labels per class of the low-shot probe: '1%' (of each class) or a count such as '5'.
+        cache_gb: the attentive probe holds both splits' output tokens in memory up to this size, else the encoder
+            recomputes them for every batch.
     Raises:
         EvalError, pipeline.DataError, model.official.CheckpointFileError, training.checkpoints.CheckpointError,
             config.ConfigError: one line naming the file or folder and what is wrong (checked in that order: the
             shard folders' manifests, the checkpoint, then the images).
     """
+    per_class = parse_low_shot(low_shot)
     classes = same_classes(train_shards, val_shards)
     which = encoder
     encoder, random_init = load_encoder(checkpoint, which)
     crop = encoder.patch_embed.img_size[0]
     train_images, train_y = eval_images(train_shards, crop, limit)
     val_images, val_y = eval_images(val_shards, crop, limit)
+    cache = token_bytes(encoder, len(train_y) + len(val_y)) <= cache_gb * 1e9
     results = {}
     for name, model in (("checkpoint", encoder), ("random init", random_init)):
         start = time.perf_counter()
         train_x = extract_features(model, train_images, pool, device=device)
         val_x = extract_features(model, val_images, pool, device=device)
-        knn = knn_accuracy(train_x, train_y, val_x, val_y)
-        linear, lr = linear_accuracy(train_x, train_y, val_x, val_y, epochs=epochs)
-        results[name] = {"knn_top1": knn, "linear_top1": linear, "linear_lr": lr,
-                         "seconds": time.perf_counter() - start}
-    results["setup"] = {"checkpoint": str(checkpoint), "encoder": which, "pool": pool,
-                        "train_images": len(train_y), "val_images": len(val_y), "classes": len(classes)}
+        train, val = Tokens(model, train_images, device, cache), Tokens(model, val_images, device, cache)
+        results[name] = {
+            "knn": {"top1": knn_accuracy(train_x, train_y, val_x, val_y)},
+            "linear": linear_sweep(train_x, train_y, val_x, val_y, epochs=epochs, num_classes=len(classes)).as_dict(),
+            "attentive": attentive_sweep(train, train_y, val, val_y, model.num_heads, len(classes),
+                                         epochs=attentive_epochs).as_dict(),
+            "low_shot": low_shot_sweep(train_x, train_y, val_x, val_y, per_class, LOW_SHOT_SEEDS, len(classes),
+                                 epochs=epochs),
+            "seconds": time.perf_counter() - start}
+    results["setup"] = {
+        "checkpoint": str(checkpoint), "encoder": which, "pool": pool, "train_images": len(train_y),
+        "val_images": len(val_y), "classes": len(classes), "linear_epochs": epochs, "linear_grid": len(LINEAR_GRID),
+        "attentive_epochs": attentive_epochs, "attentive_grid": len(ATTENTIVE_GRID),
+        "attentive_tokens": "cached" if cache else "recomputed every batch", "low_shot": low_shot,
+        "low_shot_seeds": list(LOW_SHOT_SEEDS), "selection": "the best head of each grid on the val split"}
     return results
 
 
@@ -64,13 +85,31 @@ def _some(names: list[str], limit: int = 3) -> str:
                                                                            if len(names) > limit else "")
 
 
+COLUMNS = ("kNN", "linear", "attentive")
+
+
 def print_table(results: dict) -> None:
     s = results["setup"]
     print(f"probe: {s['encoder']} encoder, {s['pool']} pool, {s['train_images']} train / {s['val_images']} val "
-          f"images, {s['classes']} classes (chance {100 / s['classes']:.1f}%)")
-    print(f"{'encoder':<14}{'kNN top-1':>11}{'linear top-1':>14}")
+          f"images, {s['classes']} classes (chance {100 / s['classes']:.1f}%); linear, attentive and low-shot: "
+          f"{s['selection']}")
+    shots = f"low-shot {s['low_shot']}"
+    print(f"{'encoder':<14}" + "".join(f"{c + ' top-1':>17}" for c in COLUMNS) + f"{shots + ' top-1':>22}")
     for name in ("checkpoint", "random init"):
         r = results[name]
-        print(f"{name:<14}{100 * r['knn_top1']:>10.1f}%{100 * r['linear_top1']:>13.1f}%")
-    gain = [100 * (results["checkpoint"][k] - results["random init"][k]) for k in ("knn_top1", "linear_top1")]
-    print(f"{'margin':<14}{gain[0]:>+10.1f}%{gain[1]:>+13.1f}%")
+        row = [f"{100 * r[key]['top1']:.1f}%" for key in ("knn", "linear", "attentive")]
+        row.append(f"{100 * r['low_shot']['mean']:.1f} ± {100 * r['low_shot']['std']:.1f}%")
+        print(f"{name:<14}" + "".join(f"{cell:>17}" for cell in row[:3]) + f"{row[3]:>22}")
+    ours, theirs = results["checkpoint"], results["random init"]
+    gain = [100 * (ours[key]["top1"] - theirs[key]["top1"]) for key in ("knn", "linear", "attentive")]
+    gain.append(100 * (ours["low_shot"]["mean"] - theirs["low_shot"]["mean"]))
+    print(f"{'margin':<14}" + "".join(f"{g:>+16.1f}%" for g in gain[:3]) + f"{gain[3]:>+21.1f}%")
+    for name in ("checkpoint", "random init"):
+        r = results[name]
+        print(f"{name}: linear best of {s['linear_grid']} at {_setting(r['linear'])}; attentive best of "
+              f"{s['attentive_grid']} at {_setting(r['attentive'])}; low-shot seeds {s['low_shot_seeds']}: "
+              + ", ".join(f"{100 * run['top1']:.1f}% ({run['labels']} labels)" for run in r["low_shot"]["runs"]))
+
+
+def _setting(probe: dict) -> str:
+    return f"lr {probe['lr']:g}, wd {probe['weight_decay']:g}"
