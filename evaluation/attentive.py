@@ -46,9 +46,9 @@ class AttentiveClassifier(nn.Module):
         """The cross-attention of one query, folded so that no key or value is formed per token.
 
         A query's logit on token x is q·(Wk x + bk) = (Wk^T q)·x + q·bk, and its output is Wv (Σ a_i x_i) + bv with
-        Σ a_i = 1; with x = γ ⊙ x̂ + β (norm1) the per-head constants cancel in the softmax. So each head costs
-        B·N·D for its logits and as much for its weighted sum, instead of B·N·2D² for the keys and values: the same
-        function (reference_forward is the plain one; the tests compare them), about 2D/H times cheaper.
+        Σ a_i = 1; with x = γ ⊙ x̂ + β (norm1) the per-head constants cancel in the softmax. So the H heads' logits
+        and weighted sums take 2·B·N·D·H multiply-adds instead of the 2·B·N·D² of the keys and values: the same
+        function (reference_forward is the plain one; the tests compare them), D/H times cheaper.
         """
         b, n, d = tokens.shape
         h = self.num_heads
