@@ -52,7 +52,7 @@ def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str |
             "attentive": attentive_sweep(train, train_y, val, val_y, model.num_heads, len(classes),
                                          epochs=attentive_epochs).as_dict(),
             "low_shot": low_shot_sweep(train_x, train_y, val_x, val_y, per_class, LOW_SHOT_SEEDS, len(classes),
-                                 epochs=epochs),
+                                       epochs=epochs),
             "seconds": time.perf_counter() - start}
     results["setup"] = {
         "checkpoint": str(checkpoint), "encoder": which, "pool": pool, "train_images": len(train_y),
