@@ -43,9 +43,8 @@ def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str |
     results = {}
     for name, model in (("checkpoint", encoder), ("random init", random_init)):
         start = time.perf_counter()
-        train_x = extract_features(model, train_images, pool, device=device)
-        val_x = extract_features(model, val_images, pool, device=device)
         train, val = Tokens(model, train_images, device, cache), Tokens(model, val_images, device, cache)
+        train_x, val_x = (pooled(model, tokens, pool, device) for tokens in (train, val))
         results[name] = {
             "knn": {"top1": knn_accuracy(train_x, train_y, val_x, val_y)},
             "linear": linear_sweep(train_x, train_y, val_x, val_y, epochs=epochs, num_classes=len(classes)).as_dict(),
@@ -61,6 +60,14 @@ def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str |
         "attentive_tokens": "cached" if cache else "recomputed every batch", "low_shot": low_shot,
         "low_shot_seeds": list(LOW_SHOT_SEEDS), "selection": "the best head of each grid on the val split"}
     return results
+
+
+def pooled(model, tokens: Tokens, pool: Literal["avg", "last4"], device: str):
+    """(N, D) features of the kNN, linear and low-shot probes: the average of the cached tokens when the attentive
+    probe holds them (the same numbers, without a second pass of the encoder), else extract_features."""
+    if pool == "avg" and tokens.cached is not None:
+        return tokens.cached.mean(dim=1).cpu()
+    return extract_features(model, tokens.images, pool, device=device)
 
 
 def same_classes(train_shards: str | Path, val_shards: str | Path) -> list[str]:
@@ -85,7 +92,7 @@ def _some(names: list[str], limit: int = 3) -> str:
                                                                            if len(names) > limit else "")
 
 
-COLUMNS = ("kNN", "linear", "attentive")
+COLUMNS = {"knn": "kNN", "linear": "linear", "attentive": "attentive"}  # JSON key → table heading
 
 
 def print_table(results: dict) -> None:
@@ -94,14 +101,14 @@ def print_table(results: dict) -> None:
           f"images, {s['classes']} classes (chance {100 / s['classes']:.1f}%); linear, attentive and low-shot: "
           f"{s['selection']}")
     shots = f"low-shot {s['low_shot']}"
-    print(f"{'encoder':<14}" + "".join(f"{c + ' top-1':>17}" for c in COLUMNS) + f"{shots + ' top-1':>22}")
+    print(f"{'encoder':<14}" + "".join(f"{c + ' top-1':>17}" for c in COLUMNS.values()) + f"{shots + ' top-1':>22}")
     for name in ("checkpoint", "random init"):
         r = results[name]
-        row = [f"{100 * r[key]['top1']:.1f}%" for key in ("knn", "linear", "attentive")]
+        row = [f"{100 * r[key]['top1']:.1f}%" for key in COLUMNS]
         row.append(f"{100 * r['low_shot']['mean']:.1f} ± {100 * r['low_shot']['std']:.1f}%")
         print(f"{name:<14}" + "".join(f"{cell:>17}" for cell in row[:3]) + f"{row[3]:>22}")
     ours, theirs = results["checkpoint"], results["random init"]
-    gain = [100 * (ours[key]["top1"] - theirs[key]["top1"]) for key in ("knn", "linear", "attentive")]
+    gain = [100 * (ours[key]["top1"] - theirs[key]["top1"]) for key in COLUMNS]
     gain.append(100 * (ours["low_shot"]["mean"] - theirs["low_shot"]["mean"]))
     print(f"{'margin':<14}" + "".join(f"{g:>+16.1f}%" for g in gain[:3]) + f"{gain[3]:>+21.1f}%")
     for name in ("checkpoint", "random init"):
