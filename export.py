@@ -31,6 +31,7 @@ from evaluation.encoders import load_encoder
 from model.export import ExportError
 from model.official import CheckpointFileError
 from pipeline.shards import fsync_dir, partial_name
+from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
 from training.checkpoints import CheckpointError
 from training.run_dir import fsync_tree
 
@@ -87,7 +88,7 @@ def write_and_verify(encoder, folder: Path, out: Path) -> dict:
     from model.export import sample_images, save_timm, save_transformers, timm_gap, transformers_gap
 
     save_transformers(encoder, folder)
-    architecture = save_timm(encoder, folder / TIMM_SUBFOLDER)
+    architecture = save_timm(encoder, folder / TIMM_SUBFOLDER, IMAGENET_MEAN, IMAGENET_STD)
     images = sample_images(encoder, count=2, seed=0)
     formats = {
         "transformers": {"files": ["config.json", "model.safetensors"], "version": transformers.__version__,

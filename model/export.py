@@ -2,7 +2,7 @@
 that its library loads offline (config.json + model.safetensors: tensors only, nothing that unpickles).
 
     save_transformers(encoder, "out")   →  IJepaModel.from_pretrained("out")
-    save_timm(encoder, "out/timm")      →  timm.create_model("local-dir:out/timm", pretrained=True)
+    save_timm(encoder, "out/timm", mean, std)  →  timm.create_model("local-dir:out/timm", pretrained=True)
 
 Both give our encoder's output tokens: IJepaModel's last_hidden_state, timm's forward_features (and timm's forward
 their average, global_pool="avg"). transformers, timm's factory and safetensors are imported inside the functions:
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,6 @@ from model.vit import VisionTransformer
 
 # timm's name for a ViT without class token, average-pooled, no fc_norm: used when timm has no I-JEPA name for the size
 TIMM_FALLBACK_ARCH = "vit_base_patch16_gap_224"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what our eval transform normalises with
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -89,9 +89,10 @@ def timm_architecture(encoder: VisionTransformer) -> str:
     return TIMM_FALLBACK_ARCH
 
 
-def timm_config(encoder: VisionTransformer, architecture: str) -> dict:
+def timm_config(encoder: VisionTransformer, architecture: str, mean: Sequence[float], std: Sequence[float]) -> dict:
     """timm's local-folder config.json: architecture + model_args build the model, pretrained_cfg gives the eval
-    transform our probes use (short side to S/0.875, centre crop S, ImageNet mean and std)."""
+    transform our probes use (short side to S/0.875, centre crop S, normalised by `mean` and `std` in [0, 1] units:
+    the data pipeline's, which the caller passes)."""
     kwargs = timm_kwargs(encoder)
     size = kwargs["img_size"]
     return {
@@ -103,20 +104,21 @@ def timm_config(encoder: VisionTransformer, architecture: str) -> dict:
         "pretrained_cfg": {
             "tag": "ijepa", "custom_load": False, "input_size": [kwargs["in_chans"], size, size],
             "fixed_input_size": True, "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
+            "mean": list(mean), "std": list(std), "num_classes": 0, "pool_size": None,
             "first_conv": "patch_embed.proj", "classifier": "head", "paper_name": "I-JEPA",
             "paper_ids": "arXiv:2301.08243",
         },
     }
 
 
-def save_timm(encoder: VisionTransformer, folder: str | Path) -> str:
+def save_timm(encoder: VisionTransformer, folder: str | Path, mean: Sequence[float], std: Sequence[float]) -> str:
     """Writes timm's local-folder format: config.json + model.safetensors (our names are timm's), so that
     `timm.create_model("local-dir:FOLDER", pretrained=True)` builds and loads it offline.
 
     Args:
         encoder: the encoder to export (any dtype or device; written as fp32).
         folder: created if missing; its config.json and model.safetensors are (over)written.
+        mean, std: the per-channel normalisation of the images the encoder was trained on, in [0, 1] units.
     Returns:
         The timm architecture name the config names.
     """
@@ -124,7 +126,7 @@ def save_timm(encoder: VisionTransformer, folder: str | Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     architecture = timm_architecture(encoder)
     export_timm(encoder, folder / WEIGHTS_FILE)
-    (folder / "config.json").write_text(json.dumps(timm_config(encoder, architecture), indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps(timm_config(encoder, architecture, mean, std), indent=2) + "\n")
     return architecture
 
 
