@@ -21,6 +21,8 @@ test: $(STAMP)
 # of the trained target encoder on held-out digits beside its random init → its export to transformers and timm →
 # throughput summary. The attentive probe gets 40 epochs: 1,348 images give 22 steps an epoch.
 DEMO   := runs/demo
+# the run's newest checkpoint, looked up when a recipe line uses it
+LAST_CKPT = $$(ls -d $(DEMO)/train/checkpoints/step* | tail -1)
 NPROC  ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 demo: $(STAMP)
 	$(PY) -m tools.digits $(DEMO)/digits --size 32
@@ -29,10 +31,10 @@ demo: $(STAMP)
 	rm -rf $(DEMO)/train
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH deepspeed --num_gpus $(NPROC) train.py --config configs/tiny_cpu.yaml \
 		--set data.shards=$(DEMO)/shards --set run.out_dir=$(DEMO)/train
-	$(PY) eval.py --checkpoint $$(ls -d $(DEMO)/train/checkpoints/step* | tail -1) \
+	$(PY) eval.py --checkpoint $(LAST_CKPT) \
 		--train-shards $(DEMO)/shards --val-shards $(DEMO)/shards-val --attentive-epochs 40 --json $(DEMO)/probe.json
 	rm -rf $(DEMO)/export
-	$(PY) export.py --checkpoint $$(ls -d $(DEMO)/train/checkpoints/step* | tail -1) --out $(DEMO)/export
+	$(PY) export.py --checkpoint $(LAST_CKPT) --out $(DEMO)/export
 	@$(PY) -c "import json; s = json.load(open('$(DEMO)/train/summary.json')); \
 		print(f\"demo: {s['images_per_s_per_gpu']:.1f} images/s per GPU, {s['images_per_gpu_hour']:,.0f} images per GPU-hour\")"
 
