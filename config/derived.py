@@ -44,15 +44,29 @@ def training_dtype(cfg: Config):
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
-    """The DeepSpeed config dict: batch and precision keys derived here, the deepspeed section merged over them."""
+    """The DeepSpeed config dict: batch and precision keys derived here, the deepspeed section merged over them.
+
+    Three DeepSpeed defaults are replaced, each costing every step and none asked for by the recipe:
+    - gradient_clipping 0: the official recipe does not clip; DeepSpeed's default (1.0) clips at global norm 1.
+    - bf16.check_grad_overflow false: the per-gradient inf/NaN scan ends in a host sync every step and only skips
+      a step silently; train.py stops on a non-finite loss instead and never saves non-finite weights.
+    - zero_optimization.compute_grad_norm false (ZeRO-2 without clipping): nothing reads the norm, yet it costs a
+      norm per gradient and two collectives per step.
+    gradient_clipping and zero_optimization.compute_grad_norm set in the deepspeed section win.
+    """
     derived = {
         "train_batch_size": global_batch_size(cfg, world_size),
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.optimization.grad_accum,
-        "bf16": {"enabled": cfg.optimization.precision == "bf16"},
+        "bf16": {"enabled": cfg.optimization.precision == "bf16", "check_grad_overflow": False},
+        "gradient_clipping": 0.0,
         "steps_per_print": 10**9,  # train.py logs; DeepSpeed's own per-step print would duplicate it
     }
-    return _merge(derived, cfg.deepspeed)
+    out = _merge(derived, cfg.deepspeed)
+    zero = out.get("zero_optimization", {})
+    if zero.get("stage", 0) == 2 and not out["gradient_clipping"] and "compute_grad_norm" not in zero:
+        out["zero_optimization"] = {**zero, "compute_grad_norm": False}  # DeepSpeed allows it at stage 2 only here
+    return out
 
 
 def _merge(base: dict, extra: dict) -> dict:

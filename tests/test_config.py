@@ -155,7 +155,7 @@ def test_derived_values():
     assert schedule_steps(paper, ipe) == (40 * 625, 300 * 625)
     ds = deepspeed_config(cfg, world_size=8)
     assert ds["train_batch_size"] == 2048 and ds["train_micro_batch_size_per_gpu"] == 128
-    assert ds["gradient_accumulation_steps"] == 2 and ds["bf16"] == {"enabled": True}
+    assert ds["gradient_accumulation_steps"] == 2 and ds["bf16"]["enabled"] is True
     assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["overlap_comm"] is True
     with pytest.raises(ConfigError, match="no full global batch"):
         iterations_per_epoch(cfg, world_size=8, num_samples=100)

@@ -154,6 +154,16 @@ def check_ranks_agree(target, step: int) -> str:
     return digests[0]
 
 
+def check_finite(engine, target, step: int, ckpt_dir: Path) -> None:
+    """Refuses to save non-finite weights on any rank: with no per-step overflow check (config.deepspeed_config),
+    a step can make the weights inf or NaN before any logged loss is; saving them would prune a good checkpoint."""
+    tensors = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()] + list(target.parameters())
+    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.numel()]).all())  # one host sync
+    if not all(gather(finite)):
+        raise TrainingError(f"non-finite weights at step {step}; stopped without saving, the last good checkpoint "
+                            f"is kept in {ckpt_dir}")
+
+
 def checkpoint_bytes(engine, target, ckpt_dir: Path) -> int:
     """The size the next checkpoint will take: the newest complete one's, else counted from the parameters (module
     weights in their dtype, fp32 master weights and two AdamW moments, the fp32 target encoder)."""
@@ -181,6 +191,7 @@ def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, 
     asked for) and the COMPLETE marker, then prunes the oldest and any universal conversion. A save that fails (a
     full disk) leaves no folder behind and raises on every rank; the last good checkpoint is kept."""
     ema.wait()
+    check_finite(engine, target, step, checkpoint_dir(out_dir))
     digest = check_ranks_agree(target, step)
     ckpt_dir, tag = checkpoint_dir(out_dir), tag_for(step)
     folder = ckpt_dir / tag

@@ -1,7 +1,8 @@
 """The target encoder's EMA under DeepSpeed: target ← m·target + (1 − m)·(the optimizer's fp32 master weights).
 
 Under ZeRO-1/2 (ShardedTargetEMA) each rank averages its own slice of the fp32 masters, with no communication, then
-all-gathers the target asynchronously; the gather overlaps the next step's context and predictor forwards. Elsewhere
+all-gathers the target asynchronously; the gather overlaps the next step's context and predictor forwards. With one
+rank the slice is the whole target, averaged in place: nothing is gathered. Elsewhere
 (ZeRO-3, CPU offload, no ZeRO) GatheredTargetEMA reads each full fp32 master, synchronously. The frozen sin-cos
 pos_embed stays fp32 in the target, as in the official EMA. Design and measurements: docs/training.md.
 """
@@ -71,7 +72,8 @@ class ShardedTargetEMA(_TargetEMA):
     def __init__(self, engine, target: torch.nn.Module):
         opt = engine.optimizer
         targets = dict(zip(engine.module.context_encoder.parameters(), target.parameters(), strict=True))
-        self.groups = []  # (this rank's target slice, its fp32 masters, the full flat target, process group, rank)
+        self.groups = []  # (this rank's slice of the flat fp32 target, this rank's fp32 masters), one per group
+        self.gathered = []  # (that slice, the full flat target, process group, rank): groups spread over ranks
         for i, masters in enumerate(opt.single_partition_of_fp32_groups):
             flat, group = opt.bit16_groups_flat[i], opt.real_dp_process_group[i]
             full = torch.zeros(flat.numel(), dtype=torch.float32, device=masters.device)
@@ -82,8 +84,12 @@ class ShardedTargetEMA(_TargetEMA):
                     view.copy_(t.detach().reshape(-1))
                     t.data = view.view_as(t)
             rank, size = dist.get_rank(group), masters.numel()
+            alone = dist.get_world_size(group) == 1  # the slice is the whole: averaged in place, nothing to gather
+            mine = full.narrow(0, 0, size) if alone else full.narrow(0, rank * size, size).clone()
             # Predictor parameters share the groups: their slots are averaged too and never read (4% of ViT-H's).
-            self.groups.append((full.narrow(0, rank * size, size).clone(), masters, full, group, rank))
+            self.groups.append((mine, masters))
+            if not alone:
+                self.gathered.append((mine, full, group, rank))
         self.pending = []
 
     @staticmethod
@@ -98,9 +104,9 @@ class ShardedTargetEMA(_TargetEMA):
     @torch.no_grad()
     def update(self, momentum: float) -> None:
         self.wait()
-        ema_update([g[0] for g in self.groups], [g[1] for g in self.groups], momentum)
+        ema_update([mine for mine, _ in self.groups], [masters for _, masters in self.groups], momentum)
         self.pending = [dist.all_gather_into_tensor(full, mine, group=group, async_op=True)
-                        for mine, _, full, group, _ in self.groups]
+                        for mine, full, group, _ in self.gathered]
 
     def wait(self) -> None:
         """Blocks (on the GPU: makes the current stream wait) until the target holds the last update everywhere."""
@@ -110,8 +116,8 @@ class ShardedTargetEMA(_TargetEMA):
 
     def loaded(self) -> None:
         """After target.load_state_dict (which wrote through the views): this rank's slices from the loaded values."""
-        for mine, masters, full, _, rank in self.groups:
-            mine.copy_(full.narrow(0, rank * masters.numel(), masters.numel()))
+        for mine, full, _, rank in self.gathered:
+            mine.copy_(full.narrow(0, rank * mine.numel(), mine.numel()))
 
 
 def target_ema(engine, target: torch.nn.Module) -> ShardedTargetEMA | GatheredTargetEMA:
