@@ -66,7 +66,8 @@ class ReferenceStep:
     """One official-style training step (optimizer step + EMA) per call."""
 
     def __init__(self, cfg, device: torch.device):
-        model, target = build_jepa(cfg.model, cfg.data.crop_size)
+        with torch.device(device):
+            model, target = build_jepa(cfg.model, cfg.data.crop_size)
         self.model, self.target = model.to(device), target.to(device)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optimization.weight_decay), lr=cfg.optimization.lr)
         self.device, self.momentum = device, cfg.ema.momentum[0]
