@@ -22,7 +22,7 @@ from training import TrainingError
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
 # run(cfg, earlier) -> dict to see the figures of the suites run before it). The others are helpers and scripts.
 ORDER = ("shards", "masks", "data", "kernels", "step", "scaling")
-NOT_SUITES = ("common", "comm_model", "aot_compile_check")
+NOT_SUITES = ("common", "comm_model", "aot_compile_check", "summary")
 
 
 def available_suites() -> list[str]:
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         return 2
     info = device_info()
     print(f"device: {info['device']} | torch {info['torch']} | triton {info['triton']} | "
-          f"DALI {info['nvidia-dali-cuda120']} | DeepSpeed {info['deepspeed']}")
+          f"DALI {info['nvidia-dali-cuda120'] or info['nvidia-dali-cuda130']} | DeepSpeed {info['deepspeed']} | "
+          f"{info['date']}")
     results = {"device": info, "config": args.config, "suites": {}}
     for name in suites:
         print(f"\n== {name} ==")
@@ -68,11 +69,17 @@ def main(argv=None) -> int:
         except (ConfigError, DataError, TrainingError) as err:  # the user's data or settings, named by the message
             print(f"error: suite {name}: {err}", file=sys.stderr)
             return 1
+        if args.out:  # after every suite: a run stopped by a time limit keeps the suites that finished
+            write_json(args.out, results)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2, default=str)
         print(f"\nwrote {args.out}")
     return 0
+
+
+def write_json(path: str, results: dict) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

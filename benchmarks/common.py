@@ -5,6 +5,7 @@ import os
 import platform
 import statistics
 import time
+from datetime import datetime, timezone
 from importlib import metadata
 from typing import Callable
 
@@ -13,13 +14,14 @@ def device_info() -> dict:
     """Names the device and the library versions a figure was measured with."""
     import torch
 
-    info = {"host": platform.node(), "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-            "cpu_cores": os.cpu_count()}
+    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "host": platform.node(),
+            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(), "cpu_cores": os.cpu_count(),
+            "cuda": torch.version.cuda}
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     else:
         info["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    for pkg in ("torch", "triton", "nvidia-dali-cuda120", "deepspeed", "webdataset", "timm"):
+    for pkg in ("torch", "triton", "nvidia-dali-cuda120", "nvidia-dali-cuda130", "deepspeed", "webdataset", "timm"):
         try:
             info[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

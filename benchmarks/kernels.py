@@ -60,8 +60,9 @@ def time_case(kernel: str, case, impl: str, op, device: torch.device, copy_bps: 
         if case.leaves:
             both = _seconds(_forward_backward(op, case.inputs, case.leaves), device, repeat)
             row.update(fwd_bwd_ms=both * 1e3, fwd_bwd_rate=sum(case.work) / both / scale)
-    except RuntimeError as err:  # an SDPA backend that does not take this shape, or out of memory
-        row["error"] = str(err).splitlines()[0][:120]
+    except Exception as err:  # an SDPA backend that does not take this shape, out of memory, a Triton kernel that
+        # does not compile on this card: the row records it and the other rows are still measured
+        row["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
     if copy_bps and case.unit == "B" and "error" not in row:
         row["fwd_of_copy"] = row["fwd_rate"] * scale / copy_bps
         if "fwd_bwd_rate" in row:

@@ -1,7 +1,9 @@
 """bench.py runs its CPU suites end to end and reports every field beside its reference (no speed is asserted)."""
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -11,7 +13,7 @@ STEP_FIELDS = {"step_time_s", "images_per_s", "flops_per_step", "tflops", "peak_
 
 
 def test_bench_step_and_masks_on_the_tiny_config(tmp_path):
-    out = tmp_path / "results.json"
+    out = tmp_path / "bench_step.json"  # the name gpu_check.sh gives it, so the summary below reads it
     proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite", "step,masks",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -26,6 +28,20 @@ def test_bench_step_and_masks_on_the_tiny_config(tmp_path):
     assert step["reference (official-style)"]["kernels"] == {"attention": "reference", "gather": "reference"}
     assert "× ref" in proc.stdout and "GPU-hours for 20 epochs" in proc.stdout
     assert results["suites"]["masks"]["timings_ms"]["16x16"]["reference_ms"] > 0
+    assert results["device"]["date"][:2] == "20" and results["device"]["date"].endswith(" UTC")
+
+    summary = subprocess.run([sys.executable, "benchmarks/summary.py", str(tmp_path)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    for name, figures in step.items():  # each row's figures, as the JSON has them
+        ratio = figures["images_per_s"] / step["reference (official-style)"]["images_per_s"]
+        assert f"{name:<38} {figures['images_per_s']:8.1f} img/s/GPU  MFU    n/a  {ratio:.2f}x ref" in summary.stdout
+    assert "not measured (no JSON): kernels, data" in summary.stdout
+    table = subprocess.run([sys.executable, "benchmarks/summary.py", "--markdown", str(tmp_path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60).stdout
+    ours, ref = step["ours"]["images_per_s"], step["reference (official-style)"]["images_per_s"]
+    assert f"| training step: ours | {ours:.0f} img/s, {ours / ref:.2f}× ref |" in table
+    assert "| data: torch gpu decode (nvJPEG) | not measured |" in table
 
 
 def test_unknown_suite_is_refused():
@@ -74,3 +90,19 @@ def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch
     assert slow["link_GBps"] == comm_model.NIC_GBPS
     assert abs(slow["exposed_ms"]["grad reduce-scatter"] - 15 / 16 * 2e9 / 45e9 * 1e3) < 1e-9
     assert comm_model.efficiency(one_billion, step_s=1.0, n=1)["efficiency"] == 1.0
+
+
+def test_gpu_check_keeps_its_deadline_and_names_what_it_could_not_measure(tmp_path):
+    """The GPU-host script's dry run under a 25 s budget: each part is capped by what is left, the summary still comes
+    last and names the suites that left no JSON (on the GPU host the budget is 330 s, inside one 6-minute call)."""
+    env = {**os.environ, "GPU_CHECK_BUDGET": "25", "PYTHON": sys.executable}
+    started = time.monotonic()
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert took < 25 + 15, took  # the deadline, plus the summary and one process's exit
+    summary = proc.stdout.split("== gpu_check summary")[1]
+    assert "gpu_check: no CUDA device: dry run" in proc.stdout and "| deepspeed 0.19.8" in summary
+    assert "not measured (no JSON):" in summary or "no bench_*.json" in summary  # 25 s cannot hold every suite
+    assert "stopped by its cap" in proc.stdout
