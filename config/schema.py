@@ -9,6 +9,7 @@ key (config/official.py). Values that follow from others are computed in config/
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -186,17 +187,30 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     raw, sources = read_yaml(path), {}
     if is_official(raw):
         raw, sources = map_official(raw, plain(path))
+    sources.update(apply_overrides(raw, overrides, plain(path)))
+    return config_from_dict(raw, plain(path), sources)
+
+
+def with_overrides(cfg: Config, overrides: typing.Sequence[str], source: str = "<config>") -> Config:
+    """`cfg` with `section.key=value` overrides applied and checked, as load_config applies them to a file."""
+    raw = copy.deepcopy(config_to_dict(cfg))  # the deepspeed section is cfg's own dict
+    return config_from_dict(raw, source, apply_overrides(raw, overrides, source))
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str], source: str) -> dict:
+    """Writes `section.key=value` items into the raw sections; returns {(section, key): where it came from}."""
+    sources = {}
     for item in overrides:
         section, key, value = parse_override(item)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ConfigError(f"{plain(path)}: section {section!r} must be a mapping, got {raw[section]!r}")
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {raw[section]!r}")
         if section == "deepspeed":  # nested keys: --set deepspeed.zero_optimization.stage=3
             set_nested(raw[section], key.split("."), value, f"--set {plain(item)}")
         else:
             raw[section][key] = value
         sources[(section, key)] = f"--set {plain(item)}"
-    return config_from_dict(raw, plain(path), sources)
+    return sources
 
 
 def read_yaml(path: Path) -> dict:

@@ -1,0 +1,108 @@
+"""Levers suite: train.py's step as the config has it, then with one lever changed at a time, each beside the
+official-style reference measured in the same run. One table: lever → images/s per GPU → × the config's step → × the
+reference, and whether it won (≥ 2% faster: a smaller gain is within run-to-run noise on a GPU).
+
+A lever is a list of `--set` overrides, so the winner goes into the config as it is printed. IJEPA_LEVERS picks the
+levers of one round by name (comma-separated; default: every lever but the compiled ones, which pay their compile
+inside the round's minutes). A lever the device cannot run (Triton on the CPU) is a row that says so.
+
+    IJEPA_LEVERS="static shapes,ZeRO-1" python bench.py --config configs/vith14_in1k.yaml --suite levers
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+
+import torch
+
+import kernels
+from benchmarks.step import OurStep, ReferenceStep, measure
+from config import ConfigError, with_overrides
+from training.data import mask_sampler
+from training.distributed import setup_distributed, single_process_env
+
+LEVERS: dict[str, list[str]] = {
+    "the config": [],
+    "static shapes": ["mask.length_policy=fixed"],
+    "Triton attention": ["kernels.attention=triton"],
+    "Triton gather": ["kernels.gather=triton"],
+    "Triton attention + gather": ["kernels.attention=triton", "kernels.gather=triton"],
+    "ZeRO-1": ["deepspeed.zero_optimization.stage=1"],
+    "ZeRO-2 without overlap_comm": ["deepspeed.zero_optimization.overlap_comm=false"],
+    "no ZeRO": ["deepspeed.zero_optimization.stage=0"],
+    "activation checkpointing": ["model.activation_checkpointing=true"],
+    "compiled blocks": ["model.compile=true"],
+    "compiled blocks, static shapes": ["model.compile=true", "mask.length_policy=fixed"],
+}
+COMPILED = {name for name, sets in LEVERS.items() if "model.compile=true" in sets}
+WIN = 1.02  # × the config's step
+
+
+def chosen_levers() -> list[str]:
+    asked = os.environ.get("IJEPA_LEVERS")
+    if not asked:
+        return [name for name in LEVERS if name not in COMPILED]
+    names = [n.strip() for n in asked.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LEVERS]
+    if unknown:
+        raise ConfigError(f"IJEPA_LEVERS: unknown lever(s) {unknown}; the levers are {list(LEVERS)}")
+    return ["the config"] + [n for n in names if n != "the config"]  # the config's step is what each is compared to
+
+
+def time_lever(cfg, sets: list[str], device, world_size: int, warmup: int, repeat: int) -> dict:
+    lever_cfg = with_overrides(cfg, sets, source="levers")
+    chosen = kernels.configure(device=device, **dataclasses.asdict(lever_cfg.kernels))
+    sampler = mask_sampler(lever_cfg)
+    masks = [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
+    torch.manual_seed(cfg.run.seed)
+    step = OurStep(lever_cfg, device, world_size)
+    try:
+        return {**measure(step, lever_cfg, device, masks, warmup, repeat), "kernels": chosen, "sets": sets}
+    finally:
+        step.close()
+        del step
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run(cfg) -> dict:
+    single_process_env()
+    device, _, world_size = setup_distributed(cfg.run.device)
+    warmup, repeat = (5, 20) if device.type == "cuda" else (2, 5)
+    names = chosen_levers()
+    kernels.configure(device=device, **{name: op.reference for name, op in kernels.REGISTRY.items()})
+    sampler = mask_sampler(cfg)
+    torch.manual_seed(cfg.run.seed)
+    reference = ReferenceStep(cfg, device)
+    ref = measure(reference, cfg, device, [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)],
+                  warmup, repeat)
+    del reference
+    gc.collect()
+    rows = {}
+    for name in names:
+        try:
+            rows[name] = time_lever(cfg, LEVERS[name], device, world_size, warmup, repeat)
+        except (ValueError, ConfigError) as err:  # a lever this device or config cannot take: Triton on the CPU
+            rows[name] = {"error": str(err).splitlines()[0], "sets": LEVERS[name]}
+    report(cfg, device, ref, rows)
+    return {"reference (official-style)": ref, "levers": rows}
+
+
+def report(cfg, device, ref: dict, rows: dict) -> None:
+    base = rows["the config"].get("images_per_s")
+    print(f"levers: {cfg.model.arch} patch {cfg.model.patch_size}, batch {cfg.data.batch_size}, on {device.type}; "
+          f"reference (official-style) {ref['images_per_s']:.1f} img/s/GPU in the same run")
+    print(f"{'lever':<32}{'img/s/GPU':>11}{'× config':>10}{'× ref':>8}{'peak GiB':>10}  verdict  (--set ...)")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<32}{'n/a':>11}{'':>10}{'':>8}{'':>10}  n/a: {r['error']}")
+            continue
+        ratio = r["images_per_s"] / base if base else float("nan")
+        r["vs_config"], r["vs_reference"] = ratio, r["images_per_s"] / ref["images_per_s"]
+        r["won"] = name != "the config" and ratio >= WIN
+        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
+        verdict = "—" if name == "the config" else ("keep" if r["won"] else "drop")
+        print(f"{name:<32}{r['images_per_s']:>11.1f}{ratio:>9.2f}×{r['vs_reference']:>7.2f}×{mem:>10}  {verdict:<7}  "
+              f"{' '.join(r['sets'])}")
