@@ -60,6 +60,32 @@ def training_pipeline(paths: list[str], index_paths: list[str], shard_id: int, n
     return images, fn.pad(cls, fill_value=0), fn.pad(source_info, fill_value=0)
 
 
+STAGES = ("read", "decode", "crop-decode", "resize", "normalize")
+
+
+@pipeline_def
+def stage_pipeline(paths: list[str], index_paths: list[str], crop_size: int, stage: str):
+    """The training pipeline cut after `stage` (STAGES; "normalize" is all of it), for finding what limits it
+    (benchmarks/data.py): "read" is the webdataset reader on the host, "decode" a full decode without the crop, then
+    the fused random-crop decode, the resize, the normalisation. Sequential read, fixed crop ranges (0.3-1, 3/4-4/3)."""
+    jpg = fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=["jpg"], name=READER)
+    decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
+    if stage == "read":
+        return jpg
+    if stage == "decode":
+        return fn.decoders.image(jpg, device=decode_device, output_type=types.RGB, adjust_orientation=False)
+    images = fn.decoders.image_random_crop(jpg, device=decode_device, output_type=types.RGB, random_area=[0.3, 1.0],
+                                           random_aspect_ratio=[0.75, 4 / 3], num_attempts=10,
+                                           adjust_orientation=False)
+    if stage == "crop-decode":
+        return images
+    images = fn.resize(images, size=[crop_size, crop_size])
+    if stage == "resize":
+        return images
+    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                    mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])
+
+
 @pipeline_def
 def decode_check_pipeline():
     """Decodes what is fed to "jpg": used to find the sample that stopped the training pipeline."""
