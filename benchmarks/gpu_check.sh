@@ -11,7 +11,7 @@
 # WHEELS (default .whl) holds the wheels the host lacks (tools/device_wheels.sh); PYTHON picks the interpreter.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)  # absolute: the script runs from the repository's root
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 deadline=$(( start + ${GPU_CHECK_BUDGET:-330} ))
@@ -28,10 +28,15 @@ export PYTHONUNBUFFERED=1
 # cap SECONDS: the smaller of SECONDS and what is left before the deadline (10 s kept for the summary)
 cap() { local left=$(( deadline - $(date +%s) - 10 )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
+# GPU_CHECK_SUITES: "suite:cap ..." in order; GPU_CHECK_TESTS: the test files run with -m gpu (a file whose library is
+# missing skips itself: test_dali_source.py without DALI). The DALI round: GPU_CHECK_SUITES="data:200"
+# GPU_CHECK_TESTS=tests/test_dali_source.py, with DALI from the chunks on PYTHONPATH (docs/benchmarks.md).
+suites=${GPU_CHECK_SUITES:-"step:110 kernels:80 data:45"}
+tests=${GPU_CHECK_TESTS:-"tests/test_kernels.py tests/test_compile.py tests/test_dali_source.py"}
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  cfg=configs/vith14_in1k.yaml; suites="step:110 kernels:80 data:45"
+  cfg=configs/vith14_in1k.yaml
 else
-  cfg=configs/tiny_cpu.yaml; suites="step:110 kernels:80 data:45"
+  cfg=configs/tiny_cpu.yaml
   echo "gpu_check: no CUDA device: dry run on $cfg"
 fi
 $PY -c "import torch, triton, deepspeed, webdataset, datetime; print('gpu_check:', torch.cuda.get_device_name(0) \
@@ -40,9 +45,11 @@ triton.__version__, '| deepspeed', deepspeed.__version__, '(' + deepspeed.__file
 '|', datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))" 2>&1 | grep -v '^\[20' \
   | tee "$out/device.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv,noheader >> "$out/device.txt" 2>/dev/null
+$PY -c "import nvidia.dali as d; print('DALI', d.__version__, 'from', d.__file__.split('/nvidia/')[0])" \
+  >> "$out/device.txt" 2>/dev/null || echo "no DALI" >> "$out/device.txt"
 
-timeout "$(cap 90)" $PY -m pytest -m gpu tests/test_kernels.py tests/test_compile.py -q -rs -p no:cacheprovider 2>&1 \
-  | tee "$out/pytest_gpu.log" | tail -15
+# shellcheck disable=SC2086  # $tests is a list of files
+timeout "$(cap 90)" $PY -m pytest -m gpu $tests -q -rs -s -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" | tail -15
 for item in $suites; do
   suite=${item%%:*}
   echo; echo "== $suite (cap $(cap "${item##*:}") s) =="
@@ -52,6 +59,6 @@ for item in $suites; do
 done
 echo
 echo "== gpu_check summary ($(( $(date +%s) - start )) s of ${GPU_CHECK_BUDGET:-330}) =="
-head -2 "$out/device.txt"
+cat "$out/device.txt"
 grep -E "passed|failed|error|skipped" "$out/pytest_gpu.log" | tail -1
 $PY benchmarks/summary.py "$out"

@@ -9,6 +9,7 @@ memory, images per GPU-hour and the GPU-hours of the config's epochs (docs/bench
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import statistics
 import time
@@ -173,6 +174,7 @@ def run(cfg) -> dict:
         if hasattr(step, "close"):
             step.close()
         del step
+        gc.collect()  # DeepSpeed's engine holds reference cycles: free this path's memory before the next is built
         if on_gpu:
             torch.cuda.empty_cache()
     report(cfg, device, results)

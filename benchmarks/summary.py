@@ -57,8 +57,23 @@ def kernel_lines(suite: dict) -> list[str]:
 
 
 def data_lines(suite: dict) -> list[str]:
-    return [f"data    {name:<48} {r['images_per_s']:8.0f} img/s  {r['vs_reference']:.2f}x ref"
-            for name, r in suite.get("results", {}).items()]
+    lines = [f"data    {name:<48} {r['images_per_s']:8.0f} img/s  {r['vs_reference']:.2f}x ref"
+             for name, r in suite.get("results", {}).items()]
+    for name, rates in suite.get("dali_stages", {}).items():
+        lines.append(f"data    {name} cut after each stage: " + " → ".join(f"{k} {v:,.0f}" for k, v in rates.items()))
+    return lines
+
+
+def lever_lines(suite: dict) -> list[str]:
+    lines = []
+    for name, r in suite.get("levers", {}).items():
+        if "error" in r:
+            lines.append(f"lever   {name:<32} n/a: {r['error'][:60]}")
+        else:
+            verdict = "" if name == "the config" else ("keep" if r.get("won") else "drop")
+            lines.append(f"lever   {name:<32} {r['images_per_s']:8.1f} img/s/GPU  {r.get('vs_config', 0):.2f}x config  "
+                         f"{r.get('vs_reference', 0):.2f}x ref  {verdict}")
+    return lines
 
 
 def summary(folder: Path) -> str:
@@ -68,7 +83,7 @@ def summary(folder: Path) -> str:
     lines = [f"{device.get('device', '?')} | torch {device.get('torch')} | triton {device.get('triton')} | "
              f"{device.get('date', '')}"]
     lines += step_lines(suites.get("step", {})) + kernel_lines(suites.get("kernels", {}))
-    lines += data_lines(suites.get("data", {}))
+    lines += data_lines(suites.get("data", {})) + lever_lines(suites.get("levers", {}))
     missing = [s for s in ("step", "kernels", "data") if s not in suites]
     if missing:
         lines.append(f"not measured (no JSON): {', '.join(missing)}")

@@ -123,7 +123,9 @@ class ShardedTargetEMA(_TargetEMA):
 def target_ema(engine, target: torch.nn.Module) -> ShardedTargetEMA | GatheredTargetEMA:
     """The fastest EMA the engine's optimizer allows."""
     if ShardedTargetEMA.fits(engine):
-        logger.info("target EMA: on this rank's slice of the fp32 masters, then one async all-gather per group")
-        return ShardedTargetEMA(engine, target)
+        ema = ShardedTargetEMA(engine, target)
+        logger.info("target EMA: on this rank's slice of the fp32 masters, then %s",
+                    "one async all-gather per group" if ema.gathered else "nothing to gather (one rank)")
+        return ema
     logger.info("target EMA: full fp32 masters gathered per parameter (this ZeRO stage or offload has no slices)")
     return GatheredTargetEMA(engine, target)
