@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import tarfile
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -64,11 +65,6 @@ def loader(shards: Path, device: str, dtype: torch.dtype = torch.float32):
     return build_training_loader(cfg, rank=0, world_size=1, device=torch.device(device), dtype=dtype)
 
 
-def take(batches, n: int) -> list:
-    it = iter(batches)
-    return [next(it) for _ in range(n)]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("device", DEVICES)
 def test_batch_contract(shards, device, dtype):
@@ -79,7 +75,7 @@ def test_batch_contract(shards, device, dtype):
     lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     keys = []
-    for batch in take(source, source.batches_per_epoch):
+    for batch in islice(source, source.batches_per_epoch):
         assert batch.images.shape == (BATCH, 3, CROP, CROP) and batch.images.dtype == dtype
         assert batch.images.device.type == device
         images = batch.images.float()
@@ -95,7 +91,7 @@ def test_batch_contract(shards, device, dtype):
 def epoch_figures(shards: Path, device: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(keys in order, per-channel mean, per-channel std) of normalised pixels over one epoch, in float64."""
     source = loader(shards, device)
-    batches = take(source, source.batches_per_epoch)
+    batches = list(islice(source, source.batches_per_epoch))
     images = torch.cat([b.images.double().cpu() for b in batches])  # (N, 3, S, S)
     return [k for b in batches for k in b.keys], images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))
 
@@ -118,16 +114,16 @@ def snapshot(batch) -> tuple:
 @pytest.mark.parametrize("device", DEVICES)
 def test_resume_gives_the_uninterrupted_runs_samples_masks_and_crops(shards, device):
     total = 10  # 1⅔ epochs of 6 batches
-    reference = [snapshot(b) for b in take(loader(shards, device), total)]
+    reference = [snapshot(b) for b in islice(loader(shards, device), total)]
     for k in (4, 6):  # mid-epoch; exactly at the epoch's end
         first = loader(shards, device)
-        take(first, k)
+        list(islice(first, k))  # k batches handed out
         buffer = io.BytesIO()
         torch.save(first.state_dict(), buffer)  # the state travels in a checkpoint file
         buffer.seek(0)
         resumed = loader(shards, device)
         resumed.load_state_dict(torch.load(buffer, weights_only=False))
-        for got, want in zip((snapshot(b) for b in take(resumed, total - k)), reference[k:]):
+        for got, want in zip((snapshot(b) for b in islice(resumed, total - k)), reference[k:], strict=True):
             assert got[0] == want[0]  # the same samples in the same order
             assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])  # the same masks
             assert torch.equal(got[3], want[3]), (k, (got[3] - want[3]).abs().max().item())  # the same crops
