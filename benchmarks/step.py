@@ -13,6 +13,7 @@ import gc
 import logging
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -140,8 +141,25 @@ def measure(step, cfg, device, masks, warmup: int, repeat: int) -> dict:
         times.append(time.perf_counter() - start)
     t = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    syncs = host_syncs(lambda: step(images, *on_device[0]), device)
     return {"step_time_s": t, "images_per_s": b / t, "flops_per_step": flops, "tflops": flops / t / 1e12,
-            "peak_memory_gib": peak, "images_per_gpu_hour": b / t * 3600, "repeat": repeat}
+            "peak_memory_gib": peak, "images_per_gpu_hour": b / t * 3600, "repeat": repeat,
+            "host_syncs_per_step": syncs}
+
+
+def host_syncs(call, device) -> int | None:
+    """The host synchronisations one call makes, counted by CUDA's sync debug mode (one warning each); None off CUDA,
+    where nothing waits for a device."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def dataset_size(cfg) -> tuple[int, str]:
@@ -198,6 +216,9 @@ def report(cfg, device, results: dict) -> None:
         r["gpu_hours_for_epochs"], r["mfu"] = gpu_hours, (r["tflops"] / peak if peak else None)
         print(f"{name:<38}{r['step_time_s']:>9.3f}{r['images_per_s']:>11.1f}{r['tflops']:>9.2f}{mfu:>7}{mem:>10}"
               f"{r['images_per_gpu_hour']:>12,.0f}{gpu_hours:>10.3g}{r['images_per_s'] / ref['images_per_s']:>6.2f}×")
+    if device.type == "cuda":
+        print("host syncs per step (CUDA sync debug mode): " + ", ".join(
+            f"{name} {r['host_syncs_per_step']}" for name, r in results.items()))
     print(f"FLOPs per step counted with torch.utils.flop_counter: reference {ref['flops_per_step'] / 1e12:.3f} T, "
           f"ours {results['ours']['flops_per_step'] / 1e12:.3f} T; MFU against {peak or 'no known'} TFLOP/s peak"
           f"{'' if peak else ' (CPU: MFU not reported)'}; the headline is 'ours' (official mask semantics)")

@@ -34,8 +34,9 @@ def step_lines(step: dict) -> list[str]:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
         mem = f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") is not None else "n/a"
         ratio = f"{r['images_per_s'] / ref:.2f}x ref" if ref else "no ref"
+        syncs = "" if r.get("host_syncs_per_step") is None else f"  host syncs {r['host_syncs_per_step']}"
         lines.append(f"step    {name:<38} {r['images_per_s']:8.1f} img/s/GPU  MFU {mfu:>6}  {ratio}  peak {mem}  "
-                     f"GPU-h for the config's epochs {r.get('gpu_hours_for_epochs', float('nan')):.3g}")
+                     f"GPU-h for the config's epochs {r.get('gpu_hours_for_epochs', float('nan')):.3g}{syncs}")
     return lines
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 STEP_FIELDS = {"step_time_s", "images_per_s", "flops_per_step", "tflops", "peak_memory_gib", "images_per_gpu_hour",
-               "gpu_hours_for_epochs", "mfu", "kernels"}
+               "gpu_hours_for_epochs", "mfu", "kernels", "host_syncs_per_step"}
 
 
 def test_bench_step_and_masks_on_the_tiny_config(tmp_path):
