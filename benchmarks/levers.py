@@ -68,10 +68,10 @@ def time_lever(cfg, sets: list[str], device, world_size: int, warmup: int, repea
 
 
 def run(cfg) -> dict:
+    names = chosen_levers()  # before anything is built: a misspelt lever fails at once
     single_process_env()
     device, _, world_size = setup_distributed(cfg.run.device)
     warmup, repeat = (5, 20) if device.type == "cuda" else (2, 5)
-    names = chosen_levers()
     kernels.configure(device=device, **{name: op.reference for name, op in kernels.REGISTRY.items()})
     sampler = mask_sampler(cfg)
     torch.manual_seed(cfg.run.seed)

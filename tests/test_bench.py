@@ -12,10 +12,16 @@ STEP_FIELDS = {"step_time_s", "images_per_s", "flops_per_step", "tflops", "peak_
                "gpu_hours_for_epochs", "mfu", "kernels", "host_syncs_per_step"}
 
 
-def test_bench_step_and_masks_on_the_tiny_config(tmp_path):
+def cpu_env(**extra: str) -> dict:
+    """This environment without the test session's TRITON_INTERPRET: as on a CPU machine, Triton is refused."""
+    return {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **extra}
+
+
+def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
     out = tmp_path / "bench_step.json"  # the name gpu_check.sh gives it, so the summary below reads it
-    proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite", "step,masks",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite",
+                           "step,levers,masks", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=cpu_env(IJEPA_LEVERS="static shapes,Triton attention"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("device: CPU") and "torch 2." in proc.stdout
     results = json.loads(out.read_text())
@@ -42,6 +48,19 @@ def test_bench_step_and_masks_on_the_tiny_config(tmp_path):
     ours, ref = step["ours"]["images_per_s"], step["reference (official-style)"]["images_per_s"]
     assert f"| training step: ours | {ours:.0f} img/s, {ours / ref:.2f}× ref |" in table
     assert "| data: torch gpu decode (nvJPEG) | not measured |" in table
+
+    levers = results["suites"]["levers"]
+    rows, ref = levers["levers"], levers["reference (official-style)"]["images_per_s"]
+    assert list(rows) == ["the config", "static shapes", "Triton attention"]  # the config first, then the round's
+    for name in ("the config", "static shapes"):
+        r = rows[name]
+        assert r["images_per_s"] > 0 and r["vs_reference"] == r["images_per_s"] / ref
+        assert r["vs_config"] == r["images_per_s"] / rows["the config"]["images_per_s"]
+        assert r["won"] == (name != "the config" and r["vs_config"] >= 1.02)
+    assert rows["static shapes"]["sets"] == ["mask.length_policy=fixed"]
+    assert "needs a CUDA device" in rows["Triton attention"]["error"]  # a row that says why, not a lost round
+    assert "lever   static shapes" in summary.stdout
+    assert "lever   Triton attention                 n/a:" in summary.stdout
 
 
 def test_unknown_suite_is_refused():
@@ -93,43 +112,23 @@ def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch
 
 
 def test_gpu_check_keeps_its_deadline_and_names_what_it_could_not_measure(tmp_path):
-    """The GPU-host script's dry run under a 25 s budget: each part is capped by what is left, the summary still comes
+    """The GPU-host script's dry run under a 15 s budget: each part is capped by what is left, the summary still comes
     last and names the suites that left no JSON (on the GPU host the budget is 330 s, inside one 6-minute call)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as on a CPU machine
-    env.update(GPU_CHECK_BUDGET="25", PYTHON=sys.executable)
+    env = cpu_env(GPU_CHECK_BUDGET="15", PYTHON=sys.executable)
     started = time.monotonic()
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=env)
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert took < 25 + 15, took  # the deadline, plus the summary and one process's exit
+    assert took < 15 + 15, took  # the deadline, plus the summary and one process's exit
     summary = proc.stdout.split("== gpu_check summary")[1]
     assert "gpu_check: no CUDA device: dry run" in proc.stdout and "| deepspeed 0.19.8" in summary
-    assert "not measured (no JSON):" in summary or "no bench_*.json" in summary  # 25 s cannot hold every suite
+    assert "not measured (no JSON):" in summary or "no bench_*.json" in summary  # 15 s cannot hold every suite
     assert "stopped by its cap" in proc.stdout
 
 
-def test_levers_round_times_each_lever_beside_the_config_and_the_reference(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as on a CPU machine: Triton is refused
-    env["IJEPA_LEVERS"] = "static shapes,Triton attention"
-    out = tmp_path / "bench_levers.json"
-    proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite", "levers",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    levers = json.loads(out.read_text())["suites"]["levers"]
-    rows, ref = levers["levers"], levers["reference (official-style)"]["images_per_s"]
-    assert list(rows) == ["the config", "static shapes", "Triton attention"]  # the config first, then the round's
-    for name in ("the config", "static shapes"):
-        r = rows[name]
-        assert r["images_per_s"] > 0 and r["vs_reference"] == r["images_per_s"] / ref
-        assert r["vs_config"] == r["images_per_s"] / rows["the config"]["images_per_s"]
-        assert r["won"] == (name != "the config" and r["vs_config"] >= 1.02)
-    assert rows["static shapes"]["sets"] == ["mask.length_policy=fixed"]
-    assert "needs a CUDA device" in rows["Triton attention"]["error"]  # a row that says why, not a lost round
-    summary = subprocess.run([sys.executable, "benchmarks/summary.py", str(tmp_path)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60).stdout
-    assert "lever   static shapes" in summary and "lever   Triton attention                 n/a:" in summary
-    env["IJEPA_LEVERS"] = "faster please"
+def test_unknown_lever_is_refused_naming_the_levers():
+    env = cpu_env(IJEPA_LEVERS="faster please")
     proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite", "levers"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1 and "IJEPA_LEVERS: unknown lever(s) ['faster please']" in proc.stderr
