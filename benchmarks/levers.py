@@ -11,15 +11,10 @@ inside the round's minutes). A lever the device cannot run (Triton on the CPU) i
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 
-import torch
-
-import kernels
-from benchmarks.step import OurStep, ReferenceStep, measure
+from benchmarks.step import OurStep, ReferenceStep, reference_kernels, time_path
 from config import ConfigError, with_overrides
-from training.data import mask_sampler
 from training.distributed import setup_distributed, single_process_env
 
 LEVERS: dict[str, list[str]] = {
@@ -50,42 +45,19 @@ def chosen_levers() -> list[str]:
     return ["the config"] + [n for n in names if n != "the config"]  # the config's step is what each is compared to
 
 
-def time_lever(cfg, sets: list[str], device, world_size: int, warmup: int, repeat: int) -> dict:
-    lever_cfg = with_overrides(cfg, sets, source="levers")
-    chosen = kernels.configure(device=device, **dataclasses.asdict(lever_cfg.kernels))
-    sampler = mask_sampler(lever_cfg)
-    masks = [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
-    torch.manual_seed(cfg.run.seed)
-    step = OurStep(lever_cfg, device, world_size)
-    try:
-        return {**measure(step, lever_cfg, device, masks, warmup, repeat), "kernels": chosen, "sets": sets}
-    finally:
-        step.close()
-        del step
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
 def run(cfg) -> dict:
     names = chosen_levers()  # before anything is built: a misspelt lever fails at once
     single_process_env()
     device, _, world_size = setup_distributed(cfg.run.device)
-    warmup, repeat = (5, 20) if device.type == "cuda" else (2, 5)
-    kernels.configure(device=device, **{name: op.reference for name, op in kernels.REGISTRY.items()})
-    sampler = mask_sampler(cfg)
-    torch.manual_seed(cfg.run.seed)
-    reference = ReferenceStep(cfg, device)
-    ref = measure(reference, cfg, device, [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)],
-                  warmup, repeat)
-    del reference
-    gc.collect()
+    ref = time_path(ReferenceStep, cfg, device, world_size, reference_kernels())
     rows = {}
     for name in names:
         try:
-            rows[name] = time_lever(cfg, LEVERS[name], device, world_size, warmup, repeat)
+            lever_cfg = with_overrides(cfg, LEVERS[name], source="levers")
+            rows[name] = time_path(OurStep, lever_cfg, device, world_size, dataclasses.asdict(lever_cfg.kernels))
         except (ValueError, ConfigError) as err:  # a lever this device or config cannot take: Triton on the CPU
-            rows[name] = {"error": str(err).splitlines()[0], "sets": LEVERS[name]}
+            rows[name] = {"error": str(err).splitlines()[0]}
+        rows[name]["sets"] = LEVERS[name]
     report(cfg, device, ref, rows)
     return {"reference (official-style)": ref, "levers": rows}
 

@@ -67,7 +67,7 @@ def reference_predictor(pred, z, ctx, tgt_masks):
 class ReferenceStep:
     """One official-style training step (optimizer step + EMA) per call."""
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg, device: torch.device, world_size: int = 1):  # one process: world_size is not used
         with torch.device(device):
             model, target = build_jepa(cfg.model, cfg.data.crop_size)
         self.model, self.target = model.to(device), target.to(device)
@@ -169,32 +169,45 @@ def dataset_size(cfg) -> tuple[int, str]:
         return IMAGENET_1K, "ImageNet-1K (the config's shards are not here)"
 
 
-def run(cfg) -> dict:
-    single_process_env()
-    device, _, world_size = setup_distributed(cfg.run.device)
-    on_gpu = device.type == "cuda"
-    warmup, repeat = (5, 20) if on_gpu else (2, 5)
+def timing(device: torch.device) -> tuple[int, int]:
+    """(warm-up steps, timed steps) on this device."""
+    return (5, 20) if device.type == "cuda" else (2, 5)
+
+
+def reference_kernels() -> dict[str, str]:
+    """Each kernel group's reference implementation: what the official-style step runs."""
+    return {name: op.reference for name, op in kernels.REGISTRY.items()}
+
+
+def time_path(build, cfg, device: torch.device, world_size: int, impls: dict) -> dict:
+    """measure() of `build(cfg, device, world_size)` with the kernels `impls`, seeded from run.seed, on the masks of
+    cfg's sampler; the path's memory is freed before the next one is built."""
+    warmup, repeat = timing(device)
+    chosen = kernels.configure(device=device, **impls)
     sampler = mask_sampler(cfg)
     masks = [sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
-    fixed_cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, length_policy="fixed"))
-    fixed_sampler = mask_sampler(fixed_cfg)
-    fixed_masks = [fixed_sampler.sample(cfg.data.batch_size, step=i) for i in range(warmup + repeat)]
-    results = {}
-    reference = {name: op.reference for name, op in kernels.REGISTRY.items()}
-    plans = [("reference (official-style)", reference, ReferenceStep, masks),
-             ("ours", dataclasses.asdict(cfg.kernels), OurStep, masks),
-             ("ours, static shapes (fixed lengths)", dataclasses.asdict(cfg.kernels), OurStep, fixed_masks)]
-    for name, impls, build, step_masks in plans:
-        chosen = kernels.configure(device=device, **impls)
-        torch.manual_seed(cfg.run.seed)
-        step = build(cfg, device) if build is ReferenceStep else build(cfg, device, world_size)
-        results[name] = {**measure(step, cfg, device, step_masks, warmup, repeat), "kernels": chosen}
+    torch.manual_seed(cfg.run.seed)
+    step = build(cfg, device, world_size)
+    try:
+        return {**measure(step, cfg, device, masks, warmup, repeat), "kernels": chosen}
+    finally:
         if hasattr(step, "close"):
             step.close()
         del step
         gc.collect()  # DeepSpeed's engine holds reference cycles: free this path's memory before the next is built
-        if on_gpu:
+        if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def run(cfg) -> dict:
+    single_process_env()
+    device, _, world_size = setup_distributed(cfg.run.device)
+    fixed_cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, length_policy="fixed"))
+    ours = dataclasses.asdict(cfg.kernels)
+    plans = [("reference (official-style)", ReferenceStep, cfg, reference_kernels()),
+             ("ours", OurStep, cfg, ours),
+             ("ours, static shapes (fixed lengths)", OurStep, fixed_cfg, ours)]
+    results = {name: time_path(build, path_cfg, device, world_size, impls) for name, build, path_cfg, impls in plans}
     report(cfg, device, results)
     return results
 
