@@ -39,3 +39,8 @@ def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> dict:
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": repeat}
+
+
+def error_line(err: BaseException) -> str:
+    """'<type>: <first line of the message>': what a benchmark row records when its case fails."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"

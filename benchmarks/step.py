@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from config import training_dtype
+from benchmarks.common import error_line
+from config import ConfigError, training_dtype
 from model.jepa import build_jepa
 from pipeline.loader import Batch
 from pipeline.shards import ManifestError, read_manifest
@@ -32,6 +33,7 @@ from training.target_ema import target_ema
 logger = logging.getLogger(__name__)
 
 IMAGENET_1K = 1_281_167
+REFERENCE = "reference (official-style)"  # the row every other is compared with
 
 
 # ---------------------------------------------------------------------------------------------- the reference step
@@ -194,9 +196,31 @@ def time_path(build, cfg, device: torch.device, world_size: int, impls: dict) ->
         if hasattr(step, "close"):
             step.close()
         del step
-        gc.collect()  # DeepSpeed's engine holds reference cycles: free this path's memory before the next is built
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()  # DeepSpeed's engine holds reference cycles: free a path's memory before the next is built
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def try_path(build, cfg, device: torch.device, world_size: int, impls: dict) -> dict:
+    """time_path(), or {"error": "<type>: <first line>"} when the path fails: one path that runs out of memory, does
+    not compile or hits a CUDA error on a device costs its own row, not the suite's other rows. A setting this device
+    cannot take (ValueError, ConfigError: Triton on the CPU) is said in one line; anything else also logs its
+    traceback, for the fix."""
+    try:
+        return time_path(build, cfg, device, world_size, impls)
+    except (ValueError, ConfigError) as err:
+        error = err
+    except Exception as err:  # noqa: BLE001 -- not swallowed: the row carries it and the log has the traceback
+        logger.exception("the path failed; the suite goes on with the next one")
+        error = err
+    message = error_line(error)
+    del error  # its traceback holds the failed path's tensors
+    free_memory(device)
+    return {"error": message}
 
 
 def run(cfg) -> dict:
@@ -204,34 +228,51 @@ def run(cfg) -> dict:
     device, _, world_size = setup_distributed(cfg.run.device)
     fixed_cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, length_policy="fixed"))
     ours = dataclasses.asdict(cfg.kernels)
-    plans = [("reference (official-style)", ReferenceStep, cfg, reference_kernels()),
+    plans = [(REFERENCE, ReferenceStep, cfg, reference_kernels()),
              ("ours", OurStep, cfg, ours),
              ("ours, static shapes (fixed lengths)", OurStep, fixed_cfg, ours)]
-    results = {name: time_path(build, path_cfg, device, world_size, impls) for name, build, path_cfg, impls in plans}
-    report(cfg, device, results)
+    print_header(cfg, device)
+    results = {}
+    for name, build, path_cfg, impls in plans:  # each row printed when measured: a run cut short keeps its rows
+        results[name] = try_path(build, path_cfg, device, world_size, impls)
+        print_row(cfg, device, name, results[name], results[REFERENCE])
+    print_footer(device, results)
     return results
 
 
-def report(cfg, device, results: dict) -> None:
-    peak = peak_tflops(device)
+def print_header(cfg, device) -> None:
     n, source = dataset_size(cfg)
-    ref = results["reference (official-style)"]
-    b = cfg.data.batch_size
-    print(f"step: {cfg.model.arch} patch {cfg.model.patch_size}, {cfg.data.crop_size} px, batch {b} per GPU, "
-          f"{cfg.optimization.precision}, ZeRO {cfg.deepspeed.get('zero_optimization', {}).get('stage', 0)}, "
-          f"on {device.type}; GPU-hours for {cfg.optimization.epochs} epochs of {n:,} images ({source})")
+    print(f"step: {cfg.model.arch} patch {cfg.model.patch_size}, {cfg.data.crop_size} px, batch "
+          f"{cfg.data.batch_size} per GPU, {cfg.optimization.precision}, ZeRO "
+          f"{cfg.deepspeed.get('zero_optimization', {}).get('stage', 0)}, on {device.type}; GPU-hours for "
+          f"{cfg.optimization.epochs} epochs of {n:,} images ({source})")
     print(f"{'path':<38}{'step s':>9}{'img/s/GPU':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}{'img/GPU-h':>12}"
-          f"{'GPU-h':>10}{'× ref':>7}")
-    for name, r in results.items():
-        mfu = f"{100 * r['tflops'] / peak:.1f}%" if peak else "n/a"
-        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
-        gpu_hours = cfg.optimization.epochs * n / r["images_per_s"] / 3600
-        r["gpu_hours_for_epochs"], r["mfu"] = gpu_hours, (r["tflops"] / peak if peak else None)
-        print(f"{name:<38}{r['step_time_s']:>9.3f}{r['images_per_s']:>11.1f}{r['tflops']:>9.2f}{mfu:>7}{mem:>10}"
-              f"{r['images_per_gpu_hour']:>12,.0f}{gpu_hours:>10.3g}{r['images_per_s'] / ref['images_per_s']:>6.2f}×")
+          f"{'GPU-h':>10}{'× ref':>7}", flush=True)
+
+
+def print_row(cfg, device, name: str, r: dict, ref: dict) -> None:
+    """One path's line; adds its MFU and the GPU-hours of the config's epochs to `r`."""
+    if "error" in r:
+        print(f"{name:<38} failed: {r['error'][:200]}", flush=True)
+        return
+    peak = peak_tflops(device)
+    gpu_hours = cfg.optimization.epochs * dataset_size(cfg)[0] / r["images_per_s"] / 3600
+    r["gpu_hours_for_epochs"], r["mfu"] = gpu_hours, (r["tflops"] / peak if peak else None)
+    mfu = f"{100 * r['mfu']:.1f}%" if peak else "n/a"
+    mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
+    ratio = f"{r['images_per_s'] / ref['images_per_s']:>6.2f}×" if "images_per_s" in ref else "   n/a"
+    print(f"{name:<38}{r['step_time_s']:>9.3f}{r['images_per_s']:>11.1f}{r['tflops']:>9.2f}{mfu:>7}{mem:>10}"
+          f"{r['images_per_gpu_hour']:>12,.0f}{gpu_hours:>10.3g}{ratio}", flush=True)
+
+
+def print_footer(device, results: dict) -> None:
+    measured = {name: r for name, r in results.items() if "error" not in r}
     if device.type == "cuda":
         print("host syncs per step (CUDA sync debug mode): " + ", ".join(
-            f"{name} {r['host_syncs_per_step']}" for name, r in results.items()))
-    print(f"FLOPs per step counted with torch.utils.flop_counter: reference {ref['flops_per_step'] / 1e12:.3f} T, "
-          f"ours {results['ours']['flops_per_step'] / 1e12:.3f} T; MFU against {peak or 'no known'} TFLOP/s peak"
-          f"{'' if peak else ' (CPU: MFU not reported)'}; the headline is 'ours' (official mask semantics)")
+            f"{name} {r['host_syncs_per_step']}" for name, r in measured.items()))
+    peak = peak_tflops(device)
+    flops = ", ".join(f"{name} {r['flops_per_step'] / 1e12:.3f} T" for name, r in measured.items()
+                      if name in (REFERENCE, "ours"))
+    print(f"FLOPs per step counted with torch.utils.flop_counter: {flops or 'none measured'}; MFU against "
+          f"{peak or 'no known'} TFLOP/s peak{'' if peak else ' (CPU: MFU not reported)'}; the headline is 'ours' "
+          f"(official mask semantics)")

@@ -31,6 +31,9 @@ def step_lines(step: dict) -> list[str]:
     ref = step.get(STEP_ROWS[0], {}).get("images_per_s")
     lines = []
     for name, r in step.items():
+        if "error" in r:
+            lines.append(f"step    {name:<38} failed: {r['error'][:100]}")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
         mem = f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") is not None else "n/a"
         ratio = f"{r['images_per_s'] / ref:.2f}x ref" if ref else "no ref"
@@ -59,8 +62,12 @@ def kernel_lines(suite: dict) -> list[str]:
 
 def data_lines(suite: dict) -> list[str]:
     lines = [f"data    {name:<48} {r['images_per_s']:8.0f} img/s  {r['vs_reference']:.2f}x ref"
+             if "vs_reference" in r else f"data    {name:<48} failed: {r.get('error', 'no reference')[:100]}"
              for name, r in suite.get("results", {}).items()]
     for name, rates in suite.get("dali_stages", {}).items():
+        if "error" in rates:
+            lines.append(f"data    {name} cut after each stage: failed: {rates['error'][:100]}")
+            continue
         lines.append(f"data    {name} cut after each stage: " + " → ".join(f"{k} {v:,.0f}" for k, v in rates.items()))
     return lines
 
@@ -91,6 +98,12 @@ def summary(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def data_cell(r: dict | None) -> str:
+    if r is None:
+        return NOT_MEASURED
+    return f"{r['images_per_s']:,.0f} img/s" if "images_per_s" in r else f"failed ({r['error'][:60]})"
+
+
 def markdown(folders: list[Path]) -> str:
     """README's figures table: one column per results folder (card and date), every row named even if not measured."""
     columns = [load(f) for f in folders]
@@ -99,14 +112,16 @@ def markdown(folders: list[Path]) -> str:
     for name in STEP_ROWS:
         cells = []
         for _, s in columns:
-            r = s.get("step", {}).get(name)
-            ref = s.get("step", {}).get(STEP_ROWS[0])
-            cells.append(f"{r['images_per_s']:.0f} img/s, {r['images_per_s'] / ref['images_per_s']:.2f}× ref"
-                         + (f", MFU {100 * r['mfu']:.0f}%" if r.get("mfu") else "") if r and ref else NOT_MEASURED)
+            r = s.get("step", {}).get(name, {})
+            ref = s.get("step", {}).get(STEP_ROWS[0], {})
+            if "images_per_s" in r and "images_per_s" in ref:
+                cells.append(f"{r['images_per_s']:.0f} img/s, {r['images_per_s'] / ref['images_per_s']:.2f}× ref"
+                             + (f", MFU {100 * r['mfu']:.0f}%" if r.get("mfu") else ""))
+            else:
+                cells.append(f"failed ({r['error'][:60]})" if "error" in r else NOT_MEASURED)
         rows.append((f"training step: {name}", cells))
     for name in DATA_ROWS:
-        cells = [f"{s['data']['results'][name]['images_per_s']:,.0f} img/s"
-                 if name in s.get("data", {}).get("results", {}) else NOT_MEASURED for _, s in columns]
+        cells = [data_cell(s.get("data", {}).get("results", {}).get(name)) for _, s in columns]
         rows.append((f"data: {name}", cells))
     out = ["| figure | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     out += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]

@@ -88,6 +88,9 @@ class ModelConfig:
     pred_num_heads: Optional[int] = between(1, 16384, default=None, null="the encoder's heads")
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each block, token dim dynamic (model/compile.py)
+    # torch.compile's mode for the blocks; reduce-overhead = CUDA graphs (with mask.length_policy: fixed, one
+    # graph per block shape)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
 
 
 # One key per registered kernel group (kernels/registry.py): its implementations or "auto" (the one measured faster on

@@ -132,3 +132,84 @@ def test_unknown_lever_is_refused_naming_the_levers():
     proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite", "levers"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1 and "IJEPA_LEVERS: unknown lever(s) ['faster please']" in proc.stderr
+
+
+def test_every_lever_can_be_chosen_by_name_and_applies_to_the_vith14_config(monkeypatch):
+    from benchmarks import levers
+    from config import load_config, with_overrides
+
+    monkeypatch.setenv("IJEPA_LEVERS", ",".join(levers.LEVERS))  # a comma inside a name would split it
+    assert levers.chosen_levers() == list(levers.LEVERS)
+    cfg = load_config(ROOT / "configs/vith14_in1k.yaml")
+    for name, sets in levers.LEVERS.items():
+        changed = with_overrides(cfg, sets, source="levers")
+        assert (changed == cfg) == (name == "the config"), name  # each lever changes the config; only the config not
+
+
+def test_a_step_path_that_fails_is_a_row_that_says_why(tmp_path, caplog, capsys, clean_switch):
+    """On first contact with a GPU a path may run out of memory or hit a CUDA error: that path's row says so, the
+    traceback is logged for the fix, and the other rows, the summary and README's table still come out."""
+    import torch
+
+    from benchmarks import step, summary
+    from config import load_config
+
+    cfg, cpu = load_config(ROOT / "configs/tiny_cpu.yaml"), torch.device("cpu")
+
+    def broken(cfg, device, world_size):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+
+    def refused(cfg, device, world_size):
+        raise ValueError("kernels: triton needs a CUDA device")
+
+    row = step.try_path(broken, cfg, cpu, 1, step.reference_kernels())
+    assert row == {"error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    assert "Traceback" in caplog.text and "illegal memory access" in caplog.text  # logged, for the fix
+    caplog.clear()
+    assert step.try_path(refused, cfg, cpu, 1, {})["error"] == "ValueError: kernels: triton needs a CUDA device"
+    assert "Traceback" not in caplog.text  # a setting this device cannot take: one line, no traceback
+    ref = step.try_path(step.ReferenceStep, cfg, cpu, 1, step.reference_kernels())
+    assert ref["images_per_s"] > 0
+    step.print_row(cfg, cpu, "ours", row, ref)
+    assert "ours" in capsys.readouterr().out.split("failed: RuntimeError: CUDA error: an illegal memory access")[0]
+
+    (tmp_path / "bench_step.json").write_text(json.dumps({"device": {"device": "CPU"}, "suites": {
+        "step": {step.REFERENCE: ref, "ours": row}}}))
+    assert summary.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"step    {'ours':<38} failed: RuntimeError: CUDA error: an illegal memory access" in out
+    assert f"step    {step.REFERENCE:<38} {ref['images_per_s']:8.1f} img/s/GPU" in out
+    assert summary.main(["--markdown", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| training step: ours | failed (RuntimeError: CUDA error: an illegal memory access was encou) |" in table
+    assert "| training step: ours, static shapes (fixed lengths) | not measured |" in table
+
+
+def test_a_data_backend_that_fails_is_a_row_that_says_why(tmp_path, caplog, capsys):
+    import torch
+
+    from benchmarks import data, summary
+
+    def nvjpeg_fails():
+        raise RuntimeError("nvjpeg: decode failed: NVJPEG_STATUS_EXECUTION_FAILED\nmore")
+
+    row = data.try_case(nvjpeg_fails, torch.device("cpu"))
+    assert row == {"error": "RuntimeError: nvjpeg: decode failed: NVJPEG_STATUS_EXECUTION_FAILED"}
+    assert "Traceback" in caplog.text
+    rounds = [{"ref": {"images_per_s": 10.0}, "gpu": row},
+              {"ref": {"images_per_s": 12.0}, "gpu": {"error": "failed in an earlier round"}}]
+    assert data.best_round("ref", rounds) == {"images_per_s": 12.0, "rounds_images_per_s": [10.0, 12.0]}
+    assert data.best_round("gpu", rounds) == row  # the first round's error, the one with the cause
+
+    results = {"reference (wds + PIL + torchvision, 2 workers)": {"images_per_s": 480.0, "vs_reference": 1.0},
+               "torch gpu decode (nvJPEG)": row}
+    (tmp_path / "bench_data.json").write_text(json.dumps({"device": {}, "suites": {"data": {
+        "results": results, "dali_stages": {"dali gpu (mixed)": {"error": "RuntimeError: no nvJPEG engine"}}}}}))
+    assert summary.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "torch gpu decode (nvJPEG)                        failed: RuntimeError: nvjpeg: decode failed" in out
+    assert "data    dali gpu (mixed) cut after each stage: failed: RuntimeError: no nvJPEG engine" in out
+    assert summary.main(["--markdown", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| data: torch gpu decode (nvJPEG) | failed (RuntimeError: nvjpeg: decode failed: NVJPEG_STATUS_EXECUTION) |" \
+        in table and "| data: dali gpu (mixed) | not measured |" in table

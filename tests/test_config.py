@@ -97,6 +97,7 @@ def test_wrong_type_names_key_section_file(tmp_path):
     ("mask", "allow_overlap", "no", "expected true or false"),
     ("data", "crop_scale", [0.3], "list of 2"),
     ("data", "backend", "jax", "not one of"),
+    ("model", "compile_mode", "fast", "not one of"),
     ("model", "arch", "vit_hug", "did you mean 'vit_huge'"),
     ("data", "crop_size", 225, "not a multiple of model.patch_size"),
     ("mask", "pred_mask_scale", [0.3, 0.2], r"mask.pred_mask_scale is \[0.3, 0.2\]; allowed: two numbers, each > 0 "

@@ -109,3 +109,34 @@ def test_non_finite_weights_are_never_saved(default_steps):
 def test_a_deepspeed_section_that_asks_for_clipping_gets_it():
     got = one_rank_steps("deepspeed.gradient_clipping=1.0")
     assert got["clip"] == 1.0 and got["optimizer_clip"] == 1.0 and got["grad_norm"] is True
+
+
+# Builds the engine only (torch.compile is lazy: nothing compiles) and prints the trained module's forward pre-hooks
+# and whether each block's forward was replaced by a compiled one.
+ENGINE_HOOKS = r"""
+import json, sys
+import kernels
+from config import load_config
+from training.distributed import setup_distributed, single_process_env
+from training.engine import build_engine
+
+cfg = load_config("configs/tiny_cpu.yaml", overrides=sys.argv[1:])
+single_process_env()
+device, _, world = setup_distributed("cpu")
+kernels.configure(device=device)
+engine, _, target = build_engine(cfg, device, world)
+print(json.dumps({"hooks": [h.__name__ for h in engine.module._forward_pre_hooks.values()],
+                  "compiled": sum("_forward" in vars(b) for b in engine.module.context_encoder.blocks)}))
+"""
+
+
+@pytest.mark.parametrize("mode, marks", [("default", 0), ("reduce-overhead", 1)])
+def test_cuda_graph_mode_marks_each_step_for_cuda_graph_trees(mode, marks):
+    """With CUDA graphs (compile_mode reduce-overhead) each micro step tells CUDA graph trees that a new step begins;
+    the target encoder's no-grad forward inside the step must not be taken for one."""
+    proc = subprocess.run([sys.executable, "-c", ENGINE_HOOKS, "model.compile=true", f"model.compile_mode={mode}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["hooks"].count("mark_cuda_graph_step") == marks, got["hooks"]  # beside DeepSpeed's own hooks
+    assert got["compiled"] == 4

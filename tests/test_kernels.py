@@ -250,7 +250,8 @@ def test_switch_flips_every_op_and_each_implementation_agrees(clean_switch):
     want_attn = kernels.attention_reference(q, k, v)
     want_gather = kernels.masked_gather_reference(x, idx, pos)
     want_tokens = kernels.predictor_tokens_reference(x[:, :5], idx[0, :, :5], idx, pos, token)
-    for attention, gather in [("triton", "triton"), ("sdpa", "reference"), ("reference", "triton")]:
+    for attention, gather in [("triton", "triton"), ("sdpa", "reference"), ("sdpa-cudnn", "triton"),
+                              ("reference", "triton")]:
         assert kernels.configure(attention=attention, gather=gather) == {"attention": attention, "gather": gather}
         assert kernels.implementations() == {"attention": attention, "gather": gather}
         assert torch.allclose(kernels.attention(q, k, v), want_attn, atol=1e-5), attention
@@ -298,11 +299,13 @@ def _rel_err(got, want):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "sdpa", "sdpa-cudnn"])
 @pytest.mark.parametrize("b, h, n, d", [(2, 16, 256, 80), (4, 16, 69, 80), (4, 16, 113, 24), (1, 16, 784, 64),
                                         (1, 8, 300, 88)])
-def test_gpu_triton_attention_bf16(b, h, n, d):
+def test_gpu_attention_bf16(b, h, n, d, impl):
+    """Every CUDA attention implementation in bf16 against the fp32 explicit softmax, output and every gradient."""
     q, k, v = _leaves((b, h, n, d), (b, h, n, d), (b, h, n, d), dtype=torch.bfloat16)
-    got = kernels.attention_triton(q, k, v)
+    got = attention_module.IMPLEMENTATIONS[impl]["attention"](q, k, v)
     grad_out = torch.randn_like(got)
     grads = torch.autograd.grad(got, (q, k, v), grad_out)
     qf, kf, vf = _fp32_copies(q, k, v)

@@ -37,8 +37,11 @@ def build_engine(cfg: Config, device: torch.device, world_size: int, load_univer
     with torch.device(device):  # initialised where it trains: ViT-H's 650 M parameters take ~10 s on a host CPU
         model, target = build_jepa(cfg.model, cfg.data.crop_size)
     if cfg.model.compile:  # before DeepSpeed wraps the model; the blocks' token dim stays dynamic (model/compile.py)
-        logger.info("torch.compile: %d blocks (context encoder + predictor), %d (target encoder)",
-                    compile_blocks(model), compile_blocks(target))
+        mode = cfg.model.compile_mode
+        logger.info("torch.compile (mode %s): %d blocks (context encoder + predictor), %d (target encoder)", mode,
+                    compile_blocks(model, mode=mode), compile_blocks(target, mode=mode))
+        if mode == "reduce-overhead":  # CUDA graph trees: each micro step (its forward) starts a new generation
+            model.register_forward_pre_hook(mark_cuda_graph_step)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optimization.weight_decay), lr=cfg.optimization.lr,
                                   betas=cfg.optimization.betas, eps=cfg.optimization.eps, fused=fused)
@@ -48,6 +51,12 @@ def build_engine(cfg: Config, device: torch.device, world_size: int, load_univer
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     engine.checkpoint_engine = safe_checkpoint_engine(engine.checkpoint_engine)
     return engine, optimizer, target.to(device)
+
+
+def mark_cuda_graph_step(*_) -> None:
+    """Tells CUDA graph trees that a new training step begins, so they may reuse the last step's graph outputs: the
+    target encoder's no-grad forward inside the step would otherwise confuse their own guess of step boundaries."""
+    torch.compiler.cudagraph_mark_step_begin()
 
 
 def safe_checkpoint_engine(engine):
