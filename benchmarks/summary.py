@@ -76,10 +76,10 @@ def lever_lines(suite: dict) -> list[str]:
     lines = []
     for name, r in suite.get("levers", {}).items():
         if "error" in r:
-            lines.append(f"lever   {name:<32} n/a: {r['error'][:60]}")
+            lines.append(f"lever   {name:<44} n/a: {r['error'][:80]}")
         else:
             verdict = "" if name == "the config" else ("keep" if r.get("won") else "drop")
-            lines.append(f"lever   {name:<32} {r['images_per_s']:8.1f} img/s/GPU  {r.get('vs_config', 0):.2f}x config  "
+            lines.append(f"lever   {name:<44} {r['images_per_s']:8.1f} img/s/GPU  {r.get('vs_config', 0):.2f}x config  "
                          f"{r.get('vs_reference', 0):.2f}x ref  {verdict}")
     return lines
 
