@@ -21,7 +21,7 @@ from training import TrainingError
 
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
 # run(cfg, earlier) -> dict to see the figures of the suites run before it). The others are helpers and scripts.
-ORDER = ("shards", "masks", "data", "kernels", "step", "levers", "scaling")
+ORDER = ("shards", "masks", "data", "kernels", "step", "loop", "levers", "scaling")
 NOT_SUITES = ("common", "comm_model", "aot_compile_check", "summary")
 
 

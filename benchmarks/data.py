@@ -50,11 +50,12 @@ def make_images(root: Path, n: int = IMAGES, unique: int = UNIQUE, seed: int = 0
         (folder / f"img_{i:05d}.JPEG").write_bytes(encoded[i % unique])
 
 
-def make_shards(tmp: Path) -> Path:
+def make_shards(tmp: Path, n: int = IMAGES) -> Path:
+    """`n` ImageNet-like JPEGs (make_images) sharded by shard_dataset.py into SHARDS shards under tmp/shards."""
     src, dest = tmp / "images", tmp / "shards"
-    make_images(src)
+    make_images(src, n=n)
     proc = subprocess.run([sys.executable, str(ROOT / "shard_dataset.py"), str(src), str(dest), "--no-progress",
-                           "--shard-size", str(IMAGES // SHARDS)], cwd=ROOT, capture_output=True, text=True)
+                           "--shard-size", str(-(-n // SHARDS))], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"shard_dataset.py failed: {proc.stderr}")
     return dest

@@ -84,6 +84,20 @@ def lever_lines(suite: dict) -> list[str]:
     return lines
 
 
+def loop_lines(suite: dict) -> list[str]:
+    """train.py's own step log beside the bench step it should agree with."""
+    if not suite:
+        return []
+    if "error" in suite:
+        return [f"loop    train.py failed: {suite['error'][:100]}"]
+    log, bench = suite["train_log"], suite["bench"]
+    mfu = f"MFU {100 * log['mfu']:.1f}%" if log.get("mfu") is not None else "MFU n/a"
+    versus = (f"{suite['log_vs_bench']:.2f}x the bench step ({bench['images_per_s']:.1f} img/s/GPU)"
+              if suite.get("log_vs_bench") else f"bench step failed: {bench.get('error')}")
+    return [f"loop    train.py step log {log['images_per_s']:8.1f} img/s/GPU  {mfu}  data wait "
+            f"{log['data_wait_s']:.4f} s/step  {versus}"]
+
+
 def summary(folder: Path) -> str:
     device, suites = load(folder)
     if not suites:
@@ -91,7 +105,8 @@ def summary(folder: Path) -> str:
     lines = [f"{device.get('device', '?')} | torch {device.get('torch')} | triton {device.get('triton')} | "
              f"{device.get('date', '')}"]
     lines += step_lines(suites.get("step", {})) + kernel_lines(suites.get("kernels", {}))
-    lines += data_lines(suites.get("data", {})) + lever_lines(suites.get("levers", {}))
+    lines += data_lines(suites.get("data", {})) + loop_lines(suites.get("loop", {}))
+    lines += lever_lines(suites.get("levers", {}))
     missing = [s for s in ("step", "kernels", "data") if s not in suites]
     if missing:
         lines.append(f"not measured (no JSON): {', '.join(missing)}")

@@ -20,7 +20,7 @@ def cpu_env(**extra: str) -> dict:
 def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
     out = tmp_path / "bench_step.json"  # the name gpu_check.sh gives it, so the summary below reads it
     proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite",
-                           "step,levers,masks", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "step,loop,levers,masks", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=cpu_env(IJEPA_LEVERS="static shapes,Triton attention"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("device: CPU") and "torch 2." in proc.stdout
@@ -48,6 +48,13 @@ def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
     ours, ref = step["ours"]["images_per_s"], step["reference (official-style)"]["images_per_s"]
     assert f"| training step: ours | {ours:.0f} img/s, {ours / ref:.2f}× ref |" in table
     assert "| data: torch gpu decode (nvJPEG) | not measured |" in table
+
+    loop = results["suites"]["loop"]  # train.py through the launcher, its CSV monitor beside the step suite's "ours"
+    assert loop["bench"]["images_per_s"] == step["ours"]["images_per_s"]
+    assert loop["train_log"]["images_per_s"] > 0 and loop["train_log"]["data_wait_s"] >= 0
+    assert loop["log_vs_bench"] == loop["train_log"]["images_per_s"] / step["ours"]["images_per_s"]
+    assert "step 12/12 ep 0 | loss" in proc.stdout  # train.py's interval lines, in the suite's output
+    assert f"loop    train.py step log {loop['train_log']['images_per_s']:8.1f} img/s/GPU  MFU n/a" in summary.stdout
 
     levers = results["suites"]["levers"]
     rows, ref = levers["levers"], levers["reference (official-style)"]["images_per_s"]
