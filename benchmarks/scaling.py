@@ -23,8 +23,8 @@ LINE = re.compile(r"step (\d+)/\d+ .*?\| ([\d.]+) img/s/GPU")
 
 def _throughput(config: str, shards: Path, out: Path, nproc: int) -> float:
     """Median images/s per process over the interval lines after the first."""
-    launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), "train.py", "--config", config,
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner"]  # the deepspeed script, also where there is none
+    cmd = [*launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()), "train.py", "--config", config,
            "--set", f"data.shards={shards}", "--set", f"run.out_dir={out}", "--set", f"optimization.max_steps={STEPS}",
            "--set", f"logging.every_steps={EVERY}", "--set", "checkpoint.every_steps=100000",
            "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch", "--set", "data.num_workers=0"]
