@@ -28,8 +28,9 @@ export PYTHONUNBUFFERED=1
 # cap SECONDS: the smaller of SECONDS and what is left before the deadline (10 s kept for the summary)
 cap() { local left=$(( deadline - $(date +%s) - 10 )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
-# GPU_CHECK_SUITES: "suite:cap ..." in order; GPU_CHECK_TESTS: the test files run with -m gpu (a file whose library is
-# missing skips itself: test_dali_source.py without DALI). The DALI round: GPU_CHECK_SUITES="data:200"
+# GPU_CHECK_SUITES: "suite:cap ..." in order ("step,loop:200": one bench.py, the loop sees the step's figures);
+# GPU_CHECK_TESTS: the test files run with -m gpu (a file whose library is missing skips itself: test_dali_source.py
+# without DALI), or none. The DALI round: GPU_CHECK_SUITES="data:200"
 # GPU_CHECK_TESTS=tests/test_dali_source.py, with DALI from the chunks on PYTHONPATH (docs/benchmarks.md).
 suites=${GPU_CHECK_SUITES:-"step:110 kernels:80 data:45"}
 tests=${GPU_CHECK_TESTS:-"tests/test_kernels.py tests/test_compile.py tests/test_dali_source.py"}
@@ -48,8 +49,13 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv,
 $PY -c "import nvidia.dali as d; print('DALI', d.__version__, 'from', d.__file__.split('/nvidia/')[0])" \
   >> "$out/device.txt" 2>/dev/null || echo "no DALI" >> "$out/device.txt"
 
-# shellcheck disable=SC2086  # $tests is a list of files
-timeout "$(cap 90)" $PY -m pytest -m gpu $tests -q -rs -s -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" | tail -15
+if [ "$tests" = none ]; then  # GPU_CHECK_TESTS=none: a round of bench suites only
+  echo "no tests run (GPU_CHECK_TESTS=none)" > "$out/pytest_gpu.log"
+else
+  # shellcheck disable=SC2086  # $tests is a list of files
+  timeout "$(cap 90)" $PY -m pytest -m gpu $tests -q -rs -s -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" \
+    | tail -15
+fi
 for item in $suites; do
   suite=${item%%:*}
   echo; echo "== $suite (cap $(cap "${item##*:}") s) =="
