@@ -30,6 +30,7 @@ from training.metrics import peak_tflops
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = {"cuda": (40, 10), "cpu": (12, 3)}  # device → (steps, logging interval)
 FIGURES = ("images_per_s", "mfu", "data_wait_s", "step_time_s", "peak_gb")
+WORLD = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # this process's group
 
 
 def launch(cfg, shards: Path, out: Path, steps: int, every: int) -> None:
@@ -43,7 +44,8 @@ def launch(cfg, shards: Path, out: Path, steps: int, every: int) -> None:
             "logging.csv": "true"}
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port()),
            "train.py", "--config", str(config)] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+    env = {k: v for k, v in os.environ.items() if k not in WORLD}  # the launcher sets them for its processes
+    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
                           timeout=600)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode != 0:
