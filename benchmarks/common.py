@@ -1,6 +1,7 @@
 """What every benchmark suite shares: the device description and a timer."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -8,6 +9,8 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Callable
+
+logger = logging.getLogger(__name__)
 
 
 def device_info() -> dict:
@@ -41,6 +44,20 @@ def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": repeat}
 
 
-def error_line(err: BaseException) -> str:
+def error_line(err: BaseException, limit: int = 300) -> str:
     """'<type>: <first line of the message>': what a benchmark row records when its case fails."""
-    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:limit]}"
+
+
+def run_or_error(measure: Callable[[], dict], quiet: tuple[type[BaseException], ...] = ()) -> dict:
+    """measure()'s figures, or {"error": "<type>: <first line>"} when it raises: one case that fails on this device
+    (out of memory, a CUDA or compile error, a decoder the host lacks) costs its own row, not the suite's other rows.
+    A `quiet` error is a setting the device cannot take (Triton on the CPU), said in one line; any other also logs
+    its traceback, for the fix."""
+    try:
+        return measure()
+    except quiet as err:
+        return {"error": error_line(err)}
+    except Exception as err:  # noqa: BLE001 -- not swallowed: the row carries it and the log has the traceback
+        logger.exception("a benchmark case failed; the suite goes on with the next one")
+        return {"error": error_line(err)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import subprocess
 import sys
 import tempfile
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import error_line
+from benchmarks.common import run_or_error
 
-logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, CROP, WORKERS, PREFETCH = 32, 224, 2, 2
 IMAGES, UNIQUE, SHARDS = 640, 160, 4
@@ -137,17 +135,6 @@ def images_per_s(epochs, device: torch.device) -> dict:
     return {"images_per_s": count / elapsed, "images": count, "seconds": elapsed}
 
 
-def try_case(measure, device) -> dict:
-    """measure()'s figures (images_per_s() of the epochs it makes, when `device` is given), or {"error": ...} when
-    the backend fails: one backend that does not run on this host (nvJPEG, DALI's mixed decoder) costs its own row,
-    not the suite's other rows; the traceback goes to the log, for the fix."""
-    try:
-        return images_per_s(measure(), device) if device is not None else measure()
-    except Exception as err:  # noqa: BLE001 -- not swallowed: the row carries it and the log has the traceback
-        logger.exception("the data case failed; the suite goes on with the next one")
-        return {"error": error_line(err)}
-
-
 def best_round(name: str, rounds: list[dict]) -> dict:
     """The round with the most images/s for case `name`, with every round's rate; the first error if none ran."""
     ran = [r[name] for r in rounds if "images_per_s" in r[name]]
@@ -212,12 +199,13 @@ def run(cfg=None) -> dict:
         for measured in rounds:
             for name, make, device in cases:
                 failed = any("error" in r.get(name, {}) for r in rounds)  # a case that failed is not tried again
-                measured[name] = {"error": "failed in an earlier round"} if failed else try_case(make, device)
+                measured[name] = ({"error": "failed in an earlier round"} if failed else
+                                  run_or_error(lambda: images_per_s(make(), device)))
         stages = {}
         if have_dali():
             for device in [cpu] + ([gpu] if torch.cuda.is_available() else []):
                 name = "dali gpu (mixed)" if device.type == "cuda" else "dali cpu"
-                stages[name] = try_case(lambda: dali_stages(shards, device, epochs_for(device)), None)
+                stages[name] = run_or_error(lambda: dali_stages(shards, device, epochs_for(device)))
     results = {name: best_round(name, rounds) for name, _, _ in cases}
     reference = results[cases[0][0]].get("images_per_s")
     for figures in results.values():

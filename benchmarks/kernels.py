@@ -13,7 +13,7 @@ import logging
 import torch
 
 import kernels
-from benchmarks.common import time_call
+from benchmarks.common import error_line, time_call
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def time_case(kernel: str, case, impl: str, op, device: torch.device, copy_bps: 
             row.update(fwd_bwd_ms=both * 1e3, fwd_bwd_rate=sum(case.work) / both / scale)
     except Exception as err:  # an SDPA backend that does not take this shape, out of memory, a Triton kernel that
         # does not compile on this card: the row records it and the other rows are still measured
-        row["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+        row["error"] = error_line(err, limit=120)
     if copy_bps and case.unit == "B" and "error" not in row:
         row["fwd_of_copy"] = row["fwd_rate"] * scale / copy_bps
         if "fwd_bwd_rate" in row:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from benchmarks.step import OurStep, ReferenceStep, reference_kernels, try_path
+from benchmarks.step import OurStep, ReferenceStep, reference_kernels, time_path, try_path
 from config import ConfigError, with_overrides
 from training.distributed import setup_distributed, single_process_env
 
@@ -60,22 +60,23 @@ def run(cfg) -> dict:
     device, _, world_size = setup_distributed(cfg.run.device)
     print(f"levers: {cfg.model.arch} patch {cfg.model.patch_size}, batch {cfg.data.batch_size} (where the lever "
           f"keeps it), on {device.type}; the official-style reference at the config's batch, measured first")
-    ref = try_path(ReferenceStep, cfg, device, world_size, reference_kernels())
+    ref = try_path(lambda: time_path(ReferenceStep, cfg, device, world_size, reference_kernels()), device)
     print(f"{'reference (official-style)':<44}" + (f"{ref['images_per_s']:>11.1f}" if "images_per_s" in ref
                                                    else f" failed: {ref['error'][:200]}"))
     print(f"{'lever':<44}{'img/s/GPU':>11}{'× config':>10}{'× ref':>8}{'peak GiB':>10}  verdict  (--set ...)",
           flush=True)
     rows = {}
     for name in names:  # each row printed when measured: a round stopped by its cap keeps the rows it measured
-        try:
-            lever_cfg = with_overrides(cfg, LEVERS[name], source="levers")
-        except ConfigError as err:  # a lever this config cannot take
-            rows[name] = {"error": str(err).splitlines()[0]}
-        else:
-            rows[name] = try_path(OurStep, lever_cfg, device, world_size, dataclasses.asdict(lever_cfg.kernels))
+        rows[name] = try_path(lambda: time_lever(cfg, name, device, world_size), device)
         rows[name]["sets"] = LEVERS[name]
         print_row(name, rows[name], rows["the config"], ref)
     return {"reference (official-style)": ref, "levers": rows}
+
+
+def time_lever(cfg, name: str, device, world_size: int) -> dict:
+    """train.py's step on `cfg` with the lever's overrides, timed as the step suite times it."""
+    lever_cfg = with_overrides(cfg, LEVERS[name], source="levers")
+    return time_path(OurStep, lever_cfg, device, world_size, dataclasses.asdict(lever_cfg.kernels))
 
 
 def print_row(name: str, r: dict, base: dict, ref: dict) -> None:

@@ -14,12 +14,13 @@ import logging
 import statistics
 import time
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 import kernels
-from benchmarks.common import error_line
+from benchmarks.common import run_or_error
 from config import ConfigError, training_dtype
 from model.jepa import build_jepa
 from pipeline.loader import Batch
@@ -205,22 +206,13 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def try_path(build, cfg, device: torch.device, world_size: int, impls: dict) -> dict:
-    """time_path(), or {"error": "<type>: <first line>"} when the path fails: one path that runs out of memory, does
-    not compile or hits a CUDA error on a device costs its own row, not the suite's other rows. A setting this device
-    cannot take (ValueError, ConfigError: Triton on the CPU) is said in one line; anything else also logs its
-    traceback, for the fix."""
-    try:
-        return time_path(build, cfg, device, world_size, impls)
-    except (ValueError, ConfigError) as err:
-        error = err
-    except Exception as err:  # noqa: BLE001 -- not swallowed: the row carries it and the log has the traceback
-        logger.exception("the path failed; the suite goes on with the next one")
-        error = err
-    message = error_line(error)
-    del error  # its traceback holds the failed path's tensors
-    free_memory(device)
-    return {"error": message}
+def try_path(measure: Callable[[], dict], device: torch.device) -> dict:
+    """run_or_error(measure) (benchmarks/common.py), freeing a failed path's memory before the next path is built. A
+    setting this device cannot take (ValueError, ConfigError: Triton on the CPU) is said without a traceback."""
+    row = run_or_error(measure, quiet=(ValueError, ConfigError))
+    if "error" in row:
+        free_memory(device)
+    return row
 
 
 def run(cfg) -> dict:
@@ -234,7 +226,7 @@ def run(cfg) -> dict:
     print_header(cfg, device)
     results = {}
     for name, build, path_cfg, impls in plans:  # each row printed when measured: a run cut short keeps its rows
-        results[name] = try_path(build, path_cfg, device, world_size, impls)
+        results[name] = try_path(lambda: time_path(build, path_cfg, device, world_size, impls), device)
         print_row(cfg, device, name, results[name], results[REFERENCE])
     print_footer(device, results)
     return results

@@ -67,7 +67,7 @@ def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
     assert rows["static shapes"]["sets"] == ["mask.length_policy=fixed"]
     assert "needs a CUDA device" in rows["Triton attention"]["error"]  # a row that says why, not a lost round
     assert "lever   static shapes" in summary.stdout
-    refused = "n/a: levers: kernels.attention triton needs a CUDA device"
+    refused = "n/a: ConfigError: levers: kernels.attention triton needs a CUDA device"
     assert f"lever   {'Triton attention':<44} {refused}" in summary.stdout
 
 
@@ -170,13 +170,14 @@ def test_a_step_path_that_fails_is_a_row_that_says_why(tmp_path, caplog, capsys,
     def refused(cfg, device, world_size):
         raise ValueError("kernels: triton needs a CUDA device")
 
-    row = step.try_path(broken, cfg, cpu, 1, step.reference_kernels())
+    row = step.try_path(lambda: step.time_path(broken, cfg, cpu, 1, step.reference_kernels()), cpu)
     assert row == {"error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
     assert "Traceback" in caplog.text and "illegal memory access" in caplog.text  # logged, for the fix
     caplog.clear()
-    assert step.try_path(refused, cfg, cpu, 1, {})["error"] == "ValueError: kernels: triton needs a CUDA device"
+    assert step.try_path(lambda: step.time_path(refused, cfg, cpu, 1, {}), cpu)["error"] == \
+        "ValueError: kernels: triton needs a CUDA device"
     assert "Traceback" not in caplog.text  # a setting this device cannot take: one line, no traceback
-    ref = step.try_path(step.ReferenceStep, cfg, cpu, 1, step.reference_kernels())
+    ref = step.try_path(lambda: step.time_path(step.ReferenceStep, cfg, cpu, 1, step.reference_kernels()), cpu)
     assert ref["images_per_s"] > 0
     step.print_row(cfg, cpu, "ours", row, ref)
     assert "ours" in capsys.readouterr().out.split("failed: RuntimeError: CUDA error: an illegal memory access")[0]
@@ -197,11 +198,12 @@ def test_a_data_backend_that_fails_is_a_row_that_says_why(tmp_path, caplog, caps
     import torch
 
     from benchmarks import data, summary
+    from benchmarks.common import run_or_error
 
     def nvjpeg_fails():
         raise RuntimeError("nvjpeg: decode failed: NVJPEG_STATUS_EXECUTION_FAILED\nmore")
 
-    row = data.try_case(nvjpeg_fails, torch.device("cpu"))
+    row = run_or_error(lambda: data.images_per_s(nvjpeg_fails(), torch.device("cpu")))
     assert row == {"error": "RuntimeError: nvjpeg: decode failed: NVJPEG_STATUS_EXECUTION_FAILED"}
     assert "Traceback" in caplog.text
     rounds = [{"ref": {"images_per_s": 10.0}, "gpu": row},
