@@ -5,10 +5,15 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Callable
+
+from training.distributed import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +66,24 @@ def run_or_error(measure: Callable[[], dict], quiet: tuple[type[BaseException], 
     except Exception as err:  # noqa: BLE001 -- not swallowed: the row carries it and the log has the traceback
         logger.exception("a benchmark case failed; the suite goes on with the next one")
         return {"error": error_line(err)}
+
+
+WORLD = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # a process group's
+
+
+def run_train(config: str, sets: dict, nproc: int = 1, env: dict | None = None, timeout: int = 900) -> str:
+    """`deepspeed --num_gpus NPROC train.py --config CONFIG --set k=v ...` from the repository's root, as users run
+    it; returns its output (stdout + stderr), or raises RuntimeError with the last lines when it fails. The launcher
+    is `python -m deepspeed.launcher.runner`, the `deepspeed` script itself: a host with DeepSpeed on PYTHONPATH has
+    no script. The launcher sets the world of its processes: this process's own (WORLD) is not passed on."""
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
+           str(free_port()), "train.py", "--config", str(config)]
+    cmd += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    base = {k: v for k, v in os.environ.items() if k not in WORLD}
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          env={**base, "PYTHONUNBUFFERED": "1", **(env or {})}, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise RuntimeError(f"train.py on {nproc} process(es) exited with {proc.returncode}:\n{tail}")
+    return output

@@ -11,45 +11,31 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-
-from benchmarks.common import error_line
+from benchmarks.common import error_line, run_train
 from benchmarks.data import IMAGES, make_shards
 from benchmarks.step import OurStep, time_path, try_path
 from config import config_to_yaml
-from training.distributed import free_port, setup_distributed, single_process_env
+from training.distributed import setup_distributed, single_process_env
 from training.metrics import peak_tflops
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = {"cuda": (40, 10), "cpu": (12, 3)}  # device → (steps, logging interval)
 FIGURES = ("images_per_s", "mfu", "data_wait_s", "step_time_s", "peak_gb")
-WORLD = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # this process's group
 
 
 def launch(cfg, shards: Path, out: Path, steps: int, every: int) -> None:
-    """`deepspeed --num_gpus 1 train.py --config <cfg as YAML>` on `shards` for `steps` steps; raises with its
-    output's tail when it fails. `python -m deepspeed.launcher.runner` is the `deepspeed` script itself: a host with
-    DeepSpeed on PYTHONPATH has no script."""
+    """train.py (benchmarks/common.py run_train) on `cfg`, written as YAML, and `shards` for `steps` steps; its
+    interval lines go into this suite's output."""
     config = out.parent / "loop.yaml"
     config.write_text(config_to_yaml(cfg))
-    sets = {"data.shards": shards, "run.out_dir": out, "optimization.max_steps": steps, "logging.every_steps": every,
-            "checkpoint.every_steps": 100_000, "logging.diagnostics_every": 0, "logging.tensorboard": "false",
-            "logging.csv": "true"}
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port()),
-           "train.py", "--config", str(config)] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    env = {k: v for k, v in os.environ.items() if k not in WORLD}  # the launcher sets them for its processes
-    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-                          timeout=600)
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
-    if proc.returncode != 0:
-        raise RuntimeError(f"train.py exited with {proc.returncode}:\n" + "\n".join(lines[-15:]))
-    print("\n".join(line for line in lines if " img/s/GPU " in line or "summary:" in line))  # into the suite's log
+    output = run_train(str(config), {"data.shards": shards, "run.out_dir": out, "optimization.max_steps": steps,
+                                     "logging.every_steps": every, "checkpoint.every_steps": 100_000,
+                                     "logging.diagnostics_every": 0, "logging.tensorboard": "false",
+                                     "logging.csv": "true"}, timeout=600)
+    print("\n".join(line for line in output.splitlines() if " img/s/GPU " in line or "summary:" in line))
 
 
 def logged(out: Path, name: str, every: int) -> dict:

@@ -5,34 +5,25 @@ interval lines after the first (docs/benchmarks.md).
 """
 from __future__ import annotations
 
-import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import run_train
 from tools.digits import shard_digits
-from training.distributed import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 60, 10
 LINE = re.compile(r"step (\d+)/\d+ .*?\| ([\d.]+) img/s/GPU")
 
 
 def _throughput(config: str, shards: Path, out: Path, nproc: int) -> float:
     """Median images/s per process over the interval lines after the first."""
-    launcher = [sys.executable, "-m", "deepspeed.launcher.runner"]  # the deepspeed script, also where there is none
-    cmd = [*launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()), "train.py", "--config", config,
-           "--set", f"data.shards={shards}", "--set", f"run.out_dir={out}", "--set", f"optimization.max_steps={STEPS}",
-           "--set", f"logging.every_steps={EVERY}", "--set", "checkpoint.every_steps=100000",
-           "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch", "--set", "data.num_workers=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"scaling run with {nproc} process(es) failed:\n{proc.stderr[-2000:]}")
-    rates = [float(m.group(2)) for m in LINE.finditer(proc.stdout + proc.stderr) if int(m.group(1)) > EVERY]
+    output = run_train(config, {"data.shards": shards, "run.out_dir": out, "optimization.max_steps": STEPS,
+                                "logging.every_steps": EVERY, "checkpoint.every_steps": 100000,
+                                "logging.diagnostics_every": 0, "data.backend": "torch", "data.num_workers": 0},
+                       nproc=nproc, env={"OMP_NUM_THREADS": "1"})
+    rates = [float(m.group(2)) for m in LINE.finditer(output) if int(m.group(1)) > EVERY]
     return statistics.median(rates)
 
 
