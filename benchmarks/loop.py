@@ -20,7 +20,6 @@ from benchmarks.data import IMAGES, make_shards
 from benchmarks.step import OurStep, time_path, try_path
 from config import config_to_yaml
 from training.distributed import setup_distributed, single_process_env
-from training.metrics import peak_tflops
 
 STEPS = {"cuda": (40, 10), "cpu": (12, 3)}  # device → (steps, logging interval)
 FIGURES = ("images_per_s", "mfu", "data_wait_s", "step_time_s", "peak_gb")
@@ -63,8 +62,6 @@ def run(cfg, earlier: dict | None = None) -> dict:
     else:
         ours = dataclasses.asdict(cfg.kernels)
         bench, source = try_path(lambda: time_path(OurStep, cfg, device, world_size, ours), device), "ours, timed here"
-        peak = peak_tflops(device)
-        bench["mfu"] = bench["tflops"] / peak if peak and "tflops" in bench else None
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as tmp:
         # one epoch holds every step: an epoch boundary every few steps would charge the loader's restarts to the log
         shards = make_shards(Path(tmp), n=max(IMAGES, steps * cfg.data.batch_size))

@@ -145,9 +145,10 @@ def measure(step, cfg, device, masks, warmup: int, repeat: int) -> dict:
     t = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     syncs = host_syncs(lambda: step(images, *on_device[0]), device)
-    return {"step_time_s": t, "images_per_s": b / t, "flops_per_step": flops, "tflops": flops / t / 1e12,
-            "peak_memory_gib": peak, "images_per_gpu_hour": b / t * 3600, "repeat": repeat,
-            "host_syncs_per_step": syncs}
+    tflops, matmul_peak = flops / t / 1e12, peak_tflops(device)
+    return {"step_time_s": t, "images_per_s": b / t, "flops_per_step": flops, "tflops": tflops,
+            "mfu": tflops / matmul_peak if matmul_peak else None, "peak_memory_gib": peak,
+            "images_per_gpu_hour": b / t * 3600, "repeat": repeat, "host_syncs_per_step": syncs}
 
 
 def host_syncs(call, device) -> int | None:
@@ -227,7 +228,7 @@ def run(cfg) -> dict:
     results = {}
     for name, build, path_cfg, impls in plans:  # each row printed when measured: a run cut short keeps its rows
         results[name] = try_path(lambda: time_path(build, path_cfg, device, world_size, impls), device)
-        print_row(cfg, device, name, results[name], results[REFERENCE])
+        print_row(cfg, name, results[name], results[REFERENCE])
     print_footer(device, results)
     return results
 
@@ -242,15 +243,14 @@ def print_header(cfg, device) -> None:
           f"{'GPU-h':>10}{'× ref':>7}", flush=True)
 
 
-def print_row(cfg, device, name: str, r: dict, ref: dict) -> None:
-    """One path's line; adds its MFU and the GPU-hours of the config's epochs to `r`."""
+def print_row(cfg, name: str, r: dict, ref: dict) -> None:
+    """One path's line; adds the GPU-hours of the config's epochs to `r`."""
     if "error" in r:
         print(f"{name:<38} failed: {r['error'][:200]}", flush=True)
         return
-    peak = peak_tflops(device)
     gpu_hours = cfg.optimization.epochs * dataset_size(cfg)[0] / r["images_per_s"] / 3600
-    r["gpu_hours_for_epochs"], r["mfu"] = gpu_hours, (r["tflops"] / peak if peak else None)
-    mfu = f"{100 * r['mfu']:.1f}%" if peak else "n/a"
+    r["gpu_hours_for_epochs"] = gpu_hours
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
     mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
     ratio = f"{r['images_per_s'] / ref['images_per_s']:>6.2f}×" if "images_per_s" in ref else "   n/a"
     print(f"{name:<38}{r['step_time_s']:>9.3f}{r['images_per_s']:>11.1f}{r['tflops']:>9.2f}{mfu:>7}{mem:>10}"

@@ -179,7 +179,7 @@ def test_a_step_path_that_fails_is_a_row_that_says_why(tmp_path, caplog, capsys,
     assert "Traceback" not in caplog.text  # a setting this device cannot take: one line, no traceback
     ref = step.try_path(lambda: step.time_path(step.ReferenceStep, cfg, cpu, 1, step.reference_kernels()), cpu)
     assert ref["images_per_s"] > 0
-    step.print_row(cfg, cpu, "ours", row, ref)
+    step.print_row(cfg, "ours", row, ref)
     assert "ours" in capsys.readouterr().out.split("failed: RuntimeError: CUDA error: an illegal memory access")[0]
 
     (tmp_path / "bench_step.json").write_text(json.dumps({"device": {"device": "CPU"}, "suites": {
