@@ -1,41 +1,31 @@
 """The ops every model gathers and attends through, and the one switch that picks each op's implementation.
 
 Model code calls `kernels.attention`, `kernels.masked_gather` and `kernels.predictor_tokens`, never a raw kernel.
-Every module here that declares `KERNEL = KernelOp(...)` (kernels/registry.py) is registered in REGISTRY; its public
-ops become functions of this package (`kernels.<op>`, and each implementation as `kernels.<op>_<impl>`).
+Each kernel module ends with `KERNEL = KernelOp(...)` (kernels/registry.py) and is listed in REGISTRY below; each of
+its public ops is a function here with the reference's signature, calling the implementation `configure()` chose.
 `configure()` decides, once, which implementation each group runs: the config's `kernels:` section, overridden by
 the environment (IJEPA_ATTENTION, IJEPA_GATHER); "auto" takes the group's choice for the device class. An op called
-before any configure() configures the defaults once.
+before any configure() configures the defaults once. The implementations themselves are the kernel modules' own
+functions (`from kernels.attention import attention_triton`), listed in `REGISTRY[group].implementations`.
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import os
-import pkgutil
 from typing import Callable, Optional
 
 import torch
 
+from kernels.attention import KERNEL as ATTENTION
+from kernels.masked_gather import KERNEL as GATHER
 from kernels.masked_gather import set_index_check
 from kernels.registry import KernelOp
 
 logger = logging.getLogger(__name__)
 
-
-def _discover() -> dict[str, KernelOp]:
-    """{group name: KernelOp} of every kernels/ module that declares KERNEL."""
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        op = getattr(module, "KERNEL", None)
-        if isinstance(op, KernelOp):
-            found[op.name] = op
-    return found
-
-
-REGISTRY: dict[str, KernelOp] = _discover()
+# Every kernel module's registration, one entry each (docs/kernels.md, "Adding a kernel"). The config's `kernels:`
+# section, the switch, `bench.py --suite kernels` and the sm_90 compile check read this and nothing else.
+REGISTRY: dict[str, KernelOp] = {op.name: op for op in (ATTENTION, GATHER)}
 CHECK_INDICES_ENV = "IJEPA_CHECK_INDICES"
 
 _chosen: dict[str, str] = {}  # group → implementation, set by configure()
@@ -92,26 +82,45 @@ def implementations() -> dict[str, str]:
 
 
 def _op(name: str) -> Callable:
+    """The implementation configure() chose for the public op `name` (configuring the defaults if nothing did yet)."""
     if not _ops:
         configure()
     return _ops[name]
 
 
-def _dispatcher(name: str, reference: Callable) -> Callable:
-    """kernels.<name>: the implementation configure() chose, with the reference's signature and docstring."""
+# ------------------------------------------------------------------------------------------------------ public ops
+# One function per public op of REGISTRY, with its reference's signature (tests/test_kernels.py checks both).
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q, k, v (B, H, N, d), any strides → softmax(q kᵀ / sqrt(d)) v (B, H, N, d), no mask.
 
-    @functools.wraps(reference)
-    def dispatch(*args, **kwargs):
-        return _op(name)(*args, **kwargs)
-
-    dispatch.__name__ = dispatch.__qualname__ = name
-    return dispatch
+    The implementation of kernels.attention configure() chose (contract: kernels/attention.py attention_reference).
+    """
+    return _op("attention")(q, k, v)
 
 
-# kernels.<op> dispatches; kernels.<op>_<implementation> is that implementation itself (tests, benchmarks).
-for _kernel in REGISTRY.values():
-    for _name in _kernel.ops:
-        globals()[_name] = _dispatcher(_name, _kernel.implementations[_kernel.reference][_name])
-    for _impl, _fns in _kernel.implementations.items():
-        globals().update({f"{_name}_{_impl}": _fn for _name, _fn in _fns.items()})
-del _kernel, _name, _impl, _fns
+def masked_gather(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (B, N, D) or (1, N, D) shared by the batch; idx (M, B, K) or (B, K); pos (N, D) → (M·B, K, D), mask-major:
+    out[m·B + b, i] = x[b, idx[m, b, i]] (+ pos[idx[m, b, i]]); the backward scatter-adds into x and pos.
+
+    The implementation of kernels.gather configure() chose (contract: kernels/masked_gather.py
+    masked_gather_reference).
+    """
+    return _op("masked_gather")(x, idx, pos)
+
+
+def predictor_tokens(x_ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, pos: torch.Tensor,
+                     mask_token: torch.Tensor) -> torch.Tensor:
+    """The predictor's input, in one pass where the official code chains repeat / gather / cat / add.
+
+    The implementation of kernels.gather configure() chose (contract: kernels/masked_gather.py
+    predictor_tokens_reference).
+
+    Args:
+        x_ctx: (B, Kc, D) the context features already projected to the predictor width.
+        ctx_idx: (B, Kc) their token indices; tgt_idx: (M, B, Kt) the target tokens of each of the M masks.
+        pos: (N, D) the predictor's positional table; mask_token: D values, e.g. the (1, 1, D) parameter.
+    Returns:
+        (M·B, Kc + Kt, D), mask-major rows: row m·B + b is [x_ctx[b] + pos[ctx_idx[b]] ‖ token + pos[tgt_idx[m, b]]],
+        in the dtype x_ctx, pos and mask_token promote to.
+    """
+    return _op("predictor_tokens")(x_ctx, ctx_idx, tgt_idx, pos, mask_token)

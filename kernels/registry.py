@@ -1,9 +1,10 @@
 """What a kernel module declares, in one place: its implementations, the one "auto" picks per device class, the Triton
 specialisations the sm_90 compile check builds, and the cases the kernels bench suite times.
 
-Each module of kernels/ that holds a switchable op ends with `KERNEL = KernelOp(...)`; kernels/__init__.py collects
-them. The config's `kernels:` section, the switch (`kernels.configure`), `bench.py --suite kernels` and
-`python -m benchmarks.aot_compile_check` read these declarations and nothing else (docs/kernels.md, "Adding a kernel").
+Each module of kernels/ that holds a switchable op ends with `KERNEL = KernelOp(...)`; kernels/__init__.py lists it
+in REGISTRY and defines its public ops. The config's `kernels:` section, the switch (`kernels.configure`),
+`bench.py --suite kernels` and `python -m benchmarks.aot_compile_check` read REGISTRY and nothing else
+(docs/kernels.md, "Adding a kernel").
 """
 from __future__ import annotations
 

@@ -1,12 +1,16 @@
 """The model's gather and attention entry points against plain loops and explicit softmax; the Triton kernels
 against their references (output and every gradient); the one switch."""
 import importlib
+import inspect
 import os
 
 import pytest
 import torch
 
 import kernels
+from kernels.attention import attention_reference, attention_triton
+from kernels.masked_gather import (masked_gather_reference, masked_gather_triton, predictor_tokens_reference,
+                                   predictor_tokens_triton)
 
 
 def test_masked_gather_matches_a_loop_and_accumulates_repeated_indices():
@@ -32,9 +36,18 @@ def test_masked_gather_rejects_bad_shapes():
         kernels.masked_gather(torch.randn(3, 4, 3), torch.zeros(2, 2, dtype=torch.long))
 
 
+def test_every_registered_op_is_a_function_of_the_package_with_its_references_signature():
+    """kernels/__init__.py defines one function per public op of REGISTRY, by hand: none may be missing or drift."""
+    for group in kernels.REGISTRY.values():
+        for name, reference in group.implementations[group.reference].items():
+            op = getattr(kernels, name, None)
+            assert inspect.isfunction(op) and op.__module__ == "kernels", f"kernels.{name} is not defined in kernels/"
+            assert inspect.signature(op) == inspect.signature(reference), name
+
+
 def test_attention_matches_explicit_softmax():
     q, k, v = torch.randn(3, 2, 3, 37, 24).unbind(0)
-    assert torch.allclose(kernels.attention(q, k, v), kernels.attention_reference(q, k, v), atol=1e-5)
+    assert torch.allclose(kernels.attention(q, k, v), attention_reference(q, k, v), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -102,7 +115,7 @@ def test_triton_attention_output_and_grads_match_reference(b, h, n, d, dtype):
     # N is not a multiple of the 32-token block (the interpreter's one config); d = 24, 80, 88 pad to 32 and 128;
     # N = 300 is the longest 224 px sequence this project runs.
     q, k, v = _leaves((b, h, n, d), (b, h, n, d), (b, h, n, d), dtype=dtype)
-    out = _check_op_and_grads(kernels.attention_triton, kernels.attention_reference, [q, k, v], dtype, "qkv")
+    out = _check_op_and_grads(attention_triton, attention_reference, [q, k, v], dtype, "qkv")
     assert out.shape == (b, h, n, d) and out.dtype == dtype
 
 
@@ -116,9 +129,9 @@ def test_triton_attention_takes_the_models_strided_qkv_and_returns_a_free_transp
             return fn(q, k, v).transpose(1, 2).reshape(b, n, h * d)
         return run
 
-    out = _check_op_and_grads(heads(kernels.attention_triton), heads(kernels.attention_reference), [qkv],
+    out = _check_op_and_grads(heads(attention_triton), heads(attention_reference), [qkv],
                               torch.float32, ["qkv"])
-    raw = kernels.attention_triton(*qkv.detach().reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4))
+    raw = attention_triton(*qkv.detach().reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4))
     assert raw.transpose(1, 2).is_contiguous()  # stored (B, N, H, d): the model's reshape copies nothing
     assert out.shape == (b, n, h * d)
 
@@ -126,21 +139,21 @@ def test_triton_attention_takes_the_models_strided_qkv_and_returns_a_free_transp
 @pytest.mark.parametrize("n", [1, 5])
 def test_triton_attention_on_sequences_shorter_than_a_block(n):
     q, k, v = _leaves((2, 2, n, 24), (2, 2, n, 24), (2, 2, n, 24), dtype=torch.float32)
-    _check_op_and_grads(kernels.attention_triton, kernels.attention_reference, [q, k, v], torch.float32, "qkv")
+    _check_op_and_grads(attention_triton, attention_reference, [q, k, v], torch.float32, "qkv")
 
 
 def test_triton_attention_rejects_bad_inputs(monkeypatch):
     q = torch.randn(1, 2, 8, 24)
     with pytest.raises(ValueError, match="one shape"):
-        kernels.attention_triton(q, q, q[:, :, :4])
+        attention_triton(q, q, q[:, :, :4])
     with pytest.raises(ValueError, match="share one dtype"):
-        kernels.attention_triton(q, q, q.half())
+        attention_triton(q, q, q.half())
     with pytest.raises(ValueError, match="head dim"):
-        kernels.attention_triton(*[torch.randn(1, 1, 4, 320)] * 3)
+        attention_triton(*[torch.randn(1, 1, 4, 320)] * 3)
     if not torch.cuda.is_available():
         monkeypatch.setattr(attention_module, "INTERPRET", False)
         with pytest.raises(RuntimeError, match="need CUDA tensors"):
-            kernels.attention_triton(q, q, q)
+            attention_triton(q, q, q)
 
 
 def _repeating_idx(m, b, k, n, dtype):
@@ -155,10 +168,10 @@ def _repeating_idx(m, b, k, n, dtype):
 def test_triton_gather_output_and_grads_match_reference(d, idx_dtype, dtype):
     x, pos = _leaves((2, 37, d), (37, d), dtype=dtype)
     idx = _repeating_idx(3, 2, 13, 37, idx_dtype)
-    got = _check_op_and_grads(kernels.masked_gather_triton, kernels.masked_gather_reference, [x, idx, pos], dtype,
+    got = _check_op_and_grads(masked_gather_triton, masked_gather_reference, [x, idx, pos], dtype,
                               ["x", "pos"])
-    assert torch.equal(got, kernels.masked_gather_reference(x, idx, pos))  # a copy and one add: bit-exact
-    no_pos = _check_op_and_grads(kernels.masked_gather_triton, kernels.masked_gather_reference, [x, idx[0]], dtype,
+    assert torch.equal(got, masked_gather_reference(x, idx, pos))  # a copy and one add: bit-exact
+    no_pos = _check_op_and_grads(masked_gather_triton, masked_gather_reference, [x, idx[0]], dtype,
                                  ["x"])
     assert no_pos.shape == (2, 13, d)
 
@@ -167,7 +180,7 @@ def test_triton_gather_output_and_grads_match_reference(d, idx_dtype, dtype):
 def test_triton_gather_from_a_shared_source_accumulates_every_row(dtype):
     (table,) = _leaves((1, 29, 80), dtype=dtype)  # batch-1 source read by every (mask, batch) row
     idx = _repeating_idx(4, 3, 9, 29, torch.int64)
-    _check_op_and_grads(kernels.masked_gather_triton, kernels.masked_gather_reference, [table, idx], dtype, ["table"])
+    _check_op_and_grads(masked_gather_triton, masked_gather_reference, [table, idx], dtype, ["table"])
 
 
 def test_triton_gather_promotes_like_the_reference():
@@ -175,8 +188,8 @@ def test_triton_gather_promotes_like_the_reference():
     (N·D, 1, N)), + the fp32 positional table → fp32 tokens, as x + pos promotes."""
     x, pos = torch.randn(2, 24, 20, dtype=torch.bfloat16).transpose(1, 2), torch.randn(20, 24)
     idx = torch.randint(0, 20, (2, 7))
-    got = kernels.masked_gather_triton(x, idx, pos)
-    assert got.dtype == torch.float32 and torch.equal(got, kernels.masked_gather_reference(x, idx, pos))
+    got = masked_gather_triton(x, idx, pos)
+    assert got.dtype == torch.float32 and torch.equal(got, masked_gather_reference(x, idx, pos))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -185,10 +198,10 @@ def test_triton_predictor_tokens_output_and_grads_match_reference(d, dtype):
     x_ctx, pos, token = _leaves((2, 11, d), (37, d), (1, 1, d), dtype=dtype)
     ctx_idx = torch.stack([torch.randperm(37)[:11] for _ in range(2)]).to(DEVICE)
     tgt_idx = _repeating_idx(3, 2, 5, 37, torch.int32)
-    got = _check_op_and_grads(kernels.predictor_tokens_triton, kernels.predictor_tokens_reference,
+    got = _check_op_and_grads(predictor_tokens_triton, predictor_tokens_reference,
                               [x_ctx, ctx_idx, tgt_idx, pos, token], dtype, ["x_ctx", "pos", "mask_token"])
     assert got.shape == (3 * 2, 11 + 5, d)
-    assert torch.equal(got, kernels.predictor_tokens_reference(x_ctx, ctx_idx, tgt_idx, pos, token))
+    assert torch.equal(got, predictor_tokens_reference(x_ctx, ctx_idx, tgt_idx, pos, token))
 
 
 def test_predictor_tokens_is_the_official_repeat_gather_cat_chain():
@@ -197,7 +210,7 @@ def test_predictor_tokens_is_the_official_repeat_gather_cat_chain():
     ctx_idx, tgt_idx = torch.randint(0, 10, (2, 3)), torch.randint(0, 10, (2, 2, 4))
     want = torch.stack([torch.cat([x_ctx[b] + pos[ctx_idx[b]], token[0] + pos[tgt_idx[m, b]]])
                         for m in range(2) for b in range(2)])
-    for op in (kernels.predictor_tokens_reference, kernels.predictor_tokens_triton):
+    for op in (predictor_tokens_reference, predictor_tokens_triton):
         assert torch.allclose(op(x_ctx, ctx_idx, tgt_idx, pos, token), want)
 
 
@@ -206,8 +219,8 @@ def test_predictor_tokens_follows_the_mixed_precision_of_the_model():
     x_ctx = torch.randn(2, 6, 24, dtype=torch.bfloat16, requires_grad=True)
     pos, token = torch.randn(16, 24), torch.randn(1, 1, 24, requires_grad=True)
     ctx_idx, tgt_idx = torch.randint(0, 16, (2, 6)), torch.randint(0, 16, (4, 2, 3))
-    got = kernels.predictor_tokens_triton(x_ctx, ctx_idx, tgt_idx, pos, token)
-    want = kernels.predictor_tokens_reference(x_ctx, ctx_idx, tgt_idx, pos, token)
+    got = predictor_tokens_triton(x_ctx, ctx_idx, tgt_idx, pos, token)
+    want = predictor_tokens_reference(x_ctx, ctx_idx, tgt_idx, pos, token)
     assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want)
     gx, gt = torch.autograd.grad(got.square().sum(), (x_ctx, token))
     assert gx.dtype == torch.bfloat16 and gt.shape == token.shape
@@ -216,8 +229,8 @@ def test_predictor_tokens_follows_the_mixed_precision_of_the_model():
 @pytest.mark.parametrize("op", ["triton", "reference"])
 def test_out_of_range_indices_are_named(op, clean_switch):
     kernels.configure(check_indices="always")  # on CUDA, "first" may have spent its one check in an earlier test
-    gather = {"triton": kernels.masked_gather_triton, "reference": kernels.masked_gather_reference}[op]
-    tokens = {"triton": kernels.predictor_tokens_triton, "reference": kernels.predictor_tokens_reference}[op]
+    gather = {"triton": masked_gather_triton, "reference": masked_gather_reference}[op]
+    tokens = {"triton": predictor_tokens_triton, "reference": predictor_tokens_reference}[op]
     x = torch.randn(2, 10, 24)
     idx = torch.randint(0, 10, (3, 2, 4))
     idx[2, 1, 3] = 10
@@ -233,11 +246,11 @@ def test_out_of_range_indices_are_named(op, clean_switch):
 
 def test_triton_gather_rejects_bad_shapes_like_the_reference():
     with pytest.raises(ValueError, match="idx must be an int32/int64"):
-        kernels.masked_gather_triton(torch.randn(2, 4, 3), torch.zeros(2, 2))
+        masked_gather_triton(torch.randn(2, 4, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="pos must be"):
-        kernels.masked_gather_triton(torch.randn(2, 4, 3), torch.zeros(2, 2, dtype=torch.long), torch.randn(4, 2))
+        masked_gather_triton(torch.randn(2, 4, 3), torch.zeros(2, 2, dtype=torch.long), torch.randn(4, 2))
     with pytest.raises(ValueError, match="mask_token must hold 3 values"):
-        kernels.predictor_tokens_triton(torch.randn(2, 2, 3), torch.zeros(2, 2, dtype=torch.long),
+        predictor_tokens_triton(torch.randn(2, 2, 3), torch.zeros(2, 2, dtype=torch.long),
                                         torch.zeros(1, 2, 1, dtype=torch.long), torch.randn(4, 3), torch.randn(4))
 
 
@@ -247,9 +260,9 @@ def test_switch_flips_every_op_and_each_implementation_agrees(clean_switch):
     x, pos = torch.randn(2, 37, 24), torch.randn(37, 24)
     idx = _repeating_idx(3, 2, 6, 37, torch.int64)
     token = torch.randn(1, 1, 24)
-    want_attn = kernels.attention_reference(q, k, v)
-    want_gather = kernels.masked_gather_reference(x, idx, pos)
-    want_tokens = kernels.predictor_tokens_reference(x[:, :5], idx[0, :, :5], idx, pos, token)
+    want_attn = attention_reference(q, k, v)
+    want_gather = masked_gather_reference(x, idx, pos)
+    want_tokens = predictor_tokens_reference(x[:, :5], idx[0, :, :5], idx, pos, token)
     for attention, gather in [("triton", "triton"), ("sdpa", "reference"), ("sdpa-cudnn", "triton"),
                               ("reference", "triton")]:
         assert kernels.configure(attention=attention, gather=gather) == {"attention": attention, "gather": gather}
@@ -309,7 +322,7 @@ def test_gpu_attention_bf16(b, h, n, d, impl):
     grad_out = torch.randn_like(got)
     grads = torch.autograd.grad(got, (q, k, v), grad_out)
     qf, kf, vf = _fp32_copies(q, k, v)
-    want = kernels.attention_reference(qf, kf, vf)
+    want = attention_reference(qf, kf, vf)
     want_grads = torch.autograd.grad(want, (qf, kf, vf), grad_out.float())
     assert _rel_err(got, want) < GPU_REL_TOL
     for name, g, w in zip("qkv", grads, want_grads):
@@ -320,11 +333,11 @@ def test_gpu_attention_bf16(b, h, n, d, impl):
 def test_gpu_triton_gather_and_predictor_tokens_bf16():
     x, pos = _leaves((8, 256, 1280), (256, 1280), dtype=torch.bfloat16)
     idx = _repeating_idx(4, 8, 43, 256, torch.int64)
-    _check_op_and_grads(kernels.masked_gather_triton, kernels.masked_gather_reference, [x, idx, pos], torch.bfloat16,
+    _check_op_and_grads(masked_gather_triton, masked_gather_reference, [x, idx, pos], torch.bfloat16,
                         ["x", "pos"])
     x_ctx, ppos, token = _leaves((8, 69, 384), (256, 384), (1, 1, 384), dtype=torch.bfloat16)
     ctx_idx = torch.stack([torch.randperm(256)[:69] for _ in range(8)]).to(DEVICE)
-    _check_op_and_grads(kernels.predictor_tokens_triton, kernels.predictor_tokens_reference,
+    _check_op_and_grads(predictor_tokens_triton, predictor_tokens_reference,
                         [x_ctx, ctx_idx, idx, ppos, token], torch.bfloat16, ["x_ctx", "pos", "mask_token"])
 
 
