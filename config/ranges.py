@@ -1,21 +1,28 @@
-"""The allowed values of every config key, declared with its field and checked when a config loads.
+"""The allowed values of every config key, declared with its field; pydantic checks them when a config loads.
 
     lr: float = at_least(0.0, default=1e-3)
     crop_scale: tuple[float, float] = between(0.0, 1.0, default=(0.3, 1.0), low_open=True, ordered=True)
     out_dir: str = text("runs/ijepa", required=True)
 
-A number outside its range or a string that cannot be used is refused with one line naming the key, the value and
-what is allowed: `cfg.yaml: optimization.lr is -0.001; allowed: >= 0`. Floats that are not finite are
-refused before (config.schema.coerce_float) and here. Rules that involve two keys (embed_dim divisible by num_heads, warmup within the
-epochs) are config.schema.check_consistency's.
+`section` makes a class of such fields a frozen pydantic dataclass that refuses unknown keys and takes a value only
+strictly of its type (an int is not a float, a bool or a string), finite and within its field's rule.
+config.schema.config_error words pydantic's error as one line: `cfg.yaml: optimization.lr is -0.001; allowed: >= 0`.
+Rules that involve two keys (embed_dim divisible by num_heads, warmup within the epochs) are
+config.schema.check_consistency's.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
+
+import pydantic
+from pydantic import AfterValidator, BeforeValidator, Field, Strict
+from pydantic_core import PydanticCustomError
 
 from config.errors import ConfigError
 
@@ -36,14 +43,17 @@ class Range:
     null: str = ""
     why: str = ""
 
-    def admits(self, x: float) -> bool:
-        if isinstance(x, int) and not -INT64_MAX - 1 <= x <= INT64_MAX:
-            return False
-        if isinstance(x, float) and not math.isfinite(x):
-            return False
-        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
-            return False
-        return self.high is None or (x < self.high if self.high_open else x <= self.high)
+    def bounds(self, integer: bool) -> Any:
+        """The range as pydantic's constraints; integers stay within 64 bits."""
+        low = -INT64_MAX - 1 if integer and self.low is None else self.low
+        high = INT64_MAX if integer and self.high is None else self.high
+        return Field(gt=low if self.low_open else None, ge=None if self.low_open else low,
+                     lt=high if self.high_open else None, le=None if self.high_open else high)
+
+    def check_order(self, pair: tuple) -> tuple:
+        if self.ordered and pair[0] > pair[1]:
+            raise PydanticCustomError("unordered", "the first number is above the second")
+        return pair
 
     def describe(self, integer: bool, pair: bool) -> str:
         high = INT64_MAX if integer and self.high is None else self.high
@@ -65,16 +75,19 @@ class Text:
     required: bool = False
     name: bool = False
 
-    def problem(self, value: str) -> Optional[str]:
+    def check(self, value: str) -> str:
+        problem = None
         if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):  # a path cannot hold NUL or a lone surrogate
-            return "text without control characters (newline, tab, NUL ...) or lone surrogates"
-        if self.required and not value.strip():
-            return "a non-empty string"
-        if len(value.encode()) > (255 if self.name else 4096):  # the OS's NAME_MAX, PATH_MAX
-            return f"at most {255 if self.name else 4096} bytes"
-        if self.name and ("/" in value or "\\" in value or value.strip() in (".", "..")):
-            return "a plain name (it names a folder of the run's logs): no '/', '\\', '.' or '..'"
-        return None
+            problem = "text without control characters (newline, tab, NUL ...) or lone surrogates"
+        elif self.required and not value.strip():
+            problem = "a non-empty string"
+        elif len(value.encode()) > (255 if self.name else 4096):  # the OS's NAME_MAX, PATH_MAX
+            problem = f"at most {255 if self.name else 4096} bytes"
+        elif self.name and ("/" in value or "\\" in value or value.strip() in (".", "..")):
+            problem = "a plain name (it names a folder of the run's logs): no '/', '\\', '.' or '..'"
+        if problem:
+            raise PydanticCustomError("text", "{problem}", {"problem": problem})
+        return value
 
 
 def _number(x: float) -> str:
@@ -102,23 +115,48 @@ def text(default: str, required: bool = False, name: bool = False) -> Any:
     return _field(default, Text(required, name))
 
 
-def _shown(value: Any) -> str:
-    """The value as the user wrote it: pairs as YAML lists."""
-    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+def yaml_number(value: Any) -> Any:
+    """A float's other YAML spellings as floats: 1e-3 without a dot (PyYAML reads a string) and an integer beyond
+    float's range (inf, which pydantic then refuses as not finite). Anything else is pydantic's to refuse."""
+    try:
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return float(value)
+    except ValueError:  # not a number: pydantic refuses it
+        return value
+    except OverflowError:
+        return math.inf
+    return value
+
+
+def typed(hint: Any, rule: Range | Text | None) -> Any:
+    """`hint` as pydantic checks it: strictly (no int from a float, a bool or a string), floats finite, YAML's
+    spellings accepted (a pair as a list, 1e-3 as PyYAML's string), each number within `rule`, a string by it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:  # compared with each choice: nothing to coerce
+        return hint
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: null, or an X
+        return Optional[typed(args[0], rule)]
+    if origin is tuple:  # a pair, which YAML writes as a list
+        return Annotated[tuple[tuple(typed(a, rule) for a in args)], Strict(), AfterValidator(rule.check_order),
+                         BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+    checks = [rule.bounds(hint is int)] if isinstance(rule, Range) else [AfterValidator(rule.check)] if rule else []
+    if hint is float:  # the constraints first: pydantic applies them in its float check, before which yaml_number runs
+        checks += [Field(allow_inf_nan=False), BeforeValidator(yaml_number)]
+    return Annotated[hint, Strict(), *checks]
+
+
+def section(cls: type) -> type:
+    """`cls` as the frozen pydantic dataclass of a YAML section: unknown keys refused, each field `typed`."""
+    for name, hint in typing.get_type_hints(cls).items():
+        spec = vars(cls).get(name)
+        metadata = spec.metadata if isinstance(spec, dataclasses.Field) else {}
+        cls.__annotations__[name] = typed(hint, metadata.get(RANGE) or metadata.get(TEXT))
+    return pydantic.dataclasses.dataclass(cls, frozen=True, config=pydantic.ConfigDict(extra="forbid"))
 
 
 def check_value(value: Any, spec: dataclasses.Field, where: str) -> None:
-    """Raises ConfigError naming `where` (file: section.key) when `value` (already coerced) is outside its field's
-    declared range or text rule."""
-    rule = spec.metadata.get(RANGE) or spec.metadata.get(TEXT)
-    if value is None or rule is None:
-        return
-    if isinstance(rule, Text):
-        problem = rule.problem(value)
-        if problem:
-            raise ConfigError(f"{where} is {value!r}; allowed: {problem}")
-        return
-    items = value if isinstance(value, tuple) else (value,)
-    if not all(rule.admits(x) for x in items) or (rule.ordered and items[0] > items[-1]):
-        integer = all(isinstance(x, int) for x in items)
-        raise ConfigError(f"{where} is {_shown(value)}; allowed: {rule.describe(integer, isinstance(value, tuple))}")
+    """Raises ConfigError naming `where` when `value` is not what the section field `spec` admits."""
+    try:
+        pydantic.TypeAdapter(spec.type).validate_python(value)
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"{where} is {value!r}; allowed: {err.errors()[0]['msg']}") from None

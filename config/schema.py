@@ -1,37 +1,38 @@
-"""One typed configuration tree: YAML file → frozen dataclasses, checked on load.
+"""One typed configuration tree: YAML file → frozen pydantic dataclasses, checked on load.
 
     cfg = load_config("configs/vith14_in1k.yaml", overrides=["optimization.lr=5e-4"])
 
-Loading rejects unknown sections and keys (naming the closest valid key), values of the wrong type, values outside the
-range their field declares (config/ranges.py) and combinations that cannot run (check_consistency), with the file,
-section and key in the message. The official I-JEPA YAML files are recognised by their `meta` section and mapped key by
+Each section is a frozen pydantic dataclass (config/ranges.py `section`): pydantic refuses unknown sections and keys,
+values of the wrong type and values outside the range their field declares; config_error words the first of its errors
+as one line naming the file, section and key (and the closest valid key). check_consistency then refuses combinations
+that cannot run. The official I-JEPA YAML files are recognised by their `meta` section and mapped key by
 key (config/official.py). Values that follow from others are computed in config/derived.py, never written in YAML.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
+import pydantic
 import yaml
+from pydantic_core import PydanticCustomError
 
 import kernels
 from config.errors import ConfigError, plain, suggest
 from config.official import is_official, map_official
-from config.ranges import INT64_MAX, at_least, between, check_value, text
+from config.ranges import INT64_MAX, RANGE, at_least, between, section, text, yaml_number
 from model.sizes import VIT_SIZES, encoder_size
 
 
-# Each numeric field declares its allowed range and each string its rule (config/ranges.py); loading checks them.
+# Each numeric field declares its allowed range and each string its rule (config/ranges.py); pydantic checks them.
 # The upper bounds of sizes and counts are resource limits: far beyond the recipes, short of what exhausts a machine.
-@dataclass(frozen=True)
+@section
 class RunConfig:
     name: str = text("ijepa", required=True, name=True)
     out_dir: str = text("runs/ijepa", required=True)  # logs, the resolved config and checkpoints go here
@@ -39,7 +40,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
 
 
-@dataclass(frozen=True)
+@section
 class DataConfig:
     shards: str = text("")  # folder written by shard_dataset.py (holds manifest.json)
     backend: Literal["auto", "dali", "torch"] = "auto"  # auto = DALI when importable
@@ -54,7 +55,7 @@ class DataConfig:
     on_bad_sample: Literal["raise", "skip"] = "raise"  # skip = drop and count corrupt samples
 
 
-@dataclass(frozen=True)
+@section
 class MaskConfig:
     """Multiblock masking; keyword names of the official collator, plus a switch per official quirk."""
 
@@ -74,7 +75,7 @@ class MaskConfig:
     fixed_pred_len: Optional[int] = at_least(1, default=None, null="derived by the sampler")
 
 
-@dataclass(frozen=True)
+@section
 class ModelConfig:
     arch: str = "vit_huge"  # one of model.sizes.VIT_SIZES
     patch_size: int = between(1, 4096, default=14)
@@ -95,13 +96,13 @@ class ModelConfig:
 
 # One key per registered kernel group (kernels/registry.py): its implementations or "auto" (the one measured faster on
 # the device class). A new kernel module adds its key here by itself.
-KernelsConfig = dataclasses.make_dataclass(
-    "KernelsConfig", [(name, Literal[("auto", *op.implementations)], field(default="auto"))
-                      for name, op in kernels.REGISTRY.items()], frozen=True)
-KernelsConfig.__doc__ = "Which implementation each kernel group uses (kernels.configure); auto = the group's choice."
+KernelsConfig = section(type("KernelsConfig", (), {
+    "__doc__": "Which implementation each kernel group uses (kernels.configure); auto = the group's choice.",
+    "__annotations__": {name: Literal[("auto", *op.implementations)] for name, op in kernels.REGISTRY.items()},
+    **dict.fromkeys(kernels.REGISTRY, "auto")}))
 
 
-@dataclass(frozen=True)
+@section
 class OptimizationConfig:
     epochs: int = between(1, 10**6, default=300)
     warmup_epochs: float = at_least(0.0, default=40)  # at most epochs
@@ -122,20 +123,20 @@ class OptimizationConfig:
     max_steps: Optional[int] = at_least(1, default=None, null="the whole schedule")
 
 
-@dataclass(frozen=True)
+@section
 class EMAConfig:
     # linear from the first to the second over the schedule
     momentum: tuple[float, float] = between(0.0, 1.0, default=(0.996, 1.0), ordered=True)
 
 
-@dataclass(frozen=True)
+@section
 class CheckpointConfig:
     every_steps: int = at_least(1, default=1000)
     keep_last: int = at_least(1, default=3)
     resume: str = text("")  # "" = fresh start, "auto" = latest complete checkpoint in run.out_dir, or a path
 
 
-@dataclass(frozen=True)
+@section
 class LoggingConfig:
     every_steps: int = at_least(1, default=10)
     tensorboard: bool = True
@@ -149,7 +150,37 @@ class LoggingConfig:
     sample_log: bool = False
 
 
-@dataclass(frozen=True)
+# DeepSpeed keys derived from our sections: setting them in the deepspeed section would say the same thing twice.
+DERIVED_DEEPSPEED_KEYS = {
+    "train_batch_size": "data.batch_size and optimization.grad_accum (global batch = micro x accum x world size)",
+    "train_micro_batch_size_per_gpu": "data.batch_size",
+    "gradient_accumulation_steps": "optimization.grad_accum",
+    "bf16": "optimization.precision",
+    "fp16": "optimization.precision",
+    "optimizer": "optimization.* (the optimizer is a torch AdamW built by train.py)",
+    "scheduler": "optimization.* (schedules are functions of the step, applied by train.py)",
+}
+
+
+def check_deepspeed(values: dict) -> dict:
+    """The pass-through section: no key that our sections derive, and a ZeRO stage DeepSpeed has."""
+    def fail(message: str):
+        raise PydanticCustomError("deepspeed", "{message}", {"message": message})
+
+    for key in values:
+        if key in DERIVED_DEEPSPEED_KEYS:
+            fail(f"deepspeed.{key} is derived from {DERIVED_DEEPSPEED_KEYS[key]}; set that instead and remove "
+                 f"deepspeed.{key}")
+    zero = values.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        fail(f"deepspeed.zero_optimization is {zero!r}; allowed: a mapping, e.g. {{stage: 2}}")
+    stage = zero.get("stage", 0)
+    if type(stage) is not int or stage not in (0, 1, 2, 3):
+        fail(f"deepspeed.zero_optimization.stage is {stage!r}; allowed: 0, 1, 2 or 3 (the ZeRO stage, an integer)")
+    return values
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=pydantic.ConfigDict(extra="forbid"))
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -162,20 +193,12 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Passed through to DeepSpeed (zero_optimization, communication, monitors' extras ...), merged over the values
     # that deepspeed_config() derives from the sections above.
-    deepspeed: dict = field(default_factory=lambda: {"zero_optimization": {"stage": 2}})
+    deepspeed: Annotated[dict, pydantic.AfterValidator(check_deepspeed)] = field(
+        default_factory=lambda: {"zero_optimization": {"stage": 2}})
 
 
+CONFIG = pydantic.TypeAdapter(Config)
 SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "deepspeed"}
-# DeepSpeed keys derived from our sections: setting them in the deepspeed section would say the same thing twice.
-DERIVED_DEEPSPEED_KEYS = {
-    "train_batch_size": "data.batch_size and optimization.grad_accum (global batch = micro x accum x world size)",
-    "train_micro_batch_size_per_gpu": "data.batch_size",
-    "gradient_accumulation_steps": "optimization.grad_accum",
-    "bf16": "optimization.precision",
-    "fp16": "optimization.precision",
-    "optimizer": "optimization.* (the optimizer is a torch AdamW built by train.py)",
-    "scheduler": "optimization.* (schedules are functions of the step, applied by train.py)",
-}
 FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: AdamW's scalars become fp32
 TRITON_MAX_HEAD_DIM = 256  # kernels/attention.py's Triton kernels
 # The sampler's messages name its arguments (mask section keys): prefixed with the section, they name config keys.
@@ -254,8 +277,9 @@ def parse_override(item: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except (yaml.YAMLError, RecursionError) as err:
         raise ConfigError(f"--set {plain(item)}: the value is not valid YAML: {yaml_problem(err)}") from err
-    if section != "deepspeed":
-        check_key(section, key, f"--set {plain(item)}")
+    problem = section != "deepspeed" and unknown_key(section, key)
+    if problem:
+        raise ConfigError(f"--set {plain(item)}: {problem}")
     return section, key, value
 
 
@@ -269,110 +293,93 @@ def set_nested(values: dict, keys: list[str], value: Any, source: str) -> None:
     values[keys[-1]] = value
 
 
-def check_key(section: Any, key: Any, source: str) -> None:
+def unknown_key(section: Any, key: Any) -> Optional[str]:
+    """Why `section.key` names no setting, with the closest valid name; None when it names one."""
     if section not in SECTIONS:
-        raise ConfigError(f"{source}: unknown section {section!r}{suggest(section, [*SECTIONS, 'deepspeed'])}")
+        return f"unknown section {section!r}{suggest(section, [*SECTIONS, 'deepspeed'])}"
     keys = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if key not in keys:
-        raise ConfigError(f"{source}: section {section!r} has no key {key!r}{suggest(key, keys)}")
+    return None if key in keys else f"section {section!r} has no key {key!r}{suggest(key, keys)}"
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = None) -> Config:
-    """Builds and checks the typed tree: types, each value's declared range (config/ranges.py), then the rules
-    between keys; `sources` names where an overridden (section, key) came from."""
-    sources = sources or {}
-    sections = {}
-    for section, values in raw.items():
-        if section not in SECTIONS and section != "deepspeed":
-            raise ConfigError(f"{source}: unknown section {section!r}{suggest(section, [*SECTIONS, 'deepspeed'])}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
-        if section == "deepspeed":
-            sections[section] = check_deepspeed(values, source)
-            continue
-        cls = SECTIONS[section]
-        hints, specs = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in values.items():
-            where = sources.get((section, key), source)
-            check_key(section, key, where)
-            kwargs[key] = coerce(value, hints[key], f"{where}: {section}.{key}")
-            check_value(kwargs[key], specs[key], f"{where}: {section}.{key}")
-        sections[section] = cls(**kwargs)
-    cfg = Config(**sections)
+    """Builds and checks the typed tree: pydantic checks the keys, types and each value's declared range
+    (config/ranges.py), then check_consistency the rules between keys; `sources` names where an overridden
+    (section, key) came from."""
+    try:
+        cfg = CONFIG.validate_python(raw)
+    except pydantic.ValidationError as err:
+        raise config_error(err, raw, source, sources or {}) from None
     check_consistency(cfg, source)
     return cfg
 
 
-def check_deepspeed(values: dict, source: str) -> dict:
-    """The pass-through section: no key that our sections derive, and a ZeRO stage DeepSpeed has."""
-    for key in values:
-        if key in DERIVED_DEEPSPEED_KEYS:
-            raise ConfigError(f"{source}: deepspeed.{key} is derived from {DERIVED_DEEPSPEED_KEYS[key]}; "
-                              f"set that instead and remove deepspeed.{key}")
-    zero = values.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        raise ConfigError(f"{source}: deepspeed.zero_optimization is {zero!r}; allowed: a mapping, e.g. {{stage: 2}}")
-    stage = zero.get("stage", 0)
-    if type(stage) is not int or stage not in (0, 1, 2, 3):
-        raise ConfigError(f"{source}: deepspeed.zero_optimization.stage is {stage!r}; allowed: 0, 1, 2 or 3 "
-                          f"(the ZeRO stage, an integer)")
-    return dict(values)
+# pydantic's error types, by what our message says
+KEY_ERRORS = {"unexpected_keyword_argument", "invalid_key"}  # an unknown section or key
+PAIR_ERRORS = {"tuple_type", "too_short", "too_long", "missing"}
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "unordered"}
+EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string"}
 
 
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """Checks `value` against the annotation `hint`; returns it in canonical form (tuples for pairs, floats)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return coerce(value, inner, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r} ({type(value).__name__})")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r} ({type(value).__name__})")
-        return value
-    if hint is float:
-        return coerce_float(value, where)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r} ({type(value).__name__})")
-        return value
-    raise TypeError(f"config.coerce: unsupported annotation {hint!r} at {where}")
+def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources: dict) -> ConfigError:
+    """pydantic's error that comes first in the file, as our one line: the file (or the --set item), section.key, the
+    value as written and what is allowed."""
+    kind, loc, section, key, error = first_error(err, raw)
+    if len(loc) == 1:  # the section itself
+        if kind in KEY_ERRORS:
+            return ConfigError(f"{source}: {unknown_key(section, None)}")
+        if kind == "deepspeed":
+            return ConfigError(f"{source}: {error['ctx']['message']}")
+        return ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {raw[section]!r}")
+    where = sources.get((section, key), source)
+    if kind in KEY_ERRORS:
+        return ConfigError(f"{where}: {unknown_key(section, key)}")
+    where, value = f"{where}: {section}.{key}", raw[section][key]
+    cls = SECTIONS[section]
+    hint = typing.get_type_hints(cls)[key]
+    if kind in RANGE_ERRORS:
+        integer, pair = int in (hint, *typing.get_args(hint)), typing.get_origin(hint) is tuple
+        loaded = value if integer else [float(yaml_number(v)) for v in value] if pair else float(yaml_number(value))
+        allowed = cls.__dataclass_fields__[key].metadata[RANGE].describe(integer, pair)
+        return ConfigError(f"{where} is {loaded!r}; allowed: {allowed}")
+    if kind == "text":
+        return ConfigError(f"{where} is {value!r}; allowed: {error['ctx']['problem']}")
+    if kind == "literal_error":
+        return ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(hint)))}")
+    if kind in PAIR_ERRORS:
+        return ConfigError(f"{where}: expected a list of {len(typing.get_args(hint))} numbers, got {value!r}")
+    if len(loc) > 2:  # one number of a pair
+        where, value = f"{where}[{loc[2]}]", value[loc[2]]
+    if kind == "finite_number":
+        return ConfigError(f"{where}: expected a finite number, got {value!r}")
+    if kind not in EXPECTED:  # none that these types raise: pydantic's own words, on one line
+        return ConfigError(f"{where}: {plain(error['msg'])}, got {value!r}")
+    return ConfigError(f"{where}: expected {EXPECTED[kind]}, got {value!r} ({type(value).__name__})")
 
 
-def coerce_float(value: Any, where: str) -> float:
-    """A finite float. PyYAML reads 1e-3 (no dot) as a string: such numbers are accepted, nothing else that is not a
-    number; nan and inf (YAML .nan, .inf) are refused: no setting means anything with them."""
-    number = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-    if number is None:
-        raise ConfigError(f"{where}: expected a number, got {value!r} ({type(value).__name__})")
-    try:
-        number = float(number)
-    except OverflowError:  # an integer beyond float's range
-        number = math.inf
-    if not math.isfinite(number):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-    return number
+def first_error(err: pydantic.ValidationError, raw: dict) -> tuple:
+    """(type, location, section, key, error) of pydantic's error that comes first in the file (it lists them in the
+    schema's order), the section and key as the file writes them; within a key, its type (each number of a pair in
+    turn) before its range."""
+    placed = []
+    for error in err.errors():
+        kind, loc = error["type"], error["loc"]
+        if kind == "string_unicode":  # a str with a lone surrogate: as a key, pydantic names its mapping, not it
+            kind, loc = ("invalid_key", (*loc, error["input"])) if len(loc) < 2 else ("literal_error", loc)
+        section_at, section = find_key(raw, loc[0])
+        key_at, key = find_key(raw.get(section), loc[1]) if len(loc) > 1 else (-1, None)
+        order = (section_at, key_at, kind in RANGE_ERRORS, loc[2] if len(loc) > 2 else -1)
+        placed.append((order, (kind, loc, section, key, error)))
+    return min(placed, key=lambda p: p[0])[1]
+
+
+def find_key(mapping: Any, item: Any) -> tuple[int, Any]:
+    """(position, key) of the key of `mapping` that pydantic's location `item` names (a key that is neither a str nor
+    an int it names by its repr); (the end, item) when none does."""
+    keys = list(mapping) if isinstance(mapping, dict) else []
+    for at, key in enumerate(keys):
+        if item == key or (not isinstance(key, str) and item == repr(key)):
+            return at, key
+    return len(keys), item
 
 
 def check_consistency(cfg: Config, source: str) -> None:
