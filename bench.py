@@ -15,9 +15,8 @@ from pathlib import Path
 
 import benchmarks
 from benchmarks.common import device_info
-from config import ConfigError, load_config
-from pipeline import DataError
-from training import TrainingError
+from config import load_config
+from util.errors import UserError
 
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
 # run(cfg, earlier) -> dict to see the figures of the suites run before it). The others are helpers and scripts.
@@ -43,10 +42,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, overrides=args.set)
-    except ConfigError as err:
+        return run(args)
+    except UserError as err:  # the user's data or settings, named by the message
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, overrides=args.set)
     suites = available_suites() if args.suite is None else [s.strip() for s in args.suite.split(",") if s.strip()]
     unknown = [s for s in suites if s not in available_suites()]
     if unknown:
@@ -62,13 +65,13 @@ def main(argv=None) -> int:
     results = {"device": info, "config": args.config, "suites": {}}
     for name in suites:
         print(f"\n== {name} ==")
-        run = importlib.import_module(f"benchmarks.{name}").run
-        earlier = {"earlier": results["suites"]} if "earlier" in inspect.signature(run).parameters else {}
+        suite = importlib.import_module(f"benchmarks.{name}").run
+        earlier = {"earlier": results["suites"]} if "earlier" in inspect.signature(suite).parameters else {}
         try:
-            results["suites"][name] = run(cfg, **earlier)
-        except (ConfigError, DataError, TrainingError) as err:  # the user's data or settings, named by the message
-            print(f"error: suite {name}: {err}", file=sys.stderr)
-            return 1
+            results["suites"][name] = suite(cfg, **earlier)
+        except UserError as err:
+            err.args = (f"suite {name}: {err}",)  # the same error, naming the suite that met it
+            raise
         if args.out:  # after every suite: a run stopped by a time limit keeps the suites that finished
             write_json(args.out, results)
     if args.out:

@@ -22,19 +22,13 @@ from pathlib import Path
 
 import torch
 
-from config import ConfigError
 from evaluation import EvalError
 from evaluation.report import evaluate, print_table
 from evaluation.sweep import parse_low_shot
-from model.official import CheckpointFileError
-from pipeline import DataError
-from pipeline.shards import write_file_atomic
-from training.checkpoints import CheckpointError
+from util.errors import UserError
+from util.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
-
-# What a user's checkpoint, shards or options can be wrong with; each carries one line naming the file and the fix
-USER_ERRORS = (EvalError, DataError, CheckpointFileError, CheckpointError, ConfigError)
 
 
 def positive_int(text: str) -> int:
@@ -148,9 +142,9 @@ def main(argv=None) -> int:
     json_path = settings.pop("json")
     try:
         run(settings, json_path)
-    except USER_ERRORS as err:
+    except UserError as err:  # the user's checkpoint, shards or options: one line naming the file and the fix
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     return 0
 
 

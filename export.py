@@ -25,20 +25,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from config import ConfigError
-from evaluation import EvalError
 from evaluation.encoders import load_encoder
 from model.export import ExportError
-from model.official import CheckpointFileError
-from pipeline.shards import fsync_dir, partial_name
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
-from training.checkpoints import CheckpointError
-from training.run_dir import fsync_tree
+from util.errors import UserError
+from util.files import fsync_dir, fsync_tree, partial_name
 
 logger = logging.getLogger(__name__)
-
-# What a user's checkpoint or options can be wrong with; each carries one line naming the file and the fix
-USER_ERRORS = (ExportError, EvalError, CheckpointFileError, CheckpointError, ConfigError)
 TOLERANCE = 1e-5  # max |Δ| of the reloaded models' output tokens against ours
 TIMM_SUBFOLDER = "timm"
 
@@ -147,9 +140,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         record = run(args.checkpoint, args.out, args.encoder)
-    except USER_ERRORS as err:
+    except UserError as err:  # the user's checkpoint or options: one line naming the file and the fix
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     for name, result in record["formats"].items():
         label = f"{name} ({result['architecture']})" if "architecture" in result else name
         print(f"{label}: max |Δ| {result['max_abs_diff']:.2e} vs our {args.encoder} encoder (≤ {TOLERANCE:g})  "

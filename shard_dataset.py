@@ -20,8 +20,8 @@ import os
 import re
 import sys
 
-from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardingError, ShardOptions, build_shards
-from pipeline.shard_dest import DestError
+from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
+from util.errors import UserError
 from pipeline.shards import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger("shard_dataset")
@@ -111,15 +111,13 @@ def main(argv=None) -> int:
     options = ShardOptions(labels=args.labels, seed=args.seed, shard_samples=shard_samples, shard_bytes=shard_bytes,
                            prefix=args.prefix, verify=args.verify, quality=args.quality, max_size=args.max_size,
                            json=args.json)
-    # SHARD_DATASET_THROTTLE_S: seconds to sleep per input; only for tests that kill a run part way.
     settings = RunSettings(workers=args.workers, strict=args.strict, overwrite=args.overwrite,
-                           progress=not args.no_progress,
-                           throttle_s=float(os.environ.get("SHARD_DATASET_THROTTLE_S", "0")))
+                           progress=not args.no_progress)
     try:
         manifest, counts = build_shards(args.src, args.dest, options, settings)
-    except (ShardingError, DestError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (complete shards are kept)", file=sys.stderr)
         return 130

@@ -15,8 +15,11 @@ import logging
 import os
 import sys
 
-from config import ConfigError, config_to_yaml, global_batch_size, grid_size, load_config
+from config import ConfigError, config_to_yaml, grid_size, load_config
 from model.sizes import encoder_size
+from pipeline.loader import BatchLayout
+from training.plan import ResumeRequest
+from util.errors import UserError
 
 logger = logging.getLogger("train")
 
@@ -41,10 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def derived_summary(cfg, world_size: int) -> str:
-    """Values computed from the config (never written in YAML), as YAML comments."""
+    """Values computed from the config (never written in YAML), as YAML comments; the rest of the plan needs the
+    shards (train.py writes it into run.out_dir/config.yaml)."""
     dim, depth, heads, _ = encoder_size(cfg.model)
     h, w = grid_size(cfg)
-    lines = [f"world_size: {world_size}", f"global_batch_size: {global_batch_size(cfg, world_size)}",
+    layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size)
+    lines = [f"world_size: {world_size}", f"global_batch_size: {layout.global_batch}",
              f"patch_grid: {h}x{w}", f"encoder: {cfg.model.arch} dim {dim}, depth {depth}, heads {heads}"]
     return "".join(f"# derived: {line}\n" for line in lines)
 
@@ -56,33 +61,25 @@ def main(argv=None) -> int:
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
     try:
         cfg = load_config(args.config, overrides=args.set)
-    except ConfigError as err:
-        logger.error("config error: %s", err)
-        return 2
-    if args.print_config:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, world_size))
-        return 0
+        if args.print_config:
+            sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            return 0
+        return train(cfg, ResumeRequest(cfg.checkpoint.resume if args.resume is None else args.resume,
+                                        args.accept_changes, args.keep_per_gpu_batch))
+    except UserError as err:  # bad input, config, data, a refused resume: one line, no traceback
+        logger.error("%s: %s", "config error" if isinstance(err, ConfigError) else "error", err)
+        return err.exit_code
+
+
+def train(cfg, request: ResumeRequest) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from evaluation.probes import TrainingProbe
-    from pipeline import DataError
-    from training import TrainingError
-    from training.distributed import release_shm_buffers, single_process_env
-    from training.loop import StopSignal, fit
+    from training.loop import fit
 
-    single_process_env()
-    stop = StopSignal()
     make_probe = lambda: TrainingProbe(cfg.logging.probe_shards, cfg.data.crop_size)  # noqa: E731  (rank 0 only)
-    try:
-        with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
-            return fit(cfg, cfg.checkpoint.resume if args.resume is None else args.resume, stop, make_probe,
-                       args.accept_changes, args.keep_per_gpu_batch)
-    except (TrainingError, ConfigError, DataError) as err:
-        logger.error("error: %s", err)
-        return 1
-    finally:
-        release_shm_buffers()
+    with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+        return fit(cfg, request, make_probe)
 
 
 if __name__ == "__main__":

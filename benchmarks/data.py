@@ -102,11 +102,11 @@ def backend_epochs(cfg, shards: Path, backend: str, device: torch.device):
     if backend == "dali":
         from pipeline.dali_source import DaliSource
 
-        source = DaliSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, torch.float32)
+        source = DaliSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, torch.float32)
     else:
         from pipeline.torch_source import TorchSource
 
-        source = TorchSource(data, cfg.run.seed, all_shards, batches, 0, 1, device)
+        source = TorchSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH)
     epoch = 0
     while True:
         yield ((normalise(images, device), labels) for images, labels, _ in source.epoch_batches(epoch, 0))

@@ -27,6 +27,7 @@ from pipeline.loader import Batch
 from pipeline.shards import ManifestError, read_manifest
 from training.data import mask_sampler
 from training.distributed import setup_distributed, single_process_env
+from pipeline.loader import BatchLayout
 from training.engine import build_engine, micro_step, param_groups
 from training.metrics import count_flops, peak_tflops
 from training.target_ema import target_ema
@@ -101,7 +102,8 @@ class OurStep:
     """train.py's step: DeepSpeed engine + fused AdamW + EMA from the fp32 masters, one optimizer step per call."""
 
     def __init__(self, cfg, device: torch.device, world_size: int):
-        self.engine, self.optimizer, self.target = build_engine(cfg, device, world_size)
+        layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size)
+        self.engine, self.optimizer, self.target = build_engine(cfg, layout, device)
         self.ema = target_ema(self.engine, self.target)
         self.dtype = training_dtype(cfg)
         self.momentum = cfg.ema.momentum[0]

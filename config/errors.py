@@ -4,9 +4,13 @@ from __future__ import annotations
 import difflib
 import typing
 
+from util.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override that cannot be used; the message says where and what to do."""
+
+    exit_code = 2  # a usage error, as argparse exits
 
 
 def plain(text: object) -> str:

@@ -2,6 +2,9 @@
 in-training kNN probe), encoders from our or official checkpoints, and eval.py's report beside random init."""
 
 
-class EvalError(Exception):
+from util.errors import UserError
+
+
+class EvalError(UserError):
     """A checkpoint, shard folder or option that cannot give meaningful figures; the message names it and says what
     to do."""

@@ -29,7 +29,7 @@ def load_encoder(checkpoint: str | Path, which: Literal["target", "context"] = "
     tag folder written by train.py) or an official-format file.
 
     Raises:
-        EvalError, model.official.CheckpointFileError, training.checkpoints.CheckpointError, config.ConfigError:
+        util.errors.UserError (EvalError, model.official.CheckpointError, config.ConfigError):
             one line naming the checkpoint and what is wrong.
     """
     checkpoint = Path(checkpoint)

@@ -28,8 +28,8 @@ def evaluate(checkpoint: str | Path, train_shards: str | Path, val_shards: str |
         cache_gb: the attentive probe holds both splits' output tokens in memory up to this size, else the encoder
             recomputes them for every batch.
     Raises:
-        EvalError, pipeline.DataError, model.official.CheckpointFileError, training.checkpoints.CheckpointError,
-            config.ConfigError: one line naming the file or folder and what is wrong (checked in that order: the
+        util.errors.UserError (EvalError, pipeline.DataError, model.official.CheckpointError, config.ConfigError):
+            one line naming the file or folder and what is wrong (checked in that order: the
             shard folders' manifests, the checkpoint, then the images).
     """
     per_class = parse_low_shot(low_shot)

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from model.official import describe_mismatch
+from util.errors import UserError
 from model.sizes import VIT_SIZES
 from model.vit import VisionTransformer
 
@@ -26,7 +27,7 @@ TIMM_FALLBACK_ARCH = "vit_base_patch16_gap_224"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be written or does not reproduce the encoder; the message is one line saying which
     format and what differs."""
 

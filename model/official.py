@@ -24,6 +24,7 @@ from model.ema import make_target_encoder
 from model.predictor import Predictor
 from model.sizes import VIT_SIZES
 from model.vit import VisionTransformer
+from util.errors import UserError
 
 OFFICIAL_PARTS = ("encoder", "predictor", "target_encoder")
 
@@ -33,20 +34,21 @@ DAMAGED_FILE_ERRORS = (OSError, EOFError, RuntimeError, ValueError, LookupError,
                        ArithmeticError, MemoryError)
 
 
-class CheckpointFileError(ValueError):
-    """A checkpoint file that cannot be used (missing, damaged, unsafe, not the expected layout); the message is one
-    line naming the file, the part and key, and what is wrong."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used (missing, incomplete, damaged, unsafe, not the expected layout, or written by
+    a run a resume must not silently continue); the message is one line naming the folder or file, the part and
+    key, and what is wrong."""
 
 
 def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
     """torch.load of a file that may come from elsewhere: tensors, plain values and the `allowed` classes only
-    (weights_only=True), never code. Every failure is one CheckpointFileError line naming the file."""
+    (weights_only=True), never code. Every failure is one CheckpointError line naming the file."""
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "checkpoint not found"
-        raise CheckpointFileError(f"{path}: {what} (give an official-format file or a checkpoint folder written by "
+        raise CheckpointError(f"{path}: {what} (give an official-format file or a checkpoint folder written by "
                                   f"train.py)")
     if path.stat().st_size == 0:
-        raise CheckpointFileError(f"{path}: the file is empty (0 bytes): an interrupted copy or save? Use a "
+        raise CheckpointError(f"{path}: the file is empty (0 bytes): an interrupted copy or save? Use a "
                                   f"complete copy")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
@@ -56,14 +58,14 @@ def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
     except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
         cause = first_line(err.__context__ or err)
         if cause.startswith("Unsupported operand"):
-            raise CheckpointFileError(f"{path}: not a readable torch checkpoint ({cause}): damaged, or not written "
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({cause}): damaged, or not written "
                                       f"by torch.save") from None
         found = re.search(r"GLOBAL (\S+)", cause)
-        raise CheckpointFileError(f"{path}: holds objects other than tensors and plain values "
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain values "
                                   f"({found.group(1) if found else cause}); not loaded, because unpickling them could "
                                   f"run code. Use a file saved from plain state dicts") from None
     except DAMAGED_FILE_ERRORS as err:
-        raise CheckpointFileError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
                                   f"{first_line(err)}): damaged or truncated? Use a complete copy") from None
 
 
@@ -108,23 +110,23 @@ def strip_prefix(state: dict, prefix: str = "module.") -> dict:
 def check_state(state: object, where: str) -> dict:
     """A state dict (str → tensor) or one line saying why not."""
     if not isinstance(state, dict):
-        raise CheckpointFileError(f"{where}: holds a value of type {type(state).__name__}, not a state dict (names → "
+        raise CheckpointError(f"{where}: holds a value of type {type(state).__name__}, not a state dict (names → "
                                   f"tensors)")
     for key, value in state.items():
         if not isinstance(key, str):
-            raise CheckpointFileError(f"{where}: key {key!r} is of type {type(key).__name__}, not a name: not a "
+            raise CheckpointError(f"{where}: key {key!r} is of type {type(key).__name__}, not a name: not a "
                                       f"state dict")
         if not isinstance(value, torch.Tensor):
-            raise CheckpointFileError(f"{where}: entry {key!r} is of type {type(value).__name__}, not a tensor: not "
+            raise CheckpointError(f"{where}: entry {key!r} is of type {type(value).__name__}, not a tensor: not "
                                       f"a state dict")
     return state
 
 
 def _tensor(state: dict, key: str, ndim: int, where: str) -> torch.Tensor:
     if key not in state:
-        raise CheckpointFileError(f"{where}: missing key {key!r}")
+        raise CheckpointError(f"{where}: missing key {key!r}")
     if state[key].ndim != ndim:
-        raise CheckpointFileError(f"{where}: {key} has shape {tuple(state[key].shape)}, expected {ndim} dimensions")
+        raise CheckpointError(f"{where}: {key} has shape {tuple(state[key].shape)}, expected {ndim} dimensions")
     return state[key]
 
 
@@ -138,7 +140,7 @@ def heads_for_width(dim: int, num_heads: Optional[int], source: str) -> int:
     for size in VIT_SIZES.values():
         if size.embed_dim == dim:
             return size.num_heads
-    raise CheckpointFileError(f"{source}: width {dim} matches no official ViT size, and the number of heads is not "
+    raise CheckpointError(f"{source}: width {dim} matches no official ViT size, and the number of heads is not "
                               f"stored in the weights: pass num_heads=")
 
 
@@ -148,7 +150,7 @@ def encoder_from_state(state: dict, num_heads: Optional[int], source: str) -> Vi
     pos = _tensor(state, "pos_embed", 3, source)
     side = math.isqrt(pos.shape[1])
     if patch != patch_w or side * side != pos.shape[1] or pos.shape[::2] != (1, dim):
-        raise CheckpointFileError(f"{source}: pos_embed {tuple(pos.shape)} and patch_embed.proj.weight "
+        raise CheckpointError(f"{source}: pos_embed {tuple(pos.shape)} and patch_embed.proj.weight "
                                   f"{(dim, in_chans, patch, patch_w)} do not describe a ViT (want pos_embed "
                                   f"(1, side², {dim}) and square patches)")
     mlp_ratio = _tensor(state, "blocks.0.mlp.fc1.weight", 2, source).shape[0] / dim
@@ -158,7 +160,7 @@ def encoder_from_state(state: dict, num_heads: Optional[int], source: str) -> Vi
                                  num_heads=heads_for_width(dim, num_heads, source),
                                  qkv_bias="blocks.0.attn.qkv.bias" in state)
     except ValueError as err:  # the constructor's own checks (heads divide the width, ...) on shapes from the file
-        raise CheckpointFileError(f"{source}: its shapes give no buildable encoder: {err}") from None
+        raise CheckpointError(f"{source}: its shapes give no buildable encoder: {err}") from None
 
 
 def predictor_from_state(state: dict, encoder: VisionTransformer, num_heads: Optional[int],
@@ -166,7 +168,7 @@ def predictor_from_state(state: dict, encoder: VisionTransformer, num_heads: Opt
     pdim = _tensor(state, "predictor_embed.weight", 2, source).shape[0]  # Linear(D → Dp): weight (Dp, D)
     mask_token = _tensor(state, "mask_token", 3, source)
     if mask_token.shape != (1, 1, pdim):
-        raise CheckpointFileError(f"{source}: mask_token has shape {tuple(mask_token.shape)}, expected "
+        raise CheckpointError(f"{source}: mask_token has shape {tuple(mask_token.shape)}, expected "
                                   f"(1, 1, {pdim}) (the predictor width of predictor_embed.weight)")
     mlp_ratio = _tensor(state, "predictor_blocks.0.mlp.fc1.weight", 2, source).shape[0] / pdim
     try:
@@ -174,7 +176,7 @@ def predictor_from_state(state: dict, encoder: VisionTransformer, num_heads: Opt
                          depth=_count(state, r"predictor_blocks\.(\d+)\."), num_heads=num_heads or encoder.num_heads,
                          mlp_ratio=mlp_ratio, qkv_bias="predictor_blocks.0.attn.qkv.bias" in state)
     except ValueError as err:
-        raise CheckpointFileError(f"{source}: its shapes give no buildable predictor: {err}") from None
+        raise CheckpointError(f"{source}: its shapes give no buildable predictor: {err}") from None
 
 
 def describe_mismatch(module: nn.Module, state: dict, limit: int = 3) -> str:
@@ -195,7 +197,7 @@ def load_strict(module: nn.Module, state: object, what: str,
     """Every key used, every shape checked; the one-line error names the file part and the keys."""
     mismatch = describe_mismatch(module, check_state(state, what))
     if mismatch:
-        raise CheckpointFileError(f"{what}: does not match {against}: {mismatch}")
+        raise CheckpointError(f"{what}: does not match {against}: {mismatch}")
     module.load_state_dict(state, strict=True)
 
 
@@ -205,13 +207,13 @@ def load_official_checkpoint(path: str | Path, num_heads: Optional[int] = None,
     """(encoder, predictor, target_encoder) from an official I-JEPA checkpoint, fp32 on the CPU.
 
     Raises:
-        CheckpointFileError: one line naming the file (and part, key) and what is wrong.
+        CheckpointError: one line naming the file (and part, key) and what is wrong.
     """
     path = Path(path)
     ckpt = safe_load(path)
     missing = [part for part in OFFICIAL_PARTS if not isinstance(ckpt, dict) or part not in ckpt]
     if missing:
-        raise CheckpointFileError(f"{path}: not in the official I-JEPA format: missing {missing} (expected a dict "
+        raise CheckpointError(f"{path}: not in the official I-JEPA format: missing {missing} (expected a dict "
                                   f"with {list(OFFICIAL_PARTS)})")
     states = {part: strip_prefix(check_state(ckpt[part], f"{path}[{part}]")) for part in OFFICIAL_PARTS}
     encoder = encoder_from_state(states["encoder"], num_heads, f"{path}[encoder]")

@@ -3,6 +3,9 @@ one loader that turns either into training batches. It receives its settings (th
 a mask sampler) from the caller and imports no configuration of its own."""
 
 
-class DataError(RuntimeError):
+from util.errors import UserError
+
+
+class DataError(UserError):
     """Data that cannot be read: a damaged shard folder (pipeline.shards.ManifestError, a subclass) or sample; the
     message names the shard, and the sample key where there is one."""

@@ -3,7 +3,7 @@
 
 The only module that imports DALI. `DaliSource` implements the loader's Source protocol (pipeline/source.py):
 
-    source = DaliSource(data, seed, list_shards(dest), batches_per_epoch, rank, world_size, device, dtype)
+    source = DaliSource(data, seed, list_shards(dest), batches_per_epoch, rank, world_size, device, batch_size, dtype)
     for images, labels, keys in source.epoch_batches(epoch, start): ...
 
 Every rank indexes every shard and DALI's reader splits the samples (shard_id=rank, num_shards=world_size); a
@@ -130,14 +130,14 @@ class DaliSource:
     takes_offset = False  # DALI's reader splits each pass by (shard_id, num_shards): it cannot start mid-order
 
     def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
-                 world_size: int, device: torch.device, dtype: torch.dtype = torch.float32):
+                 world_size: int, device: torch.device, batch_size: int, dtype: torch.dtype = torch.float32):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
         for shard in self.shards:  # DALI reads the .idx files itself, trusting them: check them first (one at a time)
             read_index(shard)
         self.device, self.dtype = device, dtype
-        self.batch_size, self.batches_per_epoch = data.batch_size, batches_per_epoch
+        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.samples = sum(s.samples for s in self.shards)  # N, over all ranks
         if batches_per_epoch * self.batch_size > self.samples // world_size:
             raise DataError(f"{batches_per_epoch} batches of {self.batch_size} per rank need "

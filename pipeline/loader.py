@@ -1,7 +1,8 @@
 """The one loader entry: shards → training batches (images, ctx_idx, tgt_idx, labels) on the training device.
 
-    loader = build_loader(cfg.data, sampler, seed=cfg.run.seed, rank=0, world_size=1, grad_accum=1, device=device,
-                          dtype=dtype)
+    layout = BatchLayout(batch_size=128, grad_accum=1, world_size=8)
+    loader = build_loader(cfg.data, sampler, seed=cfg.run.seed, rank=0, layout=layout, manifest=read_manifest(shards),
+                          backend="torch", device=device, dtype=dtype)
     for batch in loader: ...          # endless: epochs follow each other; loader.epoch says which
     state = loader.state_dict()       # resume: a new loader + load_state_dict(state) continues with exactly the
                                       # samples, crops and masks the old one would have produced next
@@ -27,7 +28,7 @@ import torch
 
 from pipeline import DataError
 from pipeline.masks import MultiBlockMaskSampler
-from pipeline.shards import ManifestError, list_shards, read_manifest
+from pipeline.shards import Manifest, ManifestError, list_shards, read_manifest
 from pipeline.source import Source, imagenet_stats
 
 logger = logging.getLogger(__name__)
@@ -52,19 +53,40 @@ def resolve_backend(name: str) -> str:
     return "dali"
 
 
-def steps_per_epoch(num_samples: int, global_batch: int) -> int:
-    """Optimizer steps in an epoch: the last partial global batch is dropped."""
-    return num_samples // global_batch
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step is cut: `batch_size` samples per rank and micro step, `grad_accum` micro steps per
+    optimizer step, `world_size` data-parallel ranks. The one place the global batch and the steps per epoch are
+    computed."""
+
+    batch_size: int
+    grad_accum: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def steps_per_epoch(self, num_samples: int, shards: str) -> int:
+        """Optimizer steps in an epoch of `num_samples` (the last partial global batch is dropped); a DataError
+        naming the `shards` folder when there is not one."""
+        steps = num_samples // self.global_batch
+        if steps < 1:
+            raise DataError(f"data.shards {shards}: {num_samples} samples make no full global batch of "
+                            f"{self.global_batch} (data.batch_size {self.batch_size} x optimization.grad_accum "
+                            f"{self.grad_accum} x {self.world_size} ranks): use more data or a smaller "
+                            f"data.batch_size")
+        return steps
 
 
 class Loader:
-    def __init__(self, source: Source, sampler: MultiBlockMaskSampler, batch_size: int, world_size: int,
-                 grad_accum: int, num_samples: int, rank: int, device: torch.device, dtype: torch.dtype):
-        self.source, self.sampler, self.batch_size = source, sampler, batch_size
-        self.world_size, self.grad_accum, self.num_samples, self.rank = world_size, grad_accum, num_samples, rank
-        self.global_batch = batch_size * world_size * grad_accum
-        self.steps_per_epoch = steps_per_epoch(num_samples, self.global_batch)  # optimizer steps
-        self.batches_per_epoch = self.steps_per_epoch * grad_accum  # of this rank
+    def __init__(self, source: Source, sampler: MultiBlockMaskSampler, layout: BatchLayout, steps_per_epoch: int,
+                 rank: int, device: torch.device, dtype: torch.dtype):
+        self.source, self.sampler, self.rank = source, sampler, rank
+        self.batch_size, self.world_size, self.grad_accum = layout.batch_size, layout.world_size, layout.grad_accum
+        self.global_batch = layout.global_batch
+        self.steps_per_epoch = steps_per_epoch  # optimizer steps
+        self.batches_per_epoch = self.steps_per_epoch * self.grad_accum  # of this rank
         self.epoch_samples = self.steps_per_epoch * self.global_batch  # of all ranks
         self.device, self.dtype = device, dtype
         self.epoch, self.batch_in_epoch, self.batches_seen = 0, 0, 0
@@ -100,6 +122,10 @@ class Loader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "batches_seen": self.batches_seen,
                 "offset": self.offset, "source": self.source.state_dict()}
+
+    def position(self) -> tuple[int, int]:
+        """(epoch, samples of it read by all ranks) after the batches yielded so far."""
+        return self.epoch, self.offset + self.batch_in_epoch * self.world_size * self.batch_size
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
@@ -137,44 +163,48 @@ def saved_position(states: list[dict], world_size: int, batch_size: int) -> tupl
     return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
 
 
-def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, world_size: int, device: torch.device,
-                 dtype: torch.dtype, grad_accum: int = 1) -> Loader:
-    """The loader of `rank`.
-
-    Args:
-        data: the config's data section (config.schema.DataConfig): shards, backend, batch and crop settings.
-        sampler: the multiblock mask sampler (its seed and geometry are the caller's).
-        seed: the run's seed, from which the source's shuffles and crops are hashed.
-        rank, world_size: this process's place among the data-parallel ranks.
-        device, dtype: where the batches go, and the images' dtype there.
-        grad_accum: batches per optimizer step on each rank; an epoch ends on a whole step.
-    """
-    if not data.shards:
+def open_manifest(shards: str) -> Manifest:
+    """The manifest of the shard folder `shards` (data.shards), or a DataError saying what to do."""
+    if not shards:
         raise DataError("data.shards is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set "
                         "data.shards to SHARDS")
     try:
-        manifest = read_manifest(data.shards)
-        shards = list_shards(data.shards, manifest)
+        return read_manifest(shards)
     except (ManifestError, ValueError) as err:
-        raise DataError(f"data.shards {data.shards}: {err}") from err
-    per_rank = manifest.total_samples // world_size  # ranks split the samples (not the shards) evenly
-    batches = steps_per_epoch(manifest.total_samples, data.batch_size * world_size * grad_accum) * grad_accum
-    if batches < 1:
-        raise DataError(f"data.shards {data.shards}: {per_rank} samples per rank make no optimizer step of "
-                        f"{grad_accum} batch(es) of {data.batch_size}: lower data.batch_size or use more data")
-    backend = resolve_backend(data.backend)
+        raise DataError(f"data.shards {shards}: {err}") from err
+
+
+def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, layout: BatchLayout, manifest: Manifest,
+                 backend: str, device: torch.device, dtype: torch.dtype) -> Loader:
+    """The loader of `rank`.
+
+    Args:
+        data: the config's data section (config.schema.DataConfig): shards, crop and reader settings (its batch_size
+            is not read: `layout` holds the batch this run trains with).
+        sampler: the multiblock mask sampler (its seed and geometry are the caller's).
+        seed: the run's seed, from which the source's shuffles and crops are hashed.
+        rank: this process's place among the layout's data-parallel ranks.
+        layout: the per-rank batch, grad_accum (an epoch ends on a whole step) and world size.
+        manifest: data.shards' manifest (open_manifest); backend: "dali" or "torch" (resolve_backend).
+        device, dtype: where the batches go, and the images' dtype there.
+    """
+    steps = layout.steps_per_epoch(manifest.total_samples, data.shards)
+    batches = steps * layout.grad_accum
+    world_size = layout.world_size
     try:
+        shards = list_shards(data.shards, manifest)
         if backend == "dali":
             from pipeline.dali_source import DaliSource
 
             source = DaliSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
-                                dtype=dtype)
+                                dtype=dtype, batch_size=layout.batch_size)
         else:
             from pipeline.torch_source import TorchSource
 
-            source = TorchSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device)
+            source = TorchSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
+                                 batch_size=layout.batch_size)
     except ManifestError as err:
         raise DataError(f"data.shards {data.shards}: {err}") from err
     logger.info("data: %s backend, %d shard(s), %d samples per rank, %d batches of %d per epoch", backend,
-                len(shards), per_rank, batches, data.batch_size)
-    return Loader(source, sampler, data.batch_size, world_size, grad_accum, manifest.total_samples, rank, device, dtype)
+                len(shards), manifest.total_samples // world_size, batches, layout.batch_size)
+    return Loader(source, sampler, layout, steps, rank, device, dtype)

@@ -11,15 +11,13 @@ import re
 import time
 from pathlib import Path
 
-from pipeline.shards import MANIFEST_NAME, Manifest, ManifestError, is_partial_name, read_manifest
+from pipeline import DataError
+from pipeline.shards import MANIFEST_NAME, Manifest, ManifestError, read_manifest
+from util.files import is_partial_name
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".shard_dataset.lock"  # held by the writer while it runs
-
-
-class DestError(RuntimeError):
-    """DEST cannot be written: it holds another dataset, or another writer holds it; the message says what to do."""
 
 
 def describe_mismatch(manifest: Manifest, source: str, options: dict, plan_sha256: str,
@@ -70,7 +68,7 @@ def lock_dest(dest: Path, wait_s: float = 10.0):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise DestError(f"{dest} is being written by another shard_dataset.py (it holds "
+                    raise DataError(f"{dest} is being written by another shard_dataset.py (it holds "
                                     f"{dest / LOCK_NAME}); wait for it to finish or stop it") from None
                 time.sleep(0.2)
         yield
@@ -82,7 +80,7 @@ def open_dest(dest: Path, source: str, options: dict, plan_sha256: str, planned_
     options and plan), None when DEST is empty or, with `overwrite`, was cleared of its old shards.
 
     Raises:
-        DestError: DEST holds another dataset, other options, or files without a manifest, and not `overwrite`.
+        DataError: DEST holds another dataset, other options, or files without a manifest, and not `overwrite`.
     """
     remove_partials(dest)
     old, problem = None, None
@@ -97,7 +95,7 @@ def open_dest(dest: Path, source: str, options: dict, plan_sha256: str, planned_
     if problem is None:
         return old
     if not overwrite:
-        raise DestError(f"refusing to write into {dest}: {problem}. Choose another DEST, or pass --overwrite to "
+        raise DataError(f"refusing to write into {dest}: {problem}. Choose another DEST, or pass --overwrite to "
                         f"replace its shards (SRC is never modified)")
     removed = remove_shard_files(dest, old, options["prefix"])
     logger.info("--overwrite: removed %d old manifest, shard and index files from %s", removed, dest)

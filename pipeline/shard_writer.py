@@ -34,7 +34,6 @@ import os
 import platform
 import random
 import signal
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,11 +42,12 @@ import PIL
 import webdataset as wds
 from tqdm import tqdm
 
+from pipeline import DataError
 from pipeline import shards as fmt
-from pipeline.shard_dest import lock_dest, open_dest
 from pipeline.image_prep import BadInput, prepare_jpeg, read_source
-from pipeline.source_scan import (IMAGE_EXTENSIONS, ShardingError, SourceFile, SourceScan, check_paths,
-                                   scan_source)
+from pipeline.shard_dest import lock_dest, open_dest
+from pipeline.source_scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source
+from util.files import partial_name, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,6 @@ class RunSettings:
     strict: bool = False
     overwrite: bool = False
     progress: bool = True
-    throttle_s: float = 0.0  # sleep per input: lets tests kill a run part way (SHARD_DATASET_THROTTLE_S)
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,6 @@ class ShardTask:
     classes: list[str] | None
     previous: fmt.ShardRecord | None  # what the manifest recorded for this shard, if anything
     strict: bool
-    throttle_s: float
 
 
 @dataclass(frozen=True)
@@ -198,14 +196,12 @@ def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict
     options, entries, skipped, converted = task.options, [], [], 0
     tw = wds.TarWriter(sink, encoder=False, mtime=_TAR_MTIME)
     for position, f in task.planned.members:
-        if task.throttle_s:
-            time.sleep(task.throttle_s)
         try:
             jpeg, reencoded = prepare_jpeg(read_source(Path(task.src) / f.path), options.verify,
                                             options.quality, options.max_size)
         except BadInput as bad:
             if task.strict:
-                raise ShardingError(f"{Path(task.src) / f.path}: {bad.reason} (--strict: fix or remove the file, "
+                raise DataError(f"{Path(task.src) / f.path}: {bad.reason} (--strict: fix or remove the file, "
                                     f"or run without --strict to skip it)") from None
             skipped.append({"path": f.path, "reason": bad.reason, "shard": task.planned.shard})
         else:
@@ -228,7 +224,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     against its sha256, so one that a machine crash left incomplete is rebuilt. The manifest is fsynced."""
     dest, shard, prefix = Path(task.dest), task.planned.shard, task.options.prefix
     tar_path, idx_path = dest / fmt.shard_name(prefix, shard), dest / fmt.index_name(prefix, shard)
-    tmp = dest / fmt.partial_name(tar_path.name)
+    tmp = dest / partial_name(tar_path.name)
     try:
         with _output_errors(tar_path), open(tmp, "wb") as raw:
             sink = _HashingFile(raw)
@@ -238,7 +234,7 @@ def write_shard(task: ShardTask) -> ShardResult:
             return ShardResult(record, skipped, kept=False)
         index = fmt.format_index(entries).encode("ascii")
         with _output_errors(tar_path):
-            fmt.write_file_atomic(idx_path, index, sync=False)
+            write_file_atomic(idx_path, index, sync=False)
             os.replace(tmp, tar_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -254,7 +250,7 @@ def _output_errors(path: Path):
     try:
         yield
     except OSError as err:
-        raise ShardingError(f"cannot write {path}: {err.strerror or err}. Free space or fix permissions, then rerun "
+        raise DataError(f"cannot write {path}: {err.strerror or err}. Free space or fix permissions, then rerun "
                             f"the same command to resume") from err
 
 
@@ -340,7 +336,7 @@ def _results(results, on_tick, interval_s: float = 0.5):
 def _run_pool(run: _Run, settings: RunSettings) -> None:
     """Builds the planned shards on forked workers (fork: no re-import of webdataset and torch per worker)."""
     tasks = [ShardTask(str(run.src), str(run.dest), p, run.options, run.scan.classes, run.records.get(p.shard),
-                       settings.strict, settings.throttle_s) for p in run.plan]
+                       settings.strict) for p in run.plan]
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
     workers = max(1, min(settings.workers, len(tasks)))
@@ -377,13 +373,13 @@ def _scan(src: Path, options: ShardOptions, strict: bool) -> SourceScan:
     try:
         scan = scan_source(src, options.labels)
     except OSError as err:
-        raise ShardingError(f"cannot read SRC {err.filename or src}: {err.strerror or err}") from err
+        raise DataError(f"cannot read SRC {err.filename or src}: {err.strerror or err}") from err
     if not scan.files:
         hint = " (use --labels none for a folder without class sub-folders)" if scan.classes == [] else ""
-        raise ShardingError(f"no usable image files ({' '.join(IMAGE_EXTENSIONS)}) found in {src}{hint}")
+        raise DataError(f"no usable image files ({' '.join(IMAGE_EXTENSIONS)}) found in {src}{hint}")
     if strict and scan.skipped:
         bad = scan.skipped[0]
-        raise ShardingError(f"{src / bad['path']}: {bad['reason']} (--strict; {len(scan.skipped)} such input(s))")
+        raise DataError(f"{src / bad['path']}: {bad['reason']} (--strict; {len(scan.skipped)} such input(s))")
     empty = sorted(set(scan.classes or []) - {scan.classes[f.label] for f in scan.files if f.label is not None})
     if empty:
         logger.warning("%d class folder(s) hold no usable image (their class index is kept): %s", len(empty),
@@ -397,7 +393,7 @@ def _dest_errors(dest: Path):
     try:
         yield
     except OSError as err:
-        raise ShardingError(f"cannot write DEST {dest}: {err.filename or dest}: {err.strerror or err}. Fix "
+        raise DataError(f"cannot write DEST {dest}: {err.filename or dest}: {err.strerror or err}. Fix "
                             f"permissions or free space, then rerun the same command to resume") from err
 
 
@@ -407,8 +403,8 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
     shards written and kept and of images re-encoded.
 
     Raises:
-        ShardingError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
-        pipeline.shard_dest.DestError: DEST holds something else (and not --overwrite), or another run holds it.
+        DataError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
+        pipeline.shard_dest.DataError: DEST holds something else (and not --overwrite), or another run holds it.
     """
     src, dest = check_paths(src, dest)
     scan = _scan(src, options, settings.strict)
@@ -426,7 +422,7 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
             _run_pool(run, settings)
             manifest = run.manifest(fmt.STATUS_COMPLETE)
             if manifest.total_samples == 0:
-                raise ShardingError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a "
+                raise DataError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a "
                                     f"usable image: see 'skipped' in {dest / fmt.MANIFEST_NAME}")
             fmt.write_manifest(dest, manifest)
     return manifest, run.counts

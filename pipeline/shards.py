@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline import DataError
+from util.files import file_sha256, write_file_atomic
 
 FORMAT_NAME = "ijepa-webdataset-shards"
 FORMAT_VERSION = 1
@@ -35,7 +36,6 @@ _RERUN = ("rerun `python shard_dataset.py SRC DEST` (it rebuilds the shards whos
           "or rebuild all with --overwrite")
 _INDEX_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits only: no sign, no Unicode digits, below 2**63
 _INDEX_NAME = re.compile(r"([0-9A-Za-z_-]+)\.([0-9A-Za-z_.-]+)")  # <key>.<ext>: no path separator, no `..` key
-
 
 
 class ManifestError(DataError, ValueError):
@@ -99,15 +99,6 @@ def index_name(prefix: str, shard: int) -> str:
 
 def sample_key(position: int) -> str:
     return f"{position:010d}"
-
-
-def partial_name(name: str) -> str:
-    """Temporary name a file is written under before its atomic rename: hidden, and unique to the writing process."""
-    return f".{name}.{os.getpid()}.partial"
-
-
-def is_partial_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".partial")
 
 
 def tar_member_bytes(size: int) -> int:
@@ -253,39 +244,6 @@ def _read_at(f, path: str, span: tuple[int, int]) -> bytes:
     if len(data) != size:  # the file shrank since the check
         raise OSError(f"{path}: truncated shard: wanted {size} bytes at offset {offset}, got {len(data)}")
     return data
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_file_atomic(path: Path, data: bytes, sync: bool = True) -> None:
-    """Writes `data` to a temporary name beside `path`, syncs it to disk (if `sync`), then renames it over `path`
-    (and, if `sync`, syncs the folder, so that the rename itself survives a crash)."""
-    tmp = path.with_name(partial_name(path.name))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if sync:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def manifest_to_dict(manifest: Manifest) -> dict:

@@ -19,7 +19,7 @@ def imagenet_stats(device) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Source(Protocol):
     """A backend, built over ALL shards (pipeline.shards.ShardFile list) as Source(data, seed, shards,
-    batches_per_epoch, rank=, world_size=, device=[, dtype=]) with `data` the config's data section: each rank reads
+    batches_per_epoch, rank=, world_size=, device=, batch_size=[, dtype=]) with `data` the config's data section: each rank reads
     its 1/world_size of the samples (an even split of samples, not of shards, so no rank runs short), exactly
     batches_per_epoch batches per epoch, every sample at most once per epoch across ranks, in an order that depends
     only on (seed, epoch, rank). docs/data-pipeline.md gives each source's arithmetic.

@@ -9,12 +9,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 MAX_SOURCE_BYTES = 2**30  # a larger "image" (a sparse file, a disk image named .jpg) is skipped, not read into memory
-
-class ShardingError(RuntimeError):
-    """A problem the user must fix; the message says what, where, and what to do."""
-
 
 @dataclass(frozen=True, slots=True)  # slots: a million of these stay small
 class SourceFile:
@@ -114,7 +112,7 @@ def scan_source(src: Path, labels: str) -> SourceScan:
         entries = sorted(os.scandir(src), key=lambda e: e.name)
         for entry in entries:
             if problem := link_problem(entry.path):  # a lost class folder would shift every later class index
-                raise ShardingError(f"{entry.path}: {problem}. Fix or remove it: the class index of each folder is "
+                raise DataError(f"{entry.path}: {problem}. Fix or remove it: the class index of each folder is "
                                     f"its position among SRC's folders")
         scan = SourceScan([e.name for e in entries if _is_dir(e)], [], [], [])
         scan.ignored += [{"path": e.name, "reason": "not inside a class folder"} for e in entries if not _is_dir(e)]
@@ -139,13 +137,13 @@ def folder_problem(path: Path) -> str | None:
 
 
 def check_paths(src: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path, Path]:
-    """SRC and DEST as absolute paths with symlinks resolved; ShardingError when they cannot serve."""
+    """SRC and DEST as absolute paths with symlinks resolved; DataError when they cannot serve."""
     src, dest = Path(src).absolute(), Path(dest).absolute()
     if not src.is_dir():
-        raise ShardingError(f"SRC {src}: {folder_problem(src) or 'no such folder'}")
+        raise DataError(f"SRC {src}: {folder_problem(src) or 'no such folder'}")
     if problem := folder_problem(dest):
-        raise ShardingError(f"DEST {dest}: {problem}; DEST must be a folder (it is created if missing)")
+        raise DataError(f"DEST {dest}: {problem}; DEST must be a folder (it is created if missing)")
     src, dest = Path(os.path.realpath(src)), Path(os.path.realpath(dest))
     if dest == src or src in dest.parents:
-        raise ShardingError(f"DEST {dest} must not be SRC or inside it (SRC is only ever read)")
+        raise DataError(f"DEST {dest} must not be SRC or inside it (SRC is only ever read)")
     return src, dest

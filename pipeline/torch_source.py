@@ -91,12 +91,12 @@ class EpochBatches(Dataset):
                 keys.append(ref.key)
             except (OSError, RuntimeError, ValueError) as err:
                 if self.on_bad_sample == "raise":
-                    raise DataReadError(bad_sample_message(ref.shard, ref.key, err)) from err
+                    raise DataError(bad_sample_message(ref.shard, ref.key, err)) from err
                 logger.warning("skipping shard %s sample %s: %s", ref.shard, ref.key, err)
                 skipped += 1
         if not loaded:
             shards = sorted({self.samples[j].shard for j in picks})
-            raise DataReadError(f"batch {i}: every sample is unreadable (shards {shards})")
+            raise DataError(f"batch {i}: every sample is unreadable (shards {shards})")
         for k in range(skipped):  # keep the batch size: repeat good samples in place of skipped ones
             loaded.append(loaded[k % (len(picks) - skipped)])
             keys.append(keys[k % (len(picks) - skipped)])
@@ -109,11 +109,6 @@ class EpochBatches(Dataset):
         return images, None, labels, keys, skipped
 
 
-class DataReadError(DataError):
-    """A sample that cannot be read or decoded (raised inside DataLoader workers, re-raised by the loader): a
-    DataError, so that callers catch one exception type whatever the backend."""
-
-
 def bad_sample_message(shard: str, key: str, err: Exception) -> str:
     return (f"shard {shard}, sample {key}: cannot read or decode ({err}); set data.on_bad_sample: skip to skip and "
             f"count such samples, or rebuild the shards with shard_dataset.py")
@@ -124,7 +119,7 @@ def decode_crop_on_gpu(jpgs: list[torch.Tensor], boxes, keys: list[str], shard_o
     """nvJPEG batched decode, then each image's crop resized to (S, S) on the GPU: (images, picks), where image j
     is sample picks[j] of the batch.
 
-    A JPEG whose header parsed (in the worker) but whose data nvJPEG rejects raises DataReadError naming the sample,
+    A JPEG whose header parsed (in the worker) but whose data nvJPEG rejects raises DataError naming the sample,
     or, with on_bad_sample "skip", is replaced by a good sample of the batch (picks[j] != j: its image and crop; the
     caller takes its key and label) and counted by the caller.
     """
@@ -137,14 +132,14 @@ def decode_crop_on_gpu(jpgs: list[torch.Tensor], boxes, keys: list[str], shard_o
                 images.append(decode_jpeg(jpg, mode=ImageReadMode.RGB, device=device))
             except RuntimeError as err:
                 if on_bad_sample == "raise":
-                    raise DataReadError(bad_sample_message(shard_of.get(key, "?"), key, err)) from err
+                    raise DataError(bad_sample_message(shard_of.get(key, "?"), key, err)) from err
                 logger.warning("skipping shard %s sample %s: %s", shard_of.get(key, "?"), key, err)
                 images.append(None)
     bad = [j for j, x in enumerate(images) if x is None]
     good = [j for j, x in enumerate(images) if x is not None]
     if not good:
         shards = sorted({shard_of.get(k, "?") for k in keys})
-        raise DataReadError(f"every sample of a batch is undecodable (shards {shards}); rebuild them with "
+        raise DataError(f"every sample of a batch is undecodable (shards {shards}); rebuild them with "
                             f"shard_dataset.py")
     picks = list(range(len(images)))
     for n, j in enumerate(bad):  # keep the batch size, as the CPU path does
@@ -164,13 +159,13 @@ class TorchSource:
     takes_offset = True  # an epoch can start at any sample of its global order
 
     def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
-                 world_size: int, device: torch.device):
+                 world_size: int, device: torch.device, batch_size: int):
         # every rank indexes every shard: it reads 1/world_size of them
         self.samples = [ref for refs in read_samples(shards) for ref in refs]
         self.world_size = world_size
         self.shard_of = {s.key: s.shard for s in self.samples}
         self.batches_per_epoch, self.rank, self.device = batches_per_epoch, rank, device
-        self.batch_size, self.crop_size = data.batch_size, data.crop_size
+        self.batch_size, self.crop_size = batch_size, data.crop_size
         self.scale, self.ratio = data.crop_scale, data.crop_ratio
         self.num_workers, self.prefetch = data.num_workers, data.prefetch
         self.seed, self.on_bad_sample = seed, data.on_bad_sample

@@ -1,4 +1,4 @@
-"""Launched by tests/test_elastic.py (torchrun): the set-up train.py runs (training.loop.prepare: the resume plan,
+"""Launched by tests/test_elastic.py (torchrun): the set-up train.py runs (training.plan.plan_run, then training.loop.prepare:
 the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of the consolidated
 states, gathered with DeepSpeed's own API, for the test to compare across world sizes:
 
@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from config import load_config  # noqa: E402
 from training.distributed import on_rank0, setup_distributed, single_process_env  # noqa: E402
 from training.loop import StopSignal, claim_out_dir, prepare, train  # noqa: E402
+from training.plan import ResumeRequest, plan_run  # noqa: E402
 
 
 def dump(run) -> dict:
@@ -35,8 +36,9 @@ def dump(run) -> dict:
         # after stepping group 0, before group 1 has any, and never again; link them again now that all exist.
         opt._hp_optimizer_states_linked = False
         opt._lazy_init_hp_params_optimizer_state()
-    out = {"step": run.step, "world_size": run.world_size, "batch_size": run.cfg.data.batch_size,
-           "grad_accum": run.cfg.optimization.grad_accum, "target": {k: v.clone() for k, v in
+    layout = run.plan.layout
+    out = {"step": run.step, "world_size": layout.world_size, "batch_size": layout.batch_size,
+           "grad_accum": layout.grad_accum, "target": {k: v.clone() for k, v in
                                                                      run.target.state_dict().items()},
            "loader": run.loader.state_dict(), "params": {}}
     for name, p in run.engine.module.named_parameters():
@@ -61,10 +63,11 @@ def main() -> int:
                         format="%(message)s")
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", overrides=args.set)
     single_process_env()
+    plan = plan_run(cfg, int(os.environ["WORLD_SIZE"]), ResumeRequest(args.resume))
     device, rank, world_size = setup_distributed("cpu")
     with contextlib.ExitStack() as claim:
-        on_rank0(claim_out_dir, claim, cfg)
-        run = prepare(cfg, args.resume, False, False, device, rank, world_size)
+        on_rank0(claim_out_dir, claim, cfg, plan)
+        run = prepare(cfg, plan, device, rank)
         if args.train:
             train(run, StopSignal(), None)
         states = dump(run)

@@ -1,13 +1,17 @@
 """Configuration: typed loading, errors that name file/section/key, official configs, overrides, round trip."""
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 import yaml
 
-from config import (ConfigError, config_from_dict, config_to_yaml, deepspeed_config, global_batch_size, grid_size,
-                    iterations_per_epoch, load_config, schedule_steps)
+from config import ConfigError, config_from_dict, config_to_yaml, grid_size, load_config
+from pipeline import DataError
+from pipeline.loader import BatchLayout
+from training.engine import deepspeed_config
+from training.plan import schedule_steps
 from model.sizes import encoder_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,17 +153,18 @@ def test_round_trip(path, tmp_path):
 
 def test_derived_values():
     cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=["optimization.grad_accum=2"])
-    assert global_batch_size(cfg, world_size=8) == 128 * 2 * 8
+    layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size=8)
+    assert layout.global_batch == 128 * 2 * 8
     paper = load_config(ROOT / "configs" / "vith14_in1k.yaml")
-    ipe = iterations_per_epoch(paper, world_size=16, num_samples=1_281_167)
+    ipe = BatchLayout(paper.data.batch_size, 1, world_size=16).steps_per_epoch(1_281_167, "imagenet")
     assert ipe == 625  # the spec: ImageNet-1K at global batch 2048
-    assert schedule_steps(paper, ipe) == (40 * 625, 300 * 625)
-    ds = deepspeed_config(cfg, world_size=8)
+    assert schedule_steps(paper.optimization, ipe) == (40 * 625, 300 * 625)
+    ds = deepspeed_config(cfg, layout)
     assert ds["train_batch_size"] == 2048 and ds["train_micro_batch_size_per_gpu"] == 128
     assert ds["gradient_accumulation_steps"] == 2 and ds["bf16"]["enabled"] is True
     assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["overlap_comm"] is True
-    with pytest.raises(ConfigError, match="no full global batch"):
-        iterations_per_epoch(cfg, world_size=8, num_samples=100)
+    with pytest.raises(DataError, match="data.shards imagenet: 100 samples make no full global batch of 2048"):
+        layout.steps_per_epoch(100, "imagenet")
 
 
 def test_official_file_with_augmentation_or_unknown_key_is_rejected(tmp_path):
@@ -184,3 +189,64 @@ def test_missing_file_and_bad_yaml(tmp_path):
     broken.write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_config(broken)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"data": {"batch_size": 12.5}}, "x.yaml: data.batch_size: expected an integer, got 12.5 (float)"),
+    ({"run": {"seed": 2**63}}, "x.yaml: run.seed is 9223372036854775808; allowed: >= 0 and <= 2**63 - 1"),
+    ({"optimization": {"lr": "-1e-3"}}, "x.yaml: optimization.lr is -0.001; allowed: >= 0"),
+    ({"optimization": {"lr": 10**400}}, f"x.yaml: optimization.lr: expected a finite number, got {10**400}"),
+    ({"optimization": {"lr": True}}, "x.yaml: optimization.lr: expected a number, got True (bool)"),
+    ({"mask": {"allow_overlap": 1}}, "x.yaml: mask.allow_overlap: expected true or false, got 1 (int)"),
+    ({"run": {"name": 5}}, "x.yaml: run.name: expected a string, got 5 (int)"),
+    ({"run": {"name": "a/b"}}, "x.yaml: run.name is 'a/b'; allowed: a plain name (it names a folder of the run's "
+                               "logs): no '/', '\\', '.' or '..'"),
+    ({"data": {"crop_scale": [0.3, "x"]}}, "x.yaml: data.crop_scale[1]: expected a number, got 'x' (str)"),
+    ({"data": {"crop_scale": [0.3, 1, 1]}}, "x.yaml: data.crop_scale: expected a list of 2 numbers, got [0.3, 1, 1]"),
+    ({"data": {"crop_scale": [0, 1]}}, "x.yaml: data.crop_scale is [0.0, 1.0]; allowed: two numbers, each > 0 and "
+                                       "<= 1, the first <= the second"),
+    ({"data": {"backend": None}}, "x.yaml: data.backend: None is not one of 'auto', 'dali', 'torch'"),
+    ({"model": {"embed_dim": 0}}, "x.yaml: model.embed_dim is 0; allowed: >= 1 and <= 16384, or null (the arch's "
+                                  "value)"),
+    ({"data": {2: 3}}, "x.yaml: section 'data' has no key 2 (valid: backend, batch_size, crop_ratio, crop_scale, "
+                       "crop_size, num_workers, on_bad_sample, prefetch, shards, shuffle_buffer)"),
+    ({"data": None}, "x.yaml: section 'data' must be a mapping of keys, got None"),
+    ({"deepspeed": {"zero_optimization": 3}}, "x.yaml: deepspeed.zero_optimization is 3; allowed: a mapping, e.g. "
+                                              "{stage: 2}"),
+])
+def test_pydantic_errors_are_worded_as_one_line(raw, message):
+    """pydantic checks the tree; the user reads our line, never pydantic's multi-line report."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw, "x.yaml")
+    assert str(err.value) == message
+    assert "validation error" not in "".join(traceback.format_exception(err.value))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"optimization": {"lr": -1}, "data": {"batch_size": "x"}}, "optimization.lr is -1.0"),
+    ({"data": {"batch_size": "x"}, "optimization": {"lr": -1}}, "data.batch_size: expected an integer"),
+    ({"data": {"crop_size": -1, "batchsize": 1}}, "data.crop_size is -1"),
+    ({"data": {"batchsize": 1, "crop_size": -1}}, "has no key 'batchsize'"),
+    ({"data": {"crop_scale": [-1, "x"]}}, r"data.crop_scale\[1\]: expected a number"),  # a pair's types, then range
+    ({"deepspeed": {"optimizer": {}}, "data": 3}, "deepspeed.optimizer is derived"),
+    ({"data": 3, "optimisation": {}}, "section 'data' must be a mapping"),
+])
+def test_of_several_problems_the_first_in_the_file_is_named(raw, message):
+    """pydantic lists its errors in the schema's order; the message names the first in the file's, as a reader would
+    fix them."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw, "x.yaml")
+
+
+def test_sections_stay_frozen_dataclasses():
+    """Modules read sections with dataclasses.asdict / fields / replace; a section cannot be changed in place."""
+    import dataclasses
+
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    assert dataclasses.asdict(cfg.mask)["npred"] == cfg.mask.npred
+    assert [f.name for f in dataclasses.fields(cfg.kernels)] == list(dataclasses.asdict(cfg.kernels))
+    smaller = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=4))
+    assert smaller.data.batch_size == 4 and cfg.data.batch_size != 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.seed = 1
+    assert isinstance(cfg.data.crop_scale, tuple) and isinstance(cfg.optimization.warmup_epochs, float)

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 import kernels
-from config import ConfigError, config_from_dict, deepspeed_config, load_config, schedule_steps
+from config import ConfigError, config_from_dict, load_config
 from config.official import OFFICIAL_KEYS
 from config.ranges import RANGE, TEXT, Range, check_value
 from config.schema import SECTIONS
@@ -32,7 +32,10 @@ from model.jepa import build_jepa, ijepa_loss
 from model.sizes import encoder_size
 from pipeline.seeds import hashed_seed
 from pipeline.torch_source import crop_box
+from pipeline.loader import BatchLayout
 from training.data import mask_sampler
+from training.engine import deepspeed_config
+from training.plan import schedule_steps
 from training.schedules import lr_at, momentum_at, wd_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +129,7 @@ def exercise(cfg) -> None:
         with torch.no_grad():
             loss = ijepa_loss(model, target, images, ctx_idx, tgt_idx)
         assert torch.isfinite(loss)
-    warmup, total = schedule_steps(cfg, ipe=5)
+    warmup, total = schedule_steps(cfg.optimization, steps_per_epoch=5)
     opt, (m0, m1) = cfg.optimization, cfg.ema.momentum
     param = torch.zeros(3, requires_grad=True)
     adamw = torch.optim.AdamW([param], lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
@@ -145,7 +148,8 @@ def exercise(cfg) -> None:
         assert 0 <= top and 0 <= left and 0 < h <= height and 0 < w <= width, (top, left, h, w)
     torch.Generator().manual_seed(cfg.run.seed)
     hashed_seed([cfg.run.seed, 0], (0xDA11, 0), bits=31)  # DALI's seeds (pipeline/dali_source.py)
-    assert deepspeed_config(cfg, world_size=1)["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
+    layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size=1)
+    assert deepspeed_config(cfg, layout)["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
 
 
 def assert_refused_naming(err: ConfigError, name: str, value: Any) -> None:
@@ -270,7 +274,7 @@ def test_nested_deepspeed_override_is_checked_and_merged():
 def test_a_run_with_no_schedule_steps_is_a_config_error():
     cfg = config_from_dict({"optimization": {"epochs": 1, "warmup_epochs": 0, "ipe_scale": 0.01}})
     with pytest.raises(ConfigError, match="optimization.ipe_scale"):
-        schedule_steps(cfg, ipe=5)  # 1 x 5 x 0.01 = 0 steps
+        schedule_steps(cfg.optimization, steps_per_epoch=5)  # 1 x 5 x 0.01 = 0 steps
 
 
 def test_official_schema_gets_the_same_checks_naming_both_keys(tmp_path):

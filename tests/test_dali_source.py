@@ -23,7 +23,7 @@ from benchmarks.data import make_images
 from config import load_config
 from pipeline import shards as fmt
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
-from training.data import build_training_loader
+from loaders import training_loader
 
 pytest.importorskip("nvidia.dali")
 
@@ -62,7 +62,7 @@ def loader(shards: Path, device: str, dtype: torch.dtype = torch.float32):
     sets = {"shards": shards, "backend": "dali", "batch_size": BATCH, "crop_size": CROP, "num_workers": 2,
             "shuffle_buffer": 64, "prefetch": 2}
     cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=[f"data.{k}={v}" for k, v in sets.items()])
-    return build_training_loader(cfg, rank=0, world_size=1, device=torch.device(device), dtype=dtype)
+    return training_loader(cfg, rank=0, world_size=1, device=torch.device(device), dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,10 +1,11 @@
-"""Elastic resume (training/resume.py): a checkpoint written by N ranks goes on on M, through DeepSpeed's universal
+"""Elastic resume (training/plan.py, training/resume.py): a checkpoint written by N ranks goes on on M, through DeepSpeed's universal
 checkpoint, with the global batch kept (or, on request, the per-GPU batch), the data position continued and the
 schedules where they were. The plan's arithmetic is tested in-process; the rest runs train.py (or the set-up it
 runs, tests/elastic_worker.py) under real launchers: torchrun, DeepSpeed's launcher, two of each as two nodes.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import logging
@@ -17,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from config import load_config
-from training.checkpoints import CheckpointError
 from launches import logged_losses, master_port, no_shm_leftovers  # noqa: F401  (an autouse fixture)
-from training.resume import SavedRun, check_resume, plan_resume, split_global_batch
+from model.official import CheckpointError
+from training.plan import RunRecord, SavedRun, check_resume, resume_layout, split_global_batch
 from training.sample_log import read_sample_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +33,29 @@ SMALL = 192  # digits in the small set: 4 steps of 48 per epoch
 def saved(world_size=2, batch=24, accum=1, requested=None, folder="ckpt/step00000010") -> SavedRun:
     identity = {"data.batch_size": batch, "optimization.grad_accum": accum, "world size": world_size,
                 "global batch size": batch * accum * world_size, "schedule: steps per epoch": 28}
-    return SavedRun(Path(folder), 10, world_size, identity, requested or (batch, accum), 0)
+    return SavedRun(Path(folder), RunRecord(10, world_size, identity, requested or (batch, accum), 0))
+
+
+def plan_resume(requested, saved_run, world_size, keep_per_gpu_batch):
+    """The plan's batch decision as a record: layout, elastic, rescaled, expected changes, notes."""
+    layout, elastic, rescaled, expected, notes = resume_layout(requested, saved_run, world_size, keep_per_gpu_batch)
+    return argparse.Namespace(batch_size=layout.batch_size, grad_accum=layout.grad_accum, elastic=elastic,
+                              rescaled=rescaled, expected=expected, notes=notes)
 
 
 def cfg_with(batch=24, accum=1):
-    return load_config(ROOT / "configs" / "tiny_cpu.yaml",
-                       overrides=[f"data.batch_size={batch}", f"optimization.grad_accum={accum}"])
+    return (batch, accum)  # what the config asks for: data.batch_size, optimization.grad_accum
+
+
+def test_a_run_record_survives_its_json():
+    record = RunRecord(10, 2, {"global batch size": 48, "schedule: steps per epoch": 28}, (24, 1), -2, (1, 96))
+    assert RunRecord.from_json(record.to_json()) == record
+    legacy = json.loads(record.to_json())
+    del legacy["position"], legacy["requested"]  # run.json before 2026-12: no position, requested as trained
+    legacy["identity"].update({"data.batch_size": 24, "optimization.grad_accum": 1})
+    old = RunRecord.from_json(json.dumps(legacy))
+    assert old.position is None and old.requested == (24, 1)
+    assert old.saved_position() == ((10 - 2) // 28, (10 - 2) % 28 * 48)  # derived from the step
 
 
 @pytest.mark.parametrize("global_batch,world,max_batch,want", [
@@ -88,13 +105,13 @@ def test_keep_per_gpu_batch_expects_the_schedules_to_change():
 def test_a_batch_changed_in_the_config_stays_a_change_to_refuse():
     plan = plan_resume(cfg_with(32), saved(world_size=2, batch=24), world_size=3, keep_per_gpu_batch=False)
     assert (plan.batch_size, plan.expected) == (32, frozenset({"world size"}))
-    current = {**saved().identity, "world size": 3, "data.batch_size": 32, "global batch size": 96}
+    current = {**saved().record.identity, "world size": 3, "data.batch_size": 32, "global batch size": 96}
     with pytest.raises(CheckpointError, match=r"data.batch_size: 24 → 32; global batch size: 48 → 96\. Resume with"):
         check_resume(saved(), current, accept_changes=False, expected=plan.expected)
 
 
 def test_planned_changes_are_logged_not_refused(caplog):
-    current = {**saved().identity, "world size": 3, "data.batch_size": 16}
+    current = {**saved().record.identity, "world size": 3, "data.batch_size": 16}
     with caplog.at_level(logging.INFO):
         check_resume(saved(), current, False, frozenset({"world size", "data.batch_size"}))
     assert "planned change: world size: 2 → 3" in caplog.text and "data.batch_size: 24 → 16" in caplog.text

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from config import deepspeed_config, load_config
+from config import load_config
+from pipeline.loader import BatchLayout
+from training.engine import deepspeed_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,15 +44,16 @@ for name in ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "b
 step(images, *masks)
 step.close()
 from training import TrainingError
-from training.checkpoints import check_finite
-check_finite(step.engine, step.target, 2, "ckpts")  # finite: passes
+from training.checkpoints import check_records, weights_record
+check = lambda: check_records([weights_record(step.engine, step.target)], 2, "ckpts")
+check()  # finite: passes
 refusals = []
 for module in (step.engine.module, step.target):  # one weight made NaN, as a NaN gradient would leave it
     weight = next(module.parameters())
     kept = weight.detach().clone()
     weight.data.view(-1)[0] = float("nan")
     try:
-        check_finite(step.engine, step.target, 2, "ckpts")
+        check()
     except TrainingError as err:
         refusals.append(str(err))
     weight.data.copy_(kept)
@@ -75,15 +78,17 @@ def default_steps() -> dict:
 
 def test_derived_deepspeed_config_neither_clips_nor_scans_gradients():
     cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml")
-    ds = deepspeed_config(cfg, world_size=8)
+    eight = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size=8)
+    ds = deepspeed_config(cfg, eight)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"]) == (eight.global_batch, eight.batch_size)
     assert ds["gradient_clipping"] == 0.0  # the official recipe; DeepSpeed's own default would clip at 1.0
     assert ds["bf16"] == {"enabled": True, "check_grad_overflow": False}
     assert ds["zero_optimization"]["compute_grad_norm"] is False
     clipped = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=["deepspeed.gradient_clipping=1.0"])
-    ds = deepspeed_config(clipped, world_size=8)
+    ds = deepspeed_config(clipped, eight)
     assert ds["gradient_clipping"] == 1.0 and "compute_grad_norm" not in ds["zero_optimization"]  # clipping needs it
     stage1 = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=["deepspeed.zero_optimization.stage=1"])
-    assert "compute_grad_norm" not in deepspeed_config(stage1, world_size=8)["zero_optimization"]  # stage 2 only
+    assert "compute_grad_norm" not in deepspeed_config(stage1, eight)["zero_optimization"]  # stage 2 only
 
 
 @pytest.mark.slow
@@ -118,13 +123,14 @@ import json, sys
 import kernels
 from config import load_config
 from training.distributed import setup_distributed, single_process_env
+from pipeline.loader import BatchLayout
 from training.engine import build_engine
 
 cfg = load_config("configs/tiny_cpu.yaml", overrides=sys.argv[1:])
 single_process_env()
 device, _, world = setup_distributed("cpu")
 kernels.configure(device=device)
-engine, _, target = build_engine(cfg, device, world)
+engine, _, target = build_engine(cfg, BatchLayout(cfg.data.batch_size, 1, world), device)
 print(json.dumps({"hooks": [h.__name__ for h in engine.module._forward_pre_hooks.values()],
                   "compiled": sum("_forward" in vars(b) for b in engine.module.context_encoder.blocks)}))
 """

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from config import load_config
 from pipeline import shards as fmt
 from pipeline.source import imagenet_stats
-from training.data import build_training_loader
+from loaders import training_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -88,7 +88,7 @@ def test_the_shards_keep_the_tag_so_a_rotation_would_show(shards):
 def test_training_backends_do_not_rotate(shards, backend):
     overrides = {"shards": str(shards), "backend": backend, "batch_size": 8, "num_workers": 0, "shuffle_buffer": 8}
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", overrides=[f"data.{k}={v}" for k, v in overrides.items()])
-    loader = build_training_loader(cfg, rank=0, world_size=1, device=CPU, dtype=torch.float32)
+    loader = training_loader(cfg, rank=0, world_size=1, device=CPU, dtype=torch.float32)
     images = next(iter(loader)).images  # (8, 3, 32, 32), normalised
     mean, std = imagenet_stats(CPU)
     assert_left_to_right_ramp(images * std + mean)

@@ -23,7 +23,7 @@ from PIL import Image
 from config import load_config
 from pipeline import DataError
 from pipeline import shards as fmt
-from training.data import build_training_loader
+from loaders import training_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -141,7 +141,7 @@ def test_damaged_index_is_refused_before_reading(dataset, tmp_path, damage, back
     """Caught while the loader is built: before the DALI pipeline (which reads the .idx itself) exists."""
     dest = damaged(dataset, tmp_path / "shards", damage)
     with pytest.raises(DataError) as err:
-        build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+        training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     assert_one_line_naming_the_shard(str(err.value))
 
 
@@ -159,7 +159,7 @@ def test_undamaged_copy_still_loads(dataset, tmp_path):
     """The checks pass on what shard_dataset.py writes (so the refusals above are not refusing everything)."""
     dest = tmp_path / "shards"
     shutil.copytree(dataset, dest)
-    batch = next(iter(build_training_loader(make_cfg(dest, "torch"), rank=0, world_size=1, device=CPU)))
+    batch = next(iter(training_loader(make_cfg(dest, "torch"), rank=0, world_size=1, device=CPU)))
     assert batch.images.shape == (4, 3, 32, 32)
 
 

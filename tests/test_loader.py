@@ -25,7 +25,7 @@ from pipeline import shards as fmt
 from pipeline import DataError
 from pipeline.loader import resolve_backend
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
-from training.data import build_training_loader
+from loaders import training_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES, SHARD_SIZE = 400, 100
@@ -86,7 +86,7 @@ def take(loader, n: int) -> list:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_contract_and_labels_match_the_class_folders(dataset, backend, dtype):
     shards, expected = dataset
-    loader = build_training_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=dtype)
+    loader = training_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=dtype)
     assert loader.batches_per_epoch == SAMPLES // 20
     lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
@@ -110,7 +110,7 @@ def test_backends_give_the_same_pixel_statistics(dataset):
     shards, _ = dataset
     means = {}
     for backend in ("torch", "dali"):
-        loader = build_training_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=torch.float32)
+        loader = training_loader(make_cfg(shards, backend), rank=0, world_size=1, device=CPU, dtype=torch.float32)
         images = torch.cat([b.images for b in take(loader, loader.batches_per_epoch)])
         means[backend] = images.mean(dim=(0, 2, 3))
     assert torch.allclose(means["torch"], means["dali"], atol=0.1), means
@@ -126,7 +126,7 @@ def test_each_sample_once_per_epoch_across_ranks(dataset, backend, world_size, b
     per_rank = (SAMPLES // world_size) // batch_size
     epochs = {0: [], 1: []}
     for rank in range(world_size):
-        loader = build_training_loader(make_cfg(shards, backend, batch_size), rank=rank, world_size=world_size, device=CPU)
+        loader = training_loader(make_cfg(shards, backend, batch_size), rank=rank, world_size=world_size, device=CPU)
         assert loader.batches_per_epoch == per_rank
         batches = take(loader, 2 * per_rank)
         assert loader.epoch == 1 and loader.batch_in_epoch == per_rank
@@ -153,7 +153,7 @@ def test_resume_after_k_batches_reproduces_the_uninterrupted_run(dataset, backen
     total = 25  # 2.5 epochs of 10 batches on rank 1 of 2
 
     def fresh():
-        return build_training_loader(cfg, rank=1, world_size=2, device=CPU, dtype=torch.float32)
+        return training_loader(cfg, rank=1, world_size=2, device=CPU, dtype=torch.float32)
 
     reference = [snapshot(b) for b in take(fresh(), total)]
     for k in (3, 9, 10, 17):  # mid-epoch, DALI prefetching across the epoch's end, exactly at it, the next epoch
@@ -173,9 +173,9 @@ def test_resume_after_k_batches_reproduces_the_uninterrupted_run(dataset, backen
 @pytest.mark.skipif(not HAVE_DALI, reason="DALI is not installed")
 def test_dali_state_from_another_setup_is_refused(dataset):
     shards, _ = dataset
-    first = build_training_loader(make_cfg(shards, "dali"), rank=0, world_size=1, device=CPU)
+    first = training_loader(make_cfg(shards, "dali"), rank=0, world_size=1, device=CPU)
     take(first, 2)
-    other = build_training_loader(make_cfg(shards, "dali", batch_size=25), rank=0, world_size=1, device=CPU)
+    other = training_loader(make_cfg(shards, "dali", batch_size=25), rank=0, world_size=1, device=CPU)
     with pytest.raises(DataError, match="batch_size"):
         other.load_state_dict(first.state_dict())
 
@@ -191,7 +191,7 @@ def read_steps(loaders: list, steps: int, grad_accum: int) -> list[list[str]]:
 def layout(shards, backend, world_size, batch_size, grad_accum=1):
     cfg = make_cfg(shards, backend, batch_size)
     cfg = dataclasses.replace(cfg, optimization=dataclasses.replace(cfg.optimization, grad_accum=grad_accum))
-    return [build_training_loader(cfg, rank=r, world_size=world_size, device=CPU) for r in range(world_size)]
+    return [training_loader(cfg, rank=r, world_size=world_size, device=CPU) for r in range(world_size)]
 
 
 @pytest.mark.parametrize("old,new,k", [
@@ -236,7 +236,7 @@ def test_dali_restarts_the_epoch_on_another_number_of_ranks_and_says_what_repeat
     shards, expected = dataset
     before_loaders = layout(shards, "dali", 2, 20)
     before = read_steps(before_loaders, 3, 1)
-    after = build_training_loader(make_cfg(shards, "dali", 20), rank=0, world_size=1, device=CPU)
+    after = training_loader(make_cfg(shards, "dali", 20), rank=0, world_size=1, device=CPU)
     note = after.continue_from([l.state_dict() for l in before_loaders], 2, 20, step=3)
     assert "epoch 0 restarts: the 120 samples its old ranks had read in it are read a second time" in note
     assert after.epoch == 0 and after.offset == 0 and after.batches_seen == 3
@@ -265,7 +265,7 @@ def damaged_copy(shards: Path, dest: Path, shard: int, sample: int) -> tuple[Pat
 def test_corrupt_sample_is_named_by_shard_and_key(dataset, backend, tmp_path):
     shards, _ = dataset
     tar, key = damaged_copy(shards, tmp_path / "shards", shard=1, sample=37)
-    loader = build_training_loader(make_cfg(tmp_path / "shards", backend, num_workers=1), rank=0, world_size=1, device=CPU)
+    loader = training_loader(make_cfg(tmp_path / "shards", backend, num_workers=1), rank=0, world_size=1, device=CPU)
     with pytest.raises(DataError) as err:
         take(loader, loader.batches_per_epoch)
     assert str(tar) in str(err.value) and key in str(err.value)
@@ -277,7 +277,7 @@ def test_corrupt_sample_with_skip(dataset, backend, tmp_path):
     shards, _ = dataset
     tar, key = damaged_copy(shards, tmp_path / "shards", shard=2, sample=5)
     cfg = make_cfg(tmp_path / "shards", backend, on_bad_sample="skip")
-    loader = build_training_loader(cfg, rank=0, world_size=1, device=CPU)
+    loader = training_loader(cfg, rank=0, world_size=1, device=CPU)
     if backend == "torch":
         batches = take(loader, loader.batches_per_epoch)
         assert loader.source.skipped == 1
@@ -301,18 +301,18 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
     with open(target.path, "r+b") as f:
         f.truncate(cut)
     with pytest.raises(DataError, match=target.path.name):  # the manifest records the size: caught at build
-        build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+        training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     lost = {n.split(".")[0] for sample in entries[60:] for ext, o, s, n in sample}
     manifest = json.loads((dest / fmt.MANIFEST_NAME).read_text())  # the size recorded too: the index's offsets
     manifest["shards"][3]["bytes"] = cut                               # are checked against the tar at build
     (dest / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(DataError) as err:
-        build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+        training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     message = str(err.value)
     assert str(target.path) in message and any(key in message for key in lost) and "\n" not in message, message
     shutil.rmtree(dest)  # a shard cut while the run goes on: named by the read that fails
     shutil.copytree(shards, dest)
-    loader = build_training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
+    loader = training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     with open(target.path, "r+b") as f:
         f.truncate(cut)
     with pytest.raises(DataError) as err:
@@ -323,7 +323,7 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
 
 def test_gpu_decode_path_names_or_skips_an_undecodable_sample(dataset):
     """decode_crop_on_gpu, run here on the CPU: the sample nvJPEG rejects is named, or replaced and reported."""
-    from pipeline.torch_source import DataReadError, decode_crop_on_gpu
+    from pipeline.torch_source import decode_crop_on_gpu
 
     shards, _ = dataset
     shard = fmt.list_shards(shards)[0]
@@ -334,7 +334,7 @@ def test_gpu_decode_path_names_or_skips_an_undecodable_sample(dataset):
     keys, boxes = ["k0", "k1", "k2", "k3"], [(0, 0, 32, 32)] * 4
     with pytest.raises(DataError, match="k2"):
         decode_crop_on_gpu(jpgs, boxes, keys, {"k2": str(shard.path)}, 16, CPU)
-    with pytest.raises(DataReadError):
+    with pytest.raises(DataError):
         decode_crop_on_gpu(jpgs[2:3], boxes[:1], keys[2:3], {}, 16, CPU, on_bad_sample="skip")
     images, picks = decode_crop_on_gpu(jpgs, boxes, keys, {}, 16, CPU, on_bad_sample="skip")
     assert images.shape == (4, 3, 16, 16) and picks[:2] == [0, 1] and picks[3] == 3 and picks[2] != 2
@@ -349,14 +349,14 @@ def test_auto_backend_picks_dali_when_importable(dataset, monkeypatch):
         from pipeline.dali_source import DaliSource
 
         assert resolve_backend("auto") == "dali"
-        loader = build_training_loader(make_cfg(shards, "auto"), rank=0, world_size=1, device=CPU)
+        loader = training_loader(make_cfg(shards, "auto"), rank=0, world_size=1, device=CPU)
         assert isinstance(loader.source, DaliSource)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if DALI were not installed
     assert resolve_backend("auto") == "torch"
     assert resolve_backend("dali") == "dali" and resolve_backend("torch") == "torch"
     from pipeline.torch_source import TorchSource
 
-    assert isinstance(build_training_loader(make_cfg(shards, "auto"), 0, 1, CPU).source, TorchSource)
+    assert isinstance(training_loader(make_cfg(shards, "auto"), 0, 1, CPU).source, TorchSource)
 
 
 @pytest.mark.skipif(not HAVE_DALI, reason="DALI is not installed")

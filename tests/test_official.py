@@ -8,7 +8,7 @@ import torch
 
 from model.ema import make_target_encoder
 from model.export import export_timm, to_timm
-from model.official import CheckpointFileError, load_encoder_for_eval, load_official_checkpoint
+from model.official import CheckpointError, load_encoder_for_eval, load_official_checkpoint
 from model.predictor import Predictor
 from model.vit import VisionTransformer
 
@@ -98,7 +98,7 @@ def test_bad_checkpoints_are_named(tmp_path):
     encoder, predictor, target = load_official_checkpoint(FIXTURE / "checkpoint.pth.tar")
     state = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(),
              "target_encoder": target.state_dict()}
-    with pytest.raises(CheckpointFileError, match="missing.pth: checkpoint not found"):
+    with pytest.raises(CheckpointError, match="missing.pth: checkpoint not found"):
         load_official_checkpoint(tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
@@ -130,7 +130,7 @@ def _edited(state: dict, part: str, key: str, value) -> dict:
 
 
 def test_damaged_files_give_one_line_naming_file_part_and_key(tmp_path):
-    """Each damage is refused with a CheckpointFileError of one line naming the file (and part and key); none
+    """Each damage is refused with a CheckpointError of one line naming the file (and part and key); none
     escapes as an EOFError, KeyError or AttributeError."""
     raw = (FIXTURE / "checkpoint.pth.tar").read_bytes()
     state = torch.load(FIXTURE / "checkpoint.pth.tar", weights_only=True)
@@ -164,7 +164,7 @@ def test_damaged_files_give_one_line_naming_file_part_and_key(tmp_path):
             path.write_bytes(content)
         else:
             torch.save(content, path)
-        with pytest.raises(CheckpointFileError) as err:
+        with pytest.raises(CheckpointError) as err:
             load_official_checkpoint(path)
         text = str(err.value)
         assert "\n" not in text and text.startswith(str(path)), (name, text)
@@ -185,7 +185,7 @@ def test_a_planted_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "planted.pth.tar"
     torch.save({"encoder": {"pos_embed": Planted(marker)}, "predictor": {}, "target_encoder": {}}, path)
-    with pytest.raises(CheckpointFileError, match=r"planted.pth.tar: holds objects other than tensors and plain "
+    with pytest.raises(CheckpointError, match=r"planted.pth.tar: holds objects other than tensors and plain "
                                                   r"values \(.*\); not loaded, because unpickling them could run"):
         load_official_checkpoint(path)
     assert not marker.exists()
@@ -231,5 +231,5 @@ def test_nested_allowances_keep_the_outer_ones(tmp_path):
         assert safe_load(path, allowed=[_Plain])["x"].value == 3  # the inner block allows _Plain too, then leaves
         assert torch.load(path, weights_only=False)["x"].value == 3  # forced weights_only: needs the outer allowance
     assert torch.serialization.get_safe_globals() == before
-    with pytest.raises(CheckpointFileError, match="_Plain"):
+    with pytest.raises(CheckpointError, match="_Plain"):
         safe_load(path)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pipeline import shards as fmt
 from pipeline.image_prep import prepare_jpeg
 from pipeline.shard_writer import ShardOptions, plan_shards
 from pipeline.source_scan import scan_source
+from util.files import is_partial_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["n01440764", "n01443537", "n01484850"]
@@ -246,14 +248,32 @@ def test_same_seed_gives_byte_identical_shards_whatever_the_worker_count(imagene
     assert shard_files(tmp_path / "other") != shard_files(dest)
 
 
+# The CLI's main() with the writer slowed by 50 ms an input (its read of each source file, in the forked workers too),
+# so that a run can be killed part way: tens of inputs take seconds instead of milliseconds.
+SLOW_WRITER_CLI = textwrap.dedent("""
+    import sys, time
+    import shard_dataset
+    from pipeline import shard_writer
+
+    read_source = shard_writer.read_source
+
+    def slow_read_source(path):
+        time.sleep(0.05)
+        return read_source(path)
+
+    shard_writer.read_source = slow_read_source
+    sys.exit(shard_dataset.main(sys.argv[1:]))
+""")
+
+
 def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(imagenet, reference, tmp_path):
     src, _, _ = imagenet
     dest, _ = reference
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "shard_dataset.py"), str(src), str(killed), "--no-progress", "--shard-size", "4",
+    cmd = [sys.executable, "-c", SLOW_WRITER_CLI, str(src), str(killed), "--no-progress", "--shard-size", "4",
            "--workers", "2", "--json", "--seed", "3"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SHARD_DATASET_THROTTLE_S": "0.05"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not recorded_shards(killed) and time.monotonic() < deadline and proc.poll() is None:
@@ -276,7 +296,7 @@ def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(image
     assert rerun.returncode == 0, rerun.stderr
     assert "kept from an earlier run" in rerun.stderr and " 0 kept" not in rerun.stderr
     assert shard_files(killed) == shard_files(dest)
-    assert not [p for p in killed.iterdir() if fmt.is_partial_name(p.name)]
+    assert not [p for p in killed.iterdir() if is_partial_name(p.name)]
     fmt.read_manifest(killed, check="checksum")
 
 
@@ -330,7 +350,7 @@ def test_strict_makes_a_bad_input_an_error(imagenet, tmp_path):
     (only_truncated / "a" / "cut.jpg").write_bytes(_jpeg(arr)[:-400])
     proc = run_cli(only_truncated, tmp_path / "b", "--strict", "--workers", 1)
     assert proc.returncode == 1 and "cut.jpg" in proc.stderr and "truncated" in proc.stderr
-    assert not [p for p in (tmp_path / "b").iterdir() if fmt.is_partial_name(p.name)]
+    assert not [p for p in (tmp_path / "b").iterdir() if is_partial_name(p.name)]
     assert run_cli(only_truncated, tmp_path / "b", "--workers", 1).returncode == 0  # the same DEST, without --strict
 
 

@@ -12,6 +12,7 @@ import pytest
 from pipeline import DataError
 from pipeline import shard_dest
 from pipeline import shards as fmt
+from util.files import is_partial_name, partial_name
 
 
 def make_dataset(dest, samples=(3, 0, 2), status=fmt.STATUS_COMPLETE) -> fmt.Manifest:
@@ -47,8 +48,8 @@ def test_names():
     assert fmt.index_name("train", 12) == "train-000012.idx"
     key = fmt.sample_key(1_281_166)
     assert key == "0001281166" and "." not in key
-    assert fmt.is_partial_name(fmt.partial_name("train-000012.tar"))
-    assert not fmt.is_partial_name("train-000012.tar")
+    assert is_partial_name(partial_name("train-000012.tar"))
+    assert not is_partial_name("train-000012.tar")
 
 
 @pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 5000])
@@ -117,7 +118,7 @@ def test_manifest_round_trip(tmp_path):
     assert fmt.read_manifest(tmp_path / fmt.MANIFEST_NAME) == manifest
     assert manifest.total_samples == 5
     assert json.loads((tmp_path / fmt.MANIFEST_NAME).read_text())["total_samples"] == 5
-    assert not [p for p in tmp_path.iterdir() if fmt.is_partial_name(p.name)]
+    assert not [p for p in tmp_path.iterdir() if is_partial_name(p.name)]
 
 
 def test_missing_or_unparsable_manifest_names_the_file(tmp_path):

@@ -26,7 +26,8 @@ from PIL import Image
 import shard_dataset
 from pipeline import shards as fmt
 from pipeline.image_prep import BadInput, prepare_jpeg
-from pipeline.shard_writer import RunSettings, ShardingError, ShardOptions, build_shards
+from pipeline import DataError
+from pipeline.shard_writer import RunSettings, ShardOptions, build_shards
 from pipeline.source_scan import scan_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +170,7 @@ def test_a_broken_symlink_among_the_class_folders_is_an_error(tmp_path):
     (tmp_path / "src" / "a").mkdir(parents=True)
     (tmp_path / "src" / "a" / "x.jpg").write_bytes(encode(photo()))
     (tmp_path / "src" / "b").symlink_to(tmp_path / "moved_away")
-    with pytest.raises(ShardingError, match="dangling symlink.*class index"):
+    with pytest.raises(DataError, match="dangling symlink.*class index"):
         scan_source(tmp_path / "src", "folders")
 
 

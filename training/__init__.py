@@ -3,5 +3,8 @@
 engine, the EMA and the distributed helpers import DeepSpeed, inside the functions that need it."""
 
 
-class TrainingError(RuntimeError):
+from util.errors import UserError
+
+
+class TrainingError(UserError):
     """Training cannot go on; the message says why (which step, which checkpoint, which setting)."""

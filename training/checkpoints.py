@@ -7,7 +7,6 @@ without the marker, which `--resume auto` skips and an explicit `--resume PATH` 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import re
@@ -20,22 +19,17 @@ import torch
 import torch.distributed as dist
 
 from config import config_to_yaml
-from model.official import CheckpointFileError, first_line, safe_load, weights_only_loads
-from pipeline.shards import write_file_atomic
+from model.official import CheckpointError, first_line, safe_load, weights_only_loads
 from training import TrainingError
-from training.distributed import gather, on_rank0
-from training.run_dir import (SPACE_MARGIN, check_space, folder_bytes, fsync_tree, is_out_of_space,
-                              remove_crashed_saves)
+from training.distributed import gather
+from training.run_dir import SPACE_MARGIN, check_space, folder_bytes, is_out_of_space, remove_crashed_saves
+from util.files import fsync_tree, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
-RUN_FILE = "run.json"  # the step, world size and run identity (training/run_identity.py), JSON
+RUN_FILE = "run.json"  # the run that wrote the checkpoint: training.plan.RunRecord as JSON
 TAG = re.compile(r"^step(\d{8})$")
-
-
-class CheckpointError(TrainingError):
-    """A checkpoint that was asked for cannot be used; the message names it."""
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
@@ -105,10 +99,7 @@ def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[typ
     """A torch checkpoint file as a dict, unpickled with weights_only=True (model.official.safe_load): tensors, plain
     values and the `allowed` classes only, so that a planted pickle cannot run code. Raises CheckpointError naming
     the file."""
-    try:
-        state = safe_load(Path(path), map_location, allowed)
-    except CheckpointFileError as err:
-        raise CheckpointError(str(err)) from None
+    state = safe_load(Path(path), map_location, allowed)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not the dict of states a checkpoint holds")
     return state
@@ -143,25 +134,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def check_ranks_agree(target, step: int) -> str:
-    """Every rank must hold the same target encoder; a digest of its bytes is compared across ranks."""
+def weights_record(engine, target) -> dict:
+    """What a save checks of this rank's weights: whether every one is finite, and a digest of its target encoder
+    (every rank must hold the same one). One host sync."""
+    tensors = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()] + list(target.parameters())
+    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.numel()]).all())
     digest = hashlib.sha256()
     for p in target.parameters():
         digest.update(p.detach().float().cpu().numpy().tobytes())
-    digests = gather(digest.hexdigest()[:16])
+    return {"finite": finite, "digest": digest.hexdigest()[:16]}
+
+
+def check_records(records: list[dict], step: int, ckpt_dir: Path) -> str:
+    """Refuses to save non-finite weights on any rank (with no per-step overflow check, config.deepspeed_config, a
+    step can make the weights inf or NaN before any logged loss is; saving them would prune a good checkpoint) or
+    ranks whose target encoders differ; returns the agreed digest."""
+    if not all(r["finite"] for r in records):
+        raise TrainingError(f"non-finite weights at step {step}; stopped without saving, the last good checkpoint "
+                            f"is kept in {ckpt_dir}")
+    digests = [r["digest"] for r in records]
     if len(set(digests)) != 1:
         raise TrainingError(f"ranks disagree at step {step}: target encoder digests {digests}")
     return digests[0]
-
-
-def check_finite(engine, target, step: int, ckpt_dir: Path) -> None:
-    """Refuses to save non-finite weights on any rank: with no per-step overflow check (config.deepspeed_config),
-    a step can make the weights inf or NaN before any logged loss is; saving them would prune a good checkpoint."""
-    tensors = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()] + list(target.parameters())
-    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.numel()]).all())  # one host sync
-    if not all(gather(finite)):
-        raise TrainingError(f"non-finite weights at step {step}; stopped without saving, the last good checkpoint "
-                            f"is kept in {ckpt_dir}")
 
 
 def checkpoint_bytes(engine, target, ckpt_dir: Path) -> int:
@@ -177,39 +171,35 @@ def checkpoint_bytes(engine, target, ckpt_dir: Path) -> int:
     return total + sum(p.numel() * 4 for p in target.parameters())
 
 
-def make_room(ckpt_dir: Path, tag: str, need: int) -> None:
-    """Rank 0, before a save: the folder exists and its file system has `need` bytes free (else TrainingError)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    check_space(ckpt_dir, need, f"checkpoint {tag}")
-    (ckpt_dir / tag).mkdir(exist_ok=True)
-
-
-def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, record: dict) -> Path:
-    """Saves `step` from every rank (DeepSpeed's files, with the target encoder, every rank's loader and RNG state and
-    the resolved config as client state). Rank 0 first checks there is room; after every rank wrote and synced its
-    files it writes run.json (the step, the world size and `record`: the run's identity and the batch its config
-    asked for) and the COMPLETE marker, then prunes the oldest and any universal conversion. A save that fails (a
-    full disk) leaves no folder behind and raises on every rank; the last good checkpoint is kept."""
+def save_checkpoint(engine, ema, target, loader, cfg, plan, step: int, out_dir: Path) -> Path:
+    """Saves `step` from every rank: DeepSpeed's files, with the target encoder, every rank's loader and RNG state and
+    the config as client state. One gather of one record per rank (its weights' check, loader and RNG state) before
+    the write, one of the write's outcome after it. Every rank checks there is room (out_dir is on storage every
+    rank sees); after every rank wrote and synced its files, rank 0 writes run.json (training.plan.RunRecord) and the
+    COMPLETE marker, then prunes the oldest and any universal conversion. A save that fails (a full disk) leaves no
+    folder behind and raises on every rank; the last good checkpoint is kept."""
     ema.wait()
-    check_finite(engine, target, step, checkpoint_dir(out_dir))
-    digest = check_ranks_agree(target, step)
     ckpt_dir, tag = checkpoint_dir(out_dir), tag_for(step)
     folder = ckpt_dir / tag
+    records = gather({**weights_record(engine, target), "loader": loader.state_dict(), "rng": rng_state()})
+    digest = check_records(records, step, ckpt_dir)
     need = int(checkpoint_bytes(engine, target, ckpt_dir) * SPACE_MARGIN)
-    on_rank0(make_room, ckpt_dir, tag, need)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    check_space(ckpt_dir, need, f"checkpoint {tag}")  # every rank sees the same answer: no rank waits for another
     client = {"step": step, "config": config_to_yaml(cfg), "target_encoder": target.state_dict(),
-              "loader": gather(loader.state_dict()), "rng": gather(rng_state()),
+              "loader": [r["loader"] for r in records], "rng": [r["rng"] for r in records],
               "world_size": dist.get_world_size()}
     error = None
     try:
+        folder.mkdir(exist_ok=True)
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
         fsync_tree(folder)
-    except (OSError, RuntimeError) as err:  # the failed write skipped DeepSpeed's closing barrier: wait it here
+    except (OSError, RuntimeError) as err:
         free = shutil.disk_usage(ckpt_dir).free
         error = (f"no space left on the file system of {ckpt_dir}: need about {need / 1e9:.2f} GB for checkpoint "
                  f"{tag}, have {free / 1e9:.2f} GB free" if is_out_of_space(err) or free < need
                  else f"cannot write checkpoint {folder} ({type(err).__name__}: {err})")
-        dist.barrier()
+        dist.barrier()  # the failed write skipped DeepSpeed's closing barrier: wait it here
     errors = [e for e in gather(error) if e]
     if errors:
         if dist.get_rank() == 0:
@@ -220,8 +210,7 @@ def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, 
                             f"{ckpt_dir / kept[-1] if kept else '(none)'}: free some space and resume with "
                             f"--resume auto")
     if dist.get_rank() == 0:
-        write_file_atomic(folder / RUN_FILE, json.dumps({"step": step, "world_size": dist.get_world_size(),
-                                                         **record}, indent=1).encode())
+        write_file_atomic(folder / RUN_FILE, plan.record(step, loader.position()).to_json().encode())
         mark_complete(ckpt_dir, tag, step)
         for old in prune(ckpt_dir, cfg.checkpoint.keep_last):
             logger.info("removed old checkpoint %s", old)
@@ -229,7 +218,6 @@ def save_checkpoint(engine, ema, target, loader, cfg, step: int, out_dir: Path, 
             shutil.rmtree(universal_root(out_dir))
             logger.info("removed %s: the universal conversion this run resumed from", universal_root(out_dir))
         logger.info("saved checkpoint %s (ranks agree: target encoder digest %s)", folder, digest)
-    dist.barrier()
     return folder
 
 

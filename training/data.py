@@ -9,6 +9,7 @@ import torch
 from config import Config, training_dtype
 from pipeline.loader import Loader, build_loader
 from pipeline.masks import MultiBlockMaskSampler
+from training.plan import RunPlan
 
 
 def mask_sampler(cfg: Config) -> MultiBlockMaskSampler:
@@ -17,9 +18,9 @@ def mask_sampler(cfg: Config) -> MultiBlockMaskSampler:
                                  **dataclasses.asdict(cfg.mask))
 
 
-def build_training_loader(cfg: Config, rank: int, world_size: int, device: torch.device,
+def build_training_loader(cfg: Config, plan: RunPlan, rank: int, device: torch.device,
                           dtype: torch.dtype | None = None) -> Loader:
-    """The loader of `rank`: data.backend picks DALI or the PyTorch source; images in the training dtype unless
-    `dtype` is given."""
-    return build_loader(cfg.data, mask_sampler(cfg), seed=cfg.run.seed, rank=rank, world_size=world_size,
-                        device=device, dtype=dtype or training_dtype(cfg), grad_accum=cfg.optimization.grad_accum)
+    """The loader of `rank` in the run `plan` (training.plan.plan_run: its batch layout, manifest and backend);
+    images in the training dtype unless `dtype` is given."""
+    return build_loader(cfg.data, mask_sampler(cfg), seed=cfg.run.seed, rank=rank, layout=plan.layout,
+                        manifest=plan.manifest, backend=plan.backend, device=device, dtype=dtype or training_dtype(cfg))

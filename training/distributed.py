@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 from training import TrainingError
+from util.errors import UserError
 
 
 def free_port() -> int:
@@ -77,15 +78,11 @@ def on_rank0(fn, *args):
     collective for one that gave up."""
     import torch.distributed as dist
 
-    from config import ConfigError
-    from pipeline import DataError
-    from pipeline.shards import ManifestError
-
     value, message = None, None
     if dist.get_rank() == 0:
         try:
             value = fn(*args)
-        except (TrainingError, DataError, ConfigError, ManifestError) as err:
+        except UserError as err:
             message = str(err)
     message = gather(message)[0]
     if message:

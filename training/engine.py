@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from config import Config, ConfigError, deepspeed_config
+from config import Config, ConfigError
 from model.compile import compile_blocks
 from model.jepa import build_jepa, target_features
 from training.checkpoints import deepspeed_safe_types, load_states_file
+from pipeline.loader import BatchLayout
 from training.schedules import lr_at, momentum_at, wd_at
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,45 @@ def param_groups(module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0, "WD_exclude": True}]
 
 
-def build_engine(cfg: Config, device: torch.device, world_size: int, load_universal: bool = False):
+def deepspeed_config(cfg: Config, layout: BatchLayout) -> dict:
+    """The DeepSpeed config dict: batch keys from the run's `layout`, precision from the config, the deepspeed section
+    merged over them.
+
+    Three DeepSpeed defaults are replaced, each costing every step and none asked for by the recipe:
+    - gradient_clipping 0: the official recipe does not clip; DeepSpeed's default (1.0) clips at global norm 1.
+    - bf16.check_grad_overflow false: the per-gradient inf/NaN scan ends in a host sync every step and only skips
+      a step silently; train.py stops on a non-finite loss instead and never saves non-finite weights.
+    - zero_optimization.compute_grad_norm false (ZeRO-2 without clipping): nothing reads the norm, yet it costs a
+      norm per gradient and two collectives per step.
+    gradient_clipping and zero_optimization.compute_grad_norm set in the deepspeed section win.
+    """
+    derived = {
+        "train_batch_size": layout.global_batch,
+        "train_micro_batch_size_per_gpu": layout.batch_size,
+        "gradient_accumulation_steps": layout.grad_accum,
+        "bf16": {"enabled": cfg.optimization.precision == "bf16", "check_grad_overflow": False},
+        "gradient_clipping": 0.0,
+        "steps_per_print": 10**9,  # train.py logs; DeepSpeed's own per-step print would duplicate it
+    }
+    out = _merge(derived, cfg.deepspeed)
+    zero = out.get("zero_optimization", {})
+    if zero.get("stage", 0) == 2 and not out["gradient_clipping"] and "compute_grad_norm" not in zero:
+        out["zero_optimization"] = {**zero, "compute_grad_norm": False}  # DeepSpeed allows it at stage 2 only here
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_universal: bool = False):
     """(DeepSpeed engine over context encoder + predictor, the torch AdamW inside it, the fp32 target encoder on
     `device`; its EMA is training.target_ema.target_ema(engine, target)). The one place the model is wrapped:
-    torch.compile of the blocks when asked, then DeepSpeed. `load_universal`: the checkpoint to load is a universal
-    conversion (a resume on another world size, training/resume.py)."""
+    torch.compile of the blocks when asked, then DeepSpeed. `layout`: the run's batch (training.plan.RunPlan);
+    `load_universal`: the checkpoint to load is a universal conversion (a resume on another world size)."""
     import deepspeed
 
     with torch.device(device):  # initialised where it trains: ViT-H's 650 M parameters take ~10 s on a host CPU
@@ -45,7 +80,7 @@ def build_engine(cfg: Config, device: torch.device, world_size: int, load_univer
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optimization.weight_decay), lr=cfg.optimization.lr,
                                   betas=cfg.optimization.betas, eps=cfg.optimization.eps, fused=fused)
-    ds_config = deepspeed_config(cfg, world_size)
+    ds_config = deepspeed_config(cfg, layout)
     if load_universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import resource
 import signal
 import sys
@@ -18,21 +19,19 @@ from typing import Callable, Optional
 import torch
 
 import kernels
-from config import (Config, ConfigError, config_to_yaml, global_batch_size, iterations_per_epoch, schedule_steps,
-                    training_dtype)
+from config import Config, ConfigError, config_to_yaml, training_dtype
 from training import TrainingError
-from pipeline.loader import resolve_backend
-from pipeline.shards import read_manifest, write_file_atomic
 from training.checkpoints import checkpoint_bytes, checkpoint_dir, clean_crashed_saves, save_checkpoint
 from training.data import build_training_loader
-from training.distributed import agree, gather, on_rank0, setup_distributed
+from training.distributed import agree, gather, on_rank0, release_shm_buffers, setup_distributed, single_process_env
 from training.engine import build_engine, build_monitor, micro_step, set_schedules
-from training.resume import apply_plan, plan_resume, restore_saved, saved_run
-from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
-from training.run_identity import run_identity
-from training.sample_log import SampleLog
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
+from training.plan import ResumeRequest, RunPlan, plan_run
+from training.resume import restore_saved
+from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
+from training.sample_log import SampleLog
 from training.target_ema import target_ema
+from util.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -94,105 +93,109 @@ def log_interval(state, step, last, epoch, sched, batch, figures, monitor, skipp
     monitor.write_events(events)
 
 
-def fit(cfg, resume: str, stop: StopSignal, make_probe: Optional[Callable[[], Callable]] = None,
-        accept_changes: bool = False, keep_per_gpu_batch: bool = False) -> int:
-    """Trains `cfg` from `resume` ("", "auto" or a checkpoint folder) until its last step or a stop signal; returns
-    the exit code. `make_probe` builds, on rank 0, the kNN probe logged every logging.probe_every steps (a callable
-    (encoder, device) → top-1). `accept_changes` resumes a checkpoint whose data, batch or schedule differ;
-    `keep_per_gpu_batch` keeps data.batch_size on a resume with another world size (training/resume.py)."""
-    device, rank, world_size = setup_distributed(cfg.run.device)
-    with contextlib.ExitStack() as claim:
-        on_rank0(claim_out_dir, claim, cfg)  # rank 0 holds run.out_dir's lock until the run ends
-        run = prepare(cfg, resume, accept_changes, keep_per_gpu_batch, device, rank, world_size)
-        code = train(run, stop, make_probe)
-    # Every rank is past the last collective: tear the group down before the interpreter exits, so that no rank's
-    # communication threads are destroyed mid-flight ("terminate called without an active exception" under gloo).
-    torch.distributed.destroy_process_group()
-    return code
+def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], Callable]] = None) -> int:
+    """Trains `cfg` from the checkpoint `request` names (training.plan.ResumeRequest) until its last step or a stop
+    signal (SIGTERM, SIGINT); returns the exit code. The run plan comes first, before any process group, signal
+    handler or file is touched, so a refused resume or unusable shards cost nothing. `make_probe` builds, on rank 0,
+    the kNN probe logged every logging.probe_every steps (a callable (encoder, device) → top-1)."""
+    plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")), request)
+    for note in plan.notes:
+        logger.info(note)
+    single_process_env()
+    stop = StopSignal()
+    try:
+        device, rank, world_size = setup_distributed(cfg.run.device)
+        if world_size != plan.world_size:
+            raise TrainingError(f"the launcher set WORLD_SIZE {plan.world_size} but the process group has "
+                                f"{world_size} ranks: launch with deepspeed, torchrun or plain python")
+        with contextlib.ExitStack() as claim:
+            on_rank0(claim_out_dir, claim, cfg, plan)  # rank 0 holds run.out_dir's lock until the run ends
+            run = prepare(cfg, plan, device, rank)
+            code = train(run, stop, make_probe)
+        # Every rank is past the last collective: tear the group down before the interpreter exits, so that no
+        # rank's communication threads are destroyed mid-flight ("terminate called without an active exception").
+        torch.distributed.destroy_process_group()
+        return code
+    finally:
+        release_shm_buffers()
 
 
-def claim_out_dir(claim: contextlib.ExitStack, cfg) -> None:
-    """Rank 0: locks run.out_dir (one run at a time), removes folders of saves that crashed."""
+def claim_out_dir(claim: contextlib.ExitStack, cfg: Config, plan: RunPlan) -> None:
+    """Rank 0: locks run.out_dir (one run at a time), removes folders of saves that crashed, writes config.yaml (the
+    config, with the plan's values as comments)."""
     out_dir = Path(cfg.run.out_dir)
     claim.enter_context(locked_out_dir(out_dir))
     clean_crashed_saves(out_dir)
+    write_file_atomic(out_dir / "config.yaml", (config_to_yaml(cfg) + plan_summary(plan)).encode())
+
+
+def plan_summary(plan: RunPlan) -> str:
+    """The plan's values as YAML comments (config.yaml, beside the config they follow from)."""
+    layout = plan.layout
+    lines = [f"world_size: {layout.world_size}", f"global_batch_size: {layout.global_batch} = {layout.batch_size} "
+             f"per GPU x grad_accum {layout.grad_accum} x {layout.world_size}",
+             f"data: {plan.manifest.total_samples} samples, {plan.backend} backend, {plan.steps_per_epoch} steps "
+             f"per epoch", f"schedules: {plan.warmup_steps} warmup of {plan.total_steps} steps"
+             + (f", shifted {plan.schedule_shift:+d}" if plan.schedule_shift else "")]
+    return "".join(f"# plan: {line}\n" for line in lines)
 
 
 @dataclasses.dataclass
 class Run:
-    """Everything the loop needs, built and restored by prepare()."""
+    """What the loop trains, built and restored by prepare()."""
 
-    cfg: Config  # with the batch this run trains with (training/resume.py)
+    cfg: Config
+    plan: RunPlan
     device: torch.device
     rank: int
-    world_size: int
-    engine: object
-    optimizer: object
+    engine: object  # DeepSpeed's, over the context encoder and predictor; engine.optimizer is its AdamW
     target: torch.nn.Module
     ema: object
     loader: object
     step: int  # the last step done (0 for a fresh start)
-    warmup: int
-    total: int  # the schedules' length; they run at step + record["schedule_shift"]
-    record: dict  # what run.json of each checkpoint holds besides the step: identity, requested batch, schedule shift
 
 
-def prepare(cfg, resume, accept_changes, keep_per_gpu_batch, device, rank, world_size) -> Run:
-    """On every rank, once rank 0 holds run.out_dir: the resume plan, the engine, the loader and the EMA, and the
-    checkpoint restored into them."""
+def prepare(cfg: Config, plan: RunPlan, device: torch.device, rank: int) -> Run:
+    """On every rank, once rank 0 holds run.out_dir: the engine, the loader and the EMA, and the checkpoint the plan
+    resumes restored into them."""
     try:  # decided once, for the whole run (logged)
         kernels.configure(**dataclasses.asdict(cfg.kernels), device=device)
     except ValueError as err:  # e.g. a Triton kernel asked for with run.device auto on a machine without CUDA
         raise ConfigError(f"kernels: {err}") from None
     out_dir = Path(cfg.run.out_dir)
-    saved = saved_run(resume, out_dir)
-    plan = plan_resume(cfg, saved, world_size, keep_per_gpu_batch)
-    requested = [cfg.data.batch_size, cfg.optimization.grad_accum]
-    cfg = apply_plan(cfg, plan)
-    for note in plan.notes:
-        logger.info(note)
-    on_rank0(write_file_atomic, out_dir / "config.yaml", config_to_yaml(cfg).encode())
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-    engine, optimizer, target = build_engine(cfg, device, world_size, load_universal=plan.elastic)
-    loader = build_training_loader(cfg, rank, world_size, device)
-    ipe = iterations_per_epoch(cfg, world_size, loader.num_samples)
-    warmup, total = schedule_steps(cfg, ipe)
-    shards_plan = read_manifest(cfg.data.shards, "none").plan_sha256
-    identity = run_identity(cfg, world_size, resolve_backend(cfg.data.backend), shards_plan, loader.num_samples, ipe,
-                            warmup, total)
+    engine, _, target = build_engine(cfg, plan.layout, device, load_universal=plan.elastic)
+    loader = build_training_loader(cfg, plan, rank, device)
     ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
-    step, shift = restore_saved(engine, target, loader, plan, out_dir, identity, accept_changes)
+    step = restore_saved(engine, target, loader, plan, out_dir)
     ema.loaded()
     on_rank0(check_space, out_dir, int(checkpoint_bytes(engine, target, checkpoint_dir(out_dir)) * SPACE_MARGIN),
              "one checkpoint")  # now, rather than after hours of training
-    return Run(cfg, device, rank, world_size, engine, optimizer, target, ema, loader, step, warmup, total,
-               {"identity": identity, "requested": requested, "schedule_shift": shift})
+    return Run(cfg, plan, device, rank, engine, target, ema, loader, step)
 
 
 def train(run: Run, stop: StopSignal, make_probe) -> int:
     """The loop, on every rank: steps, logging, checkpoints; a summary at the end."""
-    cfg, device, rank, world_size, step = run.cfg, run.device, run.rank, run.world_size, run.step
-    engine, optimizer, target, ema, loader = run.engine, run.optimizer, run.target, run.ema, run.loader
-    out_dir, dtype, warmup, total = Path(cfg.run.out_dir), training_dtype(cfg), run.warmup, run.total
-    shift = run.record["schedule_shift"]  # 0 unless a resume changed the global batch (training/resume.py)
-    end = total - shift  # the schedules' last step, in the step count
-    last = min(end, cfg.optimization.max_steps or end)
+    cfg, plan, device, step = run.cfg, run.plan, run.device, run.step
+    engine, target, ema, loader = run.engine, run.target, run.ema, run.loader
+    out_dir, dtype, shift, last = Path(cfg.run.out_dir), training_dtype(cfg), plan.schedule_shift, plan.last_step
+    accum = plan.layout.grad_accum
     monitor, state, timer = build_monitor(cfg, out_dir), LoopState(), IntervalTimer()
     flops, peak, batches = None, peak_tflops(device), iter(loader)
     probe = on_rank0(make_probe) if make_probe is not None and cfg.logging.probe_every else None
-    samples = SampleLog(out_dir, rank, world_size) if cfg.logging.sample_log else None
-    bar = progress_bar(rank == 0 and sys.stderr.isatty(), total=last, initial=step)
-    logger.info(f"training {cfg.run.name}: {world_size} rank(s) on {device.type}, global batch "
-                f"{global_batch_size(cfg, world_size)}, {loader.steps_per_epoch} "
-                f"steps/epoch, steps {step + 1}..{last} of {end}"
+    samples = SampleLog(out_dir, run.rank, plan.world_size) if cfg.logging.sample_log else None
+    bar = progress_bar(run.rank == 0 and sys.stderr.isatty(), total=last, initial=step)
+    logger.info(f"training {cfg.run.name}: {plan.world_size} rank(s) on {device.type}, global batch "
+                f"{plan.layout.global_batch}, {plan.steps_per_epoch} steps/epoch, steps {step + 1}..{last} of "
+                f"{plan.total_steps - shift}"
                 + (f" (the schedules run {shift:+d} steps from the count)" if shift else ""))
     started, first_step, skipped = time.perf_counter(), step + 1, 0
-    save = lambda: save_checkpoint(engine, ema, target, loader, cfg, step, out_dir, run.record)  # noqa: E731
+    save = lambda: save_checkpoint(engine, ema, target, loader, cfg, plan, step, out_dir)  # noqa: E731
     with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
         while step < last:
             step += 1
-            sched = set_schedules(optimizer, step + shift, cfg, warmup, total)
-            for _ in range(cfg.optimization.grad_accum):
+            sched = set_schedules(engine.optimizer, step + shift, cfg, plan.warmup_steps, plan.total_steps)
+            for _ in range(accum):
                 t0 = time.perf_counter()
                 batch = next(batches)
                 timer.add_wait(time.perf_counter() - t0)
@@ -200,12 +203,12 @@ def train(run: Run, stop: StopSignal, make_probe) -> int:
                     samples.write(step, loader.epoch, batch.keys)
                 if flops is None:  # counted once, on the first micro step (same work as every other)
                     flops = count_flops(lambda: state.add(step, micro_step(engine, ema, target, batch, dtype)))
-                    flops *= cfg.optimization.grad_accum
+                    flops *= accum
                 else:
                     state.add(step, micro_step(engine, ema, target, batch, dtype))
-            timer.add_step(cfg.data.batch_size * cfg.optimization.grad_accum)  # one optimizer step
+            timer.add_step(plan.layout.batch_size * accum)  # one optimizer step
             ema.update(sched["momentum"])  # its all-gather runs while the next batch is fetched and the context forward
-            if rank == 0:
+            if run.rank == 0:
                 bar.update(1)
                 diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype)
             save_now = step % cfg.checkpoint.every_steps == 0 or step == last
@@ -228,8 +231,10 @@ def train(run: Run, stop: StopSignal, make_probe) -> int:
             if save_now:
                 save()
     bar.close()
-    write_summary(cfg, out_dir, step - first_step + 1, time.perf_counter() - started, world_size, rank, skipped)
+    if run.rank == 0:
+        write_summary(out_dir, step - first_step + 1, time.perf_counter() - started, plan.layout, skipped)
     return 0
+
 
 def skipped_samples(loader) -> int:
     """Samples skipped as unreadable (data.on_bad_sample: skip) by all ranks since the run began (resumes included);
@@ -264,11 +269,11 @@ def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> No
         monitor.write_events(events)
 
 
-def write_summary(cfg, out_dir: Path, steps: int, seconds: float, world_size: int, rank: int, skipped: int) -> None:
-    """Run-level throughput: images/s per GPU and images per GPU-hour over this process's steps."""
-    if rank != 0 or steps <= 0:
+def write_summary(out_dir: Path, steps: int, seconds: float, layout, skipped: int) -> None:
+    """Rank 0: run-level throughput, images/s per GPU and images per GPU-hour over this process's steps."""
+    if steps <= 0:
         return
-    images = steps * global_batch_size(cfg, world_size)
+    images, world_size = steps * layout.global_batch, layout.world_size
     per_gpu = images / seconds / world_size
     summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
                "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped}

@@ -16,7 +16,6 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.shards import fsync_dir
 from training import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -83,15 +82,3 @@ def is_out_of_space(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and ("iostream error" in text or "write failed" in text)
-
-
-def fsync_tree(path: Path) -> None:
-    """Flushes every file under `path`, then the folders, to stable storage (before a complete marker is written)."""
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(path)

@@ -1,0 +1,297 @@
+"""The run plan: every value of a run that follows from the config, the shards' manifest, the world size and the
+checkpoint it resumes, computed once (plan_run) and read by everything downstream. The config itself is never
+changed: where a resume trains with another per-GPU batch, the plan's `layout` says so.
+
+    plan = plan_run(cfg, world_size, ResumeRequest(resume="auto"))   # reads the manifest and run.json, once
+    plan.layout.global_batch, plan.steps_per_epoch, plan.total_steps, plan.schedule_shift, plan.backend ...
+
+A resume must share the data, the batch and the schedule of the run that wrote its checkpoint: run.json records
+that run's identity (`run_identity`), and plan_run refuses every difference by name, before anything is built,
+unless told the change is meant (`--accept-changes`). On another number of GPUs the global batch is kept: the per-GPU
+batch (at most the configured data.batch_size, which is what fits in memory) and grad_accum are re-chosen so that
+batch × grad_accum × GPUs equals the saved global batch; when no whole split exists the resume is refused, naming
+the GPU counts that work. With --keep-per-gpu-batch the configured per-GPU batch is kept, the global batch changes,
+and the schedules (functions of the step) are laid out for the new steps per epoch and continue at the same sample of
+the same epoch. docs/training.md, "Elastic resume".
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from config import Config, ConfigError
+from model.official import CheckpointError
+from pipeline.loader import BatchLayout, open_manifest, resolve_backend
+from pipeline.shards import Manifest
+from training.checkpoints import RUN_FILE, resolve_resume
+
+logger = logging.getLogger(__name__)
+
+# Per section: the keys whose change alters the samples, the batch, the objective or the schedule (None = all keys).
+# Settings that do not change what is computed (workers, prefetch, logging, checkpoint cadence, max_steps, kernels,
+# compile) are not in the identity.
+IDENTITY_KEYS = {
+    "run": ("seed",),
+    "data": ("batch_size", "crop_size", "crop_scale", "crop_ratio", "shuffle_buffer"),
+    "mask": None,
+    "model": ("arch", "patch_size", "embed_dim", "depth", "num_heads", "pred_depth", "pred_emb_dim",
+              "pred_num_heads"),
+    "optimization": ("epochs", "warmup_epochs", "ipe_scale", "start_lr", "lr", "final_lr", "weight_decay",
+                     "final_weight_decay", "betas", "eps", "grad_accum", "precision"),
+    "ema": ("momentum",),
+}
+BATCH_KEYS = ("data.batch_size", "optimization.grad_accum")
+SCHEDULE_KEYS = ("global batch size", "schedule: steps per epoch", "schedule: warmup steps", "schedule: total steps")
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """What the command line asks of a resume: `resume` is "" (fresh), "auto" or a checkpoint folder;
+    `accept_changes` resumes although the data, batch or schedule differ; `keep_per_gpu_batch` keeps
+    data.batch_size on another world size (the global batch changes, the schedules are rescaled)."""
+
+    resume: str = ""
+    accept_changes: bool = False
+    keep_per_gpu_batch: bool = False
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a checkpoint's run.json says about the run that wrote it."""
+
+    step: int
+    world_size: int
+    identity: dict[str, Any]  # run_identity: what a resume must keep
+    requested: tuple[int, int]  # (data.batch_size, optimization.grad_accum) its config asked for, before any plan
+    schedule_shift: int  # the schedules' step minus the step count (non-zero after --keep-per-gpu-batch rescaled)
+    position: Optional[tuple[int, int]] = None  # (epoch, samples of it read by all ranks); absent before 2026-12
+
+    @property
+    def global_batch(self) -> int:
+        return int(self.identity["global batch size"])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRecord":
+        """Raises KeyError, TypeError, ValueError or IndexError on a damaged file."""
+        meta = json.loads(text)
+        identity = dict(meta["identity"])
+        requested = meta.get("requested") or [identity[key] for key in BATCH_KEYS]  # older checkpoints: as trained
+        position = meta.get("position")
+        return cls(int(meta["step"]), int(meta["world_size"]), identity, (int(requested[0]), int(requested[1])),
+                   int(meta.get("schedule_shift", 0)), (int(position[0]), int(position[1])) if position else None)
+
+    def saved_position(self) -> tuple[int, int]:
+        """(epoch, samples of it read) when saved. Older run.json files lack it: derived from the step, which is
+        exact for a run that never changed its global batch mid-epoch."""
+        if self.position is not None:
+            return self.position
+        step, steps_per_epoch = self.step + self.schedule_shift, int(self.identity["schedule: steps per epoch"])
+        return step // steps_per_epoch, step % steps_per_epoch * self.global_batch
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A complete checkpoint to resume: its tag folder and its run.json."""
+
+    folder: Path
+    record: RunRecord
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every run value, computed once by plan_run."""
+
+    layout: BatchLayout  # the per-GPU batch, grad_accum and world size this run trains with
+    requested: tuple[int, int]  # (data.batch_size, optimization.grad_accum) as the config asks
+    backend: str  # data.backend resolved: "dali" or "torch"
+    manifest: Manifest  # data.shards' manifest, read once
+    steps_per_epoch: int  # optimizer steps
+    warmup_steps: int
+    total_steps: int  # the schedules' length
+    schedule_shift: int  # the schedules run at step + shift (non-zero once --keep-per-gpu-batch rescaled them)
+    last_step: int  # the step this run ends at: the schedules' end or optimization.max_steps
+    identity: dict[str, Any]  # what a resume of this run's checkpoints must keep
+    saved: Optional[SavedRun] = None  # the checkpoint this run goes on from; None: a fresh start
+    elastic: bool = False  # the world size differs from the checkpoint's: DeepSpeed loads a universal conversion
+    rescaled: bool = False  # --keep-per-gpu-batch changed the global batch
+    notes: tuple[str, ...] = ()  # what the plan decided, for the log
+
+    @property
+    def world_size(self) -> int:
+        return self.layout.world_size
+
+    def record(self, step: int, position: tuple[int, int]) -> RunRecord:
+        """The run.json of this run's checkpoint at `step`, when the loader stands at `position`."""
+        return RunRecord(step, self.world_size, self.identity, self.requested, self.schedule_shift, position)
+
+
+def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeRequest()) -> RunPlan:
+    """The plan of `cfg` on `world_size` ranks; reads data.shards' manifest and the run.json of the checkpoint
+    `request.resume` names. Raises DataError (the shards), CheckpointError (the checkpoint, or a resume refused:
+    other settings, a world size that cannot split the global batch)."""
+    saved = saved_run(request.resume, Path(cfg.run.out_dir))
+    manifest = open_manifest(cfg.data.shards)
+    requested = (cfg.data.batch_size, cfg.optimization.grad_accum)
+    layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size,
+                                                               request.keep_per_gpu_batch)
+    steps_per_epoch = layout.steps_per_epoch(manifest.total_samples, cfg.data.shards)
+    warmup, total = schedule_steps(cfg.optimization, steps_per_epoch)
+    shift = 0 if saved is None else saved.record.schedule_shift
+    if rescaled:  # the same place in the epoch, counted in steps of the new global batch
+        epoch, done = saved.record.saved_position()
+        shift = epoch * steps_per_epoch + done // layout.global_batch - saved.record.step
+        notes += (f"schedules: step {saved.record.step} was sample {done:,} of epoch {epoch}; with the global batch "
+                  f"of {layout.global_batch} ({steps_per_epoch} steps per epoch) the schedules go on from their step "
+                  f"{saved.record.step + shift} (shift {shift:+d}; the step count goes on from {saved.record.step})",)
+    backend = resolve_backend(cfg.data.backend)
+    identity = run_identity(cfg, layout, backend, manifest, steps_per_epoch, warmup, total)
+    if saved is not None:
+        check_resume(saved, identity, request.accept_changes, expected)
+    end = total - shift  # the schedules' last step, in the step count
+    return RunPlan(layout, requested, backend, manifest, steps_per_epoch, warmup, total, shift,
+                   min(end, cfg.optimization.max_steps or end), identity, saved, elastic, rescaled, notes)
+
+
+def schedule_steps(opt, steps_per_epoch: int) -> tuple[int, int]:
+    """(warmup steps, total schedule steps) of the lr, weight-decay and momentum schedules of the optimization
+    section `opt`."""
+    warmup, total = int(opt.warmup_epochs * steps_per_epoch), int(opt.epochs * steps_per_epoch * opt.ipe_scale)
+    if total < 1:  # the schedules divide by it, and a run of 0 steps would end at once with exit code 0
+        raise ConfigError(f"optimization.epochs {opt.epochs} x {steps_per_epoch} iterations per epoch x "
+                          f"optimization.ipe_scale {opt.ipe_scale} gives {total} schedule steps; raise "
+                          f"optimization.ipe_scale or epochs")
+    return warmup, total
+
+
+def saved_run(resume: str, out_dir: Path) -> Optional[SavedRun]:
+    """The checkpoint `resume` names ("", "auto" or a tag folder: training.checkpoints.resolve_resume) and its
+    run.json; None for a fresh start. Raises CheckpointError naming a damaged run.json."""
+    found = resolve_resume(resume, out_dir)
+    if found is None:
+        return None
+    folder = found[0] / found[1]
+    path = folder / RUN_FILE
+    try:
+        return SavedRun(folder, RunRecord.from_json(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); the checkpoint is damaged: "
+                              f"choose another one") from None
+
+
+def run_identity(cfg: Config, layout: BatchLayout, backend: str, manifest: Manifest, steps_per_epoch: int,
+                 warmup: int, total: int) -> dict:
+    """A flat {name: plain value} of everything a resume must keep (lists for pairs, so it survives JSON); the batch
+    keys are the ones this run trains with."""
+    out = {}
+    for section, keys in IDENTITY_KEYS.items():
+        values = dataclasses.asdict(getattr(cfg, section))
+        for key in keys or values:
+            value = values[key]
+            out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+    out.update({
+        "data.batch_size": layout.batch_size,
+        "optimization.grad_accum": layout.grad_accum,
+        "data.backend (resolved)": backend,
+        "data.shards (the manifest's plan digest)": manifest.plan_sha256,
+        "data: samples in the shards": manifest.total_samples,
+        "world size": layout.world_size,
+        "global batch size": layout.global_batch,
+        "schedule: steps per epoch": steps_per_epoch,
+        "schedule: warmup steps": warmup,
+        "schedule: total steps": total,
+    })
+    return out
+
+
+def differences(saved: dict, current: dict) -> dict[str, str]:
+    """{name: 'name: saved → current'} for every entry that differs (an entry only one side has counts as a
+    difference), in the saved identity's order."""
+    out = {}
+    for name in [*saved, *(k for k in current if k not in saved)]:
+        old, new = saved.get(name, "(absent)"), current.get(name, "(absent)")
+        if old != new:
+            out[name] = f"{name}: {old} → {new}"
+    return out
+
+
+def check_resume(saved: SavedRun, identity: dict, accept_changes: bool, expected: frozenset[str]) -> None:
+    """Refuses (unless `accept_changes`) a checkpoint written by a run whose data, batch or schedule differ from
+    this one's, naming every difference; the `expected` ones (the plan's) are logged instead."""
+    changes = differences(saved.record.identity, identity)
+    meant = [text for name, text in changes.items() if name in expected]
+    others = [text for name, text in changes.items() if name not in expected]
+    if others and not accept_changes:
+        raise CheckpointError(f"checkpoint {saved.folder} was written by a run with other settings: "
+                              f"{'; '.join(others)}. Resume with the same settings, or pass --accept-changes if the "
+                              f"change is meant")
+    for change in meant:
+        logger.info("resuming with a planned change: %s", change)
+    for change in others:
+        logger.warning("resuming with a change (--accept-changes): %s", change)
+
+
+# ------------------------------------------------------------------------------------------------ the batch
+
+def split_global_batch(global_batch: int, world_size: int, max_batch: int) -> Optional[tuple[int, int]]:
+    """(per-GPU batch ≤ max_batch, grad_accum) with batch × grad_accum × world_size == global_batch and the fewest
+    accumulation steps (the largest batch that fits: on the run's own world size, its own split); None when
+    world_size does not divide the global batch."""
+    if global_batch % world_size:
+        return None
+    per_gpu = global_batch // world_size
+    return next((per_gpu // a, a) for a in range(1, per_gpu + 1) if per_gpu % a == 0 and per_gpu // a <= max_batch)
+
+
+def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_size: int, keep_per_gpu_batch: bool):
+    """(the layout this run trains with, elastic, rescaled, the identity entries it changes on purpose, notes for the
+    log) for the config's `requested` (batch, grad_accum) resuming `saved` (module docstring)."""
+    batch, accum = requested
+    if saved is None:
+        return BatchLayout(batch, accum, world_size), False, False, frozenset(), ()
+    then = saved.record
+    elastic = world_size != then.world_size
+    expected, notes = set(), []
+    if elastic:
+        expected.add("world size")
+        notes.append(f"elastic resume: checkpoint {saved.folder} was written by {then.world_size} rank(s), this run "
+                     f"has {world_size}; DeepSpeed's universal checkpoint re-partitions the fp32 weights and AdamW "
+                     f"moments")
+    if requested != then.requested:  # the config asks for another batch: a change like any other
+        return BatchLayout(batch, accum, world_size), elastic, False, frozenset(expected), tuple(notes)
+    if not keep_per_gpu_batch:
+        split = split_global_batch(then.global_batch, world_size, batch)
+        if split is None:
+            raise CheckpointError(no_split_message(saved, world_size, batch * accum))
+        batch, accum = split
+    trained = (then.identity["data.batch_size"], then.identity["optimization.grad_accum"])
+    if (batch, accum) != trained:
+        expected.update(BATCH_KEYS)
+    layout = BatchLayout(batch, accum, world_size)
+    rescaled = layout.global_batch != then.global_batch
+    if rescaled:
+        expected.update(SCHEDULE_KEYS)
+        notes.append(f"batch: per-GPU batch {batch} kept (--keep-per-gpu-batch): global batch {then.global_batch} → "
+                     f"{layout.global_batch}; the schedules are laid out for the new steps per epoch and go on from "
+                     f"the same sample of the same epoch (the learning rates are not scaled with the batch)")
+    elif (batch, accum, world_size) != (*trained, then.world_size):
+        notes.append(f"batch: global batch {layout.global_batch} kept = {batch} per GPU × grad_accum {accum} × "
+                     f"{world_size} GPU(s) (was {trained[0]} × {trained[1]} × {then.world_size})")
+    return layout, elastic, rescaled, frozenset(expected), tuple(notes)
+
+
+def no_split_message(saved: SavedRun, world_size: int, per_gpu: int) -> str:
+    """`per_gpu`: the configured batch × grad_accum, what --keep-per-gpu-batch would keep."""
+    g = saved.record.global_batch
+    fits = [str(n) for n in range(1, g + 1) if g % n == 0]
+    counts = f"{', '.join(fits[:-1])} or {fits[-1]}" if len(fits) > 1 else fits[0]
+    return (f"checkpoint {saved.folder} trained with a global batch of {g}; {world_size} GPUs cannot split it "
+            f"exactly (per-GPU batch × grad_accum × {world_size} = {g} has no whole solution). Resume on "
+            f"{counts} GPU(s) to keep it, or pass --keep-per-gpu-batch to train on with "
+            f"{per_gpu} samples per GPU and step (global batch {per_gpu * world_size}, schedules rescaled)")
