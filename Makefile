@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 
-.PHONY: install test demo clean-venv
+.PHONY: install test check demo clean-venv
 
 install: $(STAMP)
 
@@ -13,8 +13,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	cp requirements.txt $(STAMP)
 
+# The whole suite, then its 15 slowest tests.
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
+
+# The fast tier for the edit-test loop: every test not marked slow; none starts a process (tests/conftest.py).
+check: $(STAMP)
+	$(PY) -m pytest tests -m "not slow" -q
 
 # The main job end to end on real data that ships with scikit-learn (handwritten digits): image folder → shards →
 # 2-process DeepSpeed training (CPU, gloo; the GPUs where there are some) → kNN, linear, attentive and low-shot probes

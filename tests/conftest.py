@@ -13,13 +13,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from a t
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped where there is none")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds; still part of `make test`")
+    config.addinivalue_line("markers", "slow: starts a process or takes more than a few seconds; `make test` runs it, "
+                                       "`make check` does not")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,6 +31,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _only_slow_tests_start_processes(request, monkeypatch):
+    """`make check` (-m "not slow") starts no process: a test that is not marked slow and starts one fails, naming
+    it. (Fixtures of a wider scope are set up before this one: a session fixture that launches is the tests' choice
+    to mark.) Forked workers (the shard writer's pool, DataLoader workers) are not new processes of a program."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(self, args, *more, **options):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it slow or run it in process")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +75,27 @@ def clean_switch(monkeypatch):
 
 @pytest.fixture(scope="session")
 def digit_shards(tmp_path_factory):
-    """Real handwritten digits (scikit-learn) → class folders → shards via the real CLI: {"train": 8 shards, "val"}."""
-    from tools.digits import shard_digits
+    """Real handwritten digits (scikit-learn) → class folders → shards by shard_dataset.py's main in this process:
+    {"train": 8 shards of 1,348 images, "val"} (the CLI in a fresh interpreter: test_shard_dataset.py, make demo)."""
+    import shard_dataset
+    from tools.digits import write_digits
 
-    return shard_digits(tmp_path_factory.mktemp("digits"))
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root / "img", 32)
+    for split in ("train", "val"):
+        assert shard_dataset.main([str(root / "img" / split), str(root / split), "--shard-size", "170",
+                                   "--no-progress"]) == 0
+    return {split: root / split for split in ("train", "val")}
+
+
+@pytest.fixture(scope="session")
+def trained_run(digit_shards, tmp_path_factory):
+    """One process of train.py on the digits, 2 steps of 16 images, its checkpoint step00000002 (keep_last 1): the
+    checkpoint the refusal batteries copy, plant and damage (test_train_hardening, test_hostile). Read-only: copy it
+    before changing anything."""
+    from launches import launch, ok, python, train_args
+
+    out = tmp_path_factory.mktemp("trained")
+    ok(launch(python(train_args(digit_shards["train"], out, "optimization.max_steps=2", "checkpoint.every_steps=2",
+                                "checkpoint.keep_last=1"))))
+    return out

@@ -1,18 +1,32 @@
-"""What the tests that launch train.py across processes share: master ports whose DeepSpeed /dev/shm buffers are
-removed after each test (a process killed with SIGKILL cannot unlink its own), and the per-step losses a run logs.
+"""The one launch harness of the tests that run train.py: its command line on the tiny config, the launchers (plain
+python, DeepSpeed's, torchrun), a launch with a deadline, what a run writes (its losses, summary.json, run.json) and
+its error lines; `train_main` runs train.py's main(argv) in this process for the refusals that come before any
+process group exists. Master ports are handed out here, and their DeepSpeed /dev/shm buffers removed after each test
+(a process killed with SIGKILL cannot unlink its own).
 
-    from launches import master_port, logged_losses, no_shm_leftovers  # noqa: F401  (the fixture is autouse)
+    from launches import deepspeed, launch, ok, train_args, no_shm_leftovers  # noqa: F401  (the fixture is autouse)
+    out = ok(launch(deepspeed(2, train_args(shards, tmp_path, "optimization.max_steps=3"))))
 """
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from training.distributed import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
 PORTS: list[int] = []  # master ports handed out in this test session
+# The tiny config as every launching test runs it: 16 images per rank and step, read in process by the PyTorch
+# backend, a log line every step, no collapse diagnostics.
+TRAIN_SETS = ("data.batch_size=16", "data.num_workers=0", "logging.every_steps=1", "logging.diagnostics_every=0",
+              "data.backend=torch")
 
 
 def master_port() -> int:
@@ -29,6 +43,94 @@ def no_shm_leftovers():
             path.unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------------------------------------ command lines
+
+def train_args(shards, out_dir, *sets: str) -> list[str]:
+    """train.py's arguments on the tiny config with TRAIN_SETS, then `sets` (later ones win)."""
+    args = ["train.py", "--config", "configs/tiny_cpu.yaml", "--set", f"data.shards={shards}",
+            "--set", f"run.out_dir={out_dir}"]
+    for s in (*TRAIN_SETS, *sets):
+        args += ["--set", s]
+    return args
+
+
+def python(args: list[str]) -> list[str]:
+    """One process, no launcher: train.py's own exit code."""
+    return [sys.executable, *args]
+
+
+def deepspeed(nproc: int, args: list[str]) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(master_port()), *args]
+
+
+def torchrun(nproc: int, args: list[str], nnodes: int = 1, node_rank: int = 0, port: int | None = None) -> list[str]:
+    return [str(BIN / "torchrun"), f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1", f"--master_port={port or master_port()}", *args]
+
+
+# ------------------------------------------------------------------------------------------------ launching
+
+def environment(extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def launch(cmd: list[str], timeout: float = 600, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Runs `cmd` from the repository root to its end (or the deadline) and returns it with its output as text."""
+    return subprocess.run(cmd, cwd=ROOT, env=environment(env), capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+def start(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Starts `cmd` in a process group of its own (as a scheduler starts a job), for a test that signals it."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=environment(), start_new_session=True, **kwargs)
+
+
+def launch_all(cmds: list[list[str]], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Starts every command at once (the nodes of one job) and waits for all; stdout and stderr together."""
+    procs = [subprocess.Popen(c, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in cmds]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [subprocess.CompletedProcess(c, p.returncode, out, "") for c, p, out in zip(cmds, procs, outs)]
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """The output of a launch that must have succeeded."""
+    out = (proc.stdout or "") + (proc.stderr or "")
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The `error:` lines of a launch that must not have printed a traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def train_main(argv: list[str], caplog) -> tuple[int, list[str]]:
+    """train.py's main(argv) in this process: (exit code, its error lines). Only for what is refused before the
+    process group: a run that gets as far as setting one up fails the test instead of training in pytest."""
+    import logging
+
+    import train
+    import training.loop
+
+    def no_further():
+        raise AssertionError("train.py got past its run plan: run this case as a subprocess")
+
+    real, training.loop.single_process_env = training.loop.single_process_env, no_further
+    try:
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            code = train.main(argv)
+    finally:
+        training.loop.single_process_env = real
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+    return code, lines
+
+
+# ------------------------------------------------------------------------------------------------ what a run wrote
+
 def logged_losses(out_dir, run_name: str = "tiny_cpu") -> dict[int, float]:
     """Per-step losses from DeepSpeed's CSV monitor (a resumed run appends; a re-done step keeps its last value)."""
     out = {}
@@ -37,3 +139,15 @@ def logged_losses(out_dir, run_name: str = "tiny_cpu") -> dict[int, float]:
             if row and row[0] != "step":
                 out[int(row[0])] = float(row[1])
     return out
+
+
+def summary(out_dir) -> dict:
+    return json.loads((Path(out_dir) / "summary.json").read_text())
+
+
+def run_record(checkpoint) -> dict:
+    return json.loads((Path(checkpoint) / "run.json").read_text())
+
+
+def complete_tags(out_dir) -> list[str]:
+    return sorted(p.name for p in (Path(out_dir) / "checkpoints").glob("step*") if (p / "COMPLETE").exists())

@@ -9,16 +9,16 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from launches import logged_losses, master_port, no_shm_leftovers  # noqa: F401  (an autouse fixture)
+from checkpoint_checks import assert_target_is_the_ema_of_the_fp32_weights
+from launches import (TRAIN_SETS, launch, launch_all, logged_losses, master_port, no_shm_leftovers,  # noqa: F401
+                      ok, torchrun, train_main)
 from model.official import CheckpointError
 from training.plan import RunRecord, SavedRun, check_resume, resume_layout, split_global_batch
 from training.sample_log import read_sample_log
@@ -120,35 +120,10 @@ def test_planned_changes_are_logged_not_refused(caplog):
 # ------------------------------------------------------------------------------------------------------ launches
 
 def sets(shards, out_dir, batch, *more) -> list[str]:
-    base = [f"data.shards={shards}", f"run.out_dir={out_dir}", f"data.batch_size={batch}", "data.num_workers=0",
-            "data.backend=torch", "logging.every_steps=1", "logging.diagnostics_every=0", "logging.sample_log=true",
-            *more]
+    """The --set arguments of train.py (or the worker) on the tiny config: TRAIN_SETS, this batch, the sample log."""
+    base = [f"data.shards={shards}", f"run.out_dir={out_dir}", *TRAIN_SETS, f"data.batch_size={batch}",
+            "logging.sample_log=true", *more]
     return [arg for s in base for arg in ("--set", s)]
-
-
-def torchrun(nproc, *args, nnodes=1, node_rank=0, port=None):
-    return [str(BIN / "torchrun"), f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1", f"--master_port={port or master_port()}", *args]
-
-
-def launch(cmd, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def launch_all(cmds, timeout=600) -> list[subprocess.CompletedProcess]:
-    """Starts every command at once (the nodes of one job) and waits for all."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in cmds]
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    return [subprocess.CompletedProcess(c, p.returncode, out, "") for c, p, out in zip(cmds, procs, outs)]
-
-
-def ok(proc) -> str:
-    out = (proc.stdout or "") + (proc.stderr or "")
-    assert proc.returncode == 0, out[-4000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +135,7 @@ def small_shards(digit_shards, tmp_path_factory):
         (src / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, src / path.parent.name / path.name)
     dest = src.parent / "shards"
-    proc = launch([sys.executable, "shard_dataset.py", str(src), str(dest), "--shard-size", "48", "--no-progress"])
-    ok(proc)
+    ok(launch([sys.executable, "shard_dataset.py", str(src), str(dest), "--shard-size", "48", "--no-progress"]))
     return dest
 
 
@@ -170,20 +144,23 @@ def small_shards(digit_shards, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards, tmp_path, stage):
-    """2 ranks train 2 steps and checkpoint; 1 and 3 ranks load it (DeepSpeed's universal conversion): the full fp32
-    masters, AdamW moments, 16-bit weights and target encoder equal those of the training engine at its save."""
+    """2 ranks train 3 steps and checkpoint each (the target encoder saved at step 3 is the EMA of step 2's and the
+    fp32 masters); 1 and 3 ranks load step 3 (DeepSpeed's universal conversion): the full fp32 masters, AdamW moments,
+    16-bit weights and target encoder equal those of the training engine at its save."""
     shards, run_dir = digit_shards["train"], tmp_path / "run"
-    common = sets(shards, run_dir, 24, "optimization.max_steps=2", "checkpoint.every_steps=2",
+    common = sets(shards, run_dir, 24, "optimization.max_steps=3", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
                   f"deepspeed.zero_optimization={{stage: {stage}}}")
     worker = str(ROOT / "tests" / "elastic_worker.py")
-    ok(launch(torchrun(2, worker, str(tmp_path / "before.pt"), "--train", *common)))
+    log = ok(launch(torchrun(2, [worker, str(tmp_path / "before.pt"), "--train", *common])))
+    assert_target_is_the_ema_of_the_fp32_weights(run_dir / "checkpoints", "step00000002", "step00000003", step=3,
+                                                  stage=stage, steps_per_epoch=1348 // 48, log=log)
     before = torch.load(tmp_path / "before.pt", weights_only=False)
     for world, (batch, accum) in ((1, (24, 2)), (3, (16, 1))):
-        out = ok(launch(torchrun(world, worker, str(tmp_path / f"after{world}.pt"), "--resume", "auto", *common)))
+        out = ok(launch(torchrun(world, [worker, str(tmp_path / f"after{world}.pt"), "--resume", "auto", *common])))
         assert "elastic resume" in out  # DeepSpeed converts once; the second resume reuses the conversion
         assert ("converted from" if world == 1 else "kept from an earlier attempt at this resume") in out
         after = torch.load(tmp_path / f"after{world}.pt", weights_only=False)
-        assert (after["step"], after["world_size"], after["batch_size"], after["grad_accum"]) == (2, world, batch,
+        assert (after["step"], after["world_size"], after["batch_size"], after["grad_accum"]) == (3, world, batch,
                                                                                                    accum)
         assert after["params"].keys() == before["params"].keys() and len(before["params"]) > 50
         for name, want in before["params"].items():
@@ -193,8 +170,8 @@ def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards,
             assert torch.equal(after["target"][name], tensor), (world, name)
         loader = after["loader"]
         assert (loader["epoch"], loader["offset"], loader["batch_in_epoch"], loader["batches_seen"]) == (
-            0, 2 * 48, 0, 2 * accum)
-    assert (run_dir / "checkpoints" / "universal" / "step00000002").is_dir()  # kept until the run saves its own
+            0, 3 * 48, 0, 3 * accum)
+    assert (run_dir / "checkpoints" / "universal" / "step00000003").is_dir()  # kept until the run saves its own
 
 
 # ------------------------------------------------------------------------------------------------------ 1 → 2 → 1
@@ -203,9 +180,9 @@ def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards,
 def test_an_epoch_spanning_a_change_reads_every_sample_once_and_the_loss_goes_on(small_shards, tmp_path):
     """1 rank (steps 1-6) → 2 ranks (7-10) → 1 rank (11-14), global batch 48 kept, beside an uninterrupted run."""
     def train(nproc, out, last, *extra):
-        cmd = torchrun(nproc, "train.py", "--config", "configs/tiny_cpu.yaml",
-                       *sets(small_shards, out, 48, f"optimization.max_steps={last}", "checkpoint.every_steps=3"),
-                       *extra)
+        cmd = torchrun(nproc, ["train.py", "--config", "configs/tiny_cpu.yaml",
+                               *sets(small_shards, out, 48, f"optimization.max_steps={last}", "checkpoint.every_steps=3"),
+                               *extra])
         return ok(launch(cmd))
 
     train(1, tmp_path / "ref", 14)
@@ -262,14 +239,14 @@ def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
     run_dir, master = tmp_path / "run", master_port()
     args = ["train.py", "--config", "configs/tiny_cpu.yaml",
             *sets(small_shards, run_dir, 12, "optimization.max_steps=3", "checkpoint.every_steps=3")]
-    procs = launch_all([torchrun(2, *args, nnodes=2, node_rank=n, port=master) for n in (0, 1)])
+    procs = launch_all([torchrun(2, args, nnodes=2, node_rank=n, port=master) for n in (0, 1)])
     out = ok(procs[0]) + ok(procs[1])
     assert out.count("saved checkpoint") == 1  # global rank 0 alone writes run.json, COMPLETE and the log
     check_ranks(read_sample_log(run_dir), range(1, 4), world=4, nproc_per_node=2)
     more = ["train.py", "--config", "configs/tiny_cpu.yaml",
             *sets(small_shards, run_dir, 12, "optimization.max_steps=5", "checkpoint.every_steps=3"),
             "--resume", "auto"]
-    out = ok(launch(torchrun(3, *more)))
+    out = ok(launch(torchrun(3, more)))
     assert "written by 4 rank(s), this run has 3" in out
     assert "global batch 48 kept = 8 per GPU × grad_accum 2 × 3 GPU(s) (was 12 × 1 × 4)" in out
     rows = read_sample_log(run_dir)
@@ -279,10 +256,12 @@ def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_shards, tmp_path):
+def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_shards, tmp_path, caplog,
+                                                                          monkeypatch):
     """DeepSpeed's launcher with a hostfile of 2 nodes and --no_ssh, one launcher per node (rank from its
-    --node_rank), trains and checkpoints; `python train.py` alone goes on; 5 processes cannot split the batch; 3
-    go on with --keep-per-gpu-batch."""
+    --node_rank), trains and checkpoints; `python train.py` alone goes on; 5 processes cannot split the batch (refused
+    by the run plan before any process group: train.py's main in this process, as rank 0 of 5); 3 go on with
+    --keep-per-gpu-batch."""
     run_dir, master = tmp_path / "run", master_port()
     (tmp_path / "hostfile").write_text("node0 slots=1\nnode1 slots=1\n")
     args = ["train.py", "--config", "configs/tiny_cpu.yaml",
@@ -293,17 +272,18 @@ def test_two_nodes_by_the_deepspeed_launcher_without_ssh_then_one_process(small_
     ok(procs[0]), ok(procs[1])
     check_ranks(read_sample_log(run_dir), (1, 2), world=2, nproc_per_node=1)
     more = [a.replace("max_steps=2", "max_steps=4") for a in args] + ["--resume", "auto"]
-    refused = launch(torchrun(5, *more))
-    assert refused.returncode != 0
-    lines = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "global batch of 32; 5 GPUs cannot split it exactly" in lines[0]
+    with monkeypatch.context() as env:
+        env.setenv("WORLD_SIZE", "5")
+        code, lines = train_main(more[1:], caplog)
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:")
+    assert "global batch of 32; 5 GPUs cannot split it exactly" in lines[0]
     out = ok(launch([sys.executable, *more]))
     assert "global batch 32 kept = 16 per GPU × grad_accum 2 × 1 GPU(s) (was 16 × 1 × 2)" in out
     assert json.loads((run_dir / "checkpoints" / "step00000004" / "run.json").read_text())["world_size"] == 1
     # --keep-per-gpu-batch on 3: 16 per GPU, global batch 32 → 48; step 4 read 128 samples of epoch 0, which is
     # step 128 // 48 = 2 of the new schedules (shift -2); one whole new step is left in epoch 0 (16 samples unread)
     rescaled = [a.replace("max_steps=2", "max_steps=5") for a in args] + ["--resume", "auto", "--keep-per-gpu-batch"]
-    out = ok(launch(torchrun(3, *rescaled)))
+    out = ok(launch(torchrun(3, rescaled)))
     assert "global batch 32 → 48" in out and "schedule: total steps: 120 → 80" in out
     assert "the schedules go on from their step 2 (shift -2; the step count goes on from 4)" in out
     saved = json.loads((run_dir / "checkpoints" / "step00000005" / "run.json").read_text())
@@ -321,8 +301,8 @@ def test_dali_backend_restarts_the_interrupted_epoch_and_says_which_samples_repe
     run_dir = tmp_path / "run"
     args = ["train.py", "--config", "configs/tiny_cpu.yaml", *sets(small_shards, run_dir, 48, "data.backend=dali",
                                                                    "checkpoint.every_steps=2")]
-    ok(launch(torchrun(1, *args, "--set", "optimization.max_steps=2")))
-    out = ok(launch(torchrun(2, *args, "--set", "optimization.max_steps=6", "--resume", "auto")))
+    ok(launch(torchrun(1, [*args, "--set", "optimization.max_steps=2"])))
+    out = ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=6", "--resume", "auto"])))
     assert ("epoch 0 restarts: the 96 samples its old ranks had read in it are read a second time, the rest once"
             in out)
     rows = read_sample_log(run_dir)

@@ -1,44 +1,31 @@
 """train.py on a bad day: a planted pickle, a changed resume, two runs on one out_dir, a full disk, skipped samples.
 
-Every case runs the real CLI as a subprocess and expects one clear error line (no traceback), nothing run from a
-file, no good checkpoint lost. One process each (the 2-process paths are in test_train.py).
+Every case expects one clear error line (no traceback), nothing run from a file, no good checkpoint lost. The
+refusals that come before any process group run train.py's main in this process; the rest run the real CLI as a
+subprocess, one process each unless the case needs two ranks (the 2-process paths are in test_train.py). They copy
+the session's trained checkpoint (conftest.trained_run).
 """
-import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from launches import (complete_tags, error_lines, launch, no_shm_leftovers, python, start,  # noqa: F401
+                      summary, torchrun, train_args, train_main)
 from pipeline import shards as fmt
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
+SETS = ("checkpoint.every_steps=2", "checkpoint.keep_last=1")  # the trained run's
 
 
 def command(shards, out_dir, *sets):
-    base = [sys.executable, "train.py", "--config", "configs/tiny_cpu.yaml", "--set", f"data.shards={shards}",
-            "--set", f"run.out_dir={out_dir}", "--set", "data.batch_size=16", "--set", "data.num_workers=0",
-            "--set", "logging.every_steps=1", "--set", "logging.diagnostics_every=0", "--set", "data.backend=torch",
-            "--set", "checkpoint.every_steps=2", "--set", "checkpoint.keep_last=1"]
-    for s in sets:
-        base += ["--set", s]
-    return base
-
-
-def run(cmd, timeout=600, extra_env=None, **kwargs):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def error_lines(proc) -> list[str]:
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    return python(train_args(shards, out_dir, *SETS, *sets))
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +33,9 @@ def shards(digit_shards):
     return digit_shards["train"]
 
 
-@pytest.fixture(scope="module")
-def trained(shards, tmp_path_factory):
-    """A run of 2 steps with its checkpoint step00000002."""
-    out = tmp_path_factory.mktemp("trained")
-    proc = run(command(shards, out, "optimization.max_steps=2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+@pytest.fixture
+def trained(trained_run):
+    return trained_run
 
 
 def copy_run(trained, dest) -> Path:
@@ -90,7 +73,7 @@ def test_resume_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_p
     marker = tmp_path / "PWNED"
     planted = out / "checkpoints" / "step00000002" / victim
     torch.save({"step": 2, "payload": Planted(marker)}, planted)
-    proc = run(command(shards, out, "optimization.max_steps=4") + ["--resume", "auto"])
+    proc = launch(command(shards, out, "optimization.max_steps=4") + ["--resume", "auto"])
     assert proc.returncode == 1
     assert not marker.exists(), "code planted in the checkpoint ran"
     (line,) = error_lines(proc)
@@ -99,14 +82,11 @@ def test_resume_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_p
 
 def test_a_resume_on_another_world_size_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_path):
     """The universal conversion (DeepSpeed's converter, in its own process) loads weights-only as well."""
-    from launches import master_port
-
     out = copy_run(trained, tmp_path / "run")
     marker = tmp_path / "PWNED"
     planted = out / "checkpoints" / "step00000002" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": {"zero_stage": Planted(marker)}}, planted)
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(master_port())]
-    proc = run(launcher + command(shards, out, "optimization.max_steps=4")[1:] + ["--resume", "auto"])
+    proc = launch(torchrun(2, command(shards, out, "optimization.max_steps=4")[1:] + ["--resume", "auto"]))
     assert proc.returncode != 0
     assert not marker.exists(), "code planted in the checkpoint ran"
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -116,34 +96,56 @@ def test_a_resume_on_another_world_size_does_not_run_code_planted_in_a_checkpoin
 
 # -------------------------------------------------------------------------------------------- 3. a changed resume
 
-def test_resume_with_other_batch_is_refused_naming_the_changes(trained, shards, tmp_path):
+def test_resume_with_other_batch_is_refused_naming_the_changes(trained, shards, tmp_path, caplog):
+    """Refused by the run plan, before any process group: train.py's main in this process."""
     out = copy_run(trained, tmp_path / "run")
-    proc = run(command(shards, out, "optimization.max_steps=4", "data.batch_size=8") + ["--resume", "auto"])
-    assert proc.returncode == 1
-    (line,) = error_lines(proc)
-    assert "data.batch_size: 16 → 8" in line and "schedule: total steps: 1680 → 3360" in line
-    assert "--accept-changes" in line
+    code, lines = train_main(command(shards, out, "optimization.max_steps=4", "data.batch_size=8")[2:]
+                             + ["--resume", "auto"], caplog)
+    assert code == 1
+    (line,) = lines
+    assert line.startswith("error: checkpoint ") and "data.batch_size: 16 → 8" in line
+    assert "schedule: total steps: 1680 → 3360" in line and "--accept-changes" in line
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in trained.iterdir() if p.name != "summary.json")
     assert not (out / "checkpoints" / "step00000004").exists()
 
 
-def test_accept_changes_resumes_and_logs_each_change(trained, shards, tmp_path):
+# ------------------------------------------------------------------------------ 3b. one base class, one line each
+
+def test_a_config_error_a_data_error_and_a_refused_resume_each_print_one_line(trained, shards, tmp_path, caplog):
+    """Each is a util.errors.UserError, caught once by train.py's main: one line, its exit code, no traceback."""
+    from config import ConfigError, load_config
+    from model.official import CheckpointError
+    from pipeline import DataError
+    from training.plan import ResumeRequest, plan_run
+    from util.errors import UserError
+
     out = copy_run(trained, tmp_path / "run")
-    proc = run(command(shards, out, "optimization.max_steps=3", "optimization.epochs=10")
-               + ["--resume", "auto", "--accept-changes"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    changes = [line for line in proc.stderr.splitlines() if "resuming with a change" in line]
-    assert len(changes) == 2, changes  # the epochs, and the schedule's length that follows from them
-    assert "optimization.epochs: 20 → 10" in changes[0] and "schedule: total steps: 1680 → 840" in changes[1]
-    assert "resumed from" in proc.stderr
+    cases = {  # what main is given → (the class load_config or plan_run raises, exit code, the line's start)
+        "config": (command(shards, out, "optimization.lr=-0.001"), ConfigError, 2,
+                   "config error: --set optimization.lr=-0.001: optimization.lr is -0.001; allowed: >= 0"),
+        "data": (command(tmp_path / "nowhere", tmp_path / "fresh"), DataError, 1,
+                 f"error: data.shards {tmp_path / 'nowhere'}: "),
+        "resume": (command(shards, out, "run.seed=7") + ["--resume", "auto"], CheckpointError, 1,
+                   "error: checkpoint "),
+    }
+    for name, (argv, kind, exit_code, start) in cases.items():
+        assert issubclass(kind, UserError) and kind.exit_code == exit_code
+        sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+        with pytest.raises(kind):
+            plan_run(load_config("configs/tiny_cpu.yaml", overrides=sets),
+                     1, ResumeRequest("auto" if "--resume" in argv else ""))
+        code, lines = train_main(argv[2:], caplog)
+        assert code == exit_code and len(lines) == 1 and lines[0].startswith(start), (name, code, lines)
+    assert "run.seed: 0 → 7" in lines[0]
+    assert not (tmp_path / "fresh").exists()  # refused before anything was written
 
 
 # ----------------------------------------------------------------------------------- 4. two runs on one out_dir
 
 def test_second_run_on_a_busy_out_dir_fails_at_once_and_a_killed_run_leaves_no_lock(shards, tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen(command(shards, out, "optimization.max_steps=400"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = start(command(shards, out, "optimization.max_steps=400"), stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
     try:
         lock = out / ".run.lock"
         deadline = time.time() + 120
@@ -151,7 +153,7 @@ def test_second_run_on_a_busy_out_dir_fails_at_once_and_a_killed_run_leaves_no_l
             time.sleep(0.2)
         assert first.poll() is None and lock.read_text().startswith(f"pid {first.pid} ")
         (out / "checkpoints" / "step00000099").mkdir(parents=True, exist_ok=True)  # as a save that crashed
-        second = run(command(shards, out, "optimization.max_steps=2"))
+        second = launch(command(shards, out, "optimization.max_steps=2"))
         assert second.returncode == 1
         (line,) = error_lines(second)
         assert f"run.out_dir {out} is in use by another run (pid {first.pid} on" in line
@@ -159,7 +161,7 @@ def test_second_run_on_a_busy_out_dir_fails_at_once_and_a_killed_run_leaves_no_l
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    third = run(command(shards, out, "optimization.max_steps=2"))
+    third = launch(command(shards, out, "optimization.max_steps=2"))
     assert third.returncode == 0, third.stderr[-3000:]
     assert "step00000099: a save that did not complete" in third.stderr
     assert not (out / "checkpoints" / "step00000099").exists()
@@ -167,21 +169,26 @@ def test_second_run_on_a_busy_out_dir_fails_at_once_and_a_killed_run_leaves_no_l
 
 # ----------------------------------------------------------------------------------------------- 5. a full disk
 
-def test_failed_write_leaves_no_folder_and_keeps_the_last_checkpoint(trained, shards, tmp_path):
+def test_failed_write_leaves_no_folder_and_keeps_the_last_checkpoint_and_accept_changes_goes_on(trained, shards,
+                                                                                                 tmp_path):
     """Files may not grow past 3 MB (RLIMIT_FSIZE): the optimizer states (6 MB) fail mid-write, as on a disk that
-    fills while saving (the free-space check before the save passed)."""
-    import resource
-
+    fills while saving (the free-space check before the save passed). The resume that follows also changes the
+    epochs, with --accept-changes: it goes on and logs each change."""
     out = copy_run(trained, tmp_path / "run")
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**20, 3 * 2**20))  # noqa: E731
-    proc = run(command(shards, out, "optimization.max_steps=4") + ["--resume", "auto"], preexec_fn=limit)
+    proc = launch(command(shards, out, "optimization.max_steps=4") + ["--resume", "auto"], preexec_fn=limit)
     assert proc.returncode == 1
     (line,) = error_lines(proc)
     assert f"cannot write checkpoint {out / 'checkpoints' / 'step00000004'} (RuntimeError" in line
     assert f"the last good checkpoint is {out / 'checkpoints' / 'step00000002'}" in line
     assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002"]
-    resumed = run(command(shards, out, "optimization.max_steps=4") + ["--resume", "auto"])
+    resumed = launch(command(shards, out, "optimization.max_steps=3", "optimization.epochs=10")
+                     + ["--resume", "auto", "--accept-changes"])
     assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr[-3000:]
+    changes = [line for line in resumed.stderr.splitlines() if "resuming with a change" in line]
+    assert len(changes) == 2, changes  # the epochs, and the schedule's length that follows from them
+    assert "optimization.epochs: 20 → 10" in changes[0] and "schedule: total steps: 1680 → 840" in changes[1]
+    assert complete_tags(out) == ["step00000003"]
 
 
 SMALL_FS = """set -e
@@ -205,7 +212,7 @@ def test_full_disk_is_named_with_sizes_before_writing(shards, tmp_path):
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
     if probe.returncode:
         pytest.skip(f"unshare -rm is not permitted here: {probe.stderr.decode().strip()}")
-    proc = run(["unshare", "-rm", "sh", "-c", SMALL_FS, "sh", *cmd], extra_env={"OUT": str(out)})
+    proc = launch(["unshare", "-rm", "sh", "-c", SMALL_FS, "sh", *cmd], env={"OUT": str(out)})
     assert proc.returncode == 0, proc.stderr
     first, again, freed = (Path(f"{out}.{name}").read_text() for name in ("first", "again", "freed"))
     for text in (first, again):
@@ -230,10 +237,10 @@ def test_skipped_samples_are_logged_written_and_monitored(shards, tmp_path):
             f.write(b"NOT A JPEG " * 4)
     out = tmp_path / "run"
     steps = 1348 // 16  # one epoch: every sample is read once
-    proc = run(command(bad, out, f"optimization.max_steps={steps}", "data.on_bad_sample=skip",
-                       f"logging.every_steps={steps}", f"checkpoint.every_steps={steps}"))
+    proc = launch(command(bad, out, f"optimization.max_steps={steps}", "data.on_bad_sample=skip",
+                          f"logging.every_steps={steps}", f"checkpoint.every_steps={steps}"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped 3 bad samples so far" in proc.stderr and "3 bad samples skipped" in proc.stderr
-    assert json.loads((out / "summary.json").read_text())["skipped_samples"] == 3
+    assert summary(out)["skipped_samples"] == 3
     rows = (out / "logs" / "tiny_cpu" / "Data_skipped_samples.csv").read_text().splitlines()
     assert rows[-1].split(",")[1].startswith("3")

@@ -99,8 +99,6 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
     handler or file is touched, so a refused resume or unusable shards cost nothing. `make_probe` builds, on rank 0,
     the kNN probe logged every logging.probe_every steps (a callable (encoder, device) → top-1)."""
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")), request)
-    for note in plan.notes:
-        logger.info(note)
     single_process_env()
     stop = StopSignal()
     try:

@@ -121,7 +121,7 @@ class RunPlan:
     saved: Optional[SavedRun] = None  # the checkpoint this run goes on from; None: a fresh start
     elastic: bool = False  # the world size differs from the checkpoint's: DeepSpeed loads a universal conversion
     rescaled: bool = False  # --keep-per-gpu-batch changed the global batch
-    notes: tuple[str, ...] = ()  # what the plan decided, for the log
+    notes: tuple[str, ...] = ()  # what the plan decided (plan_run logs them)
 
     @property
     def world_size(self) -> int:
@@ -152,6 +152,8 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
                   f"{saved.record.step + shift} (shift {shift:+d}; the step count goes on from {saved.record.step})",)
     backend = resolve_backend(cfg.data.backend)
     identity = run_identity(cfg, layout, backend, manifest, steps_per_epoch, warmup, total)
+    for note in notes:
+        logger.info(note)
     if saved is not None:
         check_resume(saved, identity, request.accept_changes, expected)
     end = total - shift  # the schedules' last step, in the step count
