@@ -25,7 +25,7 @@ from config import ConfigError, training_dtype
 from model.jepa import build_jepa
 from pipeline.loader import Batch
 from pipeline.shards import ManifestError, read_manifest
-from training.data import mask_sampler
+from training.loop import mask_sampler
 from training.distributed import setup_distributed, single_process_env
 from pipeline.loader import BatchLayout
 from training.engine import build_engine, micro_step, param_groups

@@ -13,39 +13,23 @@ from config.errors import ConfigError, plain, suggest
 
 logger = logging.getLogger(__name__)
 
-_same = lambda v: v  # noqa: E731
+# Official keys mapped onto ours: the same section and name unless RENAMED, the value as is unless TRANSFORMED.
+RENAMED = {"mask.patch_size": "model.patch_size", "mask.num_enc_masks": "mask.nenc",
+           "mask.num_pred_masks": "mask.npred", "meta.model_name": "model.arch", "meta.pred_depth": "model.pred_depth",
+           "meta.pred_emb_dim": "model.pred_emb_dim", "meta.use_bfloat16": "optimization.precision",
+           "optimization.ema": "ema.momentum", "optimization.warmup": "optimization.warmup_epochs",
+           "logging.write_tag": "run.name", "logging.folder": "run.out_dir"}
+TRANSFORMED = {  # a value of another type passes unchanged, for the schema to refuse naming the key
+    "meta.use_bfloat16": lambda v: ("bf16" if v else "fp32") if isinstance(v, bool) else v,
+    "logging.folder": lambda v: (v.rstrip("/") or v) if isinstance(v, str) else v}
 # (official section, key) → (our section, key, value transform)
 OFFICIAL_KEYS: dict[tuple[str, str], tuple[str, str, Callable[[Any], Any]]] = {
-    ("data", "batch_size"): ("data", "batch_size", _same),
-    ("data", "crop_size"): ("data", "crop_size", _same),
-    ("data", "crop_scale"): ("data", "crop_scale", _same),
-    ("data", "num_workers"): ("data", "num_workers", _same),
-    ("mask", "patch_size"): ("model", "patch_size", _same),
-    ("mask", "allow_overlap"): ("mask", "allow_overlap", _same),
-    ("mask", "aspect_ratio"): ("mask", "aspect_ratio", _same),
-    ("mask", "enc_mask_scale"): ("mask", "enc_mask_scale", _same),
-    ("mask", "pred_mask_scale"): ("mask", "pred_mask_scale", _same),
-    ("mask", "min_keep"): ("mask", "min_keep", _same),
-    ("mask", "num_enc_masks"): ("mask", "nenc", _same),
-    ("mask", "num_pred_masks"): ("mask", "npred", _same),
-    ("meta", "model_name"): ("model", "arch", _same),
-    ("meta", "pred_depth"): ("model", "pred_depth", _same),
-    ("meta", "pred_emb_dim"): ("model", "pred_emb_dim", _same),
-    # A value of another type passes unchanged, for the schema to refuse naming the key.
-    ("meta", "use_bfloat16"): ("optimization", "precision",
-                               lambda v: ("bf16" if v else "fp32") if isinstance(v, bool) else v),
-    ("optimization", "ema"): ("ema", "momentum", _same),
-    ("optimization", "epochs"): ("optimization", "epochs", _same),
-    ("optimization", "warmup"): ("optimization", "warmup_epochs", _same),
-    ("optimization", "ipe_scale"): ("optimization", "ipe_scale", _same),
-    ("optimization", "start_lr"): ("optimization", "start_lr", _same),
-    ("optimization", "lr"): ("optimization", "lr", _same),
-    ("optimization", "final_lr"): ("optimization", "final_lr", _same),
-    ("optimization", "weight_decay"): ("optimization", "weight_decay", _same),
-    ("optimization", "final_weight_decay"): ("optimization", "final_weight_decay", _same),
-    ("logging", "write_tag"): ("run", "name", _same),
-    ("logging", "folder"): ("run", "out_dir", lambda v: (v.rstrip("/") or v) if isinstance(v, str) else v),
-}
+    tuple(key.split(".")): (*RENAMED.get(key, key).split("."), TRANSFORMED.get(key, lambda v: v)) for key in """
+    data.batch_size data.crop_size data.crop_scale data.num_workers mask.patch_size mask.allow_overlap mask.aspect_ratio
+    mask.enc_mask_scale mask.pred_mask_scale mask.min_keep mask.num_enc_masks mask.num_pred_masks meta.model_name
+    meta.pred_depth meta.pred_emb_dim meta.use_bfloat16 optimization.ema optimization.epochs optimization.warmup
+    optimization.ipe_scale optimization.start_lr optimization.lr optimization.final_lr optimization.weight_decay
+    optimization.final_weight_decay logging.write_tag logging.folder""".split()}
 # Augmentations the official code has but every released config turns off; only "off" is implemented here.
 AUGMENTATION_KEYS = {("data", k) for k in ("color_jitter_strength", "use_color_distortion", "use_gaussian_blur",
                                            "use_horizontal_flip")}

@@ -5,16 +5,13 @@
     out_dir: str = text("runs/ijepa", required=True)
 
 `section` makes a class of such fields a frozen pydantic dataclass that refuses unknown keys and takes a value only
-strictly of its type (an int is not a float, a bool or a string), finite and within its field's rule.
-config.schema.config_error words pydantic's error as one line: `cfg.yaml: optimization.lr is -0.001; allowed: >= 0`.
-Rules that involve two keys (embed_dim divisible by num_heads, warmup within the epochs) are
-config.schema.check_consistency's.
+strictly of its type (an int is not a float, a bool or a string), finite and within its field's rule;
+config.schema.config_error words pydantic's error as one line, and check_consistency checks the rules between keys.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 import unicodedata
 from dataclasses import dataclass
@@ -28,14 +25,16 @@ from config.errors import ConfigError
 
 INT64_MAX = 2**63 - 1  # every integer lands in a numpy or torch int64 somewhere (seeds, steps, indices)
 RANGE, TEXT = "range", "text"  # the field metadata keys
+SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}  # pydantic's constraints, as the messages write them
 
 
 @dataclass(frozen=True)
 class Range:
-    """Numbers from `low` to `high` (None: unbounded; `*_open`: the bound itself excluded). For a pair, both numbers
-    must be in range, and `ordered` asks for first <= second. `null` says what null means where null is allowed."""
+    """Numbers from `low` to `high` (None: unbounded, integers within 64 bits; `*_open`: the bound itself excluded).
+    For a pair, both numbers must be in range, and `ordered` asks for first <= second. `null` says what null means
+    where null is allowed; `why` why the range is what it is."""
 
-    low: Optional[float] = None
+    low: float
     high: Optional[float] = None
     low_open: bool = False
     high_open: bool = False
@@ -43,12 +42,13 @@ class Range:
     null: str = ""
     why: str = ""
 
-    def bounds(self, integer: bool) -> Any:
-        """The range as pydantic's constraints; integers stay within 64 bits."""
-        low = -INT64_MAX - 1 if integer and self.low is None else self.low
+    def bounds(self, integer: bool) -> dict[str, float]:
+        """The range as pydantic's constraints (gt/ge, lt/le): what pydantic checks and the messages describe."""
         high = INT64_MAX if integer and self.high is None else self.high
-        return Field(gt=low if self.low_open else None, ge=None if self.low_open else low,
-                     lt=high if self.high_open else None, le=None if self.high_open else high)
+        bounds = {"gt" if self.low_open else "ge": self.low}
+        if high is not None:
+            bounds["lt" if self.high_open else "le"] = high
+        return bounds
 
     def check_order(self, pair: tuple) -> tuple:
         if self.ordered and pair[0] > pair[1]:
@@ -56,13 +56,11 @@ class Range:
         return pair
 
     def describe(self, integer: bool, pair: bool) -> str:
-        high = INT64_MAX if integer and self.high is None else self.high
-        if self.low is not None and self.low == high:
-            text = f"exactly {_number(high)}"
-        else:
-            parts = [f"{'>' if self.low_open else '>='} {_number(self.low)}" if self.low is not None else "",
-                     f"{'<' if self.high_open else '<='} {_number(high)}" if high is not None else ""]
-            text = " and ".join(p for p in parts if p)
+        bounds = self.bounds(integer)
+        numbers = ["2**63 - 1" if x == INT64_MAX else str(int(x)) if float(x).is_integer() and abs(x) < 1e15
+                   else repr(x) for x in bounds.values()]
+        text = (f"exactly {numbers[0]}" if len(numbers) == 2 and len(set(bounds.values())) == 1
+                else " and ".join(f"{SIGNS[op]} {n}" for op, n in zip(bounds, numbers)))
         if pair:
             text = f"two numbers, each {text}" + (", the first <= the second" if self.ordered else "")
         return text + (f", or null ({self.null})" if self.null else "") + (f" ({self.why})" if self.why else "")
@@ -90,42 +88,30 @@ class Text:
         return value
 
 
-def _number(x: float) -> str:
-    if x == INT64_MAX:
-        return "2**63 - 1"
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
-
-
-def _field(default: Any, rule: Range | Text) -> Any:
-    return dataclasses.field(default=default, metadata={RANGE if isinstance(rule, Range) else TEXT: rule})
-
-
-def between(low: float, high: float, default: Any, **options: Any) -> Any:
+def between(low: float, high: Optional[float], default: Any, **options: Any) -> Any:
     """A field whose numbers lie in [low, high] (`low_open` / `high_open` exclude a bound)."""
-    return _field(default, Range(low, high, **options))
+    return dataclasses.field(default=default, metadata={RANGE: Range(low, high, **options)})
 
 
 def at_least(low: float, default: Any, **options: Any) -> Any:
     """A field whose numbers are >= low (`low_open`: > low); integers stay within 64 bits."""
-    return _field(default, Range(low, None, **options))
+    return between(low, None, default, **options)
 
 
 def text(default: str, required: bool = False, name: bool = False) -> Any:
     """A string field: no control characters; `required`: not empty; `name`: a plain file name."""
-    return _field(default, Text(required, name))
+    return dataclasses.field(default=default, metadata={TEXT: Text(required, name)})
 
 
 def yaml_number(value: Any) -> Any:
     """A float's other YAML spellings as floats: 1e-3 without a dot (PyYAML reads a string) and an integer beyond
     float's range (inf, which pydantic then refuses as not finite). Anything else is pydantic's to refuse."""
     try:
-        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-            return float(value)
+        return float(value) if isinstance(value, str) or (isinstance(value, int) and type(value) is not bool) else value
     except ValueError:  # not a number: pydantic refuses it
         return value
     except OverflowError:
         return math.inf
-    return value
 
 
 def typed(hint: Any, rule: Range | Text | None) -> Any:
@@ -134,12 +120,13 @@ def typed(hint: Any, rule: Range | Text | None) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:  # compared with each choice: nothing to coerce
         return hint
-    if origin in (typing.Union, types.UnionType):  # Optional[X]: null, or an X
+    if origin is typing.Union:  # Optional[X]: null, or an X
         return Optional[typed(args[0], rule)]
     if origin is tuple:  # a pair, which YAML writes as a list
         return Annotated[tuple[tuple(typed(a, rule) for a in args)], Strict(), AfterValidator(rule.check_order),
                          BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
-    checks = [rule.bounds(hint is int)] if isinstance(rule, Range) else [AfterValidator(rule.check)] if rule else []
+    checks = [] if rule is None else [Field(**rule.bounds(hint is int)) if isinstance(rule, Range)
+                                      else AfterValidator(rule.check)]
     if hint is float:  # the constraints first: pydantic applies them in its float check, before which yaml_number runs
         checks += [Field(allow_inf_nan=False), BeforeValidator(yaml_number)]
     return Annotated[hint, Strict(), *checks]
@@ -148,8 +135,7 @@ def typed(hint: Any, rule: Range | Text | None) -> Any:
 def section(cls: type) -> type:
     """`cls` as the frozen pydantic dataclass of a YAML section: unknown keys refused, each field `typed`."""
     for name, hint in typing.get_type_hints(cls).items():
-        spec = vars(cls).get(name)
-        metadata = spec.metadata if isinstance(spec, dataclasses.Field) else {}
+        metadata = getattr(vars(cls).get(name), "metadata", {})
         cls.__annotations__[name] = typed(hint, metadata.get(RANGE) or metadata.get(TEXT))
     return pydantic.dataclasses.dataclass(cls, frozen=True, config=pydantic.ConfigDict(extra="forbid"))
 

@@ -5,8 +5,8 @@
 Each section is a frozen pydantic dataclass (config/ranges.py `section`): pydantic refuses unknown sections and keys,
 values of the wrong type and values outside the range their field declares; config_error words the first of its errors
 as one line naming the file, section and key (and the closest valid key). check_consistency then refuses combinations
-that cannot run. The official I-JEPA YAML files are recognised by their `meta` section and mapped key by
-key (config/official.py). Values that follow from others are computed in config/derived.py, never written in YAML.
+that cannot run. The official I-JEPA YAML files are recognised by their `meta` section and mapped key by key
+(config/official.py). Values that follow from others are computed in config/derived.py, never written in YAML.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import re
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import pydantic
 import yaml
@@ -164,19 +164,17 @@ DERIVED_DEEPSPEED_KEYS = {
 
 def check_deepspeed(values: dict) -> dict:
     """The pass-through section: no key that our sections derive, and a ZeRO stage DeepSpeed has."""
-    def fail(message: str):
-        raise PydanticCustomError("deepspeed", "{message}", {"message": message})
-
-    for key in values:
-        if key in DERIVED_DEEPSPEED_KEYS:
-            fail(f"deepspeed.{key} is derived from {DERIVED_DEEPSPEED_KEYS[key]}; set that instead and remove "
-                 f"deepspeed.{key}")
+    derived = next((key for key in values if key in DERIVED_DEEPSPEED_KEYS), None)
     zero = values.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        fail(f"deepspeed.zero_optimization is {zero!r}; allowed: a mapping, e.g. {{stage: 2}}")
-    stage = zero.get("stage", 0)
-    if type(stage) is not int or stage not in (0, 1, 2, 3):
-        fail(f"deepspeed.zero_optimization.stage is {stage!r}; allowed: 0, 1, 2 or 3 (the ZeRO stage, an integer)")
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    message = (f"deepspeed.{derived} is derived from {DERIVED_DEEPSPEED_KEYS[derived]}; set that instead and remove "
+               f"deepspeed.{derived}" if derived else
+               f"deepspeed.zero_optimization is {zero!r}; allowed: a mapping, e.g. {{stage: 2}}"
+               if not isinstance(zero, dict) else
+               f"deepspeed.zero_optimization.stage is {stage!r}; allowed: 0, 1, 2 or 3 (the ZeRO stage, an integer)"
+               if type(stage) is not int or stage not in (0, 1, 2, 3) else None)
+    if message:
+        raise PydanticCustomError("deepspeed", "{message}", {"message": message})
     return values
 
 
@@ -209,12 +207,20 @@ MASK_NAMES = re.compile(r"(?<![\w.])(" + "|".join(f.name for f in dataclasses.fi
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML file (this project's schema or the official one), applies `section.key=value` overrides."""
-    path = Path(path)
-    raw, sources = read_yaml(path), {}
-    if is_official(raw):
-        raw, sources = map_official(raw, plain(path))
-    sources.update(apply_overrides(raw, overrides, plain(path)))
-    return config_from_dict(raw, plain(path), sources)
+    path, source = Path(path), plain(path)
+    if not path.is_file():
+        raise ConfigError(f"{source}: config file not found (give the path of a YAML file, e.g. configs/tiny_cpu.yaml)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{source}: cannot read the config file ({err}); give a readable UTF-8 YAML file") from err
+    raw = parse_yaml(text, f"{source}: not valid YAML")
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw, sources = map_official(raw, source) if is_official(raw) else (raw, {})
+    sources.update(apply_overrides(raw, overrides, source))
+    return config_from_dict(raw, source, sources)
 
 
 def with_overrides(cfg: Config, overrides: typing.Sequence[str], source: str = "<config>") -> Config:
@@ -223,74 +229,43 @@ def with_overrides(cfg: Config, overrides: typing.Sequence[str], source: str = "
     return config_from_dict(raw, source, apply_overrides(raw, overrides, source))
 
 
+def parse_yaml(text: str, problem: str) -> Any:
+    """`text` as YAML; else a ConfigError of `problem` and PyYAML's multi-line message on one line."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as err:  # RecursionError: nesting deeper than Python's stack
+        mark = getattr(err, "problem_mark", None)
+        where = (f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+                 if getattr(err, "problem", None) and mark is not None else " ".join(str(err).split()))
+        raise ConfigError(f"{problem}: {where}") from err
+
+
 def apply_overrides(raw: dict, overrides: typing.Sequence[str], source: str) -> dict:
-    """Writes `section.key=value` items into the raw sections; returns {(section, key): where it came from}."""
+    """Writes `section.key=value` items (each value parsed as YAML, so 1e-3, true, [1, 2] get their types) into the
+    raw sections, nested keys into the deepspeed section; returns {(section, key): where it came from}."""
     sources = {}
     for item in overrides:
-        section, key, value = parse_override(item)
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {raw[section]!r}")
-        if section == "deepspeed":  # nested keys: --set deepspeed.zero_optimization.stage=3
-            set_nested(raw[section], key.split("."), value, f"--set {plain(item)}")
-        else:
-            raw[section][key] = value
-        sources[(section, key)] = f"--set {plain(item)}"
-    return sources
-
-
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{plain(path)}: config file not found (give the path of a YAML file, e.g. "
-                          f"configs/tiny_cpu.yaml)")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{plain(path)}: cannot read the config file ({err}); give a readable UTF-8 YAML "
-                          f"file") from err
-    try:
-        raw = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as err:  # RecursionError: nesting deeper than Python's stack
-        raise ConfigError(f"{plain(path)}: not valid YAML: {yaml_problem(err)}") from err
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{plain(path)}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return raw
-
-
-def yaml_problem(err: Exception) -> str:
-    """PyYAML's multi-line message as one line: the problem and where it is."""
-    mark = getattr(err, "problem_mark", None)
-    if getattr(err, "problem", None) and mark is not None:
-        return f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return " ".join(str(err).split())
-
-
-def parse_override(item: str) -> tuple[str, str, Any]:
-    """`section.key=value` → (section, key, value parsed as YAML, so 1e-3, true, [1, 2] get their types)."""
-    name, sep, text = item.partition("=")
-    section, dot, key = name.strip().partition(".")
-    if not sep or not dot or not section or not key:
-        raise ConfigError(f"--set {plain(item)}: expected SECTION.KEY=VALUE, e.g. --set optimization.lr=5e-4")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except (yaml.YAMLError, RecursionError) as err:
-        raise ConfigError(f"--set {plain(item)}: the value is not valid YAML: {yaml_problem(err)}") from err
-    problem = section != "deepspeed" and unknown_key(section, key)
-    if problem:
-        raise ConfigError(f"--set {plain(item)}: {problem}")
-    return section, key, value
-
-
-def set_nested(values: dict, keys: list[str], value: Any, source: str) -> None:
-    """values[k1][k2]...[kn] = value, creating the mappings on the way."""
-    for key in keys[:-1]:
-        values = values.setdefault(key, {})
+        name, sep, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        where = f"--set {plain(item)}"
+        if not sep or not dot or not section or not key:
+            raise ConfigError(f"{where}: expected SECTION.KEY=VALUE, e.g. --set optimization.lr=5e-4")
+        value = parse_yaml(text, f"{where}: the value is not valid YAML") if text.strip() else ""
+        problem = section != "deepspeed" and unknown_key(section, key)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        values = raw.setdefault(section, {})
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: deepspeed.{'.'.join(keys[:-1])} is not a mapping, so it has no key "
-                              f"{keys[-1]!r}")
-    values[keys[-1]] = value
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        keys = key.split(".") if section == "deepspeed" else [key]  # --set deepspeed.zero_optimization.stage=3
+        for k in keys[:-1]:
+            values = values.setdefault(k, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: deepspeed.{'.'.join(keys[:-1])} is not a mapping, so it has no key "
+                                  f"{keys[-1]!r}")
+        values[keys[-1]] = value
+        sources[(section, key)] = where
+    return sources
 
 
 def unknown_key(section: Any, key: Any) -> Optional[str]:
@@ -309,7 +284,9 @@ def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = N
         cfg = CONFIG.validate_python(raw)
     except pydantic.ValidationError as err:
         raise config_error(err, raw, source, sources or {}) from None
-    check_consistency(cfg, source)
+    problem = check_consistency(cfg)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     return cfg
 
 
@@ -317,7 +294,8 @@ def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = N
 KEY_ERRORS = {"unexpected_keyword_argument", "invalid_key"}  # an unknown section or key
 PAIR_ERRORS = {"tuple_type", "too_short", "too_long", "missing"}
 RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "unordered"}
-EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string"}
+EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
+            "finite_number": "a finite number"}
 
 
 def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources: dict) -> ConfigError:
@@ -325,22 +303,19 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
     value as written and what is allowed."""
     kind, loc, section, key, error = first_error(err, raw)
     if len(loc) == 1:  # the section itself
-        if kind in KEY_ERRORS:
-            return ConfigError(f"{source}: {unknown_key(section, None)}")
-        if kind == "deepspeed":
-            return ConfigError(f"{source}: {error['ctx']['message']}")
-        return ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {raw[section]!r}")
+        return ConfigError(f"{source}: " + (unknown_key(section, None) if kind in KEY_ERRORS else
+                                            error["ctx"]["message"] if kind == "deepspeed" else
+                                            f"section {section!r} must be a mapping of keys, got {raw[section]!r}"))
     where = sources.get((section, key), source)
     if kind in KEY_ERRORS:
         return ConfigError(f"{where}: {unknown_key(section, key)}")
-    where, value = f"{where}: {section}.{key}", raw[section][key]
-    cls = SECTIONS[section]
+    where, value, cls = f"{where}: {section}.{key}", raw[section][key], SECTIONS[section]
     hint = typing.get_type_hints(cls)[key]
     if kind in RANGE_ERRORS:
         integer, pair = int in (hint, *typing.get_args(hint)), typing.get_origin(hint) is tuple
         loaded = value if integer else [float(yaml_number(v)) for v in value] if pair else float(yaml_number(value))
-        allowed = cls.__dataclass_fields__[key].metadata[RANGE].describe(integer, pair)
-        return ConfigError(f"{where} is {loaded!r}; allowed: {allowed}")
+        return ConfigError(f"{where} is {loaded!r}; allowed: "
+                           f"{cls.__dataclass_fields__[key].metadata[RANGE].describe(integer, pair)}")
     if kind == "text":
         return ConfigError(f"{where} is {value!r}; allowed: {error['ctx']['problem']}")
     if kind == "literal_error":
@@ -349,11 +324,10 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
         return ConfigError(f"{where}: expected a list of {len(typing.get_args(hint))} numbers, got {value!r}")
     if len(loc) > 2:  # one number of a pair
         where, value = f"{where}[{loc[2]}]", value[loc[2]]
-    if kind == "finite_number":
-        return ConfigError(f"{where}: expected a finite number, got {value!r}")
     if kind not in EXPECTED:  # none that these types raise: pydantic's own words, on one line
         return ConfigError(f"{where}: {plain(error['msg'])}, got {value!r}")
-    return ConfigError(f"{where}: expected {EXPECTED[kind]}, got {value!r} ({type(value).__name__})")
+    return ConfigError(f"{where}: expected {EXPECTED[kind]}, got {value!r}"
+                       + ("" if kind == "finite_number" else f" ({type(value).__name__})"))
 
 
 def first_error(err: pydantic.ValidationError, raw: dict) -> tuple:
@@ -367,8 +341,8 @@ def first_error(err: pydantic.ValidationError, raw: dict) -> tuple:
             kind, loc = ("invalid_key", (*loc, error["input"])) if len(loc) < 2 else ("literal_error", loc)
         section_at, section = find_key(raw, loc[0])
         key_at, key = find_key(raw.get(section), loc[1]) if len(loc) > 1 else (-1, None)
-        order = (section_at, key_at, kind in RANGE_ERRORS, loc[2] if len(loc) > 2 else -1)
-        placed.append((order, (kind, loc, section, key, error)))
+        placed.append(((section_at, key_at, kind in RANGE_ERRORS, loc[2] if len(loc) > 2 else -1),
+                       (kind, loc, section, key, error)))
     return min(placed, key=lambda p: p[0])[1]
 
 
@@ -376,101 +350,69 @@ def find_key(mapping: Any, item: Any) -> tuple[int, Any]:
     """(position, key) of the key of `mapping` that pydantic's location `item` names (a key that is neither a str nor
     an int it names by its repr); (the end, item) when none does."""
     keys = list(mapping) if isinstance(mapping, dict) else []
-    for at, key in enumerate(keys):
-        if item == key or (not isinstance(key, str) and item == repr(key)):
-            return at, key
-    return len(keys), item
+    return next(((at, key) for at, key in enumerate(keys) if item == key or (not isinstance(key, str) and
+                                                                           item == repr(key))), (len(keys), item))
 
 
-def check_consistency(cfg: Config, source: str) -> None:
-    """Checks that involve more than one key."""
-    def fail(msg):
-        raise ConfigError(f"{source}: {msg}")
-
-    if cfg.model.arch not in VIT_SIZES:
-        fail(f"model.arch: unknown {cfg.model.arch!r}{suggest(cfg.model.arch, VIT_SIZES)}")
-    check_grid(cfg, fail)
-    check_masks(cfg, fail)
-    check_model(cfg, fail)
-    check_kernels(cfg, fail)
-    check_optimizer(cfg, fail)
-    if cfg.logging.probe_every and not cfg.logging.probe_shards:
-        fail("logging.probe_every is set but logging.probe_shards is empty: give a small labeled shard folder")
-    if cfg.optimization.warmup_epochs > cfg.optimization.epochs:
-        fail(f"optimization.warmup_epochs {cfg.optimization.warmup_epochs} exceeds optimization.epochs "
-             f"{cfg.optimization.epochs}")
-
-
-def check_grid(cfg: Config, fail: Callable[[str], None]) -> None:
-    """The crop is a whole number of patches, enough for a block to fit."""
-    crop, patch = cfg.data.crop_size, cfg.model.patch_size
+def check_consistency(cfg: Config) -> Optional[str]:
+    """The checks that involve more than one key: what makes the combination unable to run, first found; else None."""
+    model, opt, crop, patch = cfg.model, cfg.optimization, cfg.data.crop_size, cfg.model.patch_size
+    if model.arch not in VIT_SIZES:
+        return f"model.arch: unknown {model.arch!r}{suggest(model.arch, VIT_SIZES)}"
+    # The crop is a whole number of patches, enough for a block to fit.
     if crop % patch:
-        fail(f"data.crop_size {crop} is not a multiple of model.patch_size {patch}")
-    smallest = 2 if cfg.mask.exclude_edges else 1  # excluded edges leave the last row and column out of every block
-    if crop // patch < smallest:
-        fail(f"data.crop_size {crop} / model.patch_size {patch} gives a {crop // patch}x{crop // patch} patch grid; "
-             f"at least {smallest}x{smallest} is needed (mask.exclude_edges {cfg.mask.exclude_edges})")
-
-
-def check_masks(cfg: Config, fail: Callable[[str], None]) -> None:
-    """What the multiblock sampler refuses at construction (blocks smaller than min_keep, fixed lengths that do not
-    fit the smallest blocks or without length_policy fixed), refused here with its message in config keys."""
+        return f"data.crop_size {crop} is not a multiple of model.patch_size {patch}"
+    side, smallest = crop // patch, 2 if cfg.mask.exclude_edges else 1  # excluded edges: last row and column out
+    if side < smallest:
+        return (f"data.crop_size {crop} / model.patch_size {patch} gives a {side}x{side} patch grid; at least "
+                f"{smallest}x{smallest} is needed (mask.exclude_edges {cfg.mask.exclude_edges})")
+    # What the multiblock sampler refuses at construction (blocks smaller than min_keep, fixed lengths that do not fit
+    # the smallest blocks or without length_policy fixed), refused here with its message in config keys.
     from pipeline.masks import MultiBlockMaskSampler
 
     try:  # ~1 ms; ~30 ms with length_policy fixed and no fixed_enc_len (the sampler estimates it)
-        MultiBlockMaskSampler(input_size=cfg.data.crop_size, patch_size=cfg.model.patch_size,
-                              **dataclasses.asdict(cfg.mask))
+        MultiBlockMaskSampler(input_size=crop, patch_size=patch, **dataclasses.asdict(cfg.mask))
     except ValueError as err:
-        crop, patch = cfg.data.crop_size, cfg.model.patch_size
-        side = crop // patch
         grid = f"the {side}x{side} grid of data.crop_size {crop} / model.patch_size {patch}"
         message = MASK_NAMES.sub(lambda m: f"mask.{m[1]}", str(err))
-        fail(message.replace(f"a {side}x{side} grid", grid).replace("this grid", grid))
-
-
-def check_model(cfg: Config, fail: Callable[[str], None]) -> None:
-    """Widths split into whole heads, divisible by 4 (the 2-D sin-cos positions), head dims the attention runs."""
-    model = cfg.model
+        return message.replace(f"a {side}x{side} grid", grid).replace("this grid", grid)
+    # Widths split into whole heads, divisible by 4 (the 2-D sin-cos positions), head dims the attention runs.
     dim, _, heads, _ = encoder_size(model)
     arch = f" ({model.arch}'s)"
-    encoder = ("model.embed_dim" + ("" if model.embed_dim else arch), dim,
-               "model.num_heads" + ("" if model.num_heads else arch), heads)
-    predictor = ("model.pred_emb_dim", model.pred_emb_dim,
-                 "model.pred_num_heads" + ("" if model.pred_num_heads else " (the encoder's)"),
-                 model.pred_num_heads or heads)
-    for width_key, width, heads_key, n in (encoder, predictor):
+    pred_heads = "model.pred_num_heads" + ("" if model.pred_num_heads else " (the encoder's)")
+    for width_key, width, heads_key, n in (
+            ("model.embed_dim" + ("" if model.embed_dim else arch), dim,
+             "model.num_heads" + ("" if model.num_heads else arch), heads),
+            ("model.pred_emb_dim", model.pred_emb_dim, pred_heads, model.pred_num_heads or heads)):
         if width % 4:
-            fail(f"{width_key} {width} is not divisible by 4, which the 2-D sin-cos positions need")
+            return f"{width_key} {width} is not divisible by 4, which the 2-D sin-cos positions need"
         if width % n:
-            fail(f"{width_key} {width} is not divisible by {heads_key} {n}")
+            return f"{width_key} {width} is not divisible by {heads_key} {n}"
         if cfg.kernels.attention == "triton" and width // n > TRITON_MAX_HEAD_DIM:
-            fail(f"{width_key} {width} / {heads_key} {n} gives heads of {width // n}; kernels.attention triton runs "
-                 f"heads of at most {TRITON_MAX_HEAD_DIM}: use more heads or kernels.attention sdpa")
-
-
-def check_optimizer(cfg: Config, fail: Callable[[str], None]) -> None:
-    """AdamW's step size lr / (1 - beta1^step) and its decay factor 1 - lr * wd become fp32 scalars of the optimizer
-    state: beyond fp32's range torch raises instead of stepping."""
-    opt = cfg.optimization
+            return (f"{width_key} {width} / {heads_key} {n} gives heads of {width // n}; kernels.attention triton runs "
+                    f"heads of at most {TRITON_MAX_HEAD_DIM}: use more heads or kernels.attention sdpa")
+    # A CUDA-only implementation asked for a CPU run (Triton's interpreter, for tests, runs them on the CPU).
+    if cfg.run.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        for name, op in kernels.REGISTRY.items():
+            if getattr(cfg.kernels, name) in op.cuda_only:
+                return (f"kernels.{name} {getattr(cfg.kernels, name)} needs a CUDA device but run.device is cpu: "
+                        f"choose one of {', '.join(i for i in op.implementations if i not in op.cuda_only)} or auto")
+    # AdamW's step size lr / (1 - beta1^step) and its decay factor 1 - lr * wd become fp32 scalars of the optimizer
+    # state: beyond fp32's range torch raises instead of stepping.
     lr_key, peak_lr = max([("start_lr", opt.start_lr), ("lr", opt.lr), ("final_lr", opt.final_lr)], key=lambda x: x[1])
     wd_key, peak_wd = max([("weight_decay", opt.weight_decay), ("final_weight_decay", opt.final_weight_decay)],
                           key=lambda x: x[1])
     if peak_lr / (1 - opt.betas[0]) > FP32_MAX:
-        fail(f"optimization.{lr_key} {peak_lr} / (1 - optimization.betas[0] {opt.betas[0]}), AdamW's first step, "
-             f"exceeds fp32's range ({FP32_MAX:.3g}): lower optimization.{lr_key}")
+        return (f"optimization.{lr_key} {peak_lr} / (1 - optimization.betas[0] {opt.betas[0]}), AdamW's first step, "
+                f"exceeds fp32's range ({FP32_MAX:.3g}): lower optimization.{lr_key}")
     if peak_lr * peak_wd > FP32_MAX:
-        fail(f"optimization.{lr_key} {peak_lr} x optimization.{wd_key} {peak_wd}, AdamW's decay per step, exceeds "
-             f"fp32's range ({FP32_MAX:.3g}): lower one of them")
-
-
-def check_kernels(cfg: Config, fail: Callable[[str], None]) -> None:
-    """A CUDA-only implementation asked for a CPU run (Triton's interpreter, for tests, runs them on the CPU)."""
-    if cfg.run.device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    for name, op in kernels.REGISTRY.items():
-        if getattr(cfg.kernels, name) in op.cuda_only:
-            fail(f"kernels.{name} {getattr(cfg.kernels, name)} needs a CUDA device but run.device is cpu: choose "
-                 f"one of {', '.join(i for i in op.implementations if i not in op.cuda_only)} or auto")
+        return (f"optimization.{lr_key} {peak_lr} x optimization.{wd_key} {peak_wd}, AdamW's decay per step, exceeds "
+                f"fp32's range ({FP32_MAX:.3g}): lower one of them")
+    if cfg.logging.probe_every and not cfg.logging.probe_shards:
+        return "logging.probe_every is set but logging.probe_shards is empty: give a small labeled shard folder"
+    if opt.warmup_epochs > opt.epochs:
+        return f"optimization.warmup_epochs {opt.warmup_epochs} exceeds optimization.epochs {opt.epochs}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------- dumping
@@ -478,13 +420,9 @@ def check_kernels(cfg: Config, fail: Callable[[str], None]) -> None:
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dict (lists for pairs) in section order: what YAML dumps and config_from_dict reads back."""
     def lists(v):
-        if isinstance(v, tuple):
-            return [lists(x) for x in v]
-        if isinstance(v, dict):
-            return {k: lists(x) for k, x in v.items()}
-        return v
-    return {f.name: lists(dataclasses.asdict(getattr(cfg, f.name)) if f.name != "deepspeed" else cfg.deepspeed)
-            for f in dataclasses.fields(cfg)}
+        return [lists(x) for x in v] if isinstance(v, tuple) else {k: lists(x) for k, x in v.items()} \
+            if isinstance(v, dict) else v
+    return lists(dataclasses.asdict(cfg))
 
 
 class _Dumper(yaml.SafeDumper):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from training.data import build_training_loader
+from training.loop import build_training_loader
 from training.plan import plan_run
 
 

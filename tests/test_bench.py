@@ -6,6 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+import bench
+
 ROOT = Path(__file__).resolve().parent.parent
 
 STEP_FIELDS = {"step_time_s", "images_per_s", "flops_per_step", "tflops", "peak_memory_gib", "images_per_gpu_hour",
@@ -17,14 +21,26 @@ def cpu_env(**extra: str) -> dict:
     return {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **extra}
 
 
-def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
-    out = tmp_path / "bench_step.json"  # the name gpu_check.sh gives it, so the summary below reads it
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> dict:
+    """The one bench.py launch of this file, as a user runs it on a CPU machine: the step, loop, levers and masks
+    suites on the tiny config, the levers' Triton row refused. {"proc": its process, "results": its JSON, "folder":
+    where the JSON is}; the tests below share it (the failing-path test borrows its reference row)."""
+    folder = tmp_path_factory.mktemp("bench")
+    out = folder / "bench_step.json"  # the name gpu_check.sh gives it, so the summary reads it
     proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite",
                            "step,loop,levers,masks", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=cpu_env(IJEPA_LEVERS="static shapes,Triton attention"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"proc": proc, "results": json.loads(out.read_text()), "folder": folder}
+
+
+@pytest.mark.slow
+def test_bench_step_levers_and_masks_on_the_tiny_config(bench_run, capsys):
+    from benchmarks import summary
+
+    proc, results = bench_run["proc"], bench_run["results"]
     assert proc.stdout.startswith("device: CPU") and "torch 2." in proc.stdout
-    results = json.loads(out.read_text())
     assert results["device"]["device"].startswith("CPU") and results["device"]["deepspeed"]
     step = results["suites"]["step"]
     assert set(step) == {"reference (official-style)", "ours", "ours, static shapes (fixed lengths)"}
@@ -36,15 +52,15 @@ def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
     assert results["suites"]["masks"]["timings_ms"]["16x16"]["reference_ms"] > 0
     assert results["device"]["date"][:2] == "20" and results["device"]["date"].endswith(" UTC")
 
-    summary = subprocess.run([sys.executable, "benchmarks/summary.py", str(tmp_path)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
-    assert summary.returncode == 0, summary.stderr
+    # the summary in this process (summary.py's own command line runs in the gpu_check test below)
+    assert summary.main([str(bench_run["folder"])]) == 0
+    summary_out = capsys.readouterr().out
     for name, figures in step.items():  # each row's figures, as the JSON has them
         ratio = figures["images_per_s"] / step["reference (official-style)"]["images_per_s"]
-        assert f"{name:<38} {figures['images_per_s']:8.1f} img/s/GPU  MFU    n/a  {ratio:.2f}x ref" in summary.stdout
-    assert "not measured (no JSON): kernels, data" in summary.stdout
-    table = subprocess.run([sys.executable, "benchmarks/summary.py", "--markdown", str(tmp_path)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60).stdout
+        assert f"{name:<38} {figures['images_per_s']:8.1f} img/s/GPU  MFU    n/a  {ratio:.2f}x ref" in summary_out
+    assert "not measured (no JSON): kernels, data" in summary_out
+    assert summary.main(["--markdown", str(bench_run["folder"])]) == 0
+    table = capsys.readouterr().out
     ours, ref = step["ours"]["images_per_s"], step["reference (official-style)"]["images_per_s"]
     assert f"| training step: ours | {ours:.0f} img/s, {ours / ref:.2f}× ref |" in table
     assert "| data: torch gpu decode (nvJPEG) | not measured |" in table
@@ -54,7 +70,7 @@ def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
     assert loop["train_log"]["images_per_s"] > 0 and loop["train_log"]["data_wait_s"] >= 0
     assert loop["log_vs_bench"] == loop["train_log"]["images_per_s"] / step["ours"]["images_per_s"]
     assert "step 12/12 ep 0 | loss" in proc.stdout  # train.py's interval lines, in the suite's output
-    assert f"loop    train.py step log {loop['train_log']['images_per_s']:8.1f} img/s/GPU  MFU n/a" in summary.stdout
+    assert f"loop    train.py step log {loop['train_log']['images_per_s']:8.1f} img/s/GPU  MFU n/a" in summary_out
 
     levers = results["suites"]["levers"]
     rows, ref = levers["levers"], levers["reference (official-style)"]["images_per_s"]
@@ -66,15 +82,14 @@ def test_bench_step_levers_and_masks_on_the_tiny_config(tmp_path):
         assert r["won"] == (name != "the config" and r["vs_config"] >= 1.02)
     assert rows["static shapes"]["sets"] == ["mask.length_policy=fixed"]
     assert "needs a CUDA device" in rows["Triton attention"]["error"]  # a row that says why, not a lost round
-    assert "lever   static shapes" in summary.stdout
+    assert "lever   static shapes" in summary_out
     refused = "n/a: ConfigError: levers: kernels.attention triton needs a CUDA device"
-    assert f"lever   {'Triton attention':<44} {refused}" in summary.stdout
+    assert f"lever   {'Triton attention':<44} {refused}" in summary_out
 
 
-def test_unknown_suite_is_refused():
-    proc = subprocess.run([sys.executable, "bench.py", "--suite", "speed"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2 and "unknown suite(s) ['speed']" in proc.stderr
+def test_unknown_suite_is_refused(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the default --config is relative to the repository's root
+    assert bench.main(["--suite", "speed"]) == 2 and "unknown suite(s) ['speed']" in capsys.readouterr().err
 
 
 def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch):
@@ -119,6 +134,7 @@ def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch
     assert comm_model.efficiency(one_billion, step_s=1.0, n=1)["efficiency"] == 1.0
 
 
+@pytest.mark.slow
 def test_gpu_check_keeps_its_deadline_and_names_what_it_could_not_measure(tmp_path):
     """The GPU-host script's dry run under a 15 s budget: each part is capped by what is left, the summary still comes
     last and names the suites that left no JSON (on the GPU host the budget is 330 s, inside one 6-minute call)."""
@@ -135,11 +151,14 @@ def test_gpu_check_keeps_its_deadline_and_names_what_it_could_not_measure(tmp_pa
     assert "stopped by its cap" in proc.stdout
 
 
-def test_unknown_lever_is_refused_naming_the_levers():
-    env = cpu_env(IJEPA_LEVERS="faster please")
-    proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite", "levers"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 1 and "IJEPA_LEVERS: unknown lever(s) ['faster please']" in proc.stderr
+def test_unknown_lever_is_refused_naming_the_levers(capsys, monkeypatch):
+    """Refused before any step is built: a ConfigError, so the usage exit status 2."""
+    import platform
+
+    monkeypatch.setenv("IJEPA_LEVERS", "faster please")
+    monkeypatch.setattr(platform, "processor", lambda: "")  # the device line's `uname -p` would start a process
+    code = bench.main(["--config", str(ROOT / "configs/tiny_cpu.yaml"), "--suite", "levers"])
+    assert code == 2 and "IJEPA_LEVERS: unknown lever(s) ['faster please']" in capsys.readouterr().err
 
 
 def test_every_lever_can_be_chosen_by_name_and_applies_to_the_vith14_config(monkeypatch):
@@ -154,9 +173,11 @@ def test_every_lever_can_be_chosen_by_name_and_applies_to_the_vith14_config(monk
         assert (changed == cfg) == (name == "the config"), name  # each lever changes the config; only the config not
 
 
-def test_a_step_path_that_fails_is_a_row_that_says_why(tmp_path, caplog, capsys, clean_switch):
+@pytest.mark.slow
+def test_a_step_path_that_fails_is_a_row_that_says_why(bench_run, tmp_path, caplog, capsys, clean_switch):
     """On first contact with a GPU a path may run out of memory or hit a CUDA error: that path's row says so, the
-    traceback is logged for the fix, and the other rows, the summary and README's table still come out."""
+    traceback is logged for the fix, and the other rows, the summary and README's table still come out (beside the
+    reference row the bench launch measured through the same try_path)."""
     import torch
 
     from benchmarks import step, summary
@@ -177,8 +198,8 @@ def test_a_step_path_that_fails_is_a_row_that_says_why(tmp_path, caplog, capsys,
     assert step.try_path(lambda: step.time_path(refused, cfg, cpu, 1, {}), cpu)["error"] == \
         "ValueError: kernels: triton needs a CUDA device"
     assert "Traceback" not in caplog.text  # a setting this device cannot take: one line, no traceback
-    ref = step.try_path(lambda: step.time_path(step.ReferenceStep, cfg, cpu, 1, step.reference_kernels()), cpu)
-    assert ref["images_per_s"] > 0
+    ref = bench_run["results"]["suites"]["step"][step.REFERENCE]
+    assert ref["images_per_s"] > 0 and "error" not in ref
     step.print_row(cfg, "ours", row, ref)
     assert "ours" in capsys.readouterr().out.split("failed: RuntimeError: CUDA error: an illegal memory access")[0]
 

@@ -1,6 +1,7 @@
 """Configuration: typed loading, errors that name file/section/key, official configs, overrides, round trip."""
-import subprocess
-import sys
+import contextlib
+import io
+import logging
 import traceback
 from pathlib import Path
 
@@ -20,12 +21,24 @@ OUR_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def print_config(path, *sets):
-    """Runs the real CLI; returns (exit code, stdout, stderr)."""
-    cmd = [sys.executable, "train.py", "--config", str(path), "--print-config"]
+    """`train.py --config PATH --print-config [--set ...]` through train.py's main in this process (the real CLI in a
+    fresh interpreter: test_config_ranges.py's issue examples); returns (exit code, stdout, what it logged)."""
+    import train
+
+    argv = ["--config", str(path), "--print-config"]
     for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    return proc.returncode, proc.stdout, proc.stderr
+        argv += ["--set", s]
+    out, log, root = io.StringIO(), io.StringIO(), logging.getLogger()
+    handler, level = logging.StreamHandler(log), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = train.main(argv)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return code, out.getvalue(), log.getvalue()
 
 
 # What each official file must map to: batch, crop, patch, model, predictor depth/width, masks, EMA, lrs, wds, epochs.

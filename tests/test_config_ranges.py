@@ -33,7 +33,7 @@ from model.sizes import encoder_size
 from pipeline.seeds import hashed_seed
 from pipeline.torch_source import crop_box
 from pipeline.loader import BatchLayout
-from training.data import mask_sampler
+from training.loop import mask_sampler
 from training.engine import deepspeed_config
 from training.plan import schedule_steps
 from training.schedules import lr_at, momentum_at, wd_at
@@ -308,6 +308,7 @@ def test_the_issue_examples_are_refused_at_load(item, key):
     assert_refused_naming(err.value, key, item)
 
 
+@pytest.mark.slow
 def test_the_issue_examples_through_the_real_cli():
     """--print-config refuses them: exit code 2, one `config error:` line naming the key, no traceback. Four of the
     ten (each run imports torch: seconds): the two that exited 0 and the two that gave a traceback."""

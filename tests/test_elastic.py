@@ -1,6 +1,6 @@
-"""Elastic resume (training/plan.py, training/resume.py): a checkpoint written by N ranks goes on on M, through DeepSpeed's universal
-checkpoint, with the global batch kept (or, on request, the per-GPU batch), the data position continued and the
-schedules where they were. The plan's arithmetic is tested in-process; the rest runs train.py (or the set-up it
+"""Elastic resume (training/plan.py, training/checkpoints.py): a checkpoint written by N ranks goes on on M, through
+DeepSpeed's universal checkpoint, with the global batch kept (or, on request, the per-GPU batch), the data position
+continued and the schedules where they were. The plan's arithmetic is tested in-process; the rest runs train.py (or the set-up it
 runs, tests/elastic_worker.py) under real launchers: torchrun, DeepSpeed's launcher, two of each as two nodes.
 """
 from __future__ import annotations

@@ -33,7 +33,7 @@ from config import load_config
 from pipeline.loader import BatchLayout
 from training import TrainingError
 from training.checkpoints import check_records, weights_record
-from training.data import mask_sampler
+from training.loop import mask_sampler
 from training.distributed import setup_distributed, single_process_env
 from training.engine import build_engine
 

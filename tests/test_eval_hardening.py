@@ -1,6 +1,7 @@
 """eval.py refuses what cannot give meaningful figures, in one `error:` line naming the file, folder or option, with
-exit code 1 and no traceback: damaged or foreign checkpoints (of either kind), planted pickles (which never run),
-shard folders whose class lists differ or that are unlabeled or empty, and options this machine cannot honour."""
+exit code 1 (2 for a config error) and no traceback: damaged or foreign checkpoints (of either kind), planted pickles
+(which never run), shard folders whose class lists differ or that are unlabeled or empty, and options this machine
+cannot honour. Every refusal runs eval.py's main() in this process; the real CLI runs once, on the tiny limits."""
 import importlib
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import shard_dataset
 from config import config_to_yaml, load_config
 from model.jepa import build_jepa
 from pipeline import DataError
@@ -35,28 +37,22 @@ class Planted:
         return (Path.touch, (self.marker,))
 
 
-def run_eval(checkpoint, shards, *extra, timeout=300) -> subprocess.CompletedProcess:
-    """The real CLI in a fresh interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "eval.py", "--checkpoint", str(checkpoint), "--train-shards",
-                           str(shards["train"]), "--val-shards", str(shards["val"]), "--limit", "20", "--epochs", "1",
-                           *map(str, extra)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def main_error(capsys, checkpoint, train, val, *extra) -> str:
-    """eval.py's main() must exit 1 with exactly one `error:` line (an uncaught exception fails the test)."""
+def main_error(capsys, checkpoint, train, val, *extra, exit_code: int = 1) -> str:
+    """eval.py's main() must exit `exit_code` (1; 2 for a config.ConfigError, a usage error) with exactly one `error:`
+    line (an uncaught exception fails the test)."""
     code = eval_cli.main(["--checkpoint", str(checkpoint), "--train-shards", str(train), "--val-shards", str(val),
                           "--limit", "20", "--epochs", "1", *map(str, extra)])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert code == exit_code and len(errors) == 1 and "Traceback" not in err, (code, err)
     return errors[0]
 
 
-def assert_refused_without_running(proc, name: str, marker: Path):
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert len(errors) == 1 and name in errors[0] and "could run code" in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+def assert_refused_without_running(capsys, checkpoint, shards, name: str, marker: Path, *extra):
+    """eval.py's main() in this process refuses the planted file in one line naming `name`, and the pickle never ran
+    (had it run here, it would have created `marker` all the same)."""
+    line = main_error(capsys, checkpoint, shards["train"], shards["val"], *extra)
+    assert name in line and "could run code" in line, line
     assert not marker.exists(), "the planted pickle ran"
 
 
@@ -82,14 +78,14 @@ def our_client(**changes) -> dict:
 
 
 def shard_folder(root: Path, classes, *options) -> Path:
-    """A few random JPEGs per class folder, sharded by the real shard_dataset.py."""
+    """A few random JPEGs per class folder, sharded by shard_dataset.py's main() in this process."""
     rng = np.random.default_rng(0)
     for name in classes:
         (root / "img" / name).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / "img" / name / f"{i}.jpg")
-    subprocess.run([sys.executable, "shard_dataset.py", str(root / "img"), str(root / "shards"), "--no-progress",
-                    *options], cwd=ROOT, check=True, capture_output=True)
+    assert shard_dataset.main([str(root / "img"), str(root / "shards"), "--no-progress", "--workers", "1",
+                               *options]) == 0
     return root / "shards"
 
 
@@ -103,27 +99,27 @@ def other_shards(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------- planted pickles never run
 
-def test_planted_official_file_is_refused_and_never_runs(digit_shards, tmp_path):
+def test_planted_official_file_is_refused_and_never_runs(digit_shards, tmp_path, capsys):
     marker = tmp_path / "ran"
     path = tmp_path / "release.pth.tar"
     good = torch.load(OFFICIAL, weights_only=True)
     torch.save({**good, "opt": Planted(marker)}, path)  # the encoder parts are fine: only the extra object is hostile
-    assert_refused_without_running(run_eval(path, digit_shards), str(path), marker)
+    assert_refused_without_running(capsys, path, digit_shards, str(path), marker)
 
 
-def test_planted_train_checkpoint_is_refused_and_never_runs(digit_shards, tmp_path):
+def test_planted_train_checkpoint_is_refused_and_never_runs(digit_shards, tmp_path, capsys):
     marker = tmp_path / "ran"
     tag = tag_folder(tmp_path, our_client(loader=Planted(marker)))
-    assert_refused_without_running(run_eval(tag, digit_shards), str(tag / STATES), marker)
+    assert_refused_without_running(capsys, tag, digit_shards, str(tag / STATES), marker)
 
 
-def test_planted_zero_states_are_refused_and_never_run_for_the_context_encoder(digit_shards, tmp_path):
+def test_planted_zero_states_are_refused_and_never_run_for_the_context_encoder(digit_shards, tmp_path, capsys):
     """DeepSpeed's zero_to_fp32 unpickles with weights_only=False itself; eval.py forces weights_only around it."""
     marker = tmp_path / "ran"
     tag = tag_folder(tmp_path, our_client())
     optim = tag / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": {"zero_stage": Planted(marker)}}, optim)
-    assert_refused_without_running(run_eval(tag, digit_shards, "--encoder", "context"), str(tag), marker)
+    assert_refused_without_running(capsys, tag, digit_shards, str(tag), marker, "--encoder", "context")
 
 
 # ------------------------------------------------------------------------------------------ damaged checkpoints
@@ -207,7 +203,8 @@ def test_damaged_train_checkpoint_is_one_error_line(digit_shards, tmp_path, caps
     make, message = OURS_DAMAGE[damage]
     path = make(tmp_path)
     extra = ["--encoder", "context"] if damage.startswith("context") else []
-    line = main_error(capsys, path, digit_shards["train"], digit_shards["val"], *extra)
+    exit_code = 2 if damage == "config_wrong_key" else 1  # a key the schema lacks: config.ConfigError
+    line = main_error(capsys, path, digit_shards["train"], digit_shards["val"], *extra, exit_code=exit_code)
     assert str(tmp_path) in line and message in line, line
 
 
@@ -299,6 +296,7 @@ def test_devices_and_json_paths_are_checked_before_any_work(digit_shards, tmp_pa
     assert json.loads((digit_shards["val"] / "manifest.json").read_text())["classes"]  # not overwritten
 
 
+@pytest.mark.slow
 def test_tiny_limits_still_give_figures(digit_shards, tmp_path):
     """One image per split (the linear head cannot train: BatchNorm needs two) is a figure, not a crash; the same
     folder for both splits is allowed, with a warning."""

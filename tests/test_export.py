@@ -150,6 +150,7 @@ def digit_batch(shards: Path, size: int, limit: int = 16) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------- what is exported
 
+@pytest.mark.slow
 def test_train_checkpoint_exports_to_transformers_and_timm(exports, digit_shards):
     tag, out, proc = exports["ours"]
     record = assert_exported(proc, out, "target")
@@ -166,6 +167,7 @@ def test_train_checkpoint_exports_to_transformers_and_timm(exports, digit_shards
     assert state.keys() == saved.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
 
 
+@pytest.mark.slow
 def test_official_checkpoint_exports_its_target_encoder(exports, official):
     _, out, proc = exports["official"]
     record = assert_exported(proc, out, "target")

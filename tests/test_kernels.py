@@ -341,6 +341,7 @@ def test_gpu_triton_gather_and_predictor_tokens_bf16():
                         [x_ctx, ctx_idx, idx, ppos, token], torch.bfloat16, ["x_ctx", "pos", "mask_token"])
 
 
+@pytest.mark.slow  # starts a process
 def test_kernels_compile_to_hopper_cubins_without_a_gpu():
     """The interpreter never lowers the kernels: compile the training shapes' kernels for sm_90 with Triton's own
     ptxas (benchmarks/aot_compile_check.py; without --quick it covers every dtype, autotune config and head dim)."""

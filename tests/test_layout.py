@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = {"train", "eval", "export", "bench", "shard_dataset"}
 # Lowest first. A module may import its own package and the packages of lower layers, nothing else of ours.
@@ -82,6 +84,7 @@ def test_the_checker_finds_cycles_and_lazy_imports(tmp_path):
     assert imports_of("pipeline.probe", lazy, known) == {"config.schema", "pipeline.loader", "train"}
 
 
+@pytest.mark.slow  # starts a process
 def test_every_library_module_imports_in_a_fresh_interpreter_without_an_entry_script():
     names = sorted(library_modules())
     code = textwrap.dedent(f"""
@@ -117,6 +120,7 @@ def test_imports_form_no_cycle_and_point_down_the_layers():
                    if m.split(".")[0] in ("pipeline", "model", "kernels"))
 
 
+@pytest.mark.slow  # starts a process
 def test_a_new_kernel_is_its_module_and_its_lines_in_the_package(tmp_path):
     """Drop one module into a copy of kernels/ and list it in kernels/__init__.py as docs/kernels.md says (its import,
     its entry in REGISTRY, a function per public op): the config accepts its key and checks its values, the switch

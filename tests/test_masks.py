@@ -201,6 +201,7 @@ CASES = [({}, 16, 7, 0), ({}, 16, 7, 1), ({"seed": 5, "truncation": "random"}, 8
          ({"length_policy": "fixed", "exclude_edges": False}, 8, 11, 0)]
 
 
+@pytest.mark.slow  # starts a process
 def test_deterministic_across_processes():
     child = """
         import hashlib, json, sys
@@ -225,6 +226,7 @@ def test_pure_function_of_seed_step_rank():
     assert all(sampler.block_sizes(s) == make().block_sizes(s) for s in range(5))  # sizes shared by ranks
 
 
+@pytest.mark.slow  # starts a process
 def test_tiny_grids_never_hang():
     child = """
         import json, time

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import shard_dataset
 from pipeline import shards as fmt
 from pipeline.image_prep import prepare_jpeg
 from pipeline.shard_writer import ShardOptions, plan_shards
@@ -38,6 +40,21 @@ def run_cli(src, dest, *flags, env=None, timeout=120):
     cmd = [sys.executable, str(ROOT / "shard_dataset.py"), str(src), str(dest), "--no-progress", *map(str, flags)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def run_main(capsys, caplog):
+    """shard_dataset.py's main() in this process, called like run_cli: a CompletedProcess whose stderr holds what
+    main() printed (its `error:` line) and the log lines of this process (the summary, the refusals). The log lines
+    of the forked workers (which shard is rebuilt, and why) reach only a real CLI's stderr: run_cli for those."""
+    def run(src, dest, *flags) -> subprocess.CompletedProcess:
+        argv = [str(src), str(dest), "--no-progress", *map(str, flags)]
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            code = shard_dataset.main(argv)
+        logged = "".join(f"{record.getMessage()}\n" for record in caplog.records)
+        return subprocess.CompletedProcess(argv, code, "", capsys.readouterr().err + logged)
+    return run
 
 
 def _jpeg(arr: np.ndarray, mode: str = "RGB", **kw) -> bytes:
@@ -145,17 +162,20 @@ def imagenet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(imagenet, tmp_path_factory):
-    """One uninterrupted run with 4-sample shards, 2 workers: (dest, CompletedProcess)."""
+    """One uninterrupted run of the real CLI with 4-sample shards, 2 workers: (dest, CompletedProcess, the digest of
+    SRC taken just before it)."""
     src, _, _ = imagenet
     dest = tmp_path_factory.mktemp("ref") / "shards"
+    before = tree_digest(src)
     proc = run_cli(src, dest, "--shard-size", 4, "--workers", 2, "--json", "--seed", 3)
     assert proc.returncode == 0, proc.stderr
-    return dest, proc
+    return dest, proc, before
 
 
+@pytest.mark.slow
 def test_every_good_image_once_with_its_label_and_every_bad_one_listed(imagenet, reference):
     src, good, bad = imagenet
-    dest, proc = reference
+    dest, proc, _ = reference
     manifest = fmt.read_manifest(dest, check="checksum")
     assert manifest.status == "complete" and manifest.classes == CLASSES
     seen = {}
@@ -186,27 +206,30 @@ def test_every_good_image_once_with_its_label_and_every_bad_one_listed(imagenet,
     assert f"skipped {len(bad)} bad input(s)" in proc.stderr and f"{len(good)} samples" in proc.stderr
 
 
-def test_src_is_never_modified(imagenet, tmp_path):
+@pytest.mark.slow
+def test_src_is_never_modified(imagenet, reference):
+    """By the reference run of the real CLI (its digest of SRC taken just before it ran)."""
     src, _, _ = imagenet
-    before = tree_digest(src)
-    assert run_cli(src, tmp_path / "out", "--shard-size", 100, "--workers", 1).returncode == 0
+    _, _, before = reference
     assert tree_digest(src) == before
 
 
+@pytest.mark.slow
 def test_index_files_are_what_dali_wds2idx_writes(reference, tmp_path):
     wds2idx = pytest.importorskip("wds2idx")  # ships in the DALI wheel
-    dest, _ = reference
+    dest, _, _ = reference
     for shard in fmt.list_shards(dest):
         with wds2idx.IndexCreator(str(shard.path), str(tmp_path / "ref.idx"), verbose=False) as creator:
             creator.create_index()
         assert shard.index_path.read_bytes() == (tmp_path / "ref.idx").read_bytes(), shard.index_path
 
 
+@pytest.mark.slow
 def test_read_back_with_webdataset(imagenet, reference):
     import webdataset as wds
 
     _, good, _ = imagenet
-    dest, _ = reference
+    dest, _, _ = reference
     urls = [str(s.path) for s in fmt.list_shards(dest)]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(samples) == len(good)
@@ -214,12 +237,13 @@ def test_read_back_with_webdataset(imagenet, reference):
     assert sorted(s["cls"] for s in samples) == sorted(label for label, _ in good.values())
 
 
+@pytest.mark.slow
 def test_read_back_with_dali_cpu_using_the_index_files(imagenet, reference, capfd):
     dali = pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, types
 
     _, good, _ = imagenet
-    dest, _ = reference
+    dest, _, _ = reference
     shards = fmt.list_shards(dest)
 
     @dali.pipeline_def
@@ -238,13 +262,14 @@ def test_read_back_with_dali_cpu_using_the_index_files(imagenet, reference, capf
     assert "Index file not provided" not in "".join(capfd.readouterr())
 
 
-def test_same_seed_gives_byte_identical_shards_whatever_the_worker_count(imagenet, reference, tmp_path):
+@pytest.mark.slow
+def test_same_seed_gives_byte_identical_shards_whatever_the_worker_count(imagenet, reference, tmp_path, run_main):
     src, _, _ = imagenet
-    dest, _ = reference
-    assert run_cli(src, tmp_path / "again", "--shard-size", 4, "--workers", 1, "--json", "--seed", 3).returncode == 0
+    dest, _, _ = reference
+    assert run_main(src, tmp_path / "again", "--shard-size", 4, "--workers", 1, "--json", "--seed", 3).returncode == 0
     assert shard_files(tmp_path / "again") == shard_files(dest)
     assert (tmp_path / "again" / "manifest.json").read_bytes() == (dest / "manifest.json").read_bytes()
-    assert run_cli(src, tmp_path / "other", "--shard-size", 4, "--workers", 2, "--json", "--seed", 4).returncode == 0
+    assert run_main(src, tmp_path / "other", "--shard-size", 4, "--workers", 2, "--json", "--seed", 4).returncode == 0
     assert shard_files(tmp_path / "other") != shard_files(dest)
 
 
@@ -266,9 +291,10 @@ SLOW_WRITER_CLI = textwrap.dedent("""
 """)
 
 
-def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(imagenet, reference, tmp_path):
+@pytest.mark.slow
+def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(imagenet, reference, tmp_path, run_main):
     src, _, _ = imagenet
-    dest, _ = reference
+    dest, _, _ = reference
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-c", SLOW_WRITER_CLI, str(src), str(killed), "--no-progress", "--shard-size", "4",
            "--workers", "2", "--json", "--seed", "3"]
@@ -292,7 +318,7 @@ def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(image
     assert partial.status == "in_progress" and len(partial.shards) < partial.planned_shards, "the run was not cut"
     with pytest.raises(fmt.ManifestError, match="has not finished"):
         fmt.read_manifest(killed)
-    rerun = run_cli(src, killed, "--shard-size", 4, "--workers", 2, "--json", "--seed", 3)
+    rerun = run_main(src, killed, "--shard-size", 4, "--workers", 2, "--json", "--seed", 3)  # the resume, in process
     assert rerun.returncode == 0, rerun.stderr
     assert "kept from an earlier run" in rerun.stderr and " 0 kept" not in rerun.stderr
     assert shard_files(killed) == shard_files(dest)
@@ -300,10 +326,11 @@ def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(image
     fmt.read_manifest(killed, check="checksum")
 
 
-def test_rerun_keeps_valid_shards_and_rebuilds_a_damaged_one(imagenet, tmp_path):
+@pytest.mark.slow
+def test_rerun_keeps_valid_shards_and_rebuilds_a_damaged_one(imagenet, tmp_path, run_main):
     src, _, _ = imagenet
     dest = tmp_path / "shards"
-    assert run_cli(src, dest, "--shard-size", 8, "--workers", 1).returncode == 0
+    assert run_main(src, dest, "--shard-size", 8, "--workers", 1).returncode == 0
     expected = shard_files(dest)
     victim = fmt.list_shards(dest)[1].path
     damaged = bytearray(victim.read_bytes())
@@ -312,60 +339,60 @@ def test_rerun_keeps_valid_shards_and_rebuilds_a_damaged_one(imagenet, tmp_path)
     with pytest.raises(fmt.ManifestError, match=victim.name):
         fmt.read_manifest(dest, check="checksum")
     (dest / fmt.list_shards(dest)[2].index_path.name).unlink()
-    rerun = run_cli(src, dest, "--shard-size", 8, "--workers", 1)
+    rerun = run_cli(src, dest, "--shard-size", 8, "--workers", 1)  # the real CLI: a worker names the rebuilt shard
     assert rerun.returncode == 0, rerun.stderr
     assert "2 written now" in rerun.stderr and victim.name in rerun.stderr
     assert shard_files(dest) == expected
 
 
-def test_foreign_dest_is_refused_unless_overwrite(imagenet, tmp_path):
+def test_foreign_dest_is_refused_unless_overwrite(imagenet, tmp_path, run_main):
     src, _, _ = imagenet
     dest = tmp_path / "shards"
-    assert run_cli(src, dest, "--shard-size", 8, "--workers", 1).returncode == 0
+    assert run_main(src, dest, "--shard-size", 8, "--workers", 1).returncode == 0
     before = shard_files(dest)
-    refused = run_cli(src, dest, "--shard-size", 8, "--workers", 1, "--seed", 1)
+    refused = run_main(src, dest, "--shard-size", 8, "--workers", 1, "--seed", 1)
     assert refused.returncode == 1 and "refusing" in refused.stderr and "seed 0 → 1" in refused.stderr
     assert "--overwrite" in refused.stderr and shard_files(dest) == before
     other_src = tmp_path / "other"
     make_imagenet_like(other_src, per_class=2)
-    refused = run_cli(other_src, dest, "--shard-size", 8, "--workers", 1)
+    refused = run_main(other_src, dest, "--shard-size", 8, "--workers", 1)
     assert refused.returncode == 1 and "holds shards of" in refused.stderr and shard_files(dest) == before
     (tmp_path / "not_ours").mkdir()
     (tmp_path / "not_ours" / "data-000000.tar").write_bytes(b"someone else's")
-    refused = run_cli(src, tmp_path / "not_ours", "--workers", 1)
+    refused = run_main(src, tmp_path / "not_ours", "--workers", 1)
     assert refused.returncode == 1 and "no manifest.json" in refused.stderr
-    replaced = run_cli(src, dest, "--shard-size", 8, "--workers", 1, "--seed", 1, "--overwrite")
+    replaced = run_main(src, dest, "--shard-size", 8, "--workers", 1, "--seed", 1, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert shard_files(dest) != before and fmt.read_manifest(dest, check="checksum").options["seed"] == 1
 
 
-def test_strict_makes_a_bad_input_an_error(imagenet, tmp_path):
+def test_strict_makes_a_bad_input_an_error(imagenet, tmp_path, run_main):
     src, _, _ = imagenet
-    proc = run_cli(src, tmp_path / "a", "--strict", "--workers", 1)
+    proc = run_main(src, tmp_path / "a", "--strict", "--workers", 1)
     assert proc.returncode == 1 and "--strict" in proc.stderr and "error:" in proc.stderr
     only_truncated = tmp_path / "src"
     (only_truncated / "a").mkdir(parents=True)
     arr = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     (only_truncated / "a" / "ok.jpg").write_bytes(_jpeg(arr))
     (only_truncated / "a" / "cut.jpg").write_bytes(_jpeg(arr)[:-400])
-    proc = run_cli(only_truncated, tmp_path / "b", "--strict", "--workers", 1)
+    proc = run_main(only_truncated, tmp_path / "b", "--strict", "--workers", 1)
     assert proc.returncode == 1 and "cut.jpg" in proc.stderr and "truncated" in proc.stderr
     assert not [p for p in (tmp_path / "b").iterdir() if is_partial_name(p.name)]
-    assert run_cli(only_truncated, tmp_path / "b", "--workers", 1).returncode == 0  # the same DEST, without --strict
+    assert run_main(only_truncated, tmp_path / "b", "--workers", 1).returncode == 0  # the same DEST, without --strict
 
 
-def test_no_good_image_is_a_clear_error(tmp_path):
+def test_no_good_image_is_a_clear_error(tmp_path, run_main):
     (tmp_path / "src" / "a").mkdir(parents=True)
     (tmp_path / "src" / "a" / "x.jpg").write_text("text")
-    proc = run_cli(tmp_path / "src", tmp_path / "out", "--workers", 1)
+    proc = run_main(tmp_path / "src", tmp_path / "out", "--workers", 1)
     assert proc.returncode == 1 and "none of the 1 image files" in proc.stderr
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "x.jpg")
-    proc = run_cli(tmp_path / "flat", tmp_path / "out2", "--workers", 1)
+    proc = run_main(tmp_path / "flat", tmp_path / "out2", "--workers", 1)
     assert proc.returncode == 1 and "no usable image files" in proc.stderr and "--labels none" in proc.stderr
 
 
-def test_unlabeled_flat_folder_header_check_and_max_size(tmp_path):
+def test_unlabeled_flat_folder_header_check_and_max_size(tmp_path, run_main):
     src = tmp_path / "flat"
     src.mkdir()
     rng = np.random.default_rng(1)
@@ -374,7 +401,7 @@ def test_unlabeled_flat_folder_header_check_and_max_size(tmp_path):
     (src / "big.jpg").write_bytes(big)
     (src / "small.jpg").write_bytes(small)
     (src / "cut.jpg").write_bytes(small[:-300])  # within --max-size: only the header check sees it
-    proc = run_cli(src, tmp_path / "out", "--labels", "none", "--verify", "header", "--max-size", 40, "--workers", 1)
+    proc = run_main(src, tmp_path / "out", "--labels", "none", "--verify", "header", "--max-size", 40, "--workers", 1)
     assert proc.returncode == 0, proc.stderr
     manifest = fmt.read_manifest(tmp_path / "out")
     assert manifest.classes is None and manifest.total_samples == 2

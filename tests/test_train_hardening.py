@@ -128,14 +128,14 @@ def test_a_config_error_a_data_error_and_a_refused_resume_each_print_one_line(tr
         "resume": (command(shards, out, "run.seed=7") + ["--resume", "auto"], CheckpointError, 1,
                    "error: checkpoint "),
     }
-    for name, (argv, kind, exit_code, start) in cases.items():
+    for name, (argv, kind, exit_code, first_words) in cases.items():
         assert issubclass(kind, UserError) and kind.exit_code == exit_code
         sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
         with pytest.raises(kind):
             plan_run(load_config("configs/tiny_cpu.yaml", overrides=sets),
                      1, ResumeRequest("auto" if "--resume" in argv else ""))
         code, lines = train_main(argv[2:], caplog)
-        assert code == exit_code and len(lines) == 1 and lines[0].startswith(start), (name, code, lines)
+        assert code == exit_code and len(lines) == 1 and lines[0].startswith(first_words), (name, code, lines)
     assert "run.seed: 0 → 7" in lines[0]
     assert not (tmp_path / "fresh").exists()  # refused before anything was written
 

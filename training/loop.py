@@ -20,20 +20,35 @@ import torch
 
 import kernels
 from config import Config, ConfigError, config_to_yaml, training_dtype
+from pipeline.loader import Loader, build_loader
+from pipeline.masks import MultiBlockMaskSampler
 from training import TrainingError
-from training.checkpoints import checkpoint_bytes, checkpoint_dir, clean_crashed_saves, save_checkpoint
-from training.data import build_training_loader
+from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, restore_saved,
+                                  save_checkpoint)
 from training.distributed import agree, gather, on_rank0, release_shm_buffers, setup_distributed, single_process_env
 from training.engine import build_engine, build_monitor, micro_step, set_schedules
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
 from training.plan import ResumeRequest, RunPlan, plan_run
-from training.resume import restore_saved
 from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
 from training.sample_log import SampleLog
 from training.target_ema import target_ema
 from util.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
+
+
+def mask_sampler(cfg: Config) -> MultiBlockMaskSampler:
+    """The multiblock sampler of a config: the mask section, the crop and patch size, the run's seed."""
+    return MultiBlockMaskSampler(input_size=cfg.data.crop_size, patch_size=cfg.model.patch_size, seed=cfg.run.seed,
+                                 **dataclasses.asdict(cfg.mask))
+
+
+def build_training_loader(cfg: Config, plan: RunPlan, rank: int, device: torch.device,
+                          dtype: torch.dtype | None = None) -> Loader:
+    """The loader of `rank` in the run `plan` (its batch layout, manifest and backend; pipeline/ receives these
+    values and never reads the config); images in the training dtype unless `dtype` is given."""
+    return build_loader(cfg.data, mask_sampler(cfg), seed=cfg.run.seed, rank=rank, layout=plan.layout,
+                        manifest=plan.manifest, backend=plan.backend, device=device, dtype=dtype or training_dtype(cfg))
 
 
 class StopSignal:
