@@ -17,9 +17,10 @@ $(STAMP): requirements.txt
 		op is not None and op.is_compatible() and op.load()"
 	cp requirements.txt $(STAMP)
 
-# The whole suite, then its 15 slowest tests.
+# The whole suite on two workers (this machine's cores; a file's tests stay on one worker, so its module fixtures run
+# once), then its 15 slowest tests.
 test: $(STAMP)
-	$(PY) -m pytest tests --durations=15
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=15
 
 # The fast tier for the edit-test loop: every test not marked slow; none starts a process (tests/conftest.py).
 check: $(STAMP)

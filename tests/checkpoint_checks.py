@@ -24,8 +24,8 @@ def fp32_masters(ckpt: Path, tag: str, stage: int, states: dict) -> dict:
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
     model, _ = build_jepa(cfg.model, cfg.data.crop_size)
     names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: m for group, masters in zip(param_groups(model, 0.0), states["optimizer"]["fp32_groups"],
-                                                       strict=True) for p, m in zip(group["params"], masters, strict=True)}
+    groups = zip(param_groups(model, 0.0), states["optimizer"]["fp32_groups"], strict=True)
+    return {names[id(p)]: m for group, masters in groups for p, m in zip(group["params"], masters, strict=True)}
 
 
 def assert_target_is_the_ema_of_the_fp32_weights(ckpt: Path, prev: str, last: str, step: int, stage: int,

@@ -9,6 +9,8 @@ import torch  # noqa: E402  (importing torch defines no Triton kernel, so the sw
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels run in Triton's interpreter on the CPU
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: two workers share the two cores; torch's own threads in each
+    torch.set_num_threads(1)               # would only fight over them (as OMP_NUM_THREADS=1 in the launched runs)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from a test
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

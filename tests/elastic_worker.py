@@ -1,6 +1,6 @@
-"""Launched by tests/test_elastic.py (torchrun): the set-up train.py runs (training.plan.plan_run, then training.loop.prepare:
-the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of the consolidated
-states, gathered with DeepSpeed's own API, for the test to compare across world sizes:
+"""Launched by tests/test_elastic.py (torchrun): the set-up train.py runs (training.plan.plan_run, then
+training.loop.prepare: the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of
+the consolidated states, gathered with DeepSpeed's own API, for the test to compare across world sizes:
 
     torchrun --nproc_per_node N tests/elastic_worker.py DUMP.pt [--train] [--resume PATH] -- --set KEY=VALUE ...
 """

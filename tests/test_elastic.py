@@ -1,7 +1,8 @@
 """Elastic resume (training/plan.py, training/checkpoints.py): a checkpoint written by N ranks goes on on M, through
 DeepSpeed's universal checkpoint, with the global batch kept (or, on request, the per-GPU batch), the data position
-continued and the schedules where they were. The plan's arithmetic is tested in-process; the rest runs train.py (or the set-up it
-runs, tests/elastic_worker.py) under real launchers: torchrun, DeepSpeed's launcher, two of each as two nodes.
+continued and the schedules where they were. The plan's arithmetic is tested in-process; the rest runs train.py (or
+the set-up it runs, tests/elastic_worker.py) under real launchers: torchrun, DeepSpeed's launcher, two of each as two
+nodes.
 """
 from __future__ import annotations
 
@@ -181,7 +182,8 @@ def test_an_epoch_spanning_a_change_reads_every_sample_once_and_the_loss_goes_on
     """1 rank (steps 1-6) → 2 ranks (7-10) → 1 rank (11-14), global batch 48 kept, beside an uninterrupted run."""
     def train(nproc, out, last, *extra):
         cmd = torchrun(nproc, ["train.py", "--config", "configs/tiny_cpu.yaml",
-                               *sets(small_shards, out, 48, f"optimization.max_steps={last}", "checkpoint.every_steps=3"),
+                               *sets(small_shards, out, 48, f"optimization.max_steps={last}",
+                                     "checkpoint.every_steps=3"),
                                *extra])
         return ok(launch(cmd))
 

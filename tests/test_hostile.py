@@ -1,7 +1,8 @@
 """A hostile user's battery: the user's commands with inputs that are wrong in ways a bad day produces. Each case
 must end with a non-zero exit and one `error:` line that names what is wrong, never a traceback, and must not hang.
-What is refused before any work runs the entry script's main(argv) in this process; the rest as subprocesses. (The per-area batteries: test_config_ranges, test_index_damage, test_source_hardening,
-test_eval_hardening, test_train_hardening.)"""
+What is refused before any work runs the entry script's main(argv) in this process; the rest as subprocesses. (The
+per-area batteries: test_config_ranges, test_index_damage, test_source_hardening, test_eval_hardening,
+test_train_hardening.)"""
 import importlib
 import shutil
 import subprocess

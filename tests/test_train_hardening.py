@@ -105,7 +105,8 @@ def test_resume_with_other_batch_is_refused_naming_the_changes(trained, shards, 
     (line,) = lines
     assert line.startswith("error: checkpoint ") and "data.batch_size: 16 → 8" in line
     assert "schedule: total steps: 1680 → 3360" in line and "--accept-changes" in line
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in trained.iterdir() if p.name != "summary.json")
+    untouched = sorted(p.name for p in trained.iterdir() if p.name != "summary.json")
+    assert sorted(p.name for p in out.iterdir()) == untouched
     assert not (out / "checkpoints" / "step00000004").exists()
 
 

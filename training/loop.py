@@ -99,7 +99,8 @@ def log_interval(state, step, last, epoch, sched, batch, figures, monitor, skipp
                 f"m {sched['momentum']:.5f} | K {kc}/{kt} | {figures['images_per_s']:.1f} img/s/GPU | step "
                 f"{figures['step_time_s']:.3f}s = data {figures['data_wait_s']:.3f} + compute "
                 f"{figures['compute_s']:.3f} | mem {figures['peak_gb']:.2f} GiB | MFU {mfu} | "
-                f"{figures['images_per_gpu_hour']:,.0f} img/GPU-h | ETA {format_eta((last - step) * figures['step_time_s'])}"
+                f"{figures['images_per_gpu_hour']:,.0f} img/GPU-h | "
+                f"ETA {format_eta((last - step) * figures['step_time_s'])}"
                 + (f" | skipped {skipped} bad samples so far" if skipped else ""))
     events = [("Train/loss", v, s) for s, v in losses]
     events += [(f"Train/{k}", v, step) for k, v in {**sched, "K_enc": kc, "K_pred": kt, "epoch": epoch}.items()]

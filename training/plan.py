@@ -71,7 +71,8 @@ class RunRecord:
     position: Optional[tuple[int, int]] = None  # (epoch, samples of it read by all ranks); absent before 2026-12
 
     @property
-    def global_batch(self) -> int:
+    def trained_global_batch(self) -> int:
+        """The global batch its run trained with, as recorded (BatchLayout.global_batch computed it)."""
         return int(self.identity["global batch size"])
 
     def to_json(self) -> str:
@@ -93,7 +94,7 @@ class RunRecord:
         if self.position is not None:
             return self.position
         step, steps_per_epoch = self.step + self.schedule_shift, int(self.identity["schedule: steps per epoch"])
-        return step // steps_per_epoch, step % steps_per_epoch * self.global_batch
+        return step // steps_per_epoch, step % steps_per_epoch * self.trained_global_batch
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_s
     if requested != then.requested:  # the config asks for another batch: a change like any other
         return BatchLayout(batch, accum, world_size), elastic, False, frozenset(expected), tuple(notes)
     if not keep_per_gpu_batch:
-        split = split_global_batch(then.global_batch, world_size, batch)
+        split = split_global_batch(then.trained_global_batch, world_size, batch)
         if split is None:
             raise CheckpointError(no_split_message(saved, world_size, batch * accum))
         batch, accum = split
@@ -276,12 +277,13 @@ def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_s
     if (batch, accum) != trained:
         expected.update(BATCH_KEYS)
     layout = BatchLayout(batch, accum, world_size)
-    rescaled = layout.global_batch != then.global_batch
+    rescaled = layout.global_batch != then.trained_global_batch
     if rescaled:
         expected.update(SCHEDULE_KEYS)
-        notes.append(f"batch: per-GPU batch {batch} kept (--keep-per-gpu-batch): global batch {then.global_batch} → "
-                     f"{layout.global_batch}; the schedules are laid out for the new steps per epoch and go on from "
-                     f"the same sample of the same epoch (the learning rates are not scaled with the batch)")
+        notes.append(f"batch: per-GPU batch {batch} kept (--keep-per-gpu-batch): global batch "
+                     f"{then.trained_global_batch} → {layout.global_batch}; the schedules are laid out for the new "
+                     f"steps per epoch and go on from the same sample of the same epoch (the learning rates are not "
+                     f"scaled with the batch)")
     elif (batch, accum, world_size) != (*trained, then.world_size):
         notes.append(f"batch: global batch {layout.global_batch} kept = {batch} per GPU × grad_accum {accum} × "
                      f"{world_size} GPU(s) (was {trained[0]} × {trained[1]} × {then.world_size})")
@@ -290,7 +292,7 @@ def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_s
 
 def no_split_message(saved: SavedRun, world_size: int, per_gpu: int) -> str:
     """`per_gpu`: the configured batch × grad_accum, what --keep-per-gpu-batch would keep."""
-    g = saved.record.global_batch
+    g = saved.record.trained_global_batch
     fits = [str(n) for n in range(1, g + 1) if g % n == 0]
     counts = f"{', '.join(fits[:-1])} or {fits[-1]}" if len(fits) > 1 else fits[0]
     return (f"checkpoint {saved.folder} trained with a global batch of {g}; {world_size} GPUs cannot split it "
