@@ -110,17 +110,8 @@ def masked_gather(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Tensor
 
 def predictor_tokens(x_ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, pos: torch.Tensor,
                      mask_token: torch.Tensor) -> torch.Tensor:
-    """The predictor's input, in one pass where the official code chains repeat / gather / cat / add.
-
-    The implementation of kernels.gather configure() chose (contract: kernels/masked_gather.py
-    predictor_tokens_reference).
-
-    Args:
-        x_ctx: (B, Kc, D) the context features already projected to the predictor width.
-        ctx_idx: (B, Kc) their token indices; tgt_idx: (M, B, Kt) the target tokens of each of the M masks.
-        pos: (N, D) the predictor's positional table; mask_token: D values, e.g. the (1, 1, D) parameter.
-    Returns:
-        (M·B, Kc + Kt, D), mask-major rows: row m·B + b is [x_ctx[b] + pos[ctx_idx[b]] ‖ token + pos[tgt_idx[m, b]]],
-        in the dtype x_ctx, pos and mask_token promote to.
-    """
+    """The predictor's input, in one pass where the official code chains repeat / gather / cat / add: (M·B, Kc + Kt, D)
+    mask-major rows from the context features x_ctx (B, Kc, D), their indices ctx_idx (B, Kc), the targets tgt_idx
+    (M, B, Kt), the positional table pos (N, D) and the mask token. The implementation of kernels.gather configure()
+    chose; the contract, argument by argument: kernels/masked_gather.py predictor_tokens_reference."""
     return _op("predictor_tokens")(x_ctx, ctx_idx, tgt_idx, pos, mask_token)
