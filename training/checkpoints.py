@@ -188,19 +188,27 @@ def checkpoint_bytes(engine, target, ckpt_dir: Path) -> int:
 
 def save_checkpoint(engine, ema, target, loader, cfg, plan, step: int, out_dir: Path) -> Path:
     """Saves `step` from every rank: DeepSpeed's files, with the target encoder, every rank's loader and RNG state and
-    the config as client state. One gather of one record per rank (its weights' check, loader and RNG state) before
-    the write, one of the write's outcome after it. Every rank checks there is room (out_dir is on storage every
-    rank sees); after every rank wrote and synced its files, rank 0 writes run.json (training.plan.RunRecord) and the
-    COMPLETE marker, then prunes the oldest and any universal conversion. A save that fails (a full disk) leaves no
-    folder behind and raises on every rank; the last good checkpoint is kept."""
+    the config as client state. One gather of one record per rank (its weights' check, its room on disk, its loader
+    and RNG state) before the write, one of the write's outcome after it: each rank checks the room before the first
+    gather (out_dir is on storage every rank sees), so all stop together and none waits inside the write for a rank
+    that gave up. After every rank wrote and synced its files, rank 0 writes run.json (training.plan.RunRecord) and
+    the COMPLETE marker, then prunes the oldest and any universal conversion. A save that fails (a full disk) leaves
+    no folder behind and raises on every rank; the last good checkpoint is kept."""
     ema.wait()
     ckpt_dir, tag = checkpoint_dir(out_dir), tag_for(step)
     folder = ckpt_dir / tag
-    records = gather({**weights_record(engine, target), "loader": loader.state_dict(), "rng": rng_state()})
-    digest = check_records(records, step, ckpt_dir)
     need = int(checkpoint_bytes(engine, target, ckpt_dir) * SPACE_MARGIN)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    check_space(ckpt_dir, need, f"checkpoint {tag}")  # every rank sees the same answer: no rank waits for another
+    try:  # each rank looks before the gather, so that all decide together and none waits in the write for another
+        check_space(ckpt_dir, need, f"checkpoint {tag}")
+        short = None
+    except TrainingError as err:
+        short = str(err)
+    records = gather({**weights_record(engine, target), "short": short, "loader": loader.state_dict(),
+                      "rng": rng_state()})
+    digest = check_records(records, step, ckpt_dir)
+    if any(r["short"] for r in records):
+        raise TrainingError(next(r["short"] for r in records if r["short"]))
     client = {"step": step, "config": config_to_yaml(cfg), "target_encoder": target.state_dict(),
               "loader": [r["loader"] for r in records], "rng": [r["rng"] for r in records],
               "world_size": dist.get_world_size()}
