@@ -35,13 +35,14 @@ def assert_target_is_the_ema_of_the_fp32_weights(ckpt: Path, prev: str, last: st
     pos_embed stays the fp32 sin-cos values; `log` (the run's output) names the EMA path of the ZeRO stage."""
     from config import load_config
     from model.vit import sincos_pos_embed_2d
+    from training.plan import schedule_steps
     from training.schedules import momentum_at
 
     before = torch.load(min((ckpt / prev).glob(STATES)), weights_only=False)
     after = torch.load(min((ckpt / last).glob(STATES)), weights_only=False)
     fp32 = fp32_masters(ckpt, last, stage, after)
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
-    m = momentum_at(step, cfg.optimization.epochs * steps_per_epoch, *cfg.ema.momentum)
+    m = momentum_at(step, schedule_steps(cfg.optimization, steps_per_epoch).momentum_denominator, *cfg.ema.momentum)
     path = "on this rank's slice" if stage in (1, 2) else "full fp32 masters gathered per parameter"
     assert f"target EMA: {path}" in log
     worst = 0.0

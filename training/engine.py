@@ -12,7 +12,7 @@ from model.compile import compile_blocks
 from model.jepa import build_jepa, target_features
 from training.checkpoints import deepspeed_safe_types, load_states_file
 from pipeline.loader import BatchLayout
-from training.schedules import lr_at, momentum_at, wd_at
+from training.schedules import Schedules, lr_at, momentum_at, wd_at
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,13 @@ def safe_checkpoint_engine(engine):
     return engine
 
 
-def set_schedules(optimizer, step: int, cfg, warmup: int, total: int) -> dict:
-    """The step's lr and weight decay into every parameter group (no decay stays 0 on WD_exclude groups)."""
-    opt = cfg.optimization
-    values = {"lr": lr_at(step, warmup, total, opt.start_lr, opt.lr, opt.final_lr),
-              "wd": wd_at(step, total, opt.weight_decay, opt.final_weight_decay),
-              "momentum": momentum_at(step, total, *cfg.ema.momentum)}
+def set_schedules(optimizer, step: int, cfg, schedules: Schedules) -> dict:
+    """The step's lr and weight decay into every parameter group (no decay stays 0 on WD_exclude groups); returns
+    them with the EMA momentum of the step. `schedules`: the run's lengths (training.plan.RunPlan.schedules)."""
+    opt, s = cfg.optimization, schedules
+    values = {"lr": lr_at(step, s.warmup_steps, s.t_max, opt.start_lr, opt.lr, opt.final_lr),
+              "wd": wd_at(step, s.t_max, opt.weight_decay, opt.final_weight_decay),
+              "momentum": momentum_at(step, s.momentum_denominator, *cfg.ema.momentum)}
     for group in optimizer.param_groups:
         group["lr"] = values["lr"]
         if not group.get("WD_exclude"):
