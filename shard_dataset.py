@@ -95,13 +95,21 @@ def log_summary(dest: str, manifest: Manifest, counts: dict) -> None:
     shards = sum(r.samples > 0 for r in manifest.shards)
     logger.info("%s: %d samples in %d shards (%d written now, %d kept from an earlier run, %d images re-encoded now)",
                 dest, manifest.total_samples, shards, counts["written"], counts["kept"], counts["converted"])
+    resized = counts.get("resized", [])
+    if resized:  # among the re-encoded; listed because the sample is smaller than its source
+        logger.warning("resized %d image(s) to fit JPEG's side limit:", len(resized))
+        _log_entries(resized)
     if manifest.skipped:
         logger.warning("skipped %d bad input(s), all listed under 'skipped' in %s:", len(manifest.skipped),
                        os.path.join(dest, MANIFEST_NAME))
-        for entry in manifest.skipped[:20]:
-            logger.warning("  %s: %s", entry["path"], entry["reason"])
-        if len(manifest.skipped) > 20:
-            logger.warning("  ... and %d more", len(manifest.skipped) - 20)
+        _log_entries(manifest.skipped)
+
+
+def _log_entries(entries: list[dict], most: int = 20) -> None:
+    for entry in entries[:most]:
+        logger.warning("  %s: %s", entry["path"], entry["reason"])
+    if len(entries) > most:
+        logger.warning("  ... and %d more", len(entries) - most)
 
 
 def main(argv=None) -> int:

@@ -8,9 +8,11 @@ The only module that imports DALI. `DaliSource` implements the loader's Source p
 
 Every rank indexes every shard and DALI's reader splits the samples (shard_id=rank, num_shards=world_size); a
 pass of the reader is one loader epoch, its surplus batches dropped. Resume restores DALI's own reader checkpoint. A
-sample DALI cannot decode stops the pipeline; the source then names its shard and key. DALI cannot skip a sample
-(NVIDIA/DALI#3913), and DALI 2.4's decoders can die with SIGSEGV on some batches holding a bad JPEG. The epoch and
-rank arithmetic, the resume, the keys, the seeds and that defect are written down in docs/data-pipeline.md.
+sample DALI cannot decode stops the pipeline; the source then names its shard and key. A shard deleted or cut while
+the run reads it is named as such (the reader reads the shards, never maps them: a mapped file cut under the reader
+kills the process with SIGBUS, no message). DALI cannot skip a sample (NVIDIA/DALI#3913), and DALI 2.4's decoders
+can die with SIGSEGV on some batches holding a bad JPEG. The epoch and rank arithmetic, the resume, the keys, the
+seeds and that defect are written down in docs/data-pipeline.md.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
-from pipeline.shards import SampleRef, ShardFile, member_key, read_index, read_samples, read_span
-from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.shards import (ManifestError, SampleRef, ShardFile, member_key, parse_index, read_index, read_samples,
+                             read_span)
+from pipeline.source import IMAGENET_MEAN, IMAGENET_STD, SHARD_CHANGED_TODO, shard_change, shard_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ def training_pipeline(paths: list[str], index_paths: list[str], shard_id: int, n
     jpg, cls = fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=["jpg", "cls"],
                                      missing_component_behavior="empty", random_shuffle=True,
                                      initial_fill=max(1, shuffle_buffer), seed=reader_seed, shard_id=shard_id,
-                                     num_shards=num_shards, stick_to_shard=False, pad_last_batch=True, name=READER)
+                                     num_shards=num_shards, stick_to_shard=False, pad_last_batch=True,
+                                     dont_use_mmap=True, name=READER)  # a mapped shard cut under it: SIGBUS
     source_info = fn.get_property(jpg, key="source_info")
     decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
     # adjust_orientation=False: the stored pixels, EXIF orientation ignored, as in the PyTorch backend, the eval
@@ -68,7 +72,7 @@ def stage_pipeline(paths: list[str], index_paths: list[str], crop_size: int, sta
     """The training pipeline cut after `stage` (STAGES; "normalize" is all of it), for finding what limits it
     (benchmarks/data.py): "read" is the webdataset reader on the host, "decode" a full decode without the crop, then
     the fused random-crop decode, the resize, the normalisation. Sequential read, fixed crop ranges (0.3-1, 3/4-4/3)."""
-    jpg = fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=["jpg"], name=READER)
+    jpg = fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=["jpg"], dont_use_mmap=True, name=READER)
     decode_device = "cpu" if Pipeline.current().device_id is None else "mixed"
     if stage == "read":
         return jpg
@@ -120,8 +124,18 @@ def dali_message(err: BaseException) -> str:
     """The operator's own words from a DALI pipeline error, without the traceback DALI wraps around them."""
     text = str(err)
     match = re.search(r"encountered:\s*(.*?)\s*(?:Current pipeline object is no longer valid|$)", text, re.S)
-    core = match.group(1) if match else text
+    core = re.sub(r"\s*C\+\+ context: \[[^\]]*\]", "", match.group(1) if match else text)  # DALI's source line
     return " ".join(core.split())[:500]
+
+
+def index_line_key(shard: ShardFile, line: int) -> Optional[str]:
+    """The key of the sample on `line` of the shard's index as DALI counts them (the header is line 0, sample i on
+    line i + 1); None when the index cannot tell."""
+    try:
+        entries = parse_index(shard.index_path.read_text(encoding="ascii"), str(shard.index_path))
+    except (OSError, UnicodeDecodeError, ManifestError):
+        return None
+    return member_key(entries[line - 1][0][3]) if 1 <= line <= len(entries) else None
 
 
 class DaliSource:
@@ -136,6 +150,7 @@ class DaliSource:
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
         for shard in self.shards:  # DALI reads the .idx files itself, trusting them: check them first (one at a time)
             read_index(shard)
+        self.shard_bytes = shard_sizes(s.path for s in self.shards)  # to tell a shard changed under the run
         self.device, self.dtype = device, dtype
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.samples = sum(s.samples for s in self.shards)  # N, over all ranks
@@ -274,15 +289,11 @@ class DaliSource:
                     + _REBUILD)
         else:
             todo = f"set data.backend: torch and data.on_bad_sample: skip to skip and count such samples, or {_REBUILD}"
+        changed = self._changed_shard(said)
+        if changed:
+            return DataError(f"{changed} ({where}; DALI: {said}); {SHARD_CHANGED_TODO}")
         if self._order is None:
             self._order = read_samples(self.shards)  # tar order, as the reader sees them (ManifestError: a DataError)
-        truncated = re.search(r'Malformed index file at "([^"]+)" line (\d+)', said)
-        if truncated:
-            for shard, samples in zip(self.shards, self._order):
-                line = int(truncated.group(2))  # DALI counts from the header line as 0: sample i is on line i + 1
-                if str(shard.index_path) == truncated.group(1) and 1 <= line <= len(samples):
-                    return DataError(f"shard {shard.path}, sample {samples[line - 1].key}: the shard is shorter than "
-                                     f"its index says (truncated or replaced) ({where}; DALI: {said}); {todo}")
         try:
             bad = self._find_undecodable()
         except RuntimeError as check_err:  # the check itself could not run: say what DALI said first
@@ -293,6 +304,21 @@ class DaliSource:
             return DataError(f"{listed}: DALI cannot decode it ({where}; DALI: {said}); {todo}")
         return DataError(f"DALI pipeline failed ({where}) over shards {[str(s.path) for s in self.shards]} and no "
                          f"sample the reader can have reached fails to decode alone: {said}")
+
+    def _changed_shard(self, said: str) -> Optional[str]:
+        """"shard <path>[, sample <key>]: the shard <how it changed>" for the first shard deleted, moved or resized
+        since this source started (not a bad sample: data.on_bad_sample does not apply); None when none was. The key
+        comes from DALI's words when they name a line of its index."""
+        for shard in self.shards:
+            change = shard_change(str(shard.path), self.shard_bytes[str(shard.path)])
+            if change is None:
+                continue
+            key = None
+            line = re.search(r'Malformed index file at "([^"]+)" line (\d+)', said)
+            if line and line.group(1) == str(shard.index_path):
+                key = index_line_key(shard, int(line.group(2)))
+            return f"shard {shard.path}{f', sample {key}' if key else ''}: the shard {change}"
+        return None
 
     def _slice(self, epoch: int) -> list[SampleRef]:
         """The samples this rank's reader reads in `epoch`, in the order it reads them: DALI's contiguous slice

@@ -1,6 +1,7 @@
 """One source image file → the JPEG bytes of its sample: copied when it is already an RGB or grayscale JPEG within
 --max-size (after a full decode or a header check), otherwise decoded, converted to RGB, resized and re-encoded.
-Anything that cannot become a sample raises BadInput with the reason the manifest records.
+Anything that cannot become a sample raises BadInput with the reason the manifest records. An image with a side
+over JPEG's limit (65,500 pixels, libjpeg's JPEG_MAX_DIMENSION) is resized to fit, its aspect kept, and says so.
 
 Damaged JPEGs. libjpeg only warns about most damage inside a scan ("Corrupt JPEG data: ...") and PIL drops its
 warnings, so a plain decode passes them. Every JPEG is therefore also checked here:
@@ -23,6 +24,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -47,6 +49,7 @@ _PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn carry no 
 # Zero bytes put after a scan so that libjpeg-turbo's read-ahead never starves a complete scan: each refill of its
 # 64-bit bit buffer reads at most 8 bytes, and a complete scan needs at most two refills past its end.
 _SCAN_PAD = 16
+JPEG_MAX_SIDE = 65_500  # libjpeg's JPEG_MAX_DIMENSION: it neither writes nor reads a longer side
 
 
 class BadInput(Exception):
@@ -75,6 +78,19 @@ def target_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
         return size
     scale = max_size / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def fit_jpeg(size: tuple[int, int]) -> tuple[int, int]:
+    """`size` with its longer side brought down to JPEG_MAX_SIDE (aspect kept, the shorter side rounded); unchanged
+    when within it. BadInput when the shorter side would round to 0 pixels (e.g. 200000×1): skipped, not stretched."""
+    w, h = size
+    if max(w, h) <= JPEG_MAX_SIDE:
+        return size
+    short = round(min(w, h) * JPEG_MAX_SIDE / max(w, h))
+    if short < 1:
+        raise BadInput(f"{w:,}×{h:,} pixels: JPEG allows at most {JPEG_MAX_SIDE:,} pixels per side, and scaled down "
+                       f"to fit, its shorter side would be under 1 pixel; crop or split it")
+    return (JPEG_MAX_SIDE, short) if w >= h else (short, JPEG_MAX_SIDE)
 
 
 # ------------------------------------------------------------------------------------------ JPEG structure
@@ -299,21 +315,31 @@ def _open(data: bytes) -> Image.Image:
         raise BadInput(f"corrupt image header: {err}") from err
 
 
-def prepare_jpeg(data: bytes, verify: str = "full", quality: int = 90,
-                 max_size: int | None = None) -> tuple[bytes, bool]:
-    """The sample's JPEG bytes from a source file's bytes, and whether they were re-encoded. The format is read from
-    the content, never the file name. RGB and grayscale JPEGs within `max_size` are copied as they are (checked as
-    `verify` says: "full" decode or "header"); others are re-encoded at `quality`. Every JPEG's structure is
-    checked (see the module docstring)."""
+class Prepared(NamedTuple):
+    """A source image as its sample's JPEG."""
+
+    jpeg: bytes
+    reencoded: bool  # False: the source's own bytes
+    note: str | None = None  # what the report should say of it: a resize the JPEG format forced
+
+
+def prepare_jpeg(data: bytes, verify: str = "full", quality: int = 90, max_size: int | None = None) -> Prepared:
+    """The sample's JPEG bytes from a source file's bytes, whether they were re-encoded, and a note when the image
+    had to be resized to fit JPEG's side limit. The format is read from the content, never the file name. RGB and
+    grayscale JPEGs within `max_size` are copied as they are (checked as `verify` says: "full" decode or "header");
+    others are re-encoded at `quality`. Every JPEG's structure is checked (see the module docstring)."""
     img = _open(data)
     try:
-        size = target_size(img.size, max_size)
+        wanted = target_size(img.size, max_size)
+        size = fit_jpeg(wanted)
+        note = None if size == wanted else (f"resized from {img.width:,}×{img.height:,} to {size[0]:,}×{size[1]:,}: "
+                                            f"JPEG allows at most {JPEG_MAX_SIDE:,} pixels per side")
         copied = img.format in _JPEG_FORMATS and img.mode in ("RGB", "L") and size == img.size
         if img.format in _JPEG_FORMATS:
             _verify_jpeg(img, data, verify, copied)
         if copied:
-            return data, False
-        return _reencode(img, size, quality), True
+            return Prepared(data, False)
+        return Prepared(_reencode(img, size, quality), True, note)
     except Image.DecompressionBombError as err:  # a frame larger than the header said
         raise _bomb(err) from None
     except _DECODE_ERRORS as err:

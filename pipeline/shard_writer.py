@@ -106,6 +106,7 @@ class ShardResult:
     record: fmt.ShardRecord
     skipped: list[dict]
     kept: bool
+    resized: list[dict] = dataclasses.field(default_factory=list)  # {"path", "reason"}: fitted to JPEG's side limit
 
 
 # ---------------------------------------------------------------------------------------------------- scan and plan
@@ -190,15 +191,15 @@ def _write_sample(tw: wds.TarWriter, sample: dict) -> list[tuple[str, int, int, 
     return entries
 
 
-def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict], int]:
+def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict], int, list[dict]]:
     """Writes the planned samples that pass verification as a tar into `sink`; returns (index entries, skipped,
-    converted count)."""
-    options, entries, skipped, converted = task.options, [], [], 0
+    converted count, resized to fit JPEG)."""
+    options, entries, skipped, converted, resized = task.options, [], [], 0, []
     tw = wds.TarWriter(sink, encoder=False, mtime=_TAR_MTIME)
     for position, f in task.planned.members:
         try:
-            jpeg, reencoded = prepare_jpeg(read_source(Path(task.src) / f.path), options.verify,
-                                            options.quality, options.max_size)
+            jpeg, reencoded, note = prepare_jpeg(read_source(Path(task.src) / f.path), options.verify,
+                                                  options.quality, options.max_size)
         except BadInput as bad:
             if task.strict:
                 raise DataError(f"{Path(task.src) / f.path}: {bad.reason} (--strict: fix or remove the file, "
@@ -212,9 +213,11 @@ def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict
                 sample["json"] = sample_json(f, task.classes)
             entries.append(_write_sample(tw, sample))
             converted += reencoded
+            if note:
+                resized.append({"path": f.path, "reason": note})
         _advance(1)
     tw.close()  # the tar end; `sink` stays open
-    return entries, skipped, converted
+    return entries, skipped, converted, resized
 
 
 def write_shard(task: ShardTask) -> ShardResult:
@@ -228,10 +231,10 @@ def write_shard(task: ShardTask) -> ShardResult:
     try:
         with _output_errors(tar_path), open(tmp, "wb") as raw:
             sink = _HashingFile(raw)
-            entries, skipped, converted = _write_samples(sink, task)
+            entries, skipped, converted, resized = _write_samples(sink, task)
         if not entries:
             record = fmt.ShardRecord(shard, None, None, 0, 0, None, None, task.planned.plan_sha256, 0)
-            return ShardResult(record, skipped, kept=False)
+            return ShardResult(record, skipped, kept=False, resized=resized)
         index = fmt.format_index(entries).encode("ascii")
         with _output_errors(tar_path):
             write_file_atomic(idx_path, index, sync=False)
@@ -240,7 +243,7 @@ def write_shard(task: ShardTask) -> ShardResult:
         tmp.unlink(missing_ok=True)
     record = fmt.ShardRecord(shard, tar_path.name, idx_path.name, len(entries), sink.size, sink.sha256.hexdigest(),
                              hashlib.sha256(index).hexdigest(), task.planned.plan_sha256, converted)
-    return ShardResult(record, skipped, kept=False)
+    return ShardResult(record, skipped, kept=False, resized=resized)
 
 
 @contextlib.contextmanager
@@ -303,6 +306,7 @@ class _Run:
             if entry.get("shard") is not None:
                 self.skipped.setdefault(entry["shard"], []).append(entry)
         self.counts = {"kept": 0, "written": 0, "converted": 0}
+        self.resized: list[dict] = []  # {"path", "reason"}: images this run resized to fit JPEG's side limit
         self.versions = {"python": platform.python_version(), "pillow": PIL.__version__,
                          "webdataset": metadata.version("webdataset")}
 
@@ -318,6 +322,7 @@ class _Run:
         if not result.kept:
             self.skipped[result.record.shard] = result.skipped
             self.counts["converted"] += result.record.converted
+            self.resized += result.resized
         self.counts["kept" if result.kept else "written"] += 1
         fmt.write_manifest(self.dest, self.manifest(fmt.STATUS_IN_PROGRESS))
 
@@ -400,7 +405,8 @@ def _dest_errors(dest: Path):
 def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: ShardOptions,
                  settings: RunSettings) -> tuple[fmt.Manifest, dict]:
     """Writes (or resumes writing) SRC as shards in DEST; returns the complete manifest and this run's counts of
-    shards written and kept and of images re-encoded.
+    shards written and kept and of images re-encoded, with under "resized" the images it had to resize to fit JPEG's
+    side limit ({"path", "reason"}, by path).
 
     Raises:
         DataError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
@@ -425,4 +431,4 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
                 raise DataError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a "
                                     f"usable image: see 'skipped' in {dest / fmt.MANIFEST_NAME}")
             fmt.write_manifest(dest, manifest)
-    return manifest, run.counts
+    return manifest, {**run.counts, "resized": sorted(run.resized, key=lambda e: e["path"])}

@@ -1,10 +1,13 @@
 """What the loader asks of a source (a backend: pipeline/dali_source.py, pipeline/torch_source.py), and what both
-sources share: the normalisation constants."""
+sources share: the normalisation constants and the words for a shard that changed under a running job."""
 from __future__ import annotations
 
+import os
 from typing import Iterator, Protocol
 
 import torch
+
+from pipeline import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -15,6 +18,37 @@ def imagenet_stats(device) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (1, 3, 1, 1)
     return (torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255,
             torch.tensor(IMAGENET_STD, device=device).view(shape) * 255)
+
+
+# A shard deleted, moved, truncated or replaced while the run reads it: not a bad sample (data.on_bad_sample does not
+# apply), the run stops, naming it.
+SHARD_CHANGED_TODO = ("restore it (rerunning the same shard_dataset.py command rebuilds the shards whose files do not "
+                      "match the manifest) and resume from the last checkpoint")
+
+
+def shard_sizes(paths) -> dict[str, int]:
+    """{path: size in bytes} of shard files, as the source starts (for `shard_change`)."""
+    sizes = {}
+    for path in paths:
+        try:
+            sizes[str(path)] = os.stat(path).st_size
+        except OSError as err:
+            raise DataError(f"shard {path}: cannot read it ({err.strerror or err}); {SHARD_CHANGED_TODO}") from err
+    return sizes
+
+
+def shard_change(path: str, size: int) -> str | None:
+    """How the shard file `path` changed since the source saw it with `size` bytes, as words that follow "the shard";
+    None when it did not (still there, the same size)."""
+    try:
+        now = os.stat(path).st_size
+    except FileNotFoundError:
+        return "was deleted or moved while the run read it"
+    except OSError as err:
+        return f"can no longer be read ({err.strerror or err})"
+    if now != size:
+        return f"changed while the run read it: {now:,} bytes, {size:,} at the start (truncated or replaced)"
+    return None
 
 
 class Source(Protocol):

@@ -4,7 +4,9 @@ An epoch is one seeded permutation of all samples (the global order) of which ra
 starting at the epoch's offset (0, or where the ranks of a run with another world size stopped); a resume starts at
 any batch without reading what came before. DataLoader workers build whole batches, each crop drawn from a generator
 seeded by (seed, epoch, rank, batch), so the output does not depend on the number of workers. On a GPU the JPEGs are
-decoded there, batched through nvJPEG; on the CPU the workers decode (docs/data-pipeline.md).
+decoded there, batched through nvJPEG; on the CPU the workers decode (docs/data-pipeline.md). A worker hands a
+DataError back as data and the main process raises it, so the user's first line is its message, not torch's
+"Caught DataError in DataLoader worker process 0" and a worker traceback.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torchvision.transforms.v2.functional import resized_crop
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
 from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
+from pipeline.source import SHARD_CHANGED_TODO, shard_change, shard_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -61,19 +64,30 @@ class EpochBatches(Dataset):
     crop boxes for the main process to decode and crop on the GPU."""
 
     def __init__(self, samples: list[SampleRef], order: torch.Tensor, batch_size: int, crop_size: int, scale, ratio,
-                 seed: tuple[int, ...], decode_on_gpu: bool, on_bad_sample: str):
+                 seed: tuple[int, ...], decode_on_gpu: bool, on_bad_sample: str, shard_bytes: dict[str, int]):
         self.samples, self.order, self.batch_size = samples, order, batch_size
         self.crop_size, self.scale, self.ratio, self.seed = crop_size, scale, ratio, seed
         self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
+        self.shard_bytes = shard_bytes  # {shard: size when the source started}, to say how a shard that fails changed
         self._files = {}
 
     def __len__(self) -> int:
         return len(self.order) // self.batch_size
 
+    def _read(self, ref: SampleRef) -> tuple[bytes, bytes | None]:
+        """The sample's JPEG and .cls bytes. A shard that cannot be read changed under the run (its index was checked
+        against it at start): not a bad sample, so a DataError whatever data.on_bad_sample says."""
+        try:
+            jpg = read_span(ref.shard, ref.jpg, self._files)
+            return jpg, read_span(ref.shard, ref.cls, self._files) if ref.cls else None
+        except OSError as err:
+            change = shard_change(ref.shard, self.shard_bytes[ref.shard]) or f"cannot be read ({err})"
+            raise DataError(f"shard {ref.shard}, sample {ref.key}: the shard {change}; {SHARD_CHANGED_TODO}") from err
+
     def _load(self, ref: SampleRef):
         """(image (3, H, W) uint8 or JPEG bytes tensor, (H, W), label)."""
-        data = read_span(ref.shard, ref.jpg, self._files)
-        label = int(read_span(ref.shard, ref.cls, self._files)) if ref.cls else -1
+        data, cls = self._read(ref)
+        label = int(cls) if cls is not None else -1
         jpg = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if self.decode_on_gpu:
             return jpg, jpeg_size(data), label
@@ -81,6 +95,14 @@ class EpochBatches(Dataset):
         return image, tuple(image.shape[-2:]), label
 
     def __getitem__(self, i: int):
+        """Batch i, or the DataError that stops it, handed back as data: raised in a DataLoader worker, torch would
+        re-raise it in the main process with a message that starts with its own words and the worker's traceback."""
+        try:
+            return self._batch(i)
+        except DataError as err:
+            return err
+
+    def _batch(self, i: int):
         gen = torch.Generator().manual_seed(hashed_seed((*self.seed, i), DATA_STREAM))  # (seed, epoch, rank, batch)
         picks = self.order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
         loaded, keys, skipped = [], [], 0
@@ -110,7 +132,7 @@ class EpochBatches(Dataset):
 
 
 def bad_sample_message(shard: str, key: str, err: Exception) -> str:
-    return (f"shard {shard}, sample {key}: cannot read or decode ({err}); set data.on_bad_sample: skip to skip and "
+    return (f"shard {shard}, sample {key}: cannot decode it ({err}); set data.on_bad_sample: skip to skip and "
             f"count such samples, or rebuild the shards with shard_dataset.py")
 
 
@@ -170,6 +192,7 @@ class TorchSource:
         self.num_workers, self.prefetch = data.num_workers, data.prefetch
         self.seed, self.on_bad_sample = seed, data.on_bad_sample
         self.decode_on_gpu = device.type == "cuda"
+        self.shard_bytes = shard_sizes(s.path for s in shards)
         self.skipped = 0
 
     def epoch_order(self, epoch: int, offset: int = 0, batches: int | None = None) -> torch.Tensor:
@@ -184,13 +207,17 @@ class TorchSource:
         # crops are seeded by (seed, epoch, rank[, offset], batch): a continued epoch draws crops of its own
         seed = (self.seed, epoch, self.rank) + ((offset,) if offset else ())
         dataset = EpochBatches(self.samples, self.epoch_order(epoch, offset, batches), self.batch_size,
-                               self.crop_size, self.scale, self.ratio, seed, self.decode_on_gpu, self.on_bad_sample)
+                               self.crop_size, self.scale, self.ratio, seed, self.decode_on_gpu, self.on_bad_sample,
+                               self.shard_bytes)
         workers = self.num_workers
         loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None,
                             pin_memory=self.device.type == "cuda" and not self.decode_on_gpu,
                             collate_fn=_as_is)
-        for images, boxes, labels, keys, skipped in loader:
+        for batch in loader:
+            if isinstance(batch, DataError):
+                raise batch  # from a worker: its message first, no worker traceback (EpochBatches.__getitem__)
+            images, boxes, labels, keys, skipped = batch
             self.skipped += skipped
             if self.decode_on_gpu:
                 images, picks = decode_crop_on_gpu(images, boxes, keys, self.shard_of, self.crop_size, self.device,

@@ -413,6 +413,30 @@ def test_unlabeled_flat_folder_header_check_and_max_size(tmp_path, run_main):
     assert small in [s["jpg"] for s in samples.values()]  # within --max-size: copied, not re-encoded
 
 
+def test_a_side_over_jpegs_limit_is_resized_to_fit_and_reported(tmp_path, run_main):
+    """Valid PNGs wider than JPEG's 65,500 pixels: resized (aspect kept) and listed with that reason, not skipped as
+    corrupt; one whose shorter side would drop under a pixel is skipped, saying why."""
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    wide = {"wide.png": (100_000, 1), "wide2.png": (70_000, 2), "tall.png": (1, 90_000), "thread.png": (200_000, 1)}
+    for name, size in wide.items():
+        Image.new("RGB", size, (200, 40, 10)).save(src / name)
+    (src / "ok.jpg").write_bytes(_jpeg(np.full((8, 8, 3), 90, np.uint8)))
+    proc = run_main(tmp_path / "src", tmp_path / "out", "--workers", 1)
+    assert proc.returncode == 0 and "corrupt" not in proc.stderr, proc.stderr
+    limit = "JPEG allows at most 65,500 pixels per side"
+    for line in ("resized 3 image(s) to fit JPEG's side limit", f"a/wide.png: resized from 100,000×1 to 65,500×1: "
+                 f"{limit}", f"a/wide2.png: resized from 70,000×2 to 65,500×2: {limit}",
+                 f"a/tall.png: resized from 1×90,000 to 1×65,500: {limit}"):
+        assert line in proc.stderr, proc.stderr
+    manifest = fmt.read_manifest(tmp_path / "out")
+    assert [e["path"] for e in manifest.skipped] == ["a/thread.png"], manifest.skipped
+    assert limit in manifest.skipped[0]["reason"] and "under 1 pixel" in manifest.skipped[0]["reason"]
+    samples = read_members(fmt.list_shards(tmp_path / "out")[0].path)
+    sizes = sorted(Image.open(io.BytesIO(s["jpg"])).size for s in samples.values())
+    assert sizes == [(1, 65_500), (8, 8), (65_500, 1), (65_500, 2)]
+
+
 def test_byte_cap_is_exact_for_copied_jpegs(imagenet):
     src, _, _ = imagenet
     scan = scan_source(src, "folders")
@@ -430,14 +454,14 @@ def test_byte_cap_is_exact_for_copied_jpegs(imagenet):
 def test_prepare_jpeg_detects_the_format_from_content():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 3), dtype=np.uint8)
     jpeg = _jpeg(arr)
-    assert prepare_jpeg(jpeg) == (jpeg, False)
-    png_bytes, converted = prepare_jpeg(_encoded(arr, "PNG"))
-    assert converted and Image.open(io.BytesIO(png_bytes)).format == "JPEG"
-    cmyk, converted = prepare_jpeg(_jpeg(arr, "CMYK"))
+    assert prepare_jpeg(jpeg) == (jpeg, False, None)
+    png_bytes, converted, note = prepare_jpeg(_encoded(arr, "PNG"))
+    assert converted and note is None and Image.open(io.BytesIO(png_bytes)).format == "JPEG"
+    cmyk, converted, _ = prepare_jpeg(_jpeg(arr, "CMYK"))
     assert converted and Image.open(io.BytesIO(cmyk)).mode == "RGB"
     deep = io.BytesIO()
     Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(deep, "PNG")  # 16-bit gray, mid level
-    deep_bytes, _ = prepare_jpeg(deep.getvalue())
+    deep_bytes, _, _ = prepare_jpeg(deep.getvalue())
     assert abs(np.asarray(Image.open(io.BytesIO(deep_bytes))).mean() - 128) < 3  # scaled, not clipped to white
 
 

@@ -134,7 +134,7 @@ def test_good_jpegs_of_every_kind_are_copied_under_both_verify_modes(mode, size)
     for name, kw in GOOD_JPEG_KINDS.items():
         data = encode(photo(*size, seed=size[1]), mode=mode, **kw)
         for verify in ("full", "header"):
-            assert prepare_jpeg(data, verify=verify) == (data, False), (name, verify)
+            assert prepare_jpeg(data, verify=verify) == (data, False, None), (name, verify)
     exif = Image.Exif()
     exif[0x010E] = "a description"
     with_exif = encode(photo(), exif=exif.tobytes())
@@ -142,7 +142,7 @@ def test_good_jpegs_of_every_kind_are_copied_under_both_verify_modes(mode, size)
     mpo = io.BytesIO()
     Image.fromarray(photo()).save(mpo, "MPO", save_all=True, append_images=[Image.fromarray(photo(seed=1))])
     for data in (with_exif, trailing, mpo.getvalue()):
-        assert prepare_jpeg(data, verify="full") == (data, False)
+        assert prepare_jpeg(data, verify="full") == (data, False, None)
 
 
 # ------------------------------------------------------------------------------------------------ reasons
