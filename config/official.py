@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from config.errors import ConfigError, plain, suggest
+from config.errors import ConfigError, plain, shown, suggest
 
 logger = logging.getLogger(__name__)
 
@@ -58,29 +58,29 @@ def map_official(raw: dict, source: str) -> tuple[dict, dict]:
     sources: dict[tuple[str, str], str] = {}
     for section, values in raw.items():
         if section not in OFFICIAL_SECTIONS:
-            raise ConfigError(f"{source}: unknown section {section!r} in an official-schema file"
+            raise ConfigError(f"{source}: unknown section {shown(section)} in an official-schema file"
                               f"{suggest(section, OFFICIAL_SECTIONS)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
+            raise ConfigError(f"{source}: section {shown(section)} must be a mapping of keys, got {shown(values)}")
         for key, value in values.items():
-            where = f"{source}: {plain(section)}.{plain(key)} (official schema)"
+            where = f"{source}: {plain(section, 40)}.{plain(key, 40)} (official schema)"
             if (section, key) in OFFICIAL_KEYS:
                 ours_section, ours_key, transform = OFFICIAL_KEYS[(section, key)]
                 if isinstance(value, str) and value.startswith("$replace"):
                     logger.warning("note: %s is a placeholder (%s); the default is used: set %s.%s to change it",
-                                   where, value, ours_section, ours_key)
+                                   where, shown(value), ours_section, ours_key)
                     continue
                 out.setdefault(ours_section, {})[ours_key] = transform(value)
                 sources[(ours_section, ours_key)] = where
             elif (section, key) in AUGMENTATION_KEYS:
                 if value:
-                    raise ConfigError(f"{where} = {value!r}: this augmentation is not implemented (the I-JEPA "
+                    raise ConfigError(f"{where} = {shown(value)}: this augmentation is not implemented (the I-JEPA "
                                       f"recipe uses RandomResizedCrop only); set it to false / 0.0")
             elif (section, key) in CHECKPOINT_KEYS:
                 continue  # mapped below, together
             elif (section, key) in DROPPED_KEYS:
                 if value not in (None, False, ""):
-                    logger.warning("note: %s = %r is ignored: %s", where, value, DROPPED_KEYS[(section, key)])
+                    logger.warning("note: %s = %s is ignored: %s", where, shown(value), DROPPED_KEYS[(section, key)])
             else:
                 known = [k for s, k in [*OFFICIAL_KEYS, *AUGMENTATION_KEYS, *DROPPED_KEYS, *CHECKPOINT_KEYS]
                          if s == section]

@@ -21,7 +21,7 @@ import pydantic
 from pydantic import AfterValidator, BeforeValidator, Field, Strict
 from pydantic_core import PydanticCustomError
 
-from config.errors import ConfigError
+from config.errors import ConfigError, shown
 
 INT64_MAX = 2**63 - 1  # every integer lands in a numpy or torch int64 somewhere (seeds, steps, indices)
 RANGE, TEXT = "range", "text"  # the field metadata keys
@@ -145,4 +145,4 @@ def check_value(value: Any, spec: dataclasses.Field, where: str) -> None:
     try:
         pydantic.TypeAdapter(spec.type).validate_python(value)
     except pydantic.ValidationError as err:
-        raise ConfigError(f"{where} is {value!r}; allowed: {err.errors()[0]['msg']}") from None
+        raise ConfigError(f"{where} is {shown(value)}; allowed: {err.errors()[0]['msg']}") from None

@@ -24,9 +24,10 @@ import yaml
 from pydantic_core import PydanticCustomError
 
 import kernels
-from config.errors import ConfigError, plain, suggest
+from config.errors import ConfigError, plain, shown, suggest
 from config.official import is_official, map_official
 from config.ranges import INT64_MAX, RANGE, at_least, between, section, text, yaml_number
+from config.yaml_text import read_yaml
 from model.sizes import VIT_SIZES, encoder_size
 
 
@@ -38,6 +39,9 @@ class RunConfig:
     out_dir: str = text("runs/ijepa", required=True)  # logs, the resolved config and checkpoints go here
     seed: int = between(0, INT64_MAX, default=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    # how long a rank waits for the others (a collective) and rank 0 for a step to finish (the watchdog) before the
+    # run stops naming the stalled step: well under the libraries' 30 minutes, above a ViT-H checkpoint save
+    timeout_s: float = between(5.0, 86400.0, default=600.0)
 
 
 @section
@@ -169,9 +173,10 @@ def check_deepspeed(values: dict) -> dict:
     stage = zero.get("stage", 0) if isinstance(zero, dict) else None
     message = (f"deepspeed.{derived} is derived from {DERIVED_DEEPSPEED_KEYS[derived]}; set that instead and remove "
                f"deepspeed.{derived}" if derived else
-               f"deepspeed.zero_optimization is {zero!r}; allowed: a mapping, e.g. {{stage: 2}}"
+               f"deepspeed.zero_optimization is {shown(zero)}; allowed: a mapping, e.g. {{stage: 2}}"
                if not isinstance(zero, dict) else
-               f"deepspeed.zero_optimization.stage is {stage!r}; allowed: 0, 1, 2 or 3 (the ZeRO stage, an integer)"
+               f"deepspeed.zero_optimization.stage is {shown(stage)}; allowed: 0, 1, 2 or 3 (the ZeRO stage, an "
+               f"integer)"
                if type(stage) is not int or stage not in (0, 1, 2, 3) else None)
     if message:
         raise PydanticCustomError("deepspeed", "{message}", {"message": message})
@@ -214,10 +219,12 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{source}: cannot read the config file ({err}); give a readable UTF-8 YAML file") from err
-    raw = parse_yaml(text, f"{source}: not valid YAML")
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = read_yaml(text, source)
+    if not raw or not isinstance(raw, dict):  # an empty file would otherwise load as the defaults: ViT-H, no data
+        got = ("no settings (it is empty or only comments)" if raw is None else "no sections" if raw == {} else
+               f"a {YAML_KINDS.get(type(raw), type(raw).__name__)} at the top level ({shown(raw, 40)})")
+        raise ConfigError(f"{source}: the file holds {got}; a config is a mapping of sections (run:, data:, model: "
+                          f"...): start from a copy of configs/tiny_cpu.yaml or configs/vith14_in1k.yaml")
     raw, sources = map_official(raw, source) if is_official(raw) else (raw, {})
     sources.update(apply_overrides(raw, overrides, source))
     return config_from_dict(raw, source, sources)
@@ -229,17 +236,6 @@ def with_overrides(cfg: Config, overrides: typing.Sequence[str], source: str = "
     return config_from_dict(raw, source, apply_overrides(raw, overrides, source))
 
 
-def parse_yaml(text: str, problem: str) -> Any:
-    """`text` as YAML; else a ConfigError of `problem` and PyYAML's multi-line message on one line."""
-    try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as err:  # RecursionError: nesting deeper than Python's stack
-        mark = getattr(err, "problem_mark", None)
-        where = (f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
-                 if getattr(err, "problem", None) and mark is not None else " ".join(str(err).split()))
-        raise ConfigError(f"{problem}: {where}") from err
-
-
 def apply_overrides(raw: dict, overrides: typing.Sequence[str], source: str) -> dict:
     """Writes `section.key=value` items (each value parsed as YAML, so 1e-3, true, [1, 2] get their types) into the
     raw sections, nested keys into the deepspeed section; returns {(section, key): where it came from}."""
@@ -247,22 +243,22 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str], source: str) -> 
     for item in overrides:
         name, sep, text = item.partition("=")
         section, dot, key = name.strip().partition(".")
-        where = f"--set {plain(item)}"
+        where = f"--set {plain(item, 120)}"
         if not sep or not dot or not section or not key:
             raise ConfigError(f"{where}: expected SECTION.KEY=VALUE, e.g. --set optimization.lr=5e-4")
-        value = parse_yaml(text, f"{where}: the value is not valid YAML") if text.strip() else ""
+        value = read_yaml(text, where, prefix=name.strip()) if text.strip() else ""
         problem = section != "deepspeed" and unknown_key(section, key)
         if problem:
             raise ConfigError(f"{where}: {problem}")
         values = raw.setdefault(section, {})
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+            raise ConfigError(f"{source}: section {shown(section)} must be a mapping, got {shown(values)}")
         keys = key.split(".") if section == "deepspeed" else [key]  # --set deepspeed.zero_optimization.stage=3
         for k in keys[:-1]:
             values = values.setdefault(k, {})
             if not isinstance(values, dict):
                 raise ConfigError(f"{where}: deepspeed.{'.'.join(keys[:-1])} is not a mapping, so it has no key "
-                                  f"{keys[-1]!r}")
+                                  f"{shown(keys[-1])}")
         values[keys[-1]] = value
         sources[(section, key)] = where
     return sources
@@ -271,9 +267,9 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str], source: str) -> 
 def unknown_key(section: Any, key: Any) -> Optional[str]:
     """Why `section.key` names no setting, with the closest valid name; None when it names one."""
     if section not in SECTIONS:
-        return f"unknown section {section!r}{suggest(section, [*SECTIONS, 'deepspeed'])}"
+        return f"unknown section {shown(section)}{suggest(section, [*SECTIONS, 'deepspeed'])}"
     keys = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    return None if key in keys else f"section {section!r} has no key {key!r}{suggest(key, keys)}"
+    return None if key in keys else f"section {section!r} has no key {shown(key)}{suggest(key, keys)}"
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = None) -> Config:
@@ -290,6 +286,8 @@ def config_from_dict(raw: dict, source: str = "<dict>", sources: dict | None = N
     return cfg
 
 
+# what a file holds at its top level when that is no mapping, as load_config's message names it
+YAML_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
 # pydantic's error types, by what our message says
 KEY_ERRORS = {"unexpected_keyword_argument", "invalid_key"}  # an unknown section or key
 PAIR_ERRORS = {"tuple_type", "too_short", "too_long", "missing"}
@@ -305,7 +303,8 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
     if len(loc) == 1:  # the section itself
         return ConfigError(f"{source}: " + (unknown_key(section, None) if kind in KEY_ERRORS else
                                             error["ctx"]["message"] if kind == "deepspeed" else
-                                            f"section {section!r} must be a mapping of keys, got {raw[section]!r}"))
+                                            f"section {section!r} must be a mapping of keys, got "
+                                            f"{shown(raw[section])}"))
     where = sources.get((section, key), source)
     if kind in KEY_ERRORS:
         return ConfigError(f"{where}: {unknown_key(section, key)}")
@@ -314,19 +313,19 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
     if kind in RANGE_ERRORS:
         integer, pair = int in (hint, *typing.get_args(hint)), typing.get_origin(hint) is tuple
         loaded = value if integer else [float(yaml_number(v)) for v in value] if pair else float(yaml_number(value))
-        return ConfigError(f"{where} is {loaded!r}; allowed: "
+        return ConfigError(f"{where} is {shown(loaded)}; allowed: "
                            f"{cls.__dataclass_fields__[key].metadata[RANGE].describe(integer, pair)}")
     if kind == "text":
-        return ConfigError(f"{where} is {value!r}; allowed: {error['ctx']['problem']}")
+        return ConfigError(f"{where} is {shown(value)}; allowed: {error['ctx']['problem']}")
     if kind == "literal_error":
-        return ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(hint)))}")
+        return ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(repr, typing.get_args(hint)))}")
     if kind in PAIR_ERRORS:
-        return ConfigError(f"{where}: expected a list of {len(typing.get_args(hint))} numbers, got {value!r}")
+        return ConfigError(f"{where}: expected a list of {len(typing.get_args(hint))} numbers, got {shown(value)}")
     if len(loc) > 2:  # one number of a pair
         where, value = f"{where}[{loc[2]}]", value[loc[2]]
     if kind not in EXPECTED:  # none that these types raise: pydantic's own words, on one line
-        return ConfigError(f"{where}: {plain(error['msg'])}, got {value!r}")
-    return ConfigError(f"{where}: expected {EXPECTED[kind]}, got {value!r}"
+        return ConfigError(f"{where}: {plain(error['msg'], 200)}, got {shown(value)}")
+    return ConfigError(f"{where}: expected {EXPECTED[kind]}, got {shown(value)}"
                        + ("" if kind == "finite_number" else f" ({type(value).__name__})"))
 
 
@@ -358,7 +357,7 @@ def check_consistency(cfg: Config) -> Optional[str]:
     """The checks that involve more than one key: what makes the combination unable to run, first found; else None."""
     model, opt, crop, patch = cfg.model, cfg.optimization, cfg.data.crop_size, cfg.model.patch_size
     if model.arch not in VIT_SIZES:
-        return f"model.arch: unknown {model.arch!r}{suggest(model.arch, VIT_SIZES)}"
+        return f"model.arch: unknown {shown(model.arch)}{suggest(model.arch, VIT_SIZES)}"
     # The crop is a whole number of patches, enough for a block to fit.
     if crop % patch:
         return f"data.crop_size {crop} is not a multiple of model.patch_size {patch}"

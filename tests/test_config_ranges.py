@@ -129,14 +129,14 @@ def exercise(cfg) -> None:
         with torch.no_grad():
             loss = ijepa_loss(model, target, images, ctx_idx, tgt_idx)
         assert torch.isfinite(loss)
-    warmup, total = schedule_steps(cfg.optimization, steps_per_epoch=5)
+    s = schedule_steps(cfg.optimization, steps_per_epoch=5)
     opt, (m0, m1) = cfg.optimization, cfg.ema.momentum
     param = torch.zeros(3, requires_grad=True)
     adamw = torch.optim.AdamW([param], lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
-    for step in sorted({1, max(warmup, 1), warmup + 1, total, total + 7}):
-        lr = lr_at(step, warmup, total, opt.start_lr, opt.lr, opt.final_lr)
-        wd = wd_at(step, total, opt.weight_decay, opt.final_weight_decay)
-        momentum = momentum_at(step, total, m0, m1)
+    for step in sorted({1, max(s.warmup_steps, 1), s.warmup_steps + 1, s.t_max, s.train_steps, s.t_max + 7}):
+        lr = lr_at(step, s.warmup_steps, s.t_max, opt.start_lr, opt.lr, opt.final_lr)
+        wd = wd_at(step, s.t_max, opt.weight_decay, opt.final_weight_decay)
+        momentum = momentum_at(step, s.momentum_denominator, m0, m1)
         assert math.isfinite(lr) and math.isfinite(wd) and 0 <= momentum <= 1, (step, lr, wd, momentum)
         param.grad = torch.ones(3)
         adamw.param_groups[0].update(lr=lr, weight_decay=wd)
@@ -322,3 +322,68 @@ def test_the_issue_examples_through_the_real_cli():
         lines = err.strip().splitlines()
         assert out == "" and "Traceback" not in err, (item, err)
         assert len(lines) == 1 and lines[0].startswith("config error:") and key in lines[0], (item, err)
+
+
+def alias_bomb(levels: int = 9, fanout: int = 9) -> str:
+    """A "billion laughs": `levels` anchored lists, each of `fanout` aliases of the one before (fanout**levels items
+    once expanded: 9**9 = 387 million), in the pass-through deepspeed section that no schema key walks."""
+    lines = ["deepspeed:", f"  x0: &x0 [{', '.join(['lol'] * fanout)}]"]
+    lines += [f"  x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * fanout)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    """The old loader read it in ms as shared lists, and the first thing to walk it (a message showing the value, the
+    saved config.yaml) hung growing past 3 GiB. Aliases are refused as the parser meets the first one."""
+    import time
+    import tracemalloc
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        seconds, (_, peak) = time.perf_counter() - start, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == (f"{path} line 3: the YAML alias *x0 is not accepted in a config; write the value out "
+                              f"where it is used")
+    assert peak < 2**20 and seconds < 1.0, (peak, seconds)  # measured: ~20 KiB, 1-6 ms
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data:\n  crop_scale: &pair [0.3, 1.0]\n  crop_ratio: *pair\n", "line 3: the YAML alias *pair is not accepted"),
+    ("deepspeed:\n  base: &b {stage: 2}\n  zero_optimization:\n    <<: *b\n", "line 4: the YAML alias *b"),
+    ("deepspeed:\n  zero_optimization:\n    <<: {stage: 2}\n", "line 3: the YAML merge key << is not accepted"),
+    ("run:\n  seed: 1" + "0" * 5000 + "\n", "line 2: the integer 10000000000000000000… has 5001 characters, more "
+                                            "than Python reads (4300 digits)"),  # was a ValueError traceback
+])
+def test_aliases_merge_keys_and_endless_integers_are_refused_naming_the_line(text, message, tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path} {message}"), str(err.value)
+
+
+def test_values_in_messages_are_cut_to_80_characters():
+    """A value is shown as its repr, cut: a huge or deeply shared one (a bomb built in Python: no YAML refuses it
+    here) costs what its first 80 characters cost."""
+    from config.errors import shown
+
+    bomb, small = ["lol"] * 9, ["lol"] * 9
+    for _ in range(8):
+        bomb, small = [bomb] * 9, [small] * 2  # 9**9 items, shared; 2**8 lists that begin the same
+    assert shown(bomb) == repr(small)[:80] + "…" and shown("x" * 10**6) == "'" + "x" * 79 + "…"
+    assert shown({"a": (1, 2.5), "b": [None, True]}) == repr({"a": (1, 2.5), "b": [None, True]})
+    assert shown((1,)) == "(1,)" and shown([]) == "[]" and shown(10**5000) == "<an integer of over 4000 digits>"
+    medium = [list(range(100))] * 500  # ~250 KB as a repr: the message stays one short line
+    for raw, key in [({"data": {"shards": bomb}}, "data.shards"), ({"data": {"crop_scale": medium}}, "data.crop_scale"),
+                     ({"run": {"name": "n" * 10**6}}, "run.name"), ({"data": {"backend": bomb}}, "data.backend"),
+                     ({"data": {"k" * 10**6: 1}}, "section 'data' has no key"), ({"data": bomb}, "section 'data'"),
+                     ({"deepspeed": {"zero_optimization": {"stage": medium}}}, "deepspeed.zero_optimization.stage")]:
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(raw, "x.yaml")
+        assert key in str(err.value) and len(str(err.value)) < 300, (key, len(str(err.value)))
