@@ -44,6 +44,15 @@ def copy_run(trained, dest) -> Path:
     return dest
 
 
+def replant(folder) -> None:
+    """Re-marks `folder` complete with the digests of its files as they are now: whoever can plant a file in a
+    checkpoint can rewrite its marker too (the digests find damage, not attacks), so these cases reach the load,
+    where weights_only is what keeps the planted code from running."""
+    from training.checkpoints import mark_complete
+
+    mark_complete(folder, int(folder.name[4:]))
+
+
 class Planted:
     """Unpickling this calls Path.touch(marker): what a hostile checkpoint would do with os.system."""
 
@@ -73,6 +82,7 @@ def test_resume_does_not_run_code_planted_in_a_checkpoint(trained, shards, tmp_p
     marker = tmp_path / "PWNED"
     planted = out / "checkpoints" / "step00000002" / victim
     torch.save({"step": 2, "payload": Planted(marker)}, planted)
+    replant(planted.parent)
     proc = launch(command(shards, out, "optimization.max_steps=4") + ["--resume", "auto"])
     assert proc.returncode == 1
     assert not marker.exists(), "code planted in the checkpoint ran"
@@ -86,6 +96,7 @@ def test_a_resume_on_another_world_size_does_not_run_code_planted_in_a_checkpoin
     marker = tmp_path / "PWNED"
     planted = out / "checkpoints" / "step00000002" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": {"zero_stage": Planted(marker)}}, planted)
+    replant(planted.parent)
     proc = launch(torchrun(2, command(shards, out, "optimization.max_steps=4")[1:] + ["--resume", "auto"]))
     assert proc.returncode != 0
     assert not marker.exists(), "code planted in the checkpoint ran"
