@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,62 @@ def launch(cmd: list[str], timeout: float = 600, env: dict | None = None, **kwar
 def start(cmd: list[str], **kwargs) -> subprocess.Popen:
     """Starts `cmd` in a process group of its own (as a scheduler starts a job), for a test that signals it."""
     return subprocess.Popen(cmd, cwd=ROOT, env=environment(), start_new_session=True, **kwargs)
+
+
+class Running:
+    """A launch read while it runs (its own process group, stdout and stderr together): the lines so far, a wait for
+    a line, its rank processes, its end."""
+
+    def __init__(self, cmd: list[str]):
+        import threading
+
+        self.proc = start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, text: str, timeout: float = 180) -> float:
+        """Waits until a line holds `text`; returns the time.monotonic() it was seen. Fails the test at the
+        deadline or when the launch ends first."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.lines)):
+            assert time.monotonic() < deadline and self.proc.poll() is None, (text, self.output()[-3000:])
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def rank(self, rank: int):
+        """The psutil process of global rank `rank` (its RANK environment variable)."""
+        import psutil
+
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank) and "train.py" in child.cmdline():
+                    return child
+            except psutil.Error:
+                continue
+        raise AssertionError(f"no rank {rank} among the launch's processes")
+
+    def finish(self, timeout: float = 120) -> int:
+        """Waits for the launcher to end (kills the group at the deadline and fails); returns its exit code."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the launch did not end within {timeout} s: {self.output()[-3000:]}") from None
+        self.reader.join(timeout=30)
+        return code
+
+    def kill(self) -> None:
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def output(self) -> str:
+        return "".join(self.lines)
 
 
 def launch_all(cmds: list[list[str]], timeout: float = 600) -> list[subprocess.CompletedProcess]:

@@ -1,13 +1,24 @@
-"""Distributed set-up and the few collectives the loop uses: the process group (NCCL on GPUs, gloo on the CPU), a
-world of one without a launcher, all-gathers of Python objects, agreement on a flag, DeepSpeed's /dev/shm buffers."""
+"""Distributed set-up and the few collectives the loop uses: the process group (NCCL on GPUs, gloo on the CPU) with
+the run's collective timeout, a world of one without a launcher, all-gathers of Python objects, agreement on flags,
+DeepSpeed's /dev/shm buffers (this rank's removed at exit, dead runs' at the next start)."""
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from training import TrainingError
 from util.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_S = 4 * 3600  # rank 0's one-off work the others wait for (a universal conversion of a ViT-g checkpoint)
+SHM_PATTERN = "deepspeed_*"  # DeepSpeed's shared-memory all-reduce buffers (deepspeed/ops/csrc/cpu/comm/shm.cpp)
+SHM_MIN_AGE_S = 60  # a buffer younger than this may belong to a run starting now, not yet mapped by it
+_setup_group = None  # a gloo group with SETUP_TIMEOUT_S, for on_rank0
 
 
 def free_port() -> int:
@@ -24,12 +35,15 @@ def single_process_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
-def setup_distributed(device_kind: str):
+def setup_distributed(device_kind: str, timeout_s: float = 600.0):
     """Initialises torch.distributed through DeepSpeed (NCCL on GPUs, gloo on the CPU); returns (device, rank, world).
 
     Args:
         device_kind: the config's run.device: auto (cuda when available), cpu or cuda.
+        timeout_s: how long a collective waits for the other ranks before it fails (run.timeout_s; the libraries'
+            default is 30 minutes of GPU-hours burned in silence when a rank hangs).
     """
+    global _setup_group
     import deepspeed
     import torch
 
@@ -39,28 +53,30 @@ def setup_distributed(device_kind: str):
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo",
+                               timeout=datetime.timedelta(seconds=timeout_s))
+    _setup_group = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SETUP_TIMEOUT_S))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return device, torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def gather(obj):
+def gather(obj, group=None):
     """One object per rank → the list of all ranks' objects, on every rank."""
     import torch.distributed as dist
 
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=group)
     return out
 
 
-def agree(flag: bool, device) -> bool:
-    """True on every rank when any rank says True (one small all-reduce, only on check steps)."""
+def agree(flags: tuple[bool, ...], device) -> tuple[bool, ...]:
+    """Each flag True on every rank when any rank says True (one small all-reduce, only on check steps)."""
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def release_shm_buffers() -> None:
@@ -70,6 +86,34 @@ def release_shm_buffers() -> None:
     name = f"deepspeed_*_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{os.environ.get('RANK')}"
     for path in Path("/dev/shm").glob(name):
         path.unlink(missing_ok=True)
+
+
+def remove_dead_shm_buffers(shm: Path = Path("/dev/shm"), proc: Path = Path("/proc")) -> list[Path]:
+    """Removes DeepSpeed's /dev/shm buffers of this user that no process maps any more (left by ranks killed with
+    SIGKILL, 66 MiB each); returns them. A live run's ranks map theirs for the whole run, so nothing of a live run is
+    touched; a buffer younger than SHM_MIN_AGE_S is left alone (its run may be starting)."""
+    uid, now = os.getuid(), time.time()
+    candidates = []
+    for path in shm.glob(SHM_PATTERN):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if st.st_uid == uid and now - st.st_mtime > SHM_MIN_AGE_S:
+            candidates.append(path)
+    if not candidates:
+        return []
+    mapped = set()
+    for maps in proc.glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # ended meanwhile, or another user's (which cannot map this user's 0600 buffers)
+            continue
+        mapped.update(line.split(None, 5)[-1] for line in text.splitlines() if str(shm) in line)
+    dead = [p for p in candidates if str(p) not in mapped]
+    for path in dead:
+        path.unlink(missing_ok=True)
+    return dead
 
 
 def on_rank0(fn, *args):
@@ -84,7 +128,7 @@ def on_rank0(fn, *args):
             value = fn(*args)
         except UserError as err:
             message = str(err)
-    message = gather(message)[0]
+    message = gather(message, _setup_group)[0]  # the others may wait long: a universal conversion
     if message:
         raise TrainingError(message)
     return value

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import resource
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,12 @@ from config import Config, ConfigError, config_to_yaml, training_dtype
 from pipeline.loader import Loader, build_loader
 from pipeline.masks import MultiBlockMaskSampler
 from training import TrainingError
-from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, restore_saved,
+from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
-from training.distributed import agree, gather, on_rank0, release_shm_buffers, setup_distributed, single_process_env
+from training.distributed import (agree, gather, on_rank0, release_shm_buffers, remove_dead_shm_buffers,
+                                  setup_distributed, single_process_env)
 from training.engine import build_engine, build_monitor, micro_step, set_schedules
+from training.faults import Peers, StopSignal, Watchdog, exit_now, is_comm_failure
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
 from training.plan import ResumeRequest, RunPlan, plan_run
 from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
@@ -49,18 +50,6 @@ def build_training_loader(cfg: Config, plan: RunPlan, rank: int, device: torch.d
     values and never reads the config); images in the training dtype unless `dtype` is given."""
     return build_loader(cfg.data, mask_sampler(cfg), seed=cfg.run.seed, rank=rank, layout=plan.layout,
                         manifest=plan.manifest, backend=plan.backend, device=device, dtype=dtype or training_dtype(cfg))
-
-
-class StopSignal:
-    """SIGTERM/SIGINT (preemption) set a flag; the loop checkpoints and exits at the next agreed check."""
-
-    def __init__(self):
-        self.received = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
 
 
 class LoopState:
@@ -116,22 +105,59 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
     the kNN probe logged every logging.probe_every steps (a callable (encoder, device) → top-1)."""
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")), request)
     single_process_env()
+    if os.environ.get("LOCAL_RANK", "0") == "0" and (dead := remove_dead_shm_buffers()):
+        logger.info(f"removed {len(dead)} DeepSpeed shared-memory buffer(s) that dead runs left in /dev/shm: "
+                    f"{', '.join(p.name for p in dead[:4])}{' …' if len(dead) > 4 else ''}")
     stop = StopSignal()
     try:
-        device, rank, world_size = setup_distributed(cfg.run.device)
+        device, rank, world_size = setup_distributed(cfg.run.device, cfg.run.timeout_s)
         if world_size != plan.world_size:
             raise TrainingError(f"the launcher set WORLD_SIZE {plan.world_size} but the process group has "
                                 f"{world_size} ranks: launch with deepspeed, torchrun or plain python")
-        with contextlib.ExitStack() as claim:
-            on_rank0(claim_out_dir, claim, cfg, plan)  # rank 0 holds run.out_dir's lock until the run ends
-            run = prepare(cfg, plan, device, rank)
-            code = train(run, stop, make_probe)
+        peers, out_dir = Peers.gather(rank), Path(cfg.run.out_dir)
+        watchdog = Watchdog(stop, cfg.run.timeout_s, rank,
+                            on_stall=lambda step, waited: exit_now(stall_message(step, waited, cfg, peers)))
+        with contextlib.ExitStack() as claim, watchdog:
+            try:
+                on_rank0(claim_out_dir, claim, cfg, plan)  # rank 0 holds run.out_dir's lock until the run ends
+                run = prepare(cfg, plan, device, rank)
+                code = train(run, stop, make_probe, watchdog)
+            except (RuntimeError, OSError) as err:  # one line, not a collective's or a write's traceback
+                raise run_failure(err, watchdog.step + 1, out_dir, peers) from None
         # Every rank is past the last collective: tear the group down before the interpreter exits, so that no
         # rank's communication threads are destroyed mid-flight ("terminate called without an active exception").
         torch.distributed.destroy_process_group()
         return code
     finally:
         release_shm_buffers()
+
+
+def run_failure(err: BaseException, step: int, out_dir: Path, peers: Peers) -> BaseException:
+    """What ended the run at `step`, as one line: run.out_dir vanished (a write failed, or a peer stopped because of
+    it), or a peer died or hung (a collective failed); any other error as it is."""
+    if not out_dir.is_dir():
+        return TrainingError(vanished(out_dir, step))
+    if isinstance(err, RuntimeError) and is_comm_failure(err):
+        return TrainingError(f"{peers.lost() or 'a rank not responding'} at step {step}; {last_checkpoint(out_dir)}; "
+                             f"resume with --resume auto (the collective said: {str(err).splitlines()[0][:200]})")
+    return err
+
+
+def vanished(out_dir: Path, step: int) -> str:
+    return (f"run.out_dir {out_dir} vanished at step {step} (deleted or moved): nothing to log or checkpoint into, "
+            f"the run stops; put the folder back and resume with --resume auto, or start again")
+
+
+def last_checkpoint(out_dir: Path) -> str:
+    tags = complete_tags(checkpoint_dir(out_dir))
+    return f"last complete checkpoint {checkpoint_dir(out_dir) / tags[-1]}" if tags else "no complete checkpoint yet"
+
+
+def stall_message(step: int, waited: float, cfg: Config, peers: Peers) -> str:
+    """The watchdog's line: the step that did not finish, what this host can tell of why, where to resume from."""
+    who = peers.lost() or "no rank on this host is gone or stopped: a rank elsewhere, a collective or the data hung"
+    return (f"step {step} stalled: not finished after {waited:.0f} s (run.timeout_s {cfg.run.timeout_s:g}); {who}; "
+            f"the run stops; {last_checkpoint(Path(cfg.run.out_dir))}; resume with --resume auto")
 
 
 def claim_out_dir(claim: contextlib.ExitStack, cfg: Config, plan: RunPlan) -> None:
@@ -145,11 +171,12 @@ def claim_out_dir(claim: contextlib.ExitStack, cfg: Config, plan: RunPlan) -> No
 
 def plan_summary(plan: RunPlan) -> str:
     """The plan's values as YAML comments (config.yaml, beside the config they follow from)."""
-    layout = plan.layout
+    layout, sched = plan.layout, plan.schedules
     lines = [f"world_size: {layout.world_size}", f"global_batch_size: {layout.global_batch} = {layout.batch_size} "
              f"per GPU x grad_accum {layout.grad_accum} x {layout.world_size}",
              f"data: {plan.manifest.total_samples} samples, {plan.backend} backend, {plan.steps_per_epoch} steps "
-             f"per epoch", f"schedules: {plan.warmup_steps} warmup of {plan.total_steps} steps"
+             f"per epoch", f"schedules: {sched.warmup_steps} warmup, lr and wd over {sched.t_max} steps, momentum "
+             f"over {sched.momentum_denominator}, {sched.train_steps} training steps"
              + (f", shifted {plan.schedule_shift:+d}" if plan.schedule_shift else "")]
     return "".join(f"# plan: {line}\n" for line in lines)
 
@@ -188,8 +215,9 @@ def prepare(cfg: Config, plan: RunPlan, device: torch.device, rank: int) -> Run:
     return Run(cfg, plan, device, rank, engine, target, ema, loader, step)
 
 
-def train(run: Run, stop: StopSignal, make_probe) -> int:
-    """The loop, on every rank: steps, logging, checkpoints; a summary at the end."""
+def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] = None) -> int:
+    """The loop, on every rank: steps, logging, checkpoints; a summary at the end. `watchdog` hears of every step
+    (rank 0's ends the run when one stalls)."""
     cfg, plan, device, step = run.cfg, run.plan, run.device, run.step
     engine, target, ema, loader = run.engine, run.target, run.ema, run.loader
     out_dir, dtype, shift, last = Path(cfg.run.out_dir), training_dtype(cfg), plan.schedule_shift, plan.last_step
@@ -201,14 +229,16 @@ def train(run: Run, stop: StopSignal, make_probe) -> int:
     bar = progress_bar(run.rank == 0 and sys.stderr.isatty(), total=last, initial=step)
     logger.info(f"training {cfg.run.name}: {plan.world_size} rank(s) on {device.type}, global batch "
                 f"{plan.layout.global_batch}, {plan.steps_per_epoch} steps/epoch, steps {step + 1}..{last} of "
-                f"{plan.total_steps - shift}"
+                f"{plan.schedules.train_steps - shift}"
                 + (f" (the schedules run {shift:+d} steps from the count)" if shift else ""))
     started, first_step, skipped = time.perf_counter(), step + 1, 0
     save = lambda: save_checkpoint(engine, ema, target, loader, cfg, plan, step, out_dir)  # noqa: E731
+    beat = watchdog.beat if watchdog is not None else lambda _: None
+    beat(step)
     with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
         while step < last:
             step += 1
-            sched = set_schedules(engine.optimizer, step + shift, cfg, plan.warmup_steps, plan.total_steps)
+            sched = set_schedules(engine.optimizer, step + shift, cfg, plan.schedules)
             for _ in range(accum):
                 t0 = time.perf_counter()
                 batch = next(batches)
@@ -236,14 +266,20 @@ def train(run: Run, stop: StopSignal, make_probe) -> int:
                 figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
                 if cfg.data.on_bad_sample == "skip":  # else none can be skipped: no collective for a constant 0
                     skipped = skipped_samples(loader)  # the last step always logs: summary.json takes it from here
+                stopping, gone = agree((stop.received is not None, not out_dir.is_dir()), device)
+                if gone:  # before anything writes: the monitors would raise mid-write
+                    raise TrainingError(vanished(out_dir, step))
                 log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped)
-                if agree(stop.received is not None, device):
+                if stopping:
                     save()
                     logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
                                 f"resume with --resume auto")
                     return 0
             if save_now:
                 save()
+            beat(step)
+    if watchdog is not None:
+        watchdog.disarm()
     bar.close()
     if run.rank == 0:
         write_summary(out_dir, step - first_step + 1, time.perf_counter() - started, plan.layout, skipped)

@@ -3,7 +3,7 @@ checkpoint it resumes, computed once (plan_run) and read by everything downstrea
 changed: where a resume trains with another per-GPU batch, the plan's `layout` says so.
 
     plan = plan_run(cfg, world_size, ResumeRequest(resume="auto"))   # reads the manifest and run.json, once
-    plan.layout.global_batch, plan.steps_per_epoch, plan.total_steps, plan.schedule_shift, plan.backend ...
+    plan.layout.global_batch, plan.steps_per_epoch, plan.schedules, plan.schedule_shift, plan.backend ...
 
 A resume must share the data, the batch and the schedule of the run that wrote its checkpoint: run.json records
 that run's identity (`run_identity`), and plan_run refuses every difference by name, before anything is built,
@@ -26,8 +26,10 @@ from typing import Any, Optional
 from config import Config, ConfigError
 from model.official import CheckpointError
 from pipeline.loader import BatchLayout, open_manifest, resolve_backend
-from pipeline.shards import Manifest
-from training.checkpoints import RUN_FILE, resolve_resume
+from pipeline import DataError
+from pipeline.shards import Manifest, ManifestError, read_manifest
+from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags, resolve_resume
+from training.schedules import Schedules
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +116,9 @@ class RunPlan:
     backend: str  # data.backend resolved: "dali" or "torch"
     manifest: Manifest  # data.shards' manifest, read once
     steps_per_epoch: int  # optimizer steps
-    warmup_steps: int
-    total_steps: int  # the schedules' length
+    schedules: Schedules  # warmup, lr/wd length T_max, momentum denominator, train steps (training/schedules.py)
     schedule_shift: int  # the schedules run at step + shift (non-zero once --keep-per-gpu-batch rescaled them)
-    last_step: int  # the step this run ends at: the schedules' end or optimization.max_steps
+    last_step: int  # the step this run ends at: epochs x steps per epoch (less the shift) or optimization.max_steps
     identity: dict[str, Any]  # what a resume of this run's checkpoints must keep
     saved: Optional[SavedRun] = None  # the checkpoint this run goes on from; None: a fresh start
     elastic: bool = False  # the world size differs from the checkpoint's: DeepSpeed loads a universal conversion
@@ -139,11 +140,16 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     other settings, a world size that cannot split the global batch)."""
     saved = saved_run(request.resume, Path(cfg.run.out_dir))
     manifest = open_manifest(cfg.data.shards)
+    if cfg.logging.probe_every:  # read on rank 0 after the model is built: a typo would cost the whole set-up
+        try:
+            read_manifest(cfg.logging.probe_shards)
+        except (ManifestError, ValueError) as err:
+            raise DataError(f"logging.probe_shards {cfg.logging.probe_shards}: {err}") from None
     requested = (cfg.data.batch_size, cfg.optimization.grad_accum)
     layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size,
                                                                request.keep_per_gpu_batch)
     steps_per_epoch = layout.steps_per_epoch(manifest.total_samples, cfg.data.shards)
-    warmup, total = schedule_steps(cfg.optimization, steps_per_epoch)
+    schedules = schedule_steps(cfg.optimization, steps_per_epoch)
     shift = 0 if saved is None else saved.record.schedule_shift
     if rescaled:  # the same place in the epoch, counted in steps of the new global batch
         epoch, done = saved.record.saved_position()
@@ -152,30 +158,36 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
                   f"of {layout.global_batch} ({steps_per_epoch} steps per epoch) the schedules go on from their step "
                   f"{saved.record.step + shift} (shift {shift:+d}; the step count goes on from {saved.record.step})",)
     backend = resolve_backend(cfg.data.backend)
-    identity = run_identity(cfg, layout, backend, manifest, steps_per_epoch, warmup, total)
+    identity = run_identity(cfg, layout, backend, manifest, steps_per_epoch, schedules.warmup_steps,
+                            schedules.t_max)
     for note in notes:
         logger.info(note)
     if saved is not None:
         check_resume(saved, identity, request.accept_changes, expected)
-    end = total - shift  # the schedules' last step, in the step count
-    return RunPlan(layout, requested, backend, manifest, steps_per_epoch, warmup, total, shift,
+    end = schedules.train_steps - shift  # the official loop's last step, in the step count
+    return RunPlan(layout, requested, backend, manifest, steps_per_epoch, schedules, shift,
                    min(end, cfg.optimization.max_steps or end), identity, saved, elastic, rescaled, notes)
 
 
-def schedule_steps(opt, steps_per_epoch: int) -> tuple[int, int]:
-    """(warmup steps, total schedule steps) of the lr, weight-decay and momentum schedules of the optimization
-    section `opt`."""
-    warmup, total = int(opt.warmup_epochs * steps_per_epoch), int(opt.epochs * steps_per_epoch * opt.ipe_scale)
-    if total < 1:  # the schedules divide by it, and a run of 0 steps would end at once with exit code 0
-        raise ConfigError(f"optimization.epochs {opt.epochs} x {steps_per_epoch} iterations per epoch x "
-                          f"optimization.ipe_scale {opt.ipe_scale} gives {total} schedule steps; raise "
+def schedule_steps(opt, steps_per_epoch: int) -> Schedules:
+    """The lengths of the lr, weight-decay and momentum schedules of the optimization section `opt`, and the steps
+    the run trains, by the official arithmetic (training/schedules.py)."""
+    schedules = Schedules.official(opt.epochs, opt.warmup_epochs, opt.ipe_scale, steps_per_epoch)
+    if schedules.t_max < 1:  # the weight decay divides by it
+        raise ConfigError(f"optimization.ipe_scale {opt.ipe_scale} x optimization.epochs {opt.epochs} x "
+                          f"{steps_per_epoch} iterations per epoch gives {schedules.t_max} schedule steps; raise "
                           f"optimization.ipe_scale or epochs")
-    return warmup, total
+    return schedules
 
 
 def saved_run(resume: str, out_dir: Path) -> Optional[SavedRun]:
     """The checkpoint `resume` names ("", "auto" or a tag folder: training.checkpoints.resolve_resume) and its
-    run.json; None for a fresh start. Raises CheckpointError naming a damaged run.json."""
+    run.json; None for a fresh start. Raises CheckpointError naming a damaged run.json, or when a fresh start would
+    write over the checkpoints of a run already in out_dir."""
+    if not resume and (tags := complete_tags(checkpoint_dir(out_dir))):
+        raise CheckpointError(f"run.out_dir {out_dir} holds the checkpoints of a run ({len(tags)}, the newest "
+                              f"{checkpoint_dir(out_dir) / tags[-1]}); a fresh run would write over them: resume "
+                              f"it with --resume auto, or give this run another run.out_dir")
     found = resolve_resume(resume, out_dir)
     if found is None:
         return None

@@ -1,0 +1,148 @@
+"""A run that cannot go on ends loudly, in one line, and soon: a rank killed or hung, a launcher that vanished, the
+out_dir deleted mid-run, a fresh run into another run's checkpoints, DeepSpeed's /dev/shm buffers of dead runs
+(training/faults.py, training/loop.py). The launches run the real launchers on the tiny config; each reads the run's
+output while it runs (launches.Running)."""
+import mmap
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launches import (Running, complete_tags, deepspeed, launch, no_shm_leftovers, ok, python, torchrun,  # noqa: F401
+                      train_args, train_main)
+from training.distributed import remove_dead_shm_buffers
+
+SETS = ("optimization.max_steps=400", "checkpoint.every_steps=2", "checkpoint.keep_last=1")
+
+
+def first_error(output: str) -> str:
+    """The first line that says something went wrong: an `error:` line, or the first line of a traceback."""
+    for line in output.splitlines():
+        if "error:" in line or "Traceback" in line or "Error" in line.split(":")[0]:
+            return line
+    raise AssertionError(f"no error line in: {output[-3000:]}")
+
+
+def gone_within(procs, seconds: float) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=seconds)
+    return not alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, killed", [(deepspeed, 1), (torchrun, 0)], ids=["deepspeed-rank1", "torchrun-rank0"])
+def test_a_killed_rank_ends_every_rank_with_one_line_naming_it(digit_shards, tmp_path, launcher, killed):
+    run = Running(launcher(2, train_args(digit_shards["train"], tmp_path, *SETS)))
+    try:
+        run.wait_for("step 4/")
+        victim, survivor = run.rank(killed), run.rank(1 - killed)
+        port = victim.environ()["MASTER_PORT"]
+        victim.kill()
+        assert gone_within([survivor], 60), "the surviving rank still runs 60 s after its peer died"
+        run.finish(60)
+    finally:
+        run.kill()
+    line = first_error(run.output())
+    tag = complete_tags(tmp_path)[-1]
+    assert f"error: rank {killed} lost (its process ended) at step " in line, run.output()[-3000:]
+    assert f"last complete checkpoint {tmp_path / 'checkpoints' / tag}; resume with --resume auto" in line
+    assert line.startswith("error:" if killed == 1 else "[rank 1] error:")  # the survivor's own line, first
+    if launcher is torchrun:
+        return  # DeepSpeed's shared-memory all-reduce runs under its own launcher only
+    # what SIGKILL left in /dev/shm: the dead rank's DeepSpeed buffer; the next run's start removes it
+    left = list(Path("/dev/shm").glob(f"deepspeed_*_{port}_{killed}"))
+    assert left, "the killed rank left no /dev/shm buffer: nothing for the next start to remove"
+    for path in left:
+        os.utime(path, (time.time() - 3600,) * 2)  # older than a run starting now could make it
+    next_run = ok(launch(python(train_args(digit_shards["train"], tmp_path / "next", "optimization.max_steps=1"))))
+    assert "DeepSpeed shared-memory buffer(s) that dead runs left in /dev/shm" in next_run
+    assert not any(p.exists() for p in left)
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_run_naming_the_stalled_step(digit_shards, tmp_path):
+    run = Running(deepspeed(2, train_args(digit_shards["train"], tmp_path, *SETS, "run.timeout_s=8")))
+    try:
+        run.wait_for("step 4/")
+        hung, rank0 = run.rank(1), run.rank(0)
+        hung.suspend()  # SIGSTOP: alive, holding its sockets, answering nothing
+        stopped = time.monotonic()
+        assert gone_within([rank0], 30), "rank 0 still waits 30 s after rank 1 hung (run.timeout_s 8)"
+        waited = time.monotonic() - stopped
+    finally:
+        run.kill()
+    line = first_error(run.output())
+    # rank 0's watchdog (its step clock) or its collective's timeout, whichever fires first: both after 8 s
+    watchdog = line.startswith("error: step ") and " stalled: not finished after " in line
+    collective = line.startswith("error: rank 1 hung (its process is stopped) at step ")
+    assert watchdog or collective, run.output()[-3000:]
+    assert "rank 1 hung (its process is stopped)" in line and "; last complete checkpoint " in line
+    assert waited < 8 + 12, waited
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, how", [(deepspeed, signal.SIGTERM), (torchrun, signal.SIGKILL)],
+                         ids=["SIGTERM-to-the-deepspeed-command", "torchrun-killed"])
+def test_no_rank_outlives_its_launcher(digit_shards, tmp_path, launcher, how):
+    run = Running(launcher(2, train_args(digit_shards["train"], tmp_path, *SETS, "checkpoint.every_steps=1000")))
+    try:
+        run.wait_for("step 4/")
+        ranks = [run.rank(0), run.rank(1)]
+        os.kill(run.proc.pid, how)  # the command alone, not its process group
+        assert gone_within(ranks, 60), "ranks still train 60 s after their launcher ended"
+    finally:
+        run.kill()
+    out = run.output()
+    stopped = [line for line in out.splitlines() if "stopped by the end of its launcher" in line]
+    assert stopped and " at step " in stopped[0], out[-3000:]
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    assert complete_tags(tmp_path) == [f"step{step:08d}"]  # checkpointed where it stopped, as on SIGTERM
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_out_dir_deleted_mid_run_is_one_line_on_every_rank(digit_shards, tmp_path):
+    out_dir = tmp_path / "run"
+    run = Running(deepspeed(2, train_args(digit_shards["train"], out_dir, *SETS)))
+    try:
+        run.wait_for("step 4/")
+        out_dir.rename(tmp_path / "moved")  # as deleting it, atomically (rm -rf races the run's writes)
+        assert run.finish(60) != 0
+    finally:
+        run.kill()
+    out = run.output()
+    line = first_error(out)
+    assert f"run.out_dir {out_dir} vanished at step " in line, out[-3000:]
+    assert "Traceback" not in out.split(line)[0]
+    assert sum(f"run.out_dir {out_dir} vanished" in x for x in out.splitlines()) == 2  # every rank says why
+
+
+def test_a_fresh_run_into_checkpoints_is_refused(digit_shards, trained_run, tmp_path, caplog):
+    shutil.copytree(trained_run, tmp_path / "run")
+    before = {p: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").rglob("*") if p.is_file()}
+    code, lines = train_main(train_args(digit_shards["train"], tmp_path / "run")[1:], caplog)  # no --resume
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: run.out_dir {tmp_path / 'run'} holds the checkpoints of a run (1, the newest")
+    assert "resume it with --resume auto, or give this run another run.out_dir" in lines[0]
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_only_unmapped_old_shm_buffers_are_removed(tmp_path):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    old = time.time() - 3600
+    dead, live, young, other = (shm / f"deepspeed_allreduce_buffer_127.0.0.1_1_{i}" for i in range(4))
+    for path in (dead, live, young):
+        path.write_bytes(b"\0" * 4096)
+    other_name = shm / "not_deepspeed_buffer"
+    other_name.write_bytes(b"\0" * 4096)
+    for path in (dead, live, other_name):
+        os.utime(path, (old, old))
+    with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mapped:  # a live run maps its buffer
+        removed = remove_dead_shm_buffers(shm)
+        assert mapped[:1] == b"\0"
+    assert removed == [dead]
+    assert not dead.exists() and live.exists() and young.exists() and other_name.exists() and not other.exists()
