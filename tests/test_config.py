@@ -340,9 +340,16 @@ DUPLICATES = "run:\n  name: a\ndata:\n  batch_size: 8\n  crop_size: 112\n  batch
     ("meta:\n  pred_depth: 12\n  pred_depth: 6\n", "line 3: key meta.pred_depth appears twice"),  # official schema
     # the first in the file, although the outer mapping's duplicate is found by the walk first
     ("data:\n  crop_size: 112\n  crop_size: 224\nrun: {}\nrun: {}\n", "line 3: key data.crop_size appears twice"),
+    # aliases (one value in two places; a bomb), merge keys, integers Python will not read
+    ("data:\n  crop_scale: &pair [0.3, 1.0]\n  crop_ratio: *pair\n", "line 3: the YAML alias *pair is not accepted"),
+    ("deepspeed:\n  base: &b {stage: 2}\n  zero_optimization:\n    <<: *b\n", "line 4: the YAML alias *b"),
+    ("deepspeed:\n  zero_optimization:\n    <<: {stage: 2}\n", "line 3: the YAML merge key << is not accepted"),
+    ("run:\n  seed: 1" + "0" * 5000 + "\n", "line 2: the integer 10000000000000000000… has 5001 characters, more "
+                                            "than Python reads (4300 digits)"),  # was a ValueError traceback
 ])
-def test_a_key_written_twice_is_refused_naming_it_and_both_lines(text, message, tmp_path):
-    """PyYAML keeps the last of two equal keys silently: an edit above a forgotten line would be lost."""
+def test_yaml_that_misleads_is_refused_naming_the_line(text, message, tmp_path):
+    """PyYAML keeps the last of two equal keys silently (an edit above a forgotten line would be lost), expands
+    aliases without limit and raises a ValueError on a 5,000-digit integer."""
     path = tmp_path / "x.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
