@@ -173,7 +173,7 @@ def test_second_run_on_a_busy_out_dir_fails_at_once_and_a_killed_run_leaves_no_l
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    third = launch(command(shards, out, "optimization.max_steps=2"))
+    third = launch(command(shards, out, "optimization.max_steps=2") + ["--resume", "auto"])  # a fresh run is refused
     assert third.returncode == 0, third.stderr[-3000:]
     assert "step00000099: a save that did not complete" in third.stderr
     assert not (out / "checkpoints" / "step00000099").exists()

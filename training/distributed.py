@@ -93,13 +93,14 @@ def remove_dead_shm_buffers(shm: Path = Path("/dev/shm"), proc: Path = Path("/pr
     SIGKILL, 66 MiB each); returns them. A live run's ranks map theirs for the whole run, so nothing of a live run is
     touched; a buffer younger than SHM_MIN_AGE_S is left alone (its run may be starting)."""
     uid, now = os.getuid(), time.time()
+    min_age = float(os.environ.get("IJEPA_SHM_MIN_AGE_S", SHM_MIN_AGE_S))  # the tests' runs set 0
     candidates = []
     for path in shm.glob(SHM_PATTERN):
         try:
             st = path.stat()
         except OSError:
             continue
-        if st.st_uid == uid and now - st.st_mtime > SHM_MIN_AGE_S:
+        if st.st_uid == uid and now - st.st_mtime >= min_age:
             candidates.append(path)
     if not candidates:
         return []

@@ -171,7 +171,8 @@ def is_comm_failure(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(s in text for s in (
-        "gloo", "Gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Timed out", "timed out"))
+        "gloo", "Gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Timed out", "timed out",
+        "timeout", "pair closure"))
 
 
 def exit_now(message: str, code: int = 1) -> None:

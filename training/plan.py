@@ -29,6 +29,7 @@ from pipeline.loader import BatchLayout, open_manifest, resolve_backend
 from pipeline import DataError
 from pipeline.shards import Manifest, ManifestError, read_manifest
 from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags, resolve_resume
+from training.run_dir import check_not_in_use
 from training.schedules import Schedules
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,8 @@ def schedule_steps(opt, steps_per_epoch: int) -> Schedules:
 def saved_run(resume: str, out_dir: Path) -> Optional[SavedRun]:
     """The checkpoint `resume` names ("", "auto" or a tag folder: training.checkpoints.resolve_resume) and its
     run.json; None for a fresh start. Raises CheckpointError naming a damaged run.json, or when a fresh start would
-    write over the checkpoints of a run already in out_dir."""
+    write over the checkpoints of a run already in out_dir; TrainingError when a live run holds out_dir."""
+    check_not_in_use(out_dir)
     if not resume and (tags := complete_tags(checkpoint_dir(out_dir))):
         raise CheckpointError(f"run.out_dir {out_dir} holds the checkpoints of a run ({len(tags)}, the newest "
                               f"{checkpoint_dir(out_dir) / tags[-1]}); a fresh run would write over them: resume "

@@ -39,15 +39,34 @@ def locked_out_dir(out_dir: Path):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "a process that has not written its name yet"
-            raise TrainingError(f"run.out_dir {out_dir} is in use by another run ({holder}; lock {path}): wait for "
-                                f"it to end or give this run another run.out_dir") from None
+            raise TrainingError(in_use(out_dir, f)) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         yield
+
+
+def in_use(out_dir: Path, f) -> str:
+    f.seek(0)
+    holder = f.read().strip() or "a process that has not written its name yet"
+    return (f"run.out_dir {out_dir} is in use by another run ({holder}; lock {out_dir / LOCK_NAME}): wait for it to "
+            f"end or give this run another run.out_dir")
+
+
+def check_not_in_use(out_dir: Path) -> None:
+    """Raises TrainingError naming the holder when a live run holds `out_dir`'s lock: before a new run reads or
+    judges its checkpoints. A shared lock, at once released: the ranks of one starting run never block each other."""
+    try:
+        f = open(out_dir / LOCK_NAME)
+    except OSError:  # no lock file: no run has used out_dir
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(in_use(out_dir, f)) from None
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def remove_crashed_saves(ckpt_dir: Path, tag_pattern, complete_name: str) -> list[str]:
