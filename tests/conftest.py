@@ -26,7 +26,15 @@ def pytest_configure(config):
                                        "`make check` does not")
 
 
+# The files that take longest under `make test` (--durations), longest first: handed out first, they keep both workers
+# busy to the end instead of leaving one alone with the longest file (longest-processing-time-first scheduling).
+HEAVIEST_FILES = ("test_elastic.py", "test_probe.py", "test_bench.py", "test_train_hardening.py", "test_train.py",
+                  "test_faults.py", "test_hostile.py", "test_kernels_convergence.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVIEST_FILES)))  # stable: a file's tests stay in order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run on the GPU host: benchmarks/gpu_check.sh)")
