@@ -147,3 +147,27 @@ def test_only_unmapped_old_shm_buffers_are_removed(tmp_path):
         assert mapped[:1] == b"\0"
     assert removed == [dead]
     assert not dead.exists() and live.exists() and young.exists() and other_name.exists() and not other.exists()
+
+
+@pytest.mark.slow
+def test_peers_name_the_rank_that_ended_or_is_stopped():
+    import socket
+    import subprocess
+
+    from training.faults import Peers
+
+    ended, stopped = (subprocess.Popen(["sleep", "60"]) for _ in range(2))
+    try:
+        host = socket.gethostname()
+        ended.kill()  # asked at once: the process may not have ended yet (the case a collective's error meets)
+        assert Peers([(host, os.getpid()), (host, ended.pid)], rank=0).lost() == "rank 1 lost (its process ended)"
+        stopped.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+        peers = Peers([(host, os.getpid()), (host, ended.pid), (host, stopped.pid), ("elsewhere", 1)], rank=0)
+        assert peers.lost() == "rank 1 lost (its process ended), rank 2 hung (its process is stopped)"
+        assert Peers([(host, os.getpid()), ("elsewhere", 1)], rank=0).lost(settle_s=0) == (
+            "a rank on elsewhere lost or not responding")
+    finally:
+        for proc in (ended, stopped):
+            proc.kill()
+            proc.wait()

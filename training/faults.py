@@ -136,9 +136,16 @@ class Peers:
 
         return cls(gather((socket.gethostname(), os.getpid())), rank)
 
-    def lost(self) -> str:
+    def lost(self, settle_s: float = 2.0) -> str:
         """Which ranks are gone or hung, as far as this host can see ("rank 1 lost (its process ended)", "rank 0
-        hung (its process is stopped)"); ranks on other hosts are named by host."""
+        hung (its process is stopped)"); ranks on other hosts are named by host. A killed process closes its sockets
+        before it is a zombie: look again for up to `settle_s` until one is seen gone."""
+        deadline = time.monotonic() + settle_s
+        while not (said := self._look()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return said
+
+    def _look(self) -> str:
         import psutil
 
         host, said, remote = socket.gethostname(), [], set()
@@ -160,7 +167,7 @@ class Peers:
             return ", ".join(said)
         if remote:
             return f"a rank on {', '.join(sorted(remote))} lost or not responding"
-        return "a rank not responding"
+        return ""
 
 
 def is_comm_failure(err: BaseException) -> bool:
