@@ -117,7 +117,7 @@ def test_out_dir_deleted_mid_run_is_one_line_on_every_rank(digit_shards, tmp_pat
     out = run.output()
     line = first_error(out)
     assert f"run.out_dir {out_dir} vanished at step " in line, out[-3000:]
-    assert "Traceback" not in out.split(line)[0]
+    assert "Traceback" not in out and "Exception in thread" not in out  # TensorBoard's writer thread fails too
     assert sum(f"run.out_dir {out_dir} vanished" in x for x in out.splitlines()) == 2  # every rank says why
 
 

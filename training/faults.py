@@ -19,6 +19,7 @@ stalled, a rank that died or hung.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -168,6 +169,33 @@ class Peers:
         if remote:
             return f"a rank on {', '.join(sorted(remote))} lost or not responding"
         return ""
+
+
+def folder_id(path: Path) -> Optional[tuple[int, int]]:
+    """The identity of a folder (device, inode); None when it is gone. A folder deleted or moved and then made again
+    at the same path (DeepSpeed's CSV monitor makes its log folder on each write) has another identity."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def quiet_threads_while(explained: Callable[[], bool]):
+    """Background threads that fail while `explained()` holds print nothing (the loop's one line says why: the
+    TensorBoard writer's thread, for one, fails at once when run.out_dir vanishes); otherwise as usual."""
+    default = threading.excepthook
+
+    def hook(args):
+        if not explained():
+            default(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = default
 
 
 def is_comm_failure(err: BaseException) -> bool:

@@ -27,7 +27,8 @@ from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashe
 from training.distributed import (agree, gather, on_rank0, release_shm_buffers, remove_dead_shm_buffers,
                                   setup_distributed, single_process_env)
 from training.engine import build_engine, build_monitor, micro_step, set_schedules
-from training.faults import Peers, StopSignal, Watchdog, exit_now, is_comm_failure
+from training.faults import (Peers, StopSignal, Watchdog, exit_now, folder_id, is_comm_failure,
+                             quiet_threads_while)
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
 from training.plan import ResumeRequest, RunPlan, plan_run
 from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
@@ -117,13 +118,16 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
         peers, out_dir = Peers.gather(rank), Path(cfg.run.out_dir)
         watchdog = Watchdog(stop, cfg.run.timeout_s, rank,
                             on_stall=lambda step, waited: exit_now(stall_message(step, waited, cfg, peers)))
-        with contextlib.ExitStack() as claim, watchdog:
+        out_id = None  # run.out_dir's identity once claimed: a folder made again at its path is not it
+        gone = lambda: out_id is not None and folder_id(out_dir) != out_id  # noqa: E731
+        with contextlib.ExitStack() as claim, watchdog, quiet_threads_while(gone):
             try:
                 on_rank0(claim_out_dir, claim, cfg, plan)  # rank 0 holds run.out_dir's lock until the run ends
+                out_id = folder_id(out_dir)
                 run = prepare(cfg, plan, device, rank)
                 code = train(run, stop, make_probe, watchdog)
             except (RuntimeError, OSError) as err:  # one line, not a collective's or a write's traceback
-                raise run_failure(err, watchdog.step + 1, out_dir, peers) from None
+                raise run_failure(err, watchdog.step + 1, out_dir, gone(), peers) from None
         # Every rank is past the last collective: tear the group down before the interpreter exits, so that no
         # rank's communication threads are destroyed mid-flight ("terminate called without an active exception").
         torch.distributed.destroy_process_group()
@@ -132,10 +136,10 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
         release_shm_buffers()
 
 
-def run_failure(err: BaseException, step: int, out_dir: Path, peers: Peers) -> BaseException:
+def run_failure(err: BaseException, step: int, out_dir: Path, out_dir_gone: bool, peers: Peers) -> BaseException:
     """What ended the run at `step`, as one line: run.out_dir vanished (a write failed, or a peer stopped because of
     it), or a peer died or hung (a collective failed); any other error as it is."""
-    if not out_dir.is_dir():
+    if out_dir_gone:
         return TrainingError(vanished(out_dir, step))
     if isinstance(err, RuntimeError) and is_comm_failure(err):
         return TrainingError(f"{peers.lost() or 'a rank not responding'} at step {step}; {last_checkpoint(out_dir)}; "
@@ -235,6 +239,7 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
     save = lambda: save_checkpoint(engine, ema, target, loader, cfg, plan, step, out_dir)  # noqa: E731
     beat = watchdog.beat if watchdog is not None else lambda _: None
     beat(step)
+    out_id = folder_id(out_dir)
     with ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
         while step < last:
             step += 1
@@ -266,7 +271,7 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
                 figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
                 if cfg.data.on_bad_sample == "skip":  # else none can be skipped: no collective for a constant 0
                     skipped = skipped_samples(loader)  # the last step always logs: summary.json takes it from here
-                stopping, gone = agree((stop.received is not None, not out_dir.is_dir()), device)
+                stopping, gone = agree((stop.received is not None, folder_id(out_dir) != out_id), device)
                 if gone:  # before anything writes: the monitors would raise mid-write
                     raise TrainingError(vanished(out_dir, step))
                 log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped)
