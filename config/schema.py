@@ -110,7 +110,8 @@ KernelsConfig = section(type("KernelsConfig", (), {
 class OptimizationConfig:
     epochs: int = between(1, 10**6, default=300)
     warmup_epochs: float = at_least(0.0, default=40)  # at most epochs
-    # schedules run over epochs * iterations_per_epoch * ipe_scale steps
+    # lr and wd run over int(ipe_scale * epochs * ipe) steps, momentum over ipe * epochs * ipe_scale (the official
+    # arithmetic, training/schedules.py); training runs epochs * ipe steps
     ipe_scale: float = between(0.0, 1000.0, default=1.0, low_open=True)
     # A huge lr is allowed (it diverges, and the run stops naming the step) as long as AdamW can compute with it:
     # check_optimizer. Weight decay: decoupled, lr * wd per step.
