@@ -121,8 +121,11 @@ def test_out_dir_deleted_mid_run_is_one_line_on_every_rank(digit_shards, tmp_pat
     assert sum(f"run.out_dir {out_dir} vanished" in x for x in out.splitlines()) == 2  # every rank says why
 
 
-def test_a_fresh_run_into_checkpoints_is_refused(digit_shards, trained_run, tmp_path, caplog):
-    shutil.copytree(trained_run, tmp_path / "run")
+def test_a_fresh_run_into_checkpoints_is_refused(digit_shards, tmp_path, caplog):
+    tag = tmp_path / "run" / "checkpoints" / "step00000002"  # what the refusal reads of a run: a complete tag
+    tag.mkdir(parents=True)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+    (tag / "COMPLETE").write_text("2\n")
     before = {p: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").rglob("*") if p.is_file()}
     code, lines = train_main(train_args(digit_shards["train"], tmp_path / "run")[1:], caplog)  # no --resume
     assert code == 1 and len(lines) == 1, lines
