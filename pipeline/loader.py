@@ -163,15 +163,15 @@ def saved_position(states: list[dict], world_size: int, batch_size: int) -> tupl
     return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
 
 
-def open_manifest(shards: str) -> Manifest:
-    """The manifest of the shard folder `shards` (data.shards), or a DataError saying what to do."""
+def open_manifest(shards: str, key: str = "data.shards") -> Manifest:
+    """The manifest of the shard folder `shards` (the config's `key`), or a DataError naming the key and saying what
+    to do."""
     if not shards:
-        raise DataError("data.shards is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set "
-                        "data.shards to SHARDS")
+        raise DataError(f"{key} is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set {key} to SHARDS")
     try:
         return read_manifest(shards)
     except (ManifestError, ValueError) as err:
-        raise DataError(f"data.shards {shards}: {err}") from err
+        raise DataError(f"{key} {shards}: {err}") from err
 
 
 def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, layout: BatchLayout, manifest: Manifest,

@@ -183,13 +183,13 @@ def mark_complete(folder: Path, step: int) -> str:
     started = time.perf_counter()
     names = saved_files(folder)
     paths = [folder / name for name in names]
-    sizes = [path.stat().st_size for path in paths]
-    digests = files_sha256(paths, hash_workers())
+    sizes, workers = [path.stat().st_size for path in paths], hash_workers()
+    digests = files_sha256(paths, workers)
     marker = {"step": step, "files": {name: {"bytes": size, "sha256": digest}
                                       for name, size, digest in zip(names, sizes, digests)}}
     write_file_atomic(folder / COMPLETE, json.dumps(marker, indent=1).encode())
     return (f"sha256 of {len(names)} files ({sum(sizes) / 1e9:.2f} GB) in {time.perf_counter() - started:.2f} s "
-            f"with {hash_workers()} thread(s)")
+            f"with {workers} thread(s)")
 
 
 def read_marker(folder: Path) -> tuple[int, Optional[dict]]:
@@ -248,10 +248,10 @@ def differences(folder: Path, recorded: dict) -> list[str]:
     if out:
         return out
     names = sorted(recorded)
-    started = time.perf_counter()
-    digests = files_sha256([folder / name for name in names], hash_workers())
+    started, workers = time.perf_counter(), hash_workers()
+    digests = files_sha256([folder / name for name in names], workers)
     logger.info("checkpoint %s: sha256 of %d files (%.2f GB) in %.2f s with %d thread(s)", folder, len(names),
-                sum(recorded[name]["bytes"] for name in names) / 1e9, time.perf_counter() - started, hash_workers())
+                sum(recorded[name]["bytes"] for name in names) / 1e9, time.perf_counter() - started, workers)
     return [f"{folder / name}: its sha256 differs from the one its save recorded (same size: bytes inside it "
             f"changed)" for name, digest in zip(names, digests) if digest != recorded[name]["sha256"]]
 

@@ -2,10 +2,10 @@
 stalled, a rank that died or hung.
 
     stop = StopSignal()                       # SIGTERM/SIGINT: checkpoint at the next agreed check, exit 0
-    peers = Peers.gather()                    # every rank's host and pid, once after the process group exists
-    with Watchdog(stop, timeout_s, rank) as watchdog:
+    peers = Peers.gather(rank)                # every rank's host and pid, once after the process group exists
+    with Watchdog(stop, timeout_s, rank, on_stall=...) as watchdog:   # on_stall: exit_now(the line)
         ... watchdog.beat(step) after every step ...
-    except RuntimeError as err: if is_comm_failure(err): raise TrainingError(peers.lost(step, ...))
+    except RuntimeError as err: if is_comm_failure(err): raise TrainingError(f"{peers.lost()} at step ...")
 
 - A launcher (`deepspeed`, its per-node `deepspeed.launcher.launch`, `torchrun`) that ends while its ranks train
   (SIGTERM to the `deepspeed` command kills it at once, without telling the ranks) counts as a stop signal: the ranks
@@ -50,11 +50,11 @@ class StopSignal:
         self.received = signal.Signals(signum).name
 
 
-def is_launcher(cmdline: list[str]) -> bool:
-    """Whether a command line is one of the launchers that start ranks (DeepSpeed's runner or node launcher,
-    torchrun)."""
+def launcher_name(cmdline: list[str]) -> Optional[str]:
+    """The launcher a command line runs (DeepSpeed's runner or node launcher, torchrun), None for any other."""
     scripts = [Path(arg).name for arg in cmdline[:2]]
-    return any(s in LAUNCHER_SCRIPTS for s in scripts) or any(m in cmdline for m in LAUNCHER_MODULES)
+    return next((m for m in LAUNCHER_MODULES if m in cmdline), None) or next(
+        (s for s in scripts if s in LAUNCHER_SCRIPTS), None)
 
 
 def launcher_chain() -> list[tuple[object, str]]:
@@ -69,10 +69,9 @@ def launcher_chain() -> list[tuple[object, str]]:
             cmdline = proc.cmdline()
         except psutil.Error:
             break
-        if not is_launcher(cmdline):
+        name = launcher_name(cmdline)
+        if name is None:
             break
-        name = next((m for m in LAUNCHER_MODULES if m in cmdline), None) or next(
-            Path(arg).name for arg in cmdline[:2] if Path(arg).name in LAUNCHER_SCRIPTS)
         chain.append((proc, f"{name} (pid {proc.pid})"))
         proc = proc.parent()
     return chain

@@ -26,8 +26,7 @@ from typing import Any, Optional
 from config import Config, ConfigError
 from model.official import CheckpointError
 from pipeline.loader import BatchLayout, open_manifest, resolve_backend
-from pipeline import DataError
-from pipeline.shards import Manifest, ManifestError, read_manifest
+from pipeline.shards import Manifest
 from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags, resolve_resume
 from training.run_dir import check_not_in_use
 from training.schedules import Schedules
@@ -142,10 +141,7 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     saved = saved_run(request.resume, Path(cfg.run.out_dir))
     manifest = open_manifest(cfg.data.shards)
     if cfg.logging.probe_every:  # read on rank 0 after the model is built: a typo would cost the whole set-up
-        try:
-            read_manifest(cfg.logging.probe_shards)
-        except (ManifestError, ValueError) as err:
-            raise DataError(f"logging.probe_shards {cfg.logging.probe_shards}: {err}") from None
+        open_manifest(cfg.logging.probe_shards, "logging.probe_shards")
     requested = (cfg.data.batch_size, cfg.optimization.grad_accum)
     layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size,
                                                                request.keep_per_gpu_batch)
