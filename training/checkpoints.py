@@ -66,6 +66,12 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
+def tag_step(name: str) -> Optional[int]:
+    """The step of a tag folder's name (tag_for's inverse); None for any other name."""
+    match = TAG.match(name)
+    return int(match.group(1)) if match else None
+
+
 def complete_tags(ckpt_dir: Path) -> list[str]:
     """Tags of complete checkpoints, oldest first."""
     if not ckpt_dir.is_dir():
@@ -180,16 +186,22 @@ def mark_complete(folder: Path, step: int) -> str:
     """Rank 0, once every rank's files and run.json are synced: records the size and sha256 of every file of tag
     folder `folder` (saved_files: every rank's, hashed in parallel threads) in its COMPLETE marker, written last and
     atomically (a crash before leaves no marker: the folder stays incomplete). Returns what it hashed, for the log."""
-    started = time.perf_counter()
     names = saved_files(folder)
     paths = [folder / name for name in names]
-    sizes, workers = [path.stat().st_size for path in paths], hash_workers()
-    digests = files_sha256(paths, workers)
+    sizes = [path.stat().st_size for path in paths]
+    digests, hashed = timed_sha256(paths, sum(sizes))
     marker = {"step": step, "files": {name: {"bytes": size, "sha256": digest}
                                       for name, size, digest in zip(names, sizes, digests)}}
     write_file_atomic(folder / COMPLETE, json.dumps(marker, indent=1).encode())
-    return (f"sha256 of {len(names)} files ({sum(sizes) / 1e9:.2f} GB) in {time.perf_counter() - started:.2f} s "
-            f"with {workers} thread(s)")
+    return hashed
+
+
+def timed_sha256(paths: list[Path], total_bytes: int) -> tuple[list[str], str]:
+    """The sha256 of each file, hashed in hash_workers() threads, and what was hashed in how long (for the log)."""
+    started, workers = time.perf_counter(), hash_workers()
+    digests = files_sha256(paths, workers)
+    return digests, (f"sha256 of {len(paths)} files ({total_bytes / 1e9:.2f} GB) in "
+                     f"{time.perf_counter() - started:.2f} s with {workers} thread(s)")
 
 
 def read_marker(folder: Path) -> tuple[int, Optional[dict]]:
@@ -222,8 +234,9 @@ def checkpoint_problems(folder: Path) -> Optional[list[str]]:
         step, recorded = read_marker(folder)
     except ValueError as err:
         return [f"{folder / COMPLETE}: unreadable ({err})"]
-    if TAG.match(folder.name) and int(folder.name[4:]) != step:
-        return [f"{folder / COMPLETE}: says step {step}, not the folder's {int(folder.name[4:])}"]
+    folder_step = tag_step(folder.name)
+    if folder_step is not None and folder_step != step:
+        return [f"{folder / COMPLETE}: says step {step}, not the folder's {folder_step}"]
     if recorded is None:
         rank0_warning("checkpoint %s was saved before checkpoints recorded digests of their files: resuming it "
                       "unverified", folder)
@@ -248,10 +261,8 @@ def differences(folder: Path, recorded: dict) -> list[str]:
     if out:
         return out
     names = sorted(recorded)
-    started, workers = time.perf_counter(), hash_workers()
-    digests = files_sha256([folder / name for name in names], workers)
-    logger.info("checkpoint %s: sha256 of %d files (%.2f GB) in %.2f s with %d thread(s)", folder, len(names),
-                sum(recorded[name]["bytes"] for name in names) / 1e9, time.perf_counter() - started, workers)
+    digests, hashed = timed_sha256([folder / name for name in names], sum(e["bytes"] for e in recorded.values()))
+    logger.info("checkpoint %s: %s", folder, hashed)
     return [f"{folder / name}: its sha256 differs from the one its save recorded (same size: bytes inside it "
             f"changed)" for name, digest in zip(names, digests) if digest != recorded[name]["sha256"]]
 
@@ -272,7 +283,7 @@ def set_aside(folder: Path) -> Optional[Path]:
         raise TrainingError(f"a checkpoint of the same step is already in {folder} and cannot be set aside "
                             f"({err.strerror or err}); move it away and resume with --resume auto") from None
     logger.warning("a checkpoint of step %d was already in %s (an earlier course of this run, which this one went "
-                   "back from): kept as %s", int(folder.name[4:]), folder, dest)
+                   "back from): kept as %s", tag_step(folder.name), folder, dest)
     return dest
 
 
