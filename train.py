@@ -5,6 +5,7 @@
                        [--keep-per-gpu-batch]        # on another number of GPUs: keep data.batch_size, not the
                                                      # global batch (the schedules are rescaled)
     torchrun --nproc_per_node 8 train.py --config ...
+    srun --ntasks-per-node 8 python train.py --config ...          # under Slurm: tools/slurm/train.sbatch
     python train.py --config configs/tiny_cpu.yaml                 # one process
     python train.py --config FILE --print-config                   # resolved config as YAML, then exit
 """
@@ -19,6 +20,7 @@ from config import ConfigError, config_to_yaml, grid_size, load_config
 from model.sizes import encoder_size
 from pipeline.loader import BatchLayout
 from training.plan import ResumeRequest
+from training.slurm import HostlistError, adopt_srun_env
 from util.errors import UserError
 
 logger = logging.getLogger("train")
@@ -56,6 +58,11 @@ def derived_summary(cfg, world_size: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # an srun task: its rank and rendezvous from Slurm's variables, before anything reads RANK
+        adopt_srun_env(os.environ)
+    except HostlistError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")

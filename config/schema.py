@@ -42,6 +42,9 @@ class RunConfig:
     # how long a rank waits for the others (a collective) and rank 0 for a step to finish (the watchdog) before the
     # run stops naming the stalled step: well under the libraries' 30 minutes, above a ViT-H checkpoint save
     timeout_s: float = between(5.0, 86400.0, default=600.0)
+    # the signal that checkpoints, stops and requeues the Slurm job (sbatch --signal=USR1@300: the time limit's
+    # warning); SIGTERM and SIGINT checkpoint and stop without a requeue
+    requeue_signal: Literal["USR1", "USR2", "none"] = "USR1"
 
 
 @section

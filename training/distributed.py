@@ -52,12 +52,25 @@ def setup_distributed(device_kind: str, timeout_s: float = 600.0):
         raise TrainingError("run.device is cuda but no CUDA device is visible; set run.device: cpu or auto")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        local_rank = cuda_index(local_rank, torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo",
                                timeout=datetime.timedelta(seconds=timeout_s))
     _setup_group = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SETUP_TIMEOUT_S))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return device, torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank among those it sees: the LOCAL_RANK-th, or the only one when the scheduler shows each rank
+    just its own (`srun --gpus-per-task=1`, Slurm's per-task CUDA_VISIBLE_DEVICES)."""
+    if visible == 1:
+        return 0
+    if local_rank < visible:
+        return local_rank
+    raise TrainingError(f"LOCAL_RANK {local_rank} but this process sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start one rank per GPU (srun "
+                        f"--ntasks-per-node = --gpus-per-node, or --gpus-per-task=1)")
 
 
 def gather(obj, group=None):

@@ -1,7 +1,7 @@
 """What ends a run that cannot go on, loudly and in one line: a stop signal, a launcher that vanished, a step that
 stalled, a rank that died or hung.
 
-    stop = StopSignal()                       # SIGTERM/SIGINT: checkpoint at the next agreed check, exit 0
+    stop = StopSignal("USR1")                 # SIGTERM/SIGINT/SIGUSR1: checkpoint at the next agreed check, exit 0
     peers = Peers.gather(rank)                # every rank's host and pid, once after the process group exists
     with Watchdog(stop, timeout_s, rank, on_stall=...) as watchdog:   # on_stall: exit_now(the line)
         ... watchdog.beat(step) after every step ...
@@ -38,16 +38,23 @@ POLL_S = 1.0  # how often the watchdog thread looks at the launchers and the ste
 
 
 class StopSignal:
-    """SIGTERM/SIGINT (preemption) set a flag; the loop checkpoints and exits at the next agreed check. `received`
-    names the cause (a signal, or the launcher that ended)."""
+    """SIGTERM/SIGINT (preemption) and the requeue signal (Slurm's warning before a time limit, `--signal=USR1@300`)
+    set a flag; the loop checkpoints and exits at the next agreed check, and after the requeue signal the job
+    requeues itself. `received` names the first cause (a signal, or the launcher that ended) and `requeue` follows
+    it: a later signal (Slurm's SIGTERM during the save, a second Ctrl-C) changes neither."""
 
-    def __init__(self):
+    def __init__(self, requeue_signal: Optional[str] = None):
         self.received: Optional[str] = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.requeue = False
+        self.requeue_signum = signal.Signals[f"SIG{requeue_signal}"] if requeue_signal else None
+        for sig in (signal.SIGTERM, signal.SIGINT, self.requeue_signum):
+            if sig is not None:
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            self.requeue = signum == self.requeue_signum
 
 
 def launcher_name(cmdline: list[str]) -> Optional[str]:
@@ -135,6 +142,20 @@ class Peers:
         from training.distributed import gather
 
         return cls(gather((socket.gethostname(), os.getpid())), rank)
+
+    def layout(self, most: int = 4) -> str:
+        """`2 ranks on 1 node (vm: ranks 0-1)`: the hosts in rank order with their ranks, the first `most` named."""
+        runs: list[list] = []  # [host, first rank, last rank]
+        for r, (host, _) in enumerate(self.ranks):
+            if runs and runs[-1][0] == host and runs[-1][2] == r - 1:
+                runs[-1][2] = r
+            else:
+                runs.append([host, r, r])
+        hosts = len({host for host, _ in self.ranks})
+        named = [f"{h}: rank {a}" if a == b else f"{h}: ranks {a}-{b}" for h, a, b in runs[:most]]
+        more = f", … {len(runs) - most} more" if len(runs) > most else ""
+        return (f"{len(self.ranks)} rank{'s' * (len(self.ranks) != 1)} on {hosts} node{'s' * (hosts != 1)} "
+                f"({', '.join(named)}{more})")
 
     def lost(self, settle_s: float = 2.0) -> str:
         """Which ranks are gone or hung, as far as this host can see ("rank 1 lost (its process ended)", "rank 0

@@ -21,7 +21,7 @@ import kernels
 from config import Config, ConfigError, config_to_yaml, training_dtype
 from pipeline.loader import Loader, build_loader
 from pipeline.masks import MultiBlockMaskSampler
-from training import TrainingError
+from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
 from training.distributed import (agree, gather, on_rank0, release_shm_buffers, remove_dead_shm_buffers,
@@ -109,7 +109,7 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
     if os.environ.get("LOCAL_RANK", "0") == "0" and (dead := remove_dead_shm_buffers()):
         logger.info(f"removed {len(dead)} DeepSpeed shared-memory buffer(s) that dead runs left in /dev/shm: "
                     f"{', '.join(p.name for p in dead[:4])}{' …' if len(dead) > 4 else ''}")
-    stop = StopSignal()
+    stop = StopSignal(None if cfg.run.requeue_signal == "none" else cfg.run.requeue_signal)
     try:
         device, rank, world_size = setup_distributed(cfg.run.device, cfg.run.timeout_s)
         if world_size != plan.world_size:
@@ -118,6 +118,10 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
         peers, out_dir = Peers.gather(rank), Path(cfg.run.out_dir)
         watchdog = Watchdog(stop, cfg.run.timeout_s, rank,
                             on_stall=lambda step, waited: exit_now(stall_message(step, waited, cfg, peers)))
+        logger.info(f"launcher: {launched_by(watchdog.launchers, os.environ)}: {peers.layout()}; rendezvous "
+                    f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
+        if rank == 0 and (lone := slurm.lone_batch_shell(os.environ)):
+            logger.warning(lone)
         out_id = None  # run.out_dir's identity once claimed: a folder made again at its path is not it
         gone = lambda: out_id is not None and folder_id(out_dir) != out_id  # noqa: E731
         with contextlib.ExitStack() as claim, watchdog, quiet_threads_while(gone):
@@ -134,6 +138,15 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
         return code
     finally:
         release_shm_buffers()
+
+
+def launched_by(launchers: list, env) -> str:
+    """The start line's launcher: the nearest launcher process (torchrun, DeepSpeed's), srun, or none."""
+    if launchers:
+        return launchers[0][1]
+    if slurm.in_srun_step(env):
+        return slurm.describe_step(env)
+    return "none (one process)" if env.get("WORLD_SIZE", "1") == "1" else "the environment (RANK, WORLD_SIZE set)"
 
 
 def run_failure(err: BaseException, step: int, out_dir: Path, out_dir_gone: bool, peers: Peers) -> BaseException:
@@ -271,7 +284,8 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
                 figures = {**timer.report(flops, peak), "peak_gb": peak_memory_gb(device)}
                 if cfg.data.on_bad_sample == "skip":  # else none can be skipped: no collective for a constant 0
                     skipped = skipped_samples(loader)  # the last step always logs: summary.json takes it from here
-                stopping, gone = agree((stop.received is not None, folder_id(out_dir) != out_id), device)
+                stopping, gone, requeue = agree((stop.received is not None, folder_id(out_dir) != out_id,
+                                                 stop.requeue), device)
                 if gone:  # before anything writes: the monitors would raise mid-write
                     raise TrainingError(vanished(out_dir, step))
                 log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped)
@@ -279,6 +293,8 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
                     save()
                     logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
                                 f"resume with --resume auto")
+                    if requeue and run.rank == 0:  # the checkpoint is complete: every rank's part is written
+                        logger.info(slurm.requeue(os.environ))
                     return 0
             if save_now:
                 save()
