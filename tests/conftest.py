@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from a t
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
@@ -28,8 +29,9 @@ def pytest_configure(config):
 
 # The files that take longest under `make test` (--durations), longest first: handed out first, they keep both workers
 # busy to the end instead of leaving one alone with the longest file (longest-processing-time-first scheduling).
-HEAVIEST_FILES = ("test_elastic.py", "test_probe.py", "test_bench.py", "test_train_hardening.py", "test_train.py",
-                  "test_faults.py", "test_hostile.py", "test_kernels_convergence.py")
+# test_slurm.py is second: a third of it is waiting for Slurm (scheduling, the requeue), time the other worker uses.
+HEAVIEST_FILES = ("test_elastic.py", "test_slurm.py", "test_probe.py", "test_bench.py", "test_train_hardening.py",
+                  "test_train.py", "test_faults.py", "test_hostile.py", "test_kernels_convergence.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -96,6 +98,22 @@ def digit_shards(tmp_path_factory):
         assert shard_dataset.main([str(root / "img" / split), str(root / split), "--shard-size", "170",
                                    "--no-progress"]) == 0
     return {split: root / split for split in ("train", "val")}
+
+
+@pytest.fixture(scope="session")
+def small_shards(digit_shards, tmp_path_factory):
+    """The first 192 training digits in 4 shards of 48 (shard_dataset.py's main in this process): an epoch is 4
+    steps of a global batch of 48, 8 of 24."""
+    import shard_dataset
+
+    images = sorted((digit_shards["train"].parent / "img" / "train").rglob("*.jpg"))[:192]
+    src = tmp_path_factory.mktemp("small") / "img"
+    for path in images:
+        (src / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, src / path.parent.name / path.name)
+    dest = src.parent / "shards"
+    assert shard_dataset.main([str(src), str(dest), "--shard-size", "48", "--no-progress"]) == 0
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -125,19 +124,6 @@ def sets(shards, out_dir, batch, *more) -> list[str]:
     base = [f"data.shards={shards}", f"run.out_dir={out_dir}", *TRAIN_SETS, f"data.batch_size={batch}",
             "logging.sample_log=true", *more]
     return [arg for s in base for arg in ("--set", s)]
-
-
-@pytest.fixture(scope="module")
-def small_shards(digit_shards, tmp_path_factory):
-    """192 digits in 4 shards: an epoch is 4 steps of a global batch of 48."""
-    images = sorted((digit_shards["train"].parent / "img" / "train").rglob("*.jpg"))[:SMALL]
-    src = tmp_path_factory.mktemp("small") / "img"
-    for path in images:
-        (src / path.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, src / path.parent.name / path.name)
-    dest = src.parent / "shards"
-    ok(launch([sys.executable, "shard_dataset.py", str(src), str(dest), "--shard-size", "48", "--no-progress"]))
-    return dest
 
 
 # ------------------------------------------------------------------------------------------------------ states
