@@ -73,15 +73,17 @@ class LocalSlurm:
         lines = {
             "ClusterName": "local", "SlurmctldHost": f"{self.host}(127.0.0.1)", "SlurmctldPort": ctld_port,
             "SlurmdPort": d_port, "AuthType": "auth/munge", "CredType": "cred/munge",
-            # cred_expire: how long a requeued job waits before it may start again (default 120 s; under 5 is ignored)
-            "AuthInfo": f"socket={r / 'munge' / 'munge.sock'},cred_expire=5",
+            # cred_expire: how long a requeued job waits before it may start again (default 120 s; under 5 is
+            # ignored). As with the defaults (120 s, KillWait 30 s), longer than the old srun waits for its step
+            # (KillWait + 2 s): an old srun still waiting would cancel the new run's step, which has the same id.
+            "AuthInfo": f"socket={r / 'munge' / 'munge.sock'},cred_expire=8",
             "SlurmUser": "root", "SlurmdUser": "root", "StateSaveLocation": r / "state",
             "SlurmdSpoolDir": r / "spool", "SlurmctldPidFile": r / "slurmctld.pid", "SlurmdPidFile": r / "slurmd.pid",
             "SlurmctldLogFile": r / "slurmctld.log", "SlurmdLogFile": r / "slurmd.log",
             "ProctrackType": "proctrack/linuxproc", "TaskPlugin": "task/none", "SwitchType": "switch/none",
             "MpiDefault": "none", "SchedulerType": "sched/builtin", "SelectType": "select/cons_tres",
             "SelectTypeParameters": "CR_Core", "SchedulerParameters": "sched_interval=1",
-            "ReturnToService": 2, "JobRequeue": 1, "KillWait": 10, "MinJobAge": 300, "InactiveLimit": 0,
+            "ReturnToService": 2, "JobRequeue": 1, "KillWait": 5, "MinJobAge": 300, "InactiveLimit": 0,
             "FirstJobId": 1000 + int.from_bytes(os.urandom(2), "little") % 50000,  # ports differ between clusters
         }
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
@@ -133,7 +135,7 @@ class LocalSlurm:
         cancelled first."""
         if "slurmctld" in self.pids:
             self.run(["scancel", "--full", "-u", "root"], check=False)
-            deadline = time.monotonic() + 30  # KillWait (10 s) and some: their slurmstepd need the daemons to end
+            deadline = time.monotonic() + 30  # KillWait (5 s) and some: their slurmstepd need the daemons to end
             while self.run(["squeue", "-h", "-t", "R,CG"], check=False).stdout.strip():
                 if time.monotonic() > deadline:
                     break

@@ -151,6 +151,16 @@ def test_the_first_signal_decides_and_a_second_changes_nothing(handlers, first, 
     assert (stop.received, stop.requeue) == (cause, requeue)
 
 
+def test_once_the_checkpoint_is_written_further_signals_are_ignored_to_the_end(handlers):
+    stop = StopSignal("USR1")
+    os.kill(os.getpid(), signal.SIGUSR1)
+    stop.ignore_further()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):  # SIG_IGN: kept while Python exits, unlike a handler
+        assert signal.getsignal(sig) == signal.SIG_IGN
+        os.kill(os.getpid(), sig)
+    assert (stop.received, stop.requeue) == ("SIGUSR1", True)
+
+
 def test_the_requeue_signal_is_configurable_or_off(handlers):
     stop = StopSignal("USR2")
     os.kill(os.getpid(), signal.SIGUSR2)
@@ -259,7 +269,7 @@ def requeued_job(slurm: LocalSlurm, args: list[str], tmp_path: Path) -> tuple[st
                      "--set", f"run.out_dir={tmp_path / 'run'}"],
                     cwd=ROOT, env=environment({"PYTHON": sys.executable})).stdout.strip()
     wait_for("step 2", lambda: log.exists() and f"step 2/{STEPS}" in log.read_text(), 120, slurm, job)
-    slurm.run(["scancel", "--signal=USR1", job])
+    slurm.run(["scancel", "--signal=USR1", job])  # then Slurm's own SIGTERM, as it requeues the job, lands on ranks
     done = wait_for("the job's end", lambda: (j := slurm.job(job))["JobState"] not in ("PENDING", "RUNNING",
                                                                                        "REQUEUED", "COMPLETING") and j,
                     180, slurm, job)

@@ -2,6 +2,8 @@
 predictor (the one place the model is wrapped), the schedules applied to the optimizer, a micro step, the monitors."""
 from __future__ import annotations
 
+import argparse
+
 import logging
 from pathlib import Path
 
@@ -83,7 +85,10 @@ def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_un
     ds_config = deepspeed_config(cfg, layout)
     if load_universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    # the device this rank was given (training.distributed.cuda_index), not DeepSpeed's LOCAL_RANK-th: under
+    # `srun --gpus-per-task=1` each rank sees one GPU, device 0, whatever its local rank
+    args = argparse.Namespace(device_rank=device.index if device.type == "cuda" else 0)
+    engine, optimizer, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, config=ds_config)
     engine.checkpoint_engine = safe_checkpoint_engine(engine.checkpoint_engine)
     return engine, optimizer, target.to(device)
 

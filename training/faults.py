@@ -51,6 +51,15 @@ class StopSignal:
             if sig is not None:
                 signal.signal(sig, self._handle)
 
+    def ignore_further(self) -> None:
+        """Once the stop's checkpoint is complete: the stop signals are ignored to the end of the process. Python
+        puts their default action back while it exits, and a SIGTERM then (Slurm's, to the steps of the job that
+        just requeued itself) would end a rank exiting 0 as killed, leaving `srun` to cancel the step for
+        seconds."""
+        for sig in (signal.SIGTERM, signal.SIGINT, self.requeue_signum):
+            if sig is not None:
+                signal.signal(sig, signal.SIG_IGN)  # kept while Python exits, unlike a handler
+
     def _handle(self, signum, frame):
         if self.received is None:
             self.received = signal.Signals(signum).name

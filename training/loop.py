@@ -291,7 +291,9 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
                 log_interval(state, step, last, loader.epoch, sched, batch, figures, monitor, skipped)
                 if stopping:
                     save()
-                    logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; "
+                    stop.ignore_further()
+                    mixed = " (the requeue signal reached another rank)" if requeue and not stop.requeue else ""
+                    logger.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}{mixed}; "
                                 f"resume with --resume auto")
                     if requeue and run.rank == 0:  # the checkpoint is complete: every rank's part is written
                         logger.info(slurm.requeue(os.environ))
