@@ -27,16 +27,7 @@ def pytest_configure(config):
                                        "`make check` does not")
 
 
-# The files that take longest under `make test` (--durations), longest first: handed out first, they keep both workers
-# busy to the end instead of leaving one alone with the longest file (longest-processing-time-first scheduling).
-# test_slurm.py is second: a third of it is waiting for Slurm (scheduling, the requeue), time the other worker uses.
-HEAVIEST_FILES = ("test_elastic.py", "test_slurm.py", "test_probe.py", "test_bench.py", "test_train_hardening.py",
-                  "test_train.py", "test_faults.py", "test_hostile.py", "test_kernels_convergence.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(HEAVIEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVIEST_FILES)))  # stable: a file's tests stay in order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run on the GPU host: benchmarks/gpu_check.sh)")
@@ -127,3 +118,4 @@ def trained_run(digit_shards, tmp_path_factory):
     ok(launch(python(train_args(digit_shards["train"], out, "optimization.max_steps=2", "checkpoint.every_steps=2",
                                 "checkpoint.keep_last=1"))))
     return out
+
