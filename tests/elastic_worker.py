@@ -1,8 +1,11 @@
 """Launched by tests/test_elastic.py (torchrun): the set-up train.py runs (training.plan.plan_run, then
 training.loop.prepare: the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of
-the consolidated states, gathered with DeepSpeed's own API, for the test to compare across world sizes:
+the consolidated states, gathered with DeepSpeed's own API, for the test to compare across world sizes. One launch
+runs each ZeRO stage asked for in turn, each in OUT/stage<S> with its dump OUT/stage<S>.pt (a launch's start-up costs
+more than a tiny engine):
 
-    torchrun --nproc_per_node N tests/elastic_worker.py DUMP.pt [--train] [--resume PATH] -- --set KEY=VALUE ...
+    torchrun --nproc_per_node N tests/elastic_worker.py OUT --stage 1 --stage 3 [--train] [--resume auto] \
+        --set KEY=VALUE ...
 """
 from __future__ import annotations
 
@@ -54,26 +57,32 @@ def dump(run) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("dump")
+    p.add_argument("out", type=Path)
+    p.add_argument("--stage", type=int, action="append", required=True)
     p.add_argument("--train", action="store_true")
     p.add_argument("--resume", default="")
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                         format="%(message)s")
-    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", overrides=args.set)
     single_process_env()
-    plan = plan_run(cfg, int(os.environ["WORLD_SIZE"]), ResumeRequest(args.resume))
     device, rank, world_size = setup_distributed("cpu")
-    with contextlib.ExitStack() as claim:
-        on_rank0(claim_out_dir, claim, cfg, plan)
-        run = prepare(cfg, plan, device, rank)
-        if args.train:
-            train(run, StopSignal(), None)
-        states = dump(run)
-        if rank == 0:
-            torch.save(states, args.dump)
-        torch.distributed.barrier()
+    for stage in args.stage:
+        logging.getLogger("elastic_worker").info(f"== ZeRO stage {stage}")
+        cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", overrides=[
+            *args.set, f"deepspeed.zero_optimization={{stage: {stage}}}", f"run.out_dir={args.out / f'stage{stage}'}"])
+        plan = plan_run(cfg, world_size, ResumeRequest(args.resume))
+        torch.distributed.barrier()  # every rank planned (the plan refuses a folder another run holds) before the claim
+        with contextlib.ExitStack() as claim:
+            on_rank0(claim_out_dir, claim, cfg, plan)
+            run = prepare(cfg, plan, device, rank)
+            if args.train:
+                train(run, StopSignal(), None)
+            states = dump(run)
+            if rank == 0:
+                torch.save(states, args.out / f"stage{stage}.pt")
+            torch.distributed.barrier()
+        del run, states
     torch.distributed.destroy_process_group()
     return 0
 

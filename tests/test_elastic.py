@@ -129,36 +129,48 @@ def sets(shards, out_dir, batch, *more) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ states
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards, tmp_path, stage):
-    """2 ranks train 3 steps and checkpoint each (the target encoder saved at step 3 is the EMA of step 2's and the
-    fp32 masters); 1 and 3 ranks load step 3 (DeepSpeed's universal conversion): the full fp32 masters, AdamW moments,
-    16-bit weights and target encoder equal those of the training engine at its save."""
-    shards, run_dir = digit_shards["train"], tmp_path / "run"
-    common = sets(shards, run_dir, 24, "optimization.max_steps=3", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
-                  f"deepspeed.zero_optimization={{stage: {stage}}}")
-    worker = str(ROOT / "tests" / "elastic_worker.py")
-    log = ok(launch(torchrun(2, [worker, str(tmp_path / "before.pt"), "--train", *common])))
-    assert_target_is_the_ema_of_the_fp32_weights(run_dir / "checkpoints", "step00000002", "step00000003", step=3,
-                                                  stage=stage, steps_per_epoch=1348 // 48, log=log)
-    before = torch.load(tmp_path / "before.pt", weights_only=False)
+def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards, tmp_path):
+    """For ZeRO stages 1, 2 and 3: 2 ranks train 3 steps and checkpoint each (the target encoder saved at step 3 is
+    the EMA of step 2's and the fp32 masters); 1 and 3 ranks load step 3 (DeepSpeed's universal conversion): the full
+    fp32 masters, AdamW moments, 16-bit weights and target encoder equal those of the training engine at its save.
+    One launch per world size runs the three stages in turn (tests/elastic_worker.py), each in its own run folder."""
+    stages = (1, 2, 3)
+    common = sets(digit_shards["train"], "unused", 24, "optimization.max_steps=3", "checkpoint.every_steps=1",
+                  "checkpoint.keep_last=2")
+    worker = [str(ROOT / "tests" / "elastic_worker.py"), *[a for s in stages for a in ("--stage", str(s))]]
+    out = tmp_path / "before"
+    logs = ok(launch(torchrun(2, [*worker, str(out), "--train", *common]))).split("== ZeRO stage ")[1:]
+    before = {}
+    for stage, log in zip(stages, logs):
+        assert log.startswith(str(stage))
+        assert_target_is_the_ema_of_the_fp32_weights(out / f"stage{stage}" / "checkpoints", "step00000002",
+                                                      "step00000003", step=3, stage=stage,
+                                                      steps_per_epoch=1348 // 48, log=log)
+        before[stage] = torch.load(out / f"stage{stage}.pt", weights_only=False)
     for world, (batch, accum) in ((1, (24, 2)), (3, (16, 1))):
-        out = ok(launch(torchrun(world, [worker, str(tmp_path / f"after{world}.pt"), "--resume", "auto", *common])))
-        assert "elastic resume" in out  # DeepSpeed converts once; the second resume reuses the conversion
-        assert ("converted from" if world == 1 else "kept from an earlier attempt at this resume") in out
-        after = torch.load(tmp_path / f"after{world}.pt", weights_only=False)
-        assert (after["step"], after["world_size"], after["batch_size"], after["grad_accum"]) == (3, world, batch,
-                                                                                                   accum)
-        assert after["params"].keys() == before["params"].keys() and len(before["params"]) > 50
-        for name, want in before["params"].items():
-            for key, tensor in want.items():
-                assert torch.equal(after["params"][name][key], tensor), (world, name, key)
-        for name, tensor in before["target"].items():
-            assert torch.equal(after["target"][name], tensor), (world, name)
-        loader = after["loader"]
-        assert (loader["epoch"], loader["offset"], loader["batch_in_epoch"], loader["batches_seen"]) == (
-            0, 3 * 48, 0, 3 * accum)
-    assert (run_dir / "checkpoints" / "universal" / "step00000003").is_dir()  # kept until the run saves its own
+        logs = ok(launch(torchrun(world, [*worker, str(out), "--resume", "auto", *common]))).split("== ZeRO stage ")
+        for stage, log in zip(stages, logs[1:]):
+            assert "elastic resume" in log  # DeepSpeed converts once; the second resume reuses the conversion
+            assert ("converted from" if world == 1 else "kept from an earlier attempt at this resume") in log
+            after = torch.load(out / f"stage{stage}.pt", weights_only=False)
+            assert_same_states(after, before[stage], stage, world, batch, accum)
+    for stage in stages:
+        assert (out / f"stage{stage}" / "checkpoints" / "universal" / "step00000003").is_dir()  # kept until it saves
+
+
+def assert_same_states(after: dict, before: dict, stage: int, world: int, batch: int, accum: int) -> None:
+    """A resumed engine's dump equals the dump of the engine that saved: every parameter's fp32 master, moments and
+    16-bit value, the target encoder; the step, layout and loader position as planned."""
+    assert (after["step"], after["world_size"], after["batch_size"], after["grad_accum"]) == (3, world, batch, accum)
+    assert after["params"].keys() == before["params"].keys() and len(before["params"]) > 50
+    for name, want in before["params"].items():
+        for key, tensor in want.items():
+            assert torch.equal(after["params"][name][key], tensor), (stage, world, name, key)
+    for name, tensor in before["target"].items():
+        assert torch.equal(after["target"][name], tensor), (stage, world, name)
+    loader = after["loader"]
+    assert (loader["epoch"], loader["offset"], loader["batch_in_epoch"], loader["batches_seen"]) == (
+        0, 3 * 48, 0, 3 * accum)
 
 
 # ------------------------------------------------------------------------------------------------------ 1 → 2 → 1
