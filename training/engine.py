@@ -3,7 +3,6 @@ predictor (the one place the model is wrapped), the schedules applied to the opt
 from __future__ import annotations
 
 import argparse
-
 import logging
 from pathlib import Path
 
