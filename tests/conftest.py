@@ -118,4 +118,3 @@ def trained_run(digit_shards, tmp_path_factory):
     ok(launch(python(train_args(digit_shards["train"], out, "optimization.max_steps=2", "checkpoint.every_steps=2",
                                 "checkpoint.keep_last=1"))))
     return out
-

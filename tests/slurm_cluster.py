@@ -20,6 +20,7 @@ from typing import Optional
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "scontrol", "scancel", "squeue", "sinfo")
+_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # the daemons live in sbin
 
 
 def unavailable() -> Optional[str]:
@@ -31,9 +32,6 @@ def unavailable() -> Optional[str]:
         return (f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge, as .ci/run "
                 f"does")
     return None
-
-
-_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 def free_ports(n: int) -> list[int]:

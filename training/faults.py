@@ -47,18 +47,17 @@ class StopSignal:
         self.received: Optional[str] = None
         self.requeue = False
         self.requeue_signum = signal.Signals[f"SIG{requeue_signal}"] if requeue_signal else None
-        for sig in (signal.SIGTERM, signal.SIGINT, self.requeue_signum):
-            if sig is not None:
-                signal.signal(sig, self._handle)
+        self.signals = (signal.SIGTERM, signal.SIGINT) + ((self.requeue_signum,) if self.requeue_signum else ())
+        for sig in self.signals:
+            signal.signal(sig, self._handle)
 
     def ignore_further(self) -> None:
         """Once the stop's checkpoint is complete: the stop signals are ignored to the end of the process. Python
         puts their default action back while it exits, and a SIGTERM then (Slurm's, to the steps of the job that
         just requeued itself) would end a rank exiting 0 as killed, leaving `srun` to cancel the step for
         seconds."""
-        for sig in (signal.SIGTERM, signal.SIGINT, self.requeue_signum):
-            if sig is not None:
-                signal.signal(sig, signal.SIG_IGN)  # kept while Python exits, unlike a handler
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)  # kept while Python exits, unlike a handler
 
     def _handle(self, signum, frame):
         if self.received is None:

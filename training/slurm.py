@@ -89,12 +89,10 @@ def in_srun_step(env: Mapping[str, str]) -> bool:
     return "SLURM_STEP_ID" in env and "SLURM_PROCID" in env
 
 
-def srun_env(env: Mapping[str, str]) -> Optional[dict[str, str]]:
-    """The torch.distributed variables of an `srun` task (None outside one): RANK from SLURM_PROCID, WORLD_SIZE
+def srun_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The torch.distributed variables of an `srun` task (`in_srun_step(env)`): RANK from SLURM_PROCID, WORLD_SIZE
     from the step's task count, LOCAL_RANK from SLURM_LOCALID, the node from SLURM_NODEID, MASTER_ADDR the step's
     first host (tasks are laid out block-wise: rank 0 runs there), MASTER_PORT from the job and step ids."""
-    if not in_srun_step(env):
-        return None
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
     try:
         first = hostnames(nodes)[0]
