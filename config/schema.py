@@ -150,6 +150,8 @@ class LoggingConfig:
     tensorboard: bool = True
     csv: bool = True
     diagnostics_every: int = at_least(0, default=500)  # collapse diagnostics of the target features; 0 = off
+    # TensorBoard image of the first images of rank 0's batch with their masks at step 1 and every N steps; 0 = off
+    mask_images_every: int = at_least(0, default=5000)
     # kNN probe of the target encoder on probe_shards every N steps (rank 0); 0 = off
     probe_every: int = at_least(0, default=0)
     # small labeled held-out shards: the first half fits the kNN, the second half scores it

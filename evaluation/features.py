@@ -35,10 +35,23 @@ def eval_images(shards: str | Path, crop_size: int, limit: Optional[int] = None)
     Raises:
         DataError: naming the folder, or the shard and sample, when the images or labels cannot be read.
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1 image, got {limit}")
     manifest = read_manifest(shards)
     num_classes = len(shard_classes(shards, manifest))
+    images, labels, _ = _read(shards, manifest, crop_size, limit, num_classes)
+    return images, torch.tensor(labels)
+
+
+def first_images(shards: str | Path, crop_size: int, count: int) -> tuple[torch.Tensor, list[str]]:
+    """(images uint8 (N ≤ count, 3, S, S), their sample keys): the first `count` samples of a shard folder, labeled
+    or not, through the eval transform (shard_dataset.py's seeded shuffle makes them a random draw)."""
+    images, _, keys = _read(shards, read_manifest(shards), crop_size, count, None)
+    return images, keys
+
+
+def _read(shards: str | Path, manifest: Manifest, crop_size: int, limit: Optional[int], num_classes: Optional[int]):
+    """(images (N, 3, S, S), labels (when num_classes is given, else []), keys) of the first `limit` samples."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 image, got {limit}")
     refs = [ref for refs in read_samples(list_shards(shards, manifest)) for ref in refs][:limit]
     if not refs:
         raise DataError(f"{shards}: holds no images (its manifest lists no samples); shard a non-empty folder")
@@ -46,13 +59,14 @@ def eval_images(shards: str | Path, crop_size: int, limit: Optional[int] = None)
     try:
         for ref in refs:
             images.append(_image(ref, read_span(ref.shard, ref.jpg, files), crop_size))
-            labels.append(_label(ref, files, num_classes))
+            if num_classes is not None:
+                labels.append(_label(ref, files, num_classes))
     except OSError as err:  # a shard shorter than its index says (read_span names it)
         raise DataError(f"{err}; {REBUILD}") from None
     finally:
         for f in files.values():
             f.close()
-    return torch.stack(images), torch.tensor(labels)
+    return torch.stack(images), labels, [ref.key for ref in refs]
 
 
 def _image(ref: SampleRef, jpg: bytes, crop_size: int) -> torch.Tensor:

@@ -148,3 +148,12 @@ def build_monitor(cfg, out_dir: Path):
     where = {"output_path": str(out_dir / "logs"), "job_name": cfg.run.name}
     return MonitorMaster(get_monitor_config({"tensorboard": {"enabled": cfg.logging.tensorboard, **where},
                                              "csv_monitor": {"enabled": cfg.logging.csv, **where}}))
+
+
+def write_image(monitor, tag: str, picture, step: int) -> None:
+    """An (H, W, 3) uint8 picture into the run's TensorBoard log beside the scalars (rank 0; nothing when
+    logging.tensorboard is off: DeepSpeed's CSV monitor takes scalars only)."""
+    writer = monitor.tb_monitor.summary_writer if monitor.tb_monitor is not None else None
+    if writer is not None:
+        writer.add_image(tag, picture, step, dataformats="HWC")
+        writer.flush()

@@ -18,15 +18,16 @@ from typing import Callable, Optional
 import torch
 
 import kernels
-from config import Config, ConfigError, config_to_yaml, training_dtype
+from config import Config, ConfigError, config_to_yaml, grid_size, training_dtype
 from pipeline.loader import Loader, build_loader
+from pipeline.mask_pictures import batch_pictures
 from pipeline.masks import MultiBlockMaskSampler
 from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
 from training.distributed import (agree, gather, on_rank0, release_shm_buffers, remove_dead_shm_buffers,
                                   setup_distributed, single_process_env)
-from training.engine import build_engine, build_monitor, micro_step, set_schedules
+from training.engine import build_engine, build_monitor, micro_step, set_schedules, write_image
 from training.faults import (Peers, StopSignal, Watchdog, exit_now, folder_id, is_comm_failure,
                              quiet_threads_while)
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
@@ -37,6 +38,8 @@ from training.target_ema import target_ema
 from util.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
+
+MASK_IMAGES = 4  # images of the batch in each TensorBoard mask picture
 
 
 def mask_sampler(cfg: Config) -> MultiBlockMaskSampler:
@@ -323,7 +326,8 @@ def progress_bar(enabled: bool, total: int, initial: int):
 
 
 def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> None:
-    """Rank 0, on their steps: collapse diagnostics of the target features, and the kNN probe."""
+    """Rank 0, on their steps: collapse diagnostics of the target features, the kNN probe, and a TensorBoard image of
+    the batch's first images with their masks."""
     events = []
     diagnostics = cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0
     if diagnostics or (probe is not None and step % cfg.logging.probe_every == 0):
@@ -340,6 +344,10 @@ def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> No
         logger.info(f"step {step} probe: kNN top-1 {100 * top1:.1f}% (target encoder, held-out shards)")
     if events:
         monitor.write_events(events)
+    every = cfg.logging.mask_images_every
+    if every and (step == 1 or step % every == 0):
+        write_image(monitor, "Masks/first_images", batch_pictures(batch.images, batch.ctx_idx, batch.tgt_idx,
+                                                                   grid_size(cfg), MASK_IMAGES), step)
 
 
 def write_summary(out_dir: Path, steps: int, seconds: float, layout, skipped: int) -> None:

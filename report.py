@@ -1,0 +1,59 @@
+"""The report of a training run, in pictures: the masks on the run's own images, the loss and the schedules, the
+throughput, the collapse diagnostics, the trained encoder's patch features beside its random init, the probe table.
+PNGs and one index.html (no server, nothing fetched: open it in a browser).
+
+    python report.py runs/demo/train [--val-shards runs/demo/shards-val] [--probe runs/demo/probe.json] [--out DIR]
+
+RUN_DIR is train.py's run.out_dir. What the folder lacks (a step log, a checkpoint) leaves its section out, saying why.
+The report is written to RUN_DIR/report unless --out says otherwise; a live run's folder can be reported on.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+
+import torch
+
+from util.errors import UserError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="train.py's run.out_dir")
+    p.add_argument("--out", default=None, help="where the report goes (default RUN_DIR/report)")
+    p.add_argument("--val-shards", default=None,
+                   help="images of the feature picture (default: logging.probe_shards, else the training shards)")
+    p.add_argument("--shards", default=None, help="the run's training shards, if data.shards no longer points there")
+    p.add_argument("--probe", default=None, help="eval.py's --json file (default RUN_DIR/probe.json if present)")
+    p.add_argument("--images", type=int, default=6, choices=range(1, 17), metavar="1..16",
+                   help="images in the mask and feature pictures (default 6)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the encoders run for the feature picture")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # torch's advice on a damaged file's pickle protocol; the file is then refused in one line of ours
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+    args = parse_args(argv)
+    from reporting.report import write_report  # matplotlib and the models: after the arguments are checked
+
+    start = time.perf_counter()
+    try:
+        report = write_report(args.run_dir, args.out, val_shards=args.val_shards, shards=args.shards,
+                              probe=args.probe, count=args.images, device=args.device)
+    except UserError as err:  # the user's folder, files or options: one line naming them and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    drawn = sum(1 for s in report.sections if s.note is None)
+    print(f"report: {report.folder / 'index.html'} ({drawn} of {len(report.sections)} sections, "
+          f"{time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""index.html of a report: the run's settings and figures, then each section's picture and caption (or why it is left
+out), the probe table, the config. One file, no scripts, nothing fetched: a browser opens it from disk."""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from reporting import ReportError
+from util.files import write_file_atomic
+
+STYLE = """body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
+td.n { text-align: right; } img { max-width: 100%; } .note { color: #a40; } pre { background: #f6f6f6; padding: 8px; }
+caption, .caption { color: #555; font-size: 0.9em; text-align: left; }"""
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    png: Optional[str] = None  # the picture's file name, beside index.html
+    caption: str = ""
+    note: Optional[str] = None  # why the section is left out
+    table: Optional[str] = None  # HTML of a table (escaped already)
+
+
+def probe_section(path: Path, explicit: bool) -> Section:
+    """The probe table of eval.py's --json file at `path`. A file the caller named must be there and readable
+    (ReportError otherwise); the run folder's own probe.json leaves a note when it is missing or unreadable."""
+    title = "Probes: the trained target encoder beside its random init"
+    try:
+        if not path.is_file():
+            raise ReportError(f"{path}: no such file; eval.py --json FILE writes the probe figures")
+        results = json.loads(path.read_text())
+        table = probe_table(results)
+    except (ReportError, OSError, ValueError, KeyError, TypeError) as err:
+        message = str(err) if isinstance(err, ReportError) else (
+            f"{path}: not eval.py's --json output ({type(err).__name__}: {err}); give the file eval.py --json wrote")
+        if explicit:
+            raise ReportError(f"--probe {message}") from None
+        return Section("probe", title, note=f"{message} (or give one with --probe)")
+    s = results["setup"]
+    caption = (f"eval.py on {s['checkpoint']}: {s['encoder']} encoder, {s['pool']} pool, {s['train_images']} train / "
+               f"{s['val_images']} val images, {s['classes']} classes (chance {100 / s['classes']:.1f}%); linear, "
+               f"attentive and low-shot: {s['selection']}.")
+    return Section("probe", title, caption=caption, table=table)
+
+
+PROBES = (("knn", "kNN"), ("linear", "linear"), ("attentive", "attentive"))
+
+
+def probe_table(results: dict) -> str:
+    """kNN, linear, attentive and low-shot top-1 of the checkpoint and its random init, and the margin."""
+    head = "".join(f"<th>{name} top-1</th>" for _, name in PROBES) + f"<th>low-shot {results['setup']['low_shot']} " \
+                                                                      f"top-1</th>"
+    rows = []
+    for name in ("checkpoint", "random init"):
+        r = results[name]
+        cells = [f"{100 * float(r[key]['top1']):.1f}%" for key, _ in PROBES]
+        cells.append(f"{100 * float(r['low_shot']['mean']):.1f} ± {100 * float(r['low_shot']['std']):.1f}%")
+        rows.append((name, cells))
+    ours, theirs = results["checkpoint"], results["random init"]
+    gains = [100 * (float(ours[key]["top1"]) - float(theirs[key]["top1"])) for key, _ in PROBES]
+    gains.append(100 * (float(ours["low_shot"]["mean"]) - float(theirs["low_shot"]["mean"])))
+    rows.append(("margin", [f"{g:+.1f}" for g in gains]))
+    body = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f'<td class="n">{html.escape(c)}</td>'
+                                                                 for c in cells) + "</tr>" for name, cells in rows)
+    return f"<table><tr><th>encoder</th>{head}</tr>{body}</table>"
+
+
+def run_facts(run) -> list[tuple[str, str]]:
+    """(name, value) rows of the table at the top: what ran, where, and its figures."""
+    cfg, m = run.cfg, run.cfg.model
+    facts = [("run folder", str(run.path)), ("run.name", cfg.run.name), ("device", cfg.run.device),
+             ("model", f"{m.arch}: patch {m.patch_size}, width {m.embed_dim}, depth {m.depth}, {m.num_heads} heads; "
+                       f"predictor depth {m.pred_depth}, width {m.pred_emb_dim}; crops of {cfg.data.crop_size} px"),
+             ("data.shards", cfg.data.shards)]
+    facts += [("plan", line.removeprefix("# plan: ")) for line in plan_lines(run.path / "config.yaml")]
+    if run.summary:
+        s = run.summary
+        facts += [("steps (this process)", f"{s['steps']} in {float(s['seconds']):.1f} s on {s['world_size']} rank(s)"),
+                  ("images/s per GPU", f"{float(s['images_per_s_per_gpu']):.1f}"),
+                  ("images per GPU-hour", f"{float(s['images_per_gpu_hour']):,.0f}"),
+                  ("bad samples skipped", str(s.get("skipped_samples", 0)))]
+    else:
+        facts.append(("summary.json", "none: the run has not reached its last step"))
+    if run.log is not None and (loss := run.log.get("Train_loss")) is not None and len(loss.steps):
+        facts.append(("last logged loss", f"{loss.values[-1]:.4f} at step {loss.steps[-1]}"))
+    facts.append(("newest checkpoint", str(run.checkpoint) if run.checkpoint else "none"))
+    return facts
+
+
+def plan_lines(config_yaml: Path) -> list[str]:
+    return [line for line in config_yaml.read_text().splitlines() if line.startswith("# plan: ")]
+
+
+def write_page(path: Path, run, sections: list[Section]) -> None:
+    e = html.escape
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>I-JEPA run {e(run.cfg.run.name)}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>I-JEPA run <code>{e(run.cfg.run.name)}</code></h1><p class='caption'>report.py, {when}</p>",
+             "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in run_facts(run)) + "</table>"]
+    for s in sections:
+        parts.append(f"<h2 id='{e(s.name)}'>{e(s.title)}</h2>")
+        if s.note:
+            parts.append(f"<p class='note'>Left out: {e(s.note)}</p>")
+            continue
+        if s.png:
+            parts.append(f"<img src='{e(s.png)}' alt='{e(s.title)}'>")
+        if s.table:
+            parts.append(s.table)
+        parts.append(f"<p class='caption'>{e(s.caption)}</p>")
+    config = (run.path / "config.yaml").read_text()
+    parts.append(f"<h2 id='config'>Settings</h2><details open><summary>{e(str(run.path / 'config.yaml'))}</summary>"
+                 f"<pre>{e(config)}</pre></details></body></html>")
+    write_file_atomic(path, "\n".join(parts).encode(), sync=False)

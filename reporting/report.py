@@ -1,0 +1,190 @@
+"""The report of a run folder: each section a PNG (or the reason it is left out) and one index.html that shows them
+with the run's settings and figures.
+
+    report = write_report("runs/demo/train", val_shards="runs/demo/shards-val", probe="runs/demo/probe.json")
+    report.folder / "index.html"
+
+Sections, in order: the masks on the run's first batch, loss and schedules, throughput, collapse diagnostics, the
+patch features of the trained target encoder beside its random init, the probe table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from evaluation.encoders import load_encoder
+from evaluation.features import first_images, normalize
+from pipeline.loader import BatchLayout, build_loader, open_manifest, resolve_backend
+from pipeline.mask_pictures import mask_picture, patch_sets, picture_scale, to_uint8
+from reporting import ReportError
+from reporting.curves import diagnostics_figure, throughput_figure, training_figure
+from reporting.page import Section, probe_section, write_page
+from reporting.pictures import features_figure, masks_figure, patch_features, pca_rgb
+from reporting.run_folder import RunFolder, open_run
+from training.loop import mask_sampler
+from util.files import write_file_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class MaskBatch:
+    """What the mask picture is drawn from: rank 0's first batch of the run, its first images."""
+
+    images: np.ndarray  # (n, S, S, 3) uint8, as the run's loader cropped them
+    ctx_idx: np.ndarray  # (n, K_enc), or (nenc, n, K_enc)
+    tgt_idx: np.ndarray  # (M, n, K_pred)
+    keys: list[str]
+    grid: tuple[int, int]
+
+    def sets(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image i's (context (H, W), targets (M, H, W)) patch maps."""
+        ctx = self.ctx_idx if self.ctx_idx.ndim == 3 else self.ctx_idx[None]
+        return patch_sets(ctx[:, i], self.tgt_idx[:, i], self.grid)
+
+
+@dataclasses.dataclass
+class Report:
+    folder: Path
+    sections: list[Section]
+    figures: dict  # section name → the matplotlib Figure its PNG was drawn from
+    masks: Optional[MaskBatch]
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards: str | Path | None = None,
+                 shards: str | Path | None = None, probe: str | Path | None = None, count: int = 6,
+                 device: str = "cpu") -> Report:
+    """Draws the report of `run_dir` into `out` (default run_dir/report): PNGs and index.html.
+
+    Args:
+        val_shards: the images of the feature picture (default: logging.probe_shards, else the training shards).
+        shards: the training shards, where data.shards of the run's config.yaml no longer points at them.
+        probe: eval.py's --json file (default: run_dir/probe.json when there is one).
+        count: images in the mask and feature pictures.
+    Raises:
+        util.errors.UserError: one line naming the folder, file or option, for a run folder that is not one and for
+            what the caller named; what the run folder lacks (a step log, a checkpoint) leaves its section out,
+            saying why.
+    """
+    run = open_run(run_dir)
+    folder = Path(out) if out is not None else run.path / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report(folder, [], {}, None)
+    report.masks = add_masks(report, run, Path(shards) if shards else Path(run.cfg.data.shards), count)
+    for name, title, draw in (("training", "Loss and schedules", lambda: training_figure(run.log)),
+                              ("throughput", "Throughput", lambda: throughput_figure(run.log, run.summary)),
+                              ("diagnostics", "Collapse diagnostics", lambda: diagnostics_figure(run.log))):
+        if run.log is None:
+            report.sections.append(Section(name, title, note=f"no step log in {run.path / 'logs' / run.cfg.run.name} "
+                                                             f"(logging.csv was off, or no logging step was reached)"))
+        else:
+            add_figure(report, Section(name, title, caption=CAPTIONS[name]), draw())
+    add_features(report, run, val_shards, count, device)
+    probe_path = Path(probe) if probe else run.path / "probe.json"
+    report.sections.append(probe_section(probe_path, explicit=probe is not None))
+    write_page(folder / "index.html", run, report.sections)
+    for section in report.sections:
+        if section.note:
+            logger.warning(f"report: {section.title}: left out: {section.note}")
+    return report
+
+
+CAPTIONS = {
+    "training": "The loss of every step (faint) and its running mean; the learning rate, weight decay and EMA momentum "
+                "the schedules set, at each logging step.",
+    "throughput": "Rank 0's figures between logging steps. The dashed line and the title are the whole run's "
+                  "figures (summary.json), start-up, checkpoints and logging included.",
+    "diagnostics": "The target encoder's features on rank 0's batch, pooled over patches: a collapsing encoder drives "
+                   "both towards their floor (std 0, rank 1).",
+}
+
+
+def add_figure(report: Report, section: Section, fig) -> None:
+    """Saves `fig` as the section's PNG (whole or not at all) and adds the section."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    section.png = f"{section.name}.png"
+    write_file_atomic(report.folder / section.png, buffer.getvalue(), sync=False)
+    report.figures[section.name] = fig
+    report.sections.append(section)
+
+
+def add_masks(report: Report, run: RunFolder, shards: Path, count: int) -> Optional[MaskBatch]:
+    title = "Masks on the run's images"
+    try:
+        masks, caption = first_batch(run, shards, count)
+    except ReportError as err:  # the shards moved: the other sections need none of them
+        report.sections.append(Section("masks", title, note=str(err)))
+        return None
+    cfg = run.cfg
+    scale = picture_scale(masks.images.shape[1])
+    pictures = [mask_picture(masks.images[i], *masks.sets(i), scale=scale) for i in range(len(masks.keys))]
+    fig = masks_figure(pictures, masks.keys, cfg.mask.npred, "the multiblock masks of rank 0's first batch")
+    add_figure(report, Section("masks", title, caption=caption), fig)
+    return masks
+
+
+def first_batch(run: RunFolder, shards: Path, count: int) -> tuple[MaskBatch, str]:
+    """Rank 0's first batch of the run (its layout, backend, seed and sampler) from `shards`, on the CPU."""
+    cfg = run.cfg
+    if not (shards / "manifest.json").is_file():
+        raise ReportError(f"data.shards {shards} (from {run.path / 'config.yaml'}) holds no manifest.json: run "
+                          f"report.py from the folder train.py ran in, or give the shards with --shards")
+    identity = run.record.identity if run.record else {}
+    layout = BatchLayout(int(identity.get("data.batch_size", cfg.data.batch_size)),
+                         int(identity.get("optimization.grad_accum", cfg.optimization.grad_accum)), run.world_size)
+    backend = run.backend or resolve_backend(cfg.data.backend)
+    data = dataclasses.replace(cfg.data, shards=str(shards), num_workers=0)
+    loader = build_loader(data, mask_sampler(cfg), seed=cfg.run.seed, rank=0, layout=layout,
+                          manifest=open_manifest(str(shards)), backend=backend, device=torch.device("cpu"),
+                          dtype=torch.float32)
+    batch = next(iter(loader))
+    n = min(count, len(batch.keys))
+    ctx = batch.ctx_idx[..., :n, :].numpy()
+    grid = (cfg.data.crop_size // cfg.model.patch_size,) * 2
+    masks = MaskBatch(to_uint8(batch.images[:n]), ctx, batch.tgt_idx[:, :n].numpy(), list(batch.keys[:n]), grid)
+    m = cfg.mask
+    caption = (f"Rank 0's first batch (step 1) of a run on {run.world_size} rank(s), cropped by the {backend} "
+               f"backend as the run's loader does (seed {cfg.run.seed}). The sampler: {m.npred} target blocks of "
+               f"{_range(m.pred_mask_scale)} of the image each, aspect {_range(m.aspect_ratio)}; {m.nenc} context "
+               f"block of {_range(m.enc_mask_scale)} with the targets cut out (allow_overlap {m.allow_overlap}). "
+               f"This batch keeps {batch.ctx_idx.shape[-1]} context and {batch.tgt_idx.shape[-1]} target patches per "
+               f"block of the {grid[0] * grid[1]} of an image: each set is cut to the batch's shortest, as the "
+               f"official collator does.")
+    return masks, caption
+
+
+def _range(pair) -> str:
+    return f"{pair[0]:g}–{pair[1]:g}"
+
+
+def add_features(report: Report, run: RunFolder, val_shards, count: int, device: str) -> None:
+    title = "What the encoder learned"
+    if run.checkpoint is None:
+        report.sections.append(Section("features", title, note=f"no complete checkpoint in "
+                                                               f"{run.path / 'checkpoints'} yet"))
+        return
+    if val_shards is not None:
+        source, what = Path(val_shards), "--val-shards"
+    elif run.cfg.logging.probe_shards:
+        source, what = Path(run.cfg.logging.probe_shards), "logging.probe_shards"
+    else:
+        source, what = Path(run.cfg.data.shards), "the training shards (no --val-shards given)"
+    encoder, random_init = load_encoder(run.checkpoint, "target")
+    encoder, random_init = encoder.to(device), random_init.to(device)
+    images, keys = first_images(source, encoder.patch_embed.img_size[0], count)
+    x, grid = normalize(images), encoder.grid
+    rows = [(f"trained target encoder, {run.checkpoint.name}", *pca_rgb(patch_features(encoder, x), grid)),
+            ("the run's random init (step 0)", *pca_rgb(patch_features(random_init, x), grid))]
+    fig = features_figure(images.permute(0, 2, 3, 1).numpy(), rows, keys)
+    caption = (f"The first images of {source} ({what}), centre-cropped. Each row below maps the first three "
+               f"principal components of an encoder's output patch tokens, fitted over these images together, onto "
+               f"red, green and blue: patches that look alike to the encoder share a colour.")
+    add_figure(report, Section("features", title, caption=caption), fig)
+

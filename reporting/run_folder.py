@@ -1,0 +1,74 @@
+"""What a run folder (train.py's run.out_dir) holds for its report: the config it ran with, its summary, its newest
+complete checkpoint and that checkpoint's run record, its step log. Read only; a live run's folder reads as well."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from config import Config, load_config
+from reporting import ReportError
+from reporting.steplog import StepLog, read_step_log
+from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags
+from training.plan import RunRecord
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    cfg: Config
+    summary: Optional[dict]  # summary.json: written when the run reached its last step
+    checkpoint: Optional[Path]  # the newest complete checkpoint's tag folder
+    record: Optional[RunRecord]  # its run.json: world size, the backend the run resolved
+    log: Optional[StepLog]  # logs/<run.name>/*.csv; None when the run wrote no CSV step log
+
+    @property
+    def world_size(self) -> int:
+        if self.record is not None:
+            return self.record.world_size
+        return int(self.summary["world_size"]) if self.summary else 1
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The data backend the run resolved ("dali" or "torch"), when its checkpoint says."""
+        return self.record.identity.get("data.backend (resolved)") if self.record else None
+
+
+def open_run(path: str | Path) -> RunFolder:
+    """Raises ReportError (or config.ConfigError for its config.yaml) naming the folder or file and what to do."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such folder; give the run.out_dir of a train.py run")
+    if not (path / "config.yaml").is_file():
+        raise ReportError(f"{path}: not a run folder of train.py (no config.yaml in it); give the run.out_dir of a "
+                          f"train.py run, e.g. runs/demo/train")
+    cfg = load_config(path / "config.yaml")
+    checkpoint, record = newest_checkpoint(path)
+    logs = path / "logs" / cfg.run.name
+    log = read_step_log(logs) if any(logs.glob("*.csv")) else None
+    return RunFolder(path, cfg, read_summary(path / "summary.json"), checkpoint, record, log)
+
+
+def read_summary(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        float(summary["images_per_s_per_gpu"]), int(summary["steps"]), int(summary["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{path}: not a summary written by train.py ({type(err).__name__}: {err}); move it away "
+                          f"to draw the report without it") from None
+    return summary
+
+
+def newest_checkpoint(path: Path) -> tuple[Optional[Path], Optional[RunRecord]]:
+    tags = complete_tags(checkpoint_dir(path))
+    if not tags:
+        return None, None
+    folder = checkpoint_dir(path) / tags[-1]
+    try:
+        return folder, RunRecord.from_json((folder / RUN_FILE).read_text())
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise ReportError(f"{folder / RUN_FILE}: cannot be read ({type(err).__name__}: {err}); the checkpoint is "
+                          f"damaged") from None

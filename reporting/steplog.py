@@ -1,0 +1,65 @@
+"""The step log a run leaves: DeepSpeed's CSV monitor writes one file per logged name (logs/<run.name>/Train_loss.csv:
+`step,loss` rows), appended by every start of the run, header included. A resumed run logs again the steps after
+its checkpoint; the last row of a step is the one that counts (the run that went on)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from reporting import ReportError
+
+
+@dataclass(frozen=True)
+class Series:
+    steps: np.ndarray  # int64, ascending, each once
+    values: np.ndarray  # float64
+
+
+class StepLog:
+    """{name: Series} of a run's CSV step log; names as the files are named ("Train_loss", "Perf_images_per_s")."""
+
+    def __init__(self, folder: Path, series: dict[str, Series]):
+        self.folder, self.series = folder, series
+
+    def get(self, name: str) -> Optional[Series]:
+        return self.series.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.series
+
+    @property
+    def last_step(self) -> int:
+        return max((int(s.steps[-1]) for s in self.series.values() if len(s.steps)), default=0)
+
+
+def read_step_log(folder: Path) -> StepLog:
+    """Every *.csv of `folder` (a run's logs/<run.name>). A row cut short by a killed write (the file's last line,
+    with no newline) is left out; any other unreadable row is a ReportError naming the file and line."""
+    return StepLog(folder, {path.stem: read_series(path) for path in sorted(folder.glob("*.csv"))})
+
+
+def read_series(path: Path) -> Series:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: cannot be read ({err}); the report needs the run's step log") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    elif lines:
+        lines.pop()  # the last row was being written when the run died
+    by_step = {}
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("step,"):  # the header, e.g. "step,loss", written again by every start of the run
+            continue
+        try:
+            step, value = line.rstrip("\r").split(",")
+            by_step[int(step)] = float(value)  # a later row of the same step wins
+        except ValueError:
+            raise ReportError(f"{path}:{number}: {line[:80]!r} is not a 'step,value' row; the step log is damaged: "
+                              f"move the file away to draw the report without it") from None
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    return Series(steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64))
