@@ -29,7 +29,7 @@ check: $(STAMP)
 # The main job end to end on real data that ships with scikit-learn (handwritten digits): image folder → shards →
 # 2-process DeepSpeed training (CPU, gloo; the GPUs where there are some) → kNN, linear, attentive and low-shot probes
 # of the trained target encoder on held-out digits beside its random init → its export to transformers and timm →
-# throughput summary. The attentive probe gets 40 epochs: 1,348 images give 22 steps an epoch.
+# the run's report in pictures (runs/demo/train/report/index.html) → throughput summary. The attentive probe gets 40 epochs: 1,348 images give 22 steps an epoch.
 DEMO   := runs/demo
 # the run's newest checkpoint, looked up when a recipe line uses it
 LAST_CKPT = $$(ls -d $(DEMO)/train/checkpoints/step* | tail -1)
@@ -45,6 +45,7 @@ demo: $(STAMP)
 		--train-shards $(DEMO)/shards --val-shards $(DEMO)/shards-val --attentive-epochs 40 --json $(DEMO)/probe.json
 	rm -rf $(DEMO)/export
 	$(PY) export.py --checkpoint $(LAST_CKPT) --out $(DEMO)/export
+	$(PY) report.py $(DEMO)/train --val-shards $(DEMO)/shards-val --probe $(DEMO)/probe.json
 	@$(PY) -c "import json; s = json.load(open('$(DEMO)/train/summary.json')); \
 		print(f\"demo: {s['images_per_s_per_gpu']:.1f} images/s per GPU, {s['images_per_gpu_hour']:,.0f} images per GPU-hour\")"
 

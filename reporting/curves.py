@@ -37,11 +37,13 @@ def loss_window(count: int) -> int:
     return max(1, count // 50)
 
 
-def plot(ax, log: StepLog, name: str, label: str, scale: float = 1.0, **style) -> bool:
-    """Draws the series `name` on `ax` (times `scale`); says so on the axis when the run did not log it."""
+def plot(ax, log: StepLog, name: str, label: str, scale: float = 1.0, missing: str = "", **style) -> bool:
+    """Draws the series `name` on `ax` (times `scale`); says so on the axis (and `missing`: how to get it) when the
+    run did not log it."""
     series = log.get(name)
     if series is None or not len(series.steps):
-        ax.text(0.5, 0.5, f"not logged\n({name})", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.text(0.5, 0.5, f"not logged ({name})" + (f"\n{missing}" if missing else ""), ha="center", va="center",
+                transform=ax.transAxes, color="grey", fontsize=9)
         return False
     ax.plot(series.steps, series.values * scale, label=label, gid=name, **style)
     return True
@@ -108,10 +110,11 @@ def diagnostics_figure(log: StepLog) -> Figure:
     """The collapse diagnostics of the target features (logging.diagnostics_every) and the in-training kNN probe
     (logging.probe_every)."""
     fig, (std, rank, probe) = new_figure(1, 3, "collapse diagnostics of the target encoder's features")
-    plot(std, log, "Diagnostics_feature_std", "feature std")
+    plot(std, log, "Diagnostics_feature_std", "feature std", missing="logging.diagnostics_every turns it on")
     label_axis(std, "mean per-dimension std (0 = collapsed)")
-    plot(rank, log, "Diagnostics_effective_rank", "effective rank")
+    plot(rank, log, "Diagnostics_effective_rank", "effective rank", missing="logging.diagnostics_every turns it on")
     label_axis(rank, "effective rank of the pooled features (1 = collapsed)")
-    plot(probe, log, "Probe_knn_top1", "kNN top-1", scale=100.0)
+    plot(probe, log, "Probe_knn_top1", "kNN top-1", scale=100.0,
+         missing="logging.probe_every and logging.probe_shards turn it on")
     label_axis(probe, "kNN top-1 on held-out shards", "%")
     return fig
