@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from evaluation import EvalError
+from evaluation.encoders import check_device
 from evaluation.report import evaluate, print_table
 from evaluation.sweep import parse_low_shot
 from util.errors import UserError
@@ -76,23 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--json", default=None, help="also write the figures here")
     return p.parse_args(argv)
-
-
-def check_device(name: str) -> None:
-    """Refuses a device this machine does not have before any work is done."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EvalError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return
-    if device.type != "cuda":
-        raise EvalError(f"--device {name}: eval.py runs on cpu or cuda only")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise EvalError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    if device.index is not None and device.index >= count:
-        raise EvalError(f"--device {name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
 
 
 def check_json_path(json_path: str, settings: dict) -> Path:

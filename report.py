@@ -20,6 +20,12 @@ import torch
 from util.errors import UserError
 
 
+def image_count(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 1 to 16")
+    return int(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="train.py's run.out_dir")
@@ -28,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images of the feature picture (default: logging.probe_shards, else the training shards)")
     p.add_argument("--shards", default=None, help="the run's training shards, if data.shards no longer points there")
     p.add_argument("--probe", default=None, help="eval.py's --json file (default RUN_DIR/probe.json if present)")
-    p.add_argument("--images", type=int, default=6, choices=range(1, 17), metavar="1..16",
-                   help="images in the mask and feature pictures (default 6)")
+    p.add_argument("--images", type=image_count, default=6, help="images in the mask and feature pictures, 1 to 16 "
+                                                                 "(default 6)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the encoders run for the feature picture")
     return p.parse_args(argv)
@@ -40,10 +46,12 @@ def main(argv=None) -> int:
     # torch's advice on a damaged file's pickle protocol; the file is then refused in one line of ours
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     args = parse_args(argv)
+    from evaluation.encoders import check_device
     from reporting.report import write_report  # matplotlib and the models: after the arguments are checked
 
     start = time.perf_counter()
     try:
+        check_device(args.device)
         report = write_report(args.run_dir, args.out, val_shards=args.val_shards, shards=args.shards,
                               probe=args.probe, count=args.images, device=args.device)
     except UserError as err:  # the user's folder, files or options: one line naming them and the fix

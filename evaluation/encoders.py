@@ -117,3 +117,20 @@ def _context_state(tag_dir: Path, encoder) -> dict:
     state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
     state.setdefault("pos_embed", encoder.pos_embed.detach())  # frozen: not in DeepSpeed's fp32 copy
     return state
+
+
+def check_device(name: str) -> None:
+    """Refuses a device this machine does not have (eval.py and report.py's --device) before any work is done."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvalError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise EvalError(f"--device {name}: the encoders run on cpu or cuda only")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise EvalError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise EvalError(f"--device {name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")

@@ -282,7 +282,7 @@ def test_numbers_out_of_range_are_usage_errors(digit_shards, capsys, option, val
 def test_devices_and_json_paths_are_checked_before_any_work(digit_shards, tmp_path, capsys):
     shards = (digit_shards["train"], digit_shards["val"])
     cases = [(["--device", "banana"], "--device banana: not a device name"),
-             (["--device", "meta"], "--device meta: eval.py runs on cpu or cuda only"),
+             (["--device", "meta"], "--device meta: the encoders run on cpu or cuda only"),
              (["--device", "cuda:99"], "--device cuda:99: "),
              (["--json", tmp_path / "nowhere" / "probe.json"], "does not exist; create it first"),
              (["--json", tmp_path], "is a folder; give a file name"),

@@ -140,8 +140,11 @@ def test_a_run_folder_without_shards_or_checkpoint_gets_the_sections_it_can(tmp_
     ("bad probe", "--probe {run}/p.json: not eval.py's --json output (KeyError: 'low_shot')"),
     ("missing probe", "--probe {run}/p.json: no such file"),
     ("bad log", "{run}/logs/tiny_cpu/Train_lr.csv:2: '2;0.0002' is not a 'step,value' row"),
+    ("device", "--device cuda:7: no CUDA device is available here; use --device cpu"),
 ])
 def test_what_cannot_be_reported_is_one_line(tmp_path, capsys, case, message):
+    if case == "device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA devices")
     run = tmp_path / "run"
     argv = [str(run)]
     if case == "no config":
@@ -152,6 +155,8 @@ def test_what_cannot_be_reported_is_one_line(tmp_path, capsys, case, message):
         (run / "p.json").write_text(json.dumps({"setup": {}}))
     if case in ("bad probe", "missing probe"):
         argv += ["--probe", str(run / "p.json")]
+    if case == "device":
+        argv += ["--device", "cuda:7"]
     if case == "bad log":
         (run / "logs" / "tiny_cpu" / "Train_lr.csv").write_text("step,lr\n2;0.0002\n")
     assert report_cli.main(argv) == 1
