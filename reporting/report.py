@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from config import grid_size
 from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
 from pipeline.loader import BatchLayout, build_loader, open_manifest, resolve_backend
@@ -147,7 +148,7 @@ def first_batch(run: RunFolder, shards: Path, count: int) -> tuple[MaskBatch, st
     batch = next(iter(loader))
     n = min(count, len(batch.keys))
     ctx = batch.ctx_idx[..., :n, :].numpy()
-    grid = (cfg.data.crop_size // cfg.model.patch_size,) * 2
+    grid = grid_size(cfg)
     masks = MaskBatch(to_uint8(batch.images[:n]), ctx, batch.tgt_idx[:, :n].numpy(), list(batch.keys[:n]), grid)
     m = cfg.mask
     caption = (f"Rank 0's first batch (step 1) of a run on {run.world_size} rank(s), cropped by the {backend} "
