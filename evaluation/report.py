@@ -95,22 +95,37 @@ def _some(names: list[str], limit: int = 3) -> str:
 COLUMNS = {"knn": "kNN", "linear": "linear", "attentive": "attentive"}  # JSON key → table heading
 
 
-def print_table(results: dict) -> None:
+def setup_line(results: dict) -> str:
+    """What the probes were run on, in one line (eval.py's table and report.py's caption)."""
     s = results["setup"]
-    print(f"probe: {s['encoder']} encoder, {s['pool']} pool, {s['train_images']} train / {s['val_images']} val "
-          f"images, {s['classes']} classes (chance {100 / s['classes']:.1f}%); linear, attentive and low-shot: "
-          f"{s['selection']}")
-    shots = f"low-shot {s['low_shot']}"
-    print(f"{'encoder':<14}" + "".join(f"{c + ' top-1':>17}" for c in COLUMNS.values()) + f"{shots + ' top-1':>22}")
+    return (f"{s['encoder']} encoder, {s['pool']} pool, {s['train_images']} train / {s['val_images']} val images, "
+            f"{s['classes']} classes (chance {100 / s['classes']:.1f}%); linear, attentive and low-shot: "
+            f"{s['selection']}")
+
+
+def table_rows(results: dict) -> list[tuple[str, list[str]]]:
+    """(name, cells) of the checkpoint, its random init and the margin: kNN, linear and attentive top-1, then the
+    low-shot mean ± std (eval.py's table and report.py's)."""
+    rows = []
     for name in ("checkpoint", "random init"):
         r = results[name]
-        row = [f"{100 * r[key]['top1']:.1f}%" for key in COLUMNS]
-        row.append(f"{100 * r['low_shot']['mean']:.1f} ± {100 * r['low_shot']['std']:.1f}%")
-        print(f"{name:<14}" + "".join(f"{cell:>17}" for cell in row[:3]) + f"{row[3]:>22}")
+        cells = [f"{100 * r[key]['top1']:.1f}%" for key in COLUMNS]
+        cells.append(f"{100 * r['low_shot']['mean']:.1f} ± {100 * r['low_shot']['std']:.1f}%")
+        rows.append((name, cells))
     ours, theirs = results["checkpoint"], results["random init"]
-    gain = [100 * (ours[key]["top1"] - theirs[key]["top1"]) for key in COLUMNS]
-    gain.append(100 * (ours["low_shot"]["mean"] - theirs["low_shot"]["mean"]))
-    print(f"{'margin':<14}" + "".join(f"{g:>+16.1f}%" for g in gain[:3]) + f"{gain[3]:>+21.1f}%")
+    gains = [100 * (ours[key]["top1"] - theirs[key]["top1"]) for key in COLUMNS]
+    gains.append(100 * (ours["low_shot"]["mean"] - theirs["low_shot"]["mean"]))
+    rows.append(("margin", [f"{g:+.1f}%" for g in gains]))
+    return rows
+
+
+def print_table(results: dict) -> None:
+    s = results["setup"]
+    print(f"probe: {setup_line(results)}")
+    shots = f"low-shot {s['low_shot']}"
+    print(f"{'encoder':<14}" + "".join(f"{c + ' top-1':>17}" for c in COLUMNS.values()) + f"{shots + ' top-1':>22}")
+    for name, cells in table_rows(results):
+        print(f"{name:<14}" + "".join(f"{cell:>17}" for cell in cells[:3]) + f"{cells[3]:>22}")
     for name in ("checkpoint", "random init"):
         r = results[name]
         print(f"{name}: linear best of {s['linear_grid']} at {_setting(r['linear'])}; attentive best of "

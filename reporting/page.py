@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from evaluation.report import COLUMNS, setup_line, table_rows
 from reporting import ReportError
 from util.files import write_file_atomic
 
@@ -37,38 +38,24 @@ def probe_section(path: Path, explicit: bool) -> Section:
             raise ReportError(f"{path}: no such file; eval.py --json FILE writes the probe figures")
         results = json.loads(path.read_text())
         table = probe_table(results)
+        caption = f"eval.py on {results['setup']['checkpoint']}: {setup_line(results)}."
     except (ReportError, OSError, ValueError, KeyError, TypeError) as err:
         message = str(err) if isinstance(err, ReportError) else (
             f"{path}: not eval.py's --json output ({type(err).__name__}: {err}); give the file eval.py --json wrote")
         if explicit:
             raise ReportError(f"--probe {message}") from None
         return Section("probe", title, note=f"{message} (or give one with --probe)")
-    s = results["setup"]
-    caption = (f"eval.py on {s['checkpoint']}: {s['encoder']} encoder, {s['pool']} pool, {s['train_images']} train / "
-               f"{s['val_images']} val images, {s['classes']} classes (chance {100 / s['classes']:.1f}%); linear, "
-               f"attentive and low-shot: {s['selection']}.")
     return Section("probe", title, caption=caption, table=table)
 
 
-PROBES = (("knn", "kNN"), ("linear", "linear"), ("attentive", "attentive"))
-
-
 def probe_table(results: dict) -> str:
-    """kNN, linear, attentive and low-shot top-1 of the checkpoint and its random init, and the margin."""
-    head = "".join(f"<th>{name} top-1</th>" for _, name in PROBES) + f"<th>low-shot {results['setup']['low_shot']} " \
-                                                                      f"top-1</th>"
-    rows = []
-    for name in ("checkpoint", "random init"):
-        r = results[name]
-        cells = [f"{100 * float(r[key]['top1']):.1f}%" for key, _ in PROBES]
-        cells.append(f"{100 * float(r['low_shot']['mean']):.1f} ± {100 * float(r['low_shot']['std']):.1f}%")
-        rows.append((name, cells))
-    ours, theirs = results["checkpoint"], results["random init"]
-    gains = [100 * (float(ours[key]["top1"]) - float(theirs[key]["top1"])) for key, _ in PROBES]
-    gains.append(100 * (float(ours["low_shot"]["mean"]) - float(theirs["low_shot"]["mean"])))
-    rows.append(("margin", [f"{g:+.1f}" for g in gains]))
-    body = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f'<td class="n">{html.escape(c)}</td>'
-                                                                 for c in cells) + "</tr>" for name, cells in rows)
+    """eval.py's table as HTML: kNN, linear, attentive and low-shot top-1 of the checkpoint and its random init, and
+    the margin."""
+    e = html.escape
+    head = "".join(f"<th>{e(name)} top-1</th>" for name in COLUMNS.values())
+    head += f"<th>low-shot {e(str(results['setup']['low_shot']))} top-1</th>"
+    body = "".join(f"<tr><th>{e(name)}</th>" + "".join(f'<td class="n">{e(c)}</td>' for c in cells) + "</tr>"
+                   for name, cells in table_rows(results))
     return f"<table><tr><th>encoder</th>{head}</tr>{body}</table>"
 
 
