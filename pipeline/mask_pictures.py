@@ -78,6 +78,18 @@ def picture_scale(size: int, at_least: int = 128) -> int:
     return max(1, -(-at_least // size))
 
 
+def mask_pictures(pixels: np.ndarray, ctx_idx: np.ndarray, tgt_idx: np.ndarray, grid: tuple[int, int]) -> list:
+    """One mask picture per image, upscaled by picture_scale.
+
+    Args:
+        pixels: (n, S, S, 3) uint8; ctx_idx: (n, K_enc) or (nenc, n, K_enc); tgt_idx: (M, n, K_pred).
+    """
+    ctx = ctx_idx if ctx_idx.ndim == 3 else ctx_idx[None]  # several context blocks are shown as one
+    scale = picture_scale(pixels.shape[1])
+    return [mask_picture(pixels[i], *patch_sets(ctx[:, i], tgt_idx[:, i], grid), scale=scale)
+            for i in range(len(pixels))]
+
+
 def batch_pictures(images: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, grid: tuple[int, int],
                    count: int = 4) -> np.ndarray:
     """The first `count` images of a batch with their masks, side by side: (S', count·S' + gaps, 3) uint8.
@@ -86,11 +98,8 @@ def batch_pictures(images: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.T
         images: (B, 3, S, S) normalised; ctx_idx: (B, K_enc) or (nenc, B, K_enc); tgt_idx: (M, B, K_pred).
     """
     count = min(count, images.shape[0])
-    pixels = to_uint8(images[:count])
-    scale = picture_scale(pixels.shape[1])
-    ctx, tgt = ctx_idx.cpu().numpy(), tgt_idx.cpu().numpy()
-    ctx = ctx if ctx.ndim == 3 else ctx[None]  # (nenc, B, K_enc): several context blocks are shown as one
-    pictures = [mask_picture(pixels[i], *patch_sets(ctx[:, i], tgt[:, i], grid), scale=scale) for i in range(count)]
+    pictures = mask_pictures(to_uint8(images[:count]), ctx_idx[..., :count, :].cpu().numpy(),
+                             tgt_idx[:, :count].cpu().numpy(), grid)
     gap = np.full((pictures[0].shape[0], GAP, 3), 255, dtype=np.uint8)
     row = [p for picture in pictures for p in (picture, gap)][:-1]
     return np.concatenate(row, axis=1)

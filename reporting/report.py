@@ -22,7 +22,7 @@ from config import grid_size
 from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
 from pipeline.loader import BatchLayout, build_loader, open_manifest, resolve_backend
-from pipeline.mask_pictures import mask_picture, patch_sets, picture_scale, to_uint8
+from pipeline.mask_pictures import mask_pictures, to_uint8
 from reporting import ReportError
 from reporting.curves import diagnostics_figure, throughput_figure, training_figure
 from reporting.page import Section, probe_section, write_page
@@ -43,11 +43,6 @@ class MaskBatch:
     tgt_idx: np.ndarray  # (M, n, K_pred)
     keys: list[str]
     grid: tuple[int, int]
-
-    def sets(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image i's (context (H, W), targets (M, H, W)) patch maps."""
-        ctx = self.ctx_idx if self.ctx_idx.ndim == 3 else self.ctx_idx[None]
-        return patch_sets(ctx[:, i], self.tgt_idx[:, i], self.grid)
 
 
 @dataclasses.dataclass
@@ -123,10 +118,8 @@ def add_masks(report: Report, run: RunFolder, shards: Path, count: int) -> Optio
     except ReportError as err:  # the shards moved: the other sections need none of them
         report.sections.append(Section("masks", title, note=str(err)))
         return None
-    cfg = run.cfg
-    scale = picture_scale(masks.images.shape[1])
-    pictures = [mask_picture(masks.images[i], *masks.sets(i), scale=scale) for i in range(len(masks.keys))]
-    fig = masks_figure(pictures, masks.keys, cfg.mask.npred, "the multiblock masks of rank 0's first batch")
+    pictures = mask_pictures(masks.images, masks.ctx_idx, masks.tgt_idx, masks.grid)
+    fig = masks_figure(pictures, masks.keys, run.cfg.mask.npred, "the multiblock masks of rank 0's first batch")
     add_figure(report, Section("masks", title, caption=caption), fig)
     return masks
 
