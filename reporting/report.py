@@ -72,7 +72,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
     folder = Path(out) if out is not None else run.path / "report"
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(folder, [], {}, None)
-    report.masks = add_masks(report, run, Path(shards) if shards else Path(run.cfg.data.shards), count)
+    train_shards = Path(shards) if shards else Path(run.cfg.data.shards)
+    report.masks = add_masks(report, run, train_shards, count)
     for name, title, draw in (("training", "Loss and schedules", lambda: training_figure(run.log)),
                               ("throughput", "Throughput", lambda: throughput_figure(run.log, run.summary)),
                               ("diagnostics", "Collapse diagnostics", lambda: diagnostics_figure(run.log))):
@@ -81,7 +82,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
                                                              f"(logging.csv was off, or no logging step was reached)"))
         else:
             add_figure(report, Section(name, title, caption=CAPTIONS[name]), draw())
-    add_features(report, run, val_shards, count, device)
+    add_features(report, run, train_shards, val_shards, count, device)
     probe_path = Path(probe) if probe else run.path / "probe.json"
     report.sections.append(probe_section(probe_path, explicit=probe is not None))
     write_page(folder / "index.html", run, report.sections)
@@ -127,9 +128,7 @@ def add_masks(report: Report, run: RunFolder, shards: Path, count: int) -> Optio
 def first_batch(run: RunFolder, shards: Path, count: int) -> tuple[MaskBatch, str]:
     """Rank 0's first batch of the run (its layout, backend, seed and sampler) from `shards`, on the CPU."""
     cfg = run.cfg
-    if not (shards / "manifest.json").is_file():
-        raise ReportError(f"data.shards {shards} (from {run.path / 'config.yaml'}) holds no manifest.json: run "
-                          f"report.py from the folder train.py ran in, or give the shards with --shards")
+    check_shards(run, shards)
     identity = run.record.identity if run.record else {}
     layout = BatchLayout(int(identity.get("data.batch_size", cfg.data.batch_size)),
                          int(identity.get("optimization.grad_accum", cfg.optimization.grad_accum)), run.world_size)
@@ -154,11 +153,21 @@ def first_batch(run: RunFolder, shards: Path, count: int) -> tuple[MaskBatch, st
     return masks, caption
 
 
+def check_shards(run: RunFolder, shards: Path) -> None:
+    """The run's training shards are where its config.yaml (or --shards) says; else a ReportError saying how to
+    point at them."""
+    if not (shards / "manifest.json").is_file():
+        raise ReportError(f"data.shards {shards} (from {run.path / 'config.yaml'}) holds no manifest.json: run "
+                          f"report.py from the folder train.py ran in, or give the shards with --shards")
+
+
 def _range(pair) -> str:
     return f"{pair[0]:g}–{pair[1]:g}"
 
 
-def add_features(report: Report, run: RunFolder, val_shards, count: int, device: str) -> None:
+def add_features(report: Report, run: RunFolder, train_shards: Path, val_shards, count: int, device: str) -> None:
+    """The PCA picture of the newest checkpoint's target encoder beside its random init, on `val_shards` (else
+    logging.probe_shards, else the training shards: a note when those moved)."""
     title = "What the encoder learned"
     if run.checkpoint is None:
         report.sections.append(Section("features", title, note=f"no complete checkpoint in "
@@ -169,7 +178,12 @@ def add_features(report: Report, run: RunFolder, val_shards, count: int, device:
     elif run.cfg.logging.probe_shards:
         source, what = Path(run.cfg.logging.probe_shards), "logging.probe_shards"
     else:
-        source, what = Path(run.cfg.data.shards), "the training shards (no --val-shards given)"
+        source, what = train_shards, "the training shards (no --val-shards given)"
+        try:
+            check_shards(run, source)
+        except ReportError as err:  # the shards moved, as for the masks
+            report.sections.append(Section("features", title, note=f"{err}, or give --val-shards"))
+            return
     encoder, random_init = load_encoder(run.checkpoint, "target")
     encoder, random_init = encoder.to(device), random_init.to(device)
     images, keys = first_images(source, encoder.patch_embed.img_size[0], count)

@@ -8,6 +8,7 @@ import html.parser
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,20 @@ def test_a_tiny_run_and_its_report(tiny_run, small_shards, tmp_path):
     assert sorted(parser.names) == sorted(f"{name}.png" for name in report.figures)
     assert all((report.folder / name).is_file() for name in parser.names)
     assert "62.5%" in page and "+12.5" in page and "31.2 ± 1.0%" in page
+
+
+@pytest.mark.slow
+def test_a_run_whose_shards_moved_is_pointed_at_them_with_shards(tiny_run, small_shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(f"shards: {small_shards}", f"shards: {tmp_path / 'gone'}"))
+    assert report_cli.main([str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert page.count(f"Left out: data.shards {tmp_path / 'gone'} (from {config}) holds no manifest.json") == 2
+    assert "(3 of 6 sections" in capsys.readouterr().out  # the curves; no masks, features or probe
+    assert report_cli.main([str(run), "--shards", str(small_shards)]) == 0
+    assert "(5 of 6 sections" in capsys.readouterr().out  # the masks and the features from the shards given
 
 
 @pytest.mark.slow
