@@ -10,8 +10,8 @@ from typing import Optional
 from config import Config, load_config
 from reporting import ReportError
 from reporting.steplog import StepLog, read_step_log
-from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags
-from training.plan import RunRecord
+from training.checkpoints import checkpoint_dir, complete_tags
+from training.plan import RunRecord, read_run_record
 
 
 @dataclass
@@ -36,7 +36,8 @@ class RunFolder:
 
 
 def open_run(path: str | Path) -> RunFolder:
-    """Raises ReportError (or config.ConfigError for its config.yaml) naming the folder or file and what to do."""
+    """Raises ReportError (config.ConfigError for its config.yaml, CheckpointError for a damaged run.json) naming the
+    folder or file and what to do."""
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path}: no such folder; give the run.out_dir of a train.py run")
@@ -67,8 +68,4 @@ def newest_checkpoint(path: Path) -> tuple[Optional[Path], Optional[RunRecord]]:
     if not tags:
         return None, None
     folder = checkpoint_dir(path) / tags[-1]
-    try:
-        return folder, RunRecord.from_json((folder / RUN_FILE).read_text())
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
-        raise ReportError(f"{folder / RUN_FILE}: cannot be read ({type(err).__name__}: {err}); the checkpoint is "
-                          f"damaged") from None
+    return folder, read_run_record(folder)

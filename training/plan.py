@@ -190,9 +190,14 @@ def saved_run(resume: str, out_dir: Path) -> Optional[SavedRun]:
     if found is None:
         return None
     folder = found[0] / found[1]
+    return SavedRun(folder, read_run_record(folder))
+
+
+def read_run_record(folder: Path) -> RunRecord:
+    """The run.json of the checkpoint `folder`; a CheckpointError naming it when it is damaged."""
     path = folder / RUN_FILE
     try:
-        return SavedRun(folder, RunRecord.from_json(path.read_text()))
+        return RunRecord.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); the checkpoint is damaged: "
                               f"choose another one") from None
