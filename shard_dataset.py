@@ -2,6 +2,7 @@
 
     python shard_dataset.py SRC DEST [--shard-size 1GB] [--workers N] [--seed 0] [--verify full|header]
                             [--max-size N] [--quality 90] [--labels folders|none] [--json] [--strict] [--overwrite]
+                            [--upload URL]
 
 SRC holds one sub-folder per class (class index = position in the sorted folder names, as torchvision's ImageFolder),
 images found recursively inside; or any image files with --labels none. DEST receives <prefix>-000000.tar, its DALI
@@ -9,6 +10,8 @@ index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards.py
 in the manifest with the reason (damaged JPEGs included: see pipeline/image_prep.py). Rerunning the same command
 resumes: complete shards whose checksums match are kept, the rest rebuilt, and so are the shards holding a source file
 modified since (a new modification time); files added, removed or resized make DEST refused unless --overwrite.
+With --upload URL (http(s):// taking PUT, or s3://), the complete DEST is then put there, its manifest last, for
+training with data.shards=URL.
 
 Exit status: 0 done (bad inputs skipped), 1 error (message on stderr), 2 bad arguments, 130 interrupted (resumable).
 """
@@ -19,7 +22,9 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
+from pipeline.remote import RetryPolicy, is_url, upload_shards
 from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
 from util.errors import UserError
 from pipeline.shards import MANIFEST_NAME, Manifest
@@ -65,6 +70,12 @@ def _prefix(text: str) -> str:
     return text
 
 
+def _url(text: str) -> str:
+    if not is_url(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or s3:// URL")
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="image folder (one sub-folder per class, unless --labels none)")
@@ -88,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the shards of a DEST written from another source or with other options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)")
+    p.add_argument("--upload", metavar="URL", type=_url, default=None,
+                   help="then put DEST's shards, indexes and manifest (last) at URL: http(s):// (a server that takes "
+                        "PUT) or s3://bucket/prefix/ (credentials from the environment)")
     return p.parse_args(argv)
 
 
@@ -130,6 +144,14 @@ def main(argv=None) -> int:
         print("interrupted: rerun the same command to resume (complete shards are kept)", file=sys.stderr)
         return 130
     log_summary(args.dest, manifest, counts)
+    if args.upload:
+        try:
+            sent = upload_shards(Path(args.dest), manifest, args.upload, RetryPolicy())
+        except UserError as err:
+            print(f"error: {err}; DEST is complete: rerun with --upload to upload it again", file=sys.stderr)
+            return err.exit_code
+        logger.info("%s: uploaded %s MB; train from it with --set data.shards=%s", args.upload,
+                    f"{sent / 1e6:,.1f}", args.upload)
     return 0
 
 

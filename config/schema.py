@@ -49,7 +49,8 @@ class RunConfig:
 
 @section
 class DataConfig:
-    shards: str = text("")  # folder written by shard_dataset.py (holds manifest.json)
+    # folder written by shard_dataset.py (holds manifest.json), or its http(s):// or s3:// URL (docs/data-pipeline.md)
+    shards: str = text("")
     backend: Literal["auto", "dali", "torch"] = "auto"  # auto = DALI when importable
     batch_size: int = between(1, 65536, default=128)  # per GPU, per micro step
     crop_size: int = between(1, 4096, default=224)
@@ -60,6 +61,11 @@ class DataConfig:
     prefetch: int = between(1, 16, default=2)  # batches queued ahead of the training step
     shuffle_buffer: int = between(0, 65536, default=2048)  # samples held for shuffling
     on_bad_sample: Literal["raise", "skip"] = "raise"  # skip = drop and count corrupt samples
+    # shards from a URL: each node's verified cache of them (local disk), its bound in GB (0: no bound, every shard),
+    # and the most one file may take to arrive, retries and backoff included
+    cache_dir: str = text("~/.cache/ijepa/shards")
+    cache_gb: float = at_least(0.0, default=0.0)
+    fetch_timeout_s: float = between(1.0, 86400.0, default=300.0)
 
 
 @section

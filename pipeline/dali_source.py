@@ -29,6 +29,7 @@ from pipeline import DataError
 from pipeline.seeds import hashed_seed
 from pipeline.shards import (ManifestError, SampleRef, ShardFile, member_key, parse_index, read_index, read_samples,
                              read_span)
+from pipeline.shard_cache import CacheStats, ShardCache
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD, SHARD_CHANGED_TODO, shard_change, shard_sizes
 
 logger = logging.getLogger(__name__)
@@ -138,16 +139,32 @@ def index_line_key(shard: ShardFile, line: int) -> Optional[str]:
     return member_key(entries[line - 1][0][3]) if 1 <= line <= len(entries) else None
 
 
+def fetch_for_dali(cache: ShardCache, shards: list[ShardFile], rank: int, world_size: int) -> None:
+    """Every shard into the cache, this rank's share of the first pass first (the reader's split is contiguous)."""
+    total = cache.total_tar_bytes()
+    if cache.bound is not None and cache.bound < total:
+        raise DataError(f"data.cache_gb {cache.bound / 1e9:g}: the DALI backend opens every shard as it starts, "
+                        f"{total / 1e9:.3g} GB for {cache.url}; raise data.cache_gb to at least that, or use "
+                        f"data.backend torch, which reads within a smaller cache")
+    first, seen = rank * sum(s.samples for s in shards) // world_size, 0
+    start = next((i for i, s in enumerate(shards) if (seen := seen + s.samples) > first), 0)
+    cache.ensure_all([s.path for s in shards[start:] + shards[:start]])
+
+
 class DaliSource:
     """Source of the loader (pipeline/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
 
     takes_offset = False  # DALI's reader splits each pass by (shard_id, num_shards): it cannot start mid-order
 
     def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
-                 world_size: int, device: torch.device, batch_size: int, dtype: torch.dtype = torch.float32):
+                 world_size: int, device: torch.device, batch_size: int, dtype: torch.dtype = torch.float32,
+                 cache: ShardCache | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
+        self.cache, self._cache_totals = cache, CacheStats()
+        if cache is not None:  # DALI's reader opens every shard as the pipeline builds: all must be in the cache
+            fetch_for_dali(cache, self.shards, rank, world_size)
         for shard in self.shards:  # DALI reads the .idx files itself, trusting them: check them first (one at a time)
             read_index(shard)
         self.shard_bytes = shard_sizes(s.path for s in self.shards)  # to tell a shard changed under the run
@@ -207,6 +224,8 @@ class DaliSource:
                             f"through Loader.load_state_dict with the state saved at that batch")
         if self._iter is None:
             self._build()
+        if self.cache is not None and start == 0:  # the reader reads its 1/world_size of the shards each pass
+            self.cache.stats.read_bytes += self.cache.total_tar_bytes() // self.world_size
         while self._batch < self.batches_per_epoch:
             out = self._next()
             if out is None:
@@ -247,6 +266,13 @@ class DaliSource:
         raise self._failed from err
 
     # ------------------------------------------------------------------------------------------------ state
+
+    def cache_stats(self) -> CacheStats | None:
+        """What the shard cache did for this rank so far (None: data.shards is a folder)."""
+        if self.cache is None:
+            return None
+        self._cache_totals.add(self.cache.take_stats())
+        return self._cache_totals
 
     def state_dict(self) -> dict:
         checkpoint = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint

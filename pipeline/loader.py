@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from pipeline import DataError
 from pipeline.masks import MultiBlockMaskSampler
-from pipeline.shards import Manifest, ManifestError, list_shards, read_manifest
+from pipeline.remote import RetryPolicy, is_url
+from pipeline.shard_cache import ShardCache, remote_manifest
+from pipeline.shards import Manifest, ManifestError, ShardFile, list_shards, read_manifest
 from pipeline.source import Source, imagenet_stats
 
 logger = logging.getLogger(__name__)
@@ -163,15 +166,26 @@ def saved_position(states: list[dict], world_size: int, batch_size: int) -> tupl
     return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
 
 
-def open_manifest(shards: str, key: str = "data.shards") -> Manifest:
-    """The manifest of the shard folder `shards` (the config's `key`), or a DataError naming the key and saying what
-    to do."""
+def open_manifest(shards: str, key: str = "data.shards", timeout_s: float = 300.0) -> Manifest:
+    """The manifest of the shard folder `shards` (the config's `key`; a folder or its URL, fetched within `timeout_s`),
+    or a DataError naming the key and saying what to do."""
     if not shards:
         raise DataError(f"{key} is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set {key} to SHARDS")
     try:
+        if is_url(shards):
+            return remote_manifest(shards, RetryPolicy(timeout_s))
         return read_manifest(shards)
     except (ManifestError, ValueError) as err:
         raise DataError(f"{key} {shards}: {err}") from err
+
+
+def shard_files(data, manifest: Manifest) -> tuple[list[ShardFile], ShardCache | None]:
+    """data.shards' shards, and the node's cache that holds them when data.shards is a URL (None for a folder)."""
+    if not is_url(data.shards):
+        return list_shards(data.shards, manifest), None
+    bound = int(data.cache_gb * 1e9) if data.cache_gb else None
+    cache = ShardCache.open(data.shards, manifest, Path(data.cache_dir), bound, RetryPolicy(data.fetch_timeout_s))
+    return cache.shard_files(), cache
 
 
 def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, layout: BatchLayout, manifest: Manifest,
@@ -192,17 +206,17 @@ def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, lay
     batches = steps * layout.grad_accum
     world_size = layout.world_size
     try:
-        shards = list_shards(data.shards, manifest)
+        shards, cache = shard_files(data, manifest)
         if backend == "dali":
             from pipeline.dali_source import DaliSource
 
             source = DaliSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
-                                dtype=dtype, batch_size=layout.batch_size)
+                                dtype=dtype, batch_size=layout.batch_size, cache=cache)
         else:
             from pipeline.torch_source import TorchSource
 
             source = TorchSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
-                                 batch_size=layout.batch_size)
+                                 batch_size=layout.batch_size, cache=cache)
     except ManifestError as err:
         raise DataError(f"data.shards {data.shards}: {err}") from err
     logger.info("data: %s backend, %d shard(s), %d samples per rank, %d batches of %d per epoch", backend,

@@ -87,6 +87,7 @@ class ShardFile:
     index_path: Path
     samples: int
     index_sha256: str | None = None  # the manifest's; the index is checked against it whenever it is read
+    bytes: int | None = None  # the manifest's tar size, for a tar not fetched yet (pipeline/shard_cache.py)
 
 
 def shard_name(prefix: str, shard: int) -> str:
@@ -198,7 +199,8 @@ def read_index(shard: ShardFile) -> list[SampleRef]:
     """
     name, idx = f"shard {shard.path}", shard.index_path.name
     try:
-        tar_size, idx_size = os.stat(shard.path).st_size, os.stat(shard.index_path).st_size
+        tar_size = shard.bytes if shard.bytes is not None else os.stat(shard.path).st_size
+        idx_size = os.stat(shard.index_path).st_size
         if idx_size > tar_size:  # an index is far smaller than its tar: do not read a replaced, huge file
             raise ManifestError(f"{name}: its index {idx} ({idx_size} bytes) is larger than the tar; {_RERUN}")
         data = shard.index_path.read_bytes()

@@ -21,6 +21,7 @@ from torchvision.transforms.v2.functional import resized_crop
 
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
+from pipeline.shard_cache import CacheStats, ShardCache
 from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
 from pipeline.source import SHARD_CHANGED_TODO, shard_change, shard_sizes
 
@@ -64,11 +65,13 @@ class EpochBatches(Dataset):
     crop boxes for the main process to decode and crop on the GPU."""
 
     def __init__(self, samples: list[SampleRef], order: torch.Tensor, batch_size: int, crop_size: int, scale, ratio,
-                 seed: tuple[int, ...], decode_on_gpu: bool, on_bad_sample: str, shard_bytes: dict[str, int]):
+                 seed: tuple[int, ...], decode_on_gpu: bool, on_bad_sample: str, shard_bytes: dict[str, int],
+                 cache: ShardCache | None = None):
         self.samples, self.order, self.batch_size = samples, order, batch_size
         self.crop_size, self.scale, self.ratio, self.seed = crop_size, scale, ratio, seed
         self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
         self.shard_bytes = shard_bytes  # {shard: size when the source started}, to say how a shard that fails changed
+        self.cache = cache  # data.shards a URL: the shards are read through the node's cache, opened per read
         self._files = {}
 
     def __len__(self) -> int:
@@ -77,6 +80,8 @@ class EpochBatches(Dataset):
     def _read(self, ref: SampleRef) -> tuple[bytes, bytes | None]:
         """The sample's JPEG and .cls bytes. A shard that cannot be read changed under the run (its index was checked
         against it at start): not a bad sample, so a DataError whatever data.on_bad_sample says."""
+        if self.cache is not None:  # a cached file is not held open: eviction frees its room
+            return self.cache.read(ref.shard, ref.jpg), self.cache.read(ref.shard, ref.cls) if ref.cls else None
         try:
             jpg = read_span(ref.shard, ref.jpg, self._files)
             return jpg, read_span(ref.shard, ref.cls, self._files) if ref.cls else None
@@ -98,9 +103,9 @@ class EpochBatches(Dataset):
         """Batch i, or the DataError that stops it, handed back as data: raised in a DataLoader worker, torch would
         re-raise it in the main process with a message that starts with its own words and the worker's traceback."""
         try:
-            return self._batch(i)
+            return self._batch(i), self.cache.take_stats() if self.cache is not None else None
         except DataError as err:
-            return err
+            return err, None
 
     def _batch(self, i: int):
         gen = torch.Generator().manual_seed(hashed_seed((*self.seed, i), DATA_STREAM))  # (seed, epoch, rank, batch)
@@ -175,15 +180,22 @@ def _as_is(batch):
     return batch  # batches are built whole by EpochBatches
 
 
+def _worker_start(_: int) -> None:
+    dataset = torch.utils.data.get_worker_info().dataset
+    if dataset.cache is not None:  # a fork copies the parent's counts and, maybe held, its lock
+        dataset.cache.forked()
+
+
 class TorchSource:
     """Source (pipeline/source.py) over all shards; `data` is the config's data section."""
 
     takes_offset = True  # an epoch can start at any sample of its global order
 
     def __init__(self, data, seed: int, shards: Sequence[ShardFile], batches_per_epoch: int, rank: int,
-                 world_size: int, device: torch.device, batch_size: int):
+                 world_size: int, device: torch.device, batch_size: int, cache: ShardCache | None = None):
         # every rank indexes every shard: it reads 1/world_size of them
         self.samples = [ref for refs in read_samples(shards) for ref in refs]
+        self.cache, self._cache_totals = cache, CacheStats()
         self.world_size = world_size
         self.shard_of = {s.key: s.shard for s in self.samples}
         self.batches_per_epoch, self.rank, self.device = batches_per_epoch, rank, device
@@ -192,7 +204,7 @@ class TorchSource:
         self.num_workers, self.prefetch = data.num_workers, data.prefetch
         self.seed, self.on_bad_sample = seed, data.on_bad_sample
         self.decode_on_gpu = device.type == "cuda"
-        self.shard_bytes = shard_sizes(s.path for s in shards)
+        self.shard_bytes = {str(s.path): s.bytes for s in shards} if cache else shard_sizes(s.path for s in shards)
         self.skipped = 0
 
     def epoch_order(self, epoch: int, offset: int = 0, batches: int | None = None) -> torch.Tensor:
@@ -206,17 +218,21 @@ class TorchSource:
                       batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         # crops are seeded by (seed, epoch, rank[, offset], batch): a continued epoch draws crops of its own
         seed = (self.seed, epoch, self.rank) + ((offset,) if offset else ())
-        dataset = EpochBatches(self.samples, self.epoch_order(epoch, offset, batches), self.batch_size,
-                               self.crop_size, self.scale, self.ratio, seed, self.decode_on_gpu, self.on_bad_sample,
-                               self.shard_bytes)
+        order = self.epoch_order(epoch, offset, batches)
+        dataset = EpochBatches(self.samples, order, self.batch_size, self.crop_size, self.scale, self.ratio, seed,
+                               self.decode_on_gpu, self.on_bad_sample, self.shard_bytes, self.cache)
+        if self.cache is not None:  # the shards in the order this rank first reads them
+            self.cache.prefetch(self.samples[j].shard for j in order[start * self.batch_size:].tolist())
         workers = self.num_workers
         loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None,
                             pin_memory=self.device.type == "cuda" and not self.decode_on_gpu,
-                            collate_fn=_as_is)
-        for batch in loader:
+                            collate_fn=_as_is, worker_init_fn=_worker_start if workers else None)
+        for batch, cached in loader:
             if isinstance(batch, DataError):
                 raise batch  # from a worker: its message first, no worker traceback (EpochBatches.__getitem__)
+            if cached is not None:
+                self._cache_totals.add(cached)
             images, boxes, labels, keys, skipped = batch
             self.skipped += skipped
             if self.decode_on_gpu:
@@ -226,6 +242,13 @@ class TorchSource:
                     self.skipped += sum(i != j for j, i in enumerate(picks))
                     keys, labels = [keys[i] for i in picks], labels[picks]
             yield images, labels, keys
+
+    def cache_stats(self) -> CacheStats | None:
+        """What the shard cache did for this rank so far, its DataLoader workers included (None: a folder)."""
+        if self.cache is None:
+            return None
+        self._cache_totals.add(self.cache.take_stats())  # the prefetcher's, in this process
+        return self._cache_totals
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}  # the position lives in the loader (epoch, batch): nothing else to keep

@@ -22,6 +22,7 @@ from config import Config, ConfigError, config_to_yaml, grid_size, training_dtyp
 from pipeline.loader import Loader, build_loader
 from pipeline.mask_pictures import batch_pictures
 from pipeline.masks import MultiBlockMaskSampler
+from pipeline.remote import is_url
 from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
@@ -307,9 +308,19 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
     if watchdog is not None:
         watchdog.disarm()
     bar.close()
+    seconds = time.perf_counter() - started
+    cached = cache_totals(loader) if is_url(cfg.data.shards) else None  # a collective: every rank calls it
     if run.rank == 0:
-        write_summary(out_dir, step - first_step + 1, time.perf_counter() - started, plan.layout, skipped)
+        write_summary(out_dir, step - first_step + 1, seconds, plan.layout, skipped, cached)
     return 0
+
+
+def cache_totals(loader) -> dict:
+    """What the shard caches of all ranks did (data.shards a URL): bytes from the network, bytes read from the
+    cached files, and the share of lookups that found their file cached; a collective."""
+    network, read, lookups, hits = (sum(col) for col in zip(*gather(loader.source.cache_stats().as_tuple())))
+    return {"data_network_bytes": network, "data_cache_read_bytes": read,
+            "data_cache_hit_rate": hits / lookups if lookups else None}
 
 
 def skipped_samples(loader) -> int:
@@ -350,15 +361,22 @@ def diagnose(cfg, step, ema, target, batch, monitor, probe, device, dtype) -> No
                                                                    grid_size(cfg), MASK_IMAGES), step)
 
 
-def write_summary(out_dir: Path, steps: int, seconds: float, layout, skipped: int) -> None:
+def write_summary(out_dir: Path, steps: int, seconds: float, layout, skipped: int,
+                  cached: Optional[dict] = None) -> None:
     """Rank 0: run-level throughput, images/s per GPU and images per GPU-hour over this process's steps."""
     if steps <= 0:
         return
     images, world_size = steps * layout.global_batch, layout.world_size
     per_gpu = images / seconds / world_size
     summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
-               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped}
+               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped,
+               **(cached or {})}
     write_file_atomic(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
     logger.info(f"summary: {steps} steps, {images} images in {seconds:.1f} s on {world_size} rank(s): "
                 f"{per_gpu:.1f} images/s per GPU, {per_gpu * 3600:,.0f} images per GPU-hour "
                 f"(includes start-up, checkpoints and logging); {skipped} bad samples skipped")
+    if cached:
+        rate = cached["data_cache_hit_rate"]
+        logger.info(f"shard cache: {cached['data_network_bytes'] / 1e6:,.1f} MB from the network, "
+                    f"{cached['data_cache_read_bytes'] / 1e6:,.1f} MB read from the cache, hit rate "
+                    + ("n/a" if rate is None else f"{100 * rate:.1f}%"))

@@ -1,0 +1,361 @@
+"""A node's local cache of remote shards (data.shards a URL): the loaders read the cached files exactly as they read
+a local shard folder.
+
+    cache = ShardCache.open(url, manifest, root=Path(data.cache_dir), bound_bytes=gb * 1e9, policy=policy)
+    shards = cache.shard_files()      # ShardFile list, as list_shards gives for a folder; the indexes are fetched
+    path = cache.ensure(shards[0].path)   # the verified local tar, fetched first if needed
+    cache.prefetch(paths)             # a background thread fetches these ahead, in order
+
+Layout: `ROOT/<16 hex of the URL's sha256>/` holds `<name>` (a tar or index, at its final name only once its size
+and sha256 are the manifest's: it is downloaded to `<name>.<pid>.<thread>.part` and renamed) and `<name>.ok` (the
+sha256 it was verified against: a shard rebuilt on the server under the same name is fetched again).
+`<name>.lock` serialises the fetch of one file between threads, the ranks of a node and DataLoader workers, so
+that a file is fetched once; `.evict.lock` serialises making room.
+
+The bound counts every cached file and every download in flight (at its final size). Indexes stay; shard tars are
+evicted least recently used (a lookup touches the file's mtime). A reader that lost a file to eviction between its
+lookup and its open looks it up again (`read`).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from pipeline import DataError
+from pipeline.remote import RetryPolicy, fetch_file, join, read_json
+from pipeline.shards import (MANIFEST_NAME, STATUS_COMPLETE, Manifest, ManifestError, ShardFile, _read_at,
+                             manifest_from_dict)
+
+logger = logging.getLogger(__name__)
+
+FETCH_THREADS = 4  # files downloaded at once by the prefetcher
+WAIT_FOR_ROOM_S = 0.2  # poll interval while downloads of other processes hold the room a fetch needs
+
+
+def remote_manifest(url: str, policy: RetryPolicy) -> Manifest:
+    """URL/manifest.json, fetched and checked as read_manifest checks a local one (the files are checked as they
+    arrive)."""
+    where = join(url, MANIFEST_NAME)
+    manifest = manifest_from_dict(read_json(where, policy), where)
+    if manifest.status != STATUS_COMPLETE:
+        raise ManifestError(f"{where}: the shard_dataset.py run that wrote it had not finished ({len(manifest.shards)} "
+                            f"of {manifest.planned_shards} shards); finish it and upload the folder again")
+    return manifest
+
+
+@dataclass
+class CacheStats:
+    """What one process's lookups did: `network_bytes` received (failed tries included), `read_bytes` read from
+    cached files, `lookups` and `hits` (the file was already there, verified)."""
+
+    network_bytes: int = 0
+    read_bytes: int = 0
+    lookups: int = 0
+    hits: int = 0
+
+    def add(self, other: "CacheStats") -> None:
+        self.network_bytes += other.network_bytes
+        self.read_bytes += other.read_bytes
+        self.lookups += other.lookups
+        self.hits += other.hits
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return self.network_bytes, self.read_bytes, self.lookups, self.hits
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    bytes: int | None  # None for an index (the manifest records only its sha256)
+    sha256: str
+
+    @property
+    def is_index(self) -> bool:
+        return self.bytes is None
+
+
+class ShardCache:
+    """The cache of one remote shard folder on this node; picklable (DataLoader workers get a copy and share the
+    files and locks through the file system)."""
+
+    def __init__(self, url: str, manifest: Manifest, root: Path, bound_bytes: int | None, policy: RetryPolicy):
+        self.url, self.bound, self.policy = url, bound_bytes, policy
+        self.records = [r for r in manifest.shards if r.samples > 0]
+        self.entries = {r.name: Entry(r.name, r.bytes, r.sha256) for r in self.records}
+        self.entries.update({r.index_name: Entry(r.index_name, None, r.index_sha256) for r in self.records})
+        self.dir = Path(root).expanduser().absolute() / hashlib.sha256(url.encode()).hexdigest()[:16]
+        self.stats, self._lock, self._prefetcher = CacheStats(), threading.Lock(), None
+        self._verified: set[str] = set()
+
+    @classmethod
+    def open(cls, url: str, manifest: Manifest, root: Path, bound_bytes: int | None,
+             policy: RetryPolicy) -> "ShardCache":
+        cache = cls(url, manifest, root, bound_bytes, policy)
+        try:
+            cache.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"data.cache_dir {root}: cannot create {cache.dir} ({err.strerror or err}); set "
+                            f"data.cache_dir to a writable folder on this node's local disk") from err
+        cache._check_room(manifest)
+        return cache
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(stats=CacheStats(), _lock=None, _prefetcher=None)  # a worker counts its own; no thread
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def forked(self) -> None:
+        """In a forked DataLoader worker: counts of its own from zero, and a lock that no parent thread holds."""
+        self.stats, self._lock, self._prefetcher = CacheStats(), threading.Lock(), None
+
+    def _check_room(self, manifest: Manifest) -> None:
+        tars = [r.bytes for r in manifest.shards if r.samples > 0]
+        if self.bound is not None and self.bound < 2 * max(tars, default=0):
+            raise DataError(f"data.cache_gb {self.bound / 1e9:g}: the cache must hold at least two shards "
+                            f"({2 * max(tars) / 1e9:.3g} GB for this folder's largest); raise data.cache_gb")
+        need = sum(tars) if self.bound is None else min(self.bound, sum(tars))
+        free = shutil.disk_usage(self.dir).free + self.usage()
+        if free < need:
+            raise DataError(f"data.cache_dir {self.dir}: {free / 1e9:.3g} GB free, the cache needs "
+                            f"{need / 1e9:.3g} GB ({'data.cache_gb' if self.bound else 'every shard: data.cache_gb 0'}"
+                            f"); free space, or set data.cache_dir elsewhere or a smaller data.cache_gb")
+
+    # ----- the files
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def shard_files(self) -> list[ShardFile]:
+        """The shards as list_shards gives them for a folder, with their tar sizes; the indexes are fetched now
+        (small: the loaders read them all at start), the tars when they are looked up."""
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            list(pool.map(self.ensure, [self.path(r.index_name) for r in self.records]))
+        return [ShardFile(self.path(r.name), self.path(r.index_name), r.samples, r.index_sha256, bytes=r.bytes)
+                for r in self.records]
+
+    def total_tar_bytes(self) -> int:
+        return sum(e.bytes for e in self.entries.values() if not e.is_index)
+
+    def usage(self) -> int:
+        """Bytes the cache holds now, downloads in flight counted at their final size."""
+        total = 0
+        for entry in os.scandir(self.dir) if self.dir.is_dir() else ():
+            name = entry.name
+            if name.endswith(".part"):
+                known = self.entries.get(name.rsplit(".", 3)[0])  # <name>.<pid>.<thread>.part
+                total += max(known.bytes or 0, _size(entry)) if known is not None else _size(entry)
+            elif name in self.entries:
+                total += _size(entry)
+        return total
+
+    # ----- lookups
+    def ensure(self, path: str | Path) -> Path:
+        """The cached file at `path` (a path this cache gave out), verified, fetched first if needed."""
+        name = Path(path).name
+        entry = self.entries.get(name)
+        if entry is None:
+            raise DataError(f"{path}: not a file of the shard cache of {self.url}")
+        final = self.path(name)
+        with self._lock:
+            self.stats.lookups += 1
+        if self._present(entry):
+            self._touch(final)
+            with self._lock:
+                self.stats.hits += 1
+            return final
+        with self._file_lock(name):
+            if not self._present(entry):  # another process may have fetched it while this one waited
+                self._fetch(entry)
+        return final
+
+    def read(self, path: str, span: tuple[int, int]) -> bytes:
+        """`span` = (offset, size) bytes of the cached shard `path` (looked up again if evicted meanwhile)."""
+        for _ in range(3):
+            final = self.ensure(path)
+            try:
+                with open(final, "rb") as f:
+                    data = _read_at(f, str(final), span)
+            except FileNotFoundError:
+                continue  # evicted between the lookup and the open
+            with self._lock:
+                self.stats.read_bytes += len(data)
+            return data
+        raise DataError(f"shard {path}: evicted from the cache three times while being read; raise data.cache_gb")
+
+    def take_stats(self) -> CacheStats:
+        """This process's counts since the last call (the caller sums them)."""
+        with self._lock:
+            stats, self.stats = self.stats, CacheStats()
+        return stats
+
+    def _present(self, entry: Entry) -> bool:
+        final = self.path(entry.name)
+        if entry.name in self._verified and final.exists():
+            return True
+        try:
+            ok = (final.with_name(entry.name + ".ok").read_text() == entry.sha256
+                  and (entry.is_index or final.stat().st_size == entry.bytes))
+        except OSError:
+            return False
+        if ok:
+            self._verified.add(entry.name)
+        return ok
+
+    def _fetch(self, entry: Entry) -> None:
+        """Downloads one file under its lock: room first, then to a .part file, checked, renamed; then its .ok."""
+        self._verified.discard(entry.name)
+        final = self.path(entry.name)
+        part = final.with_name(f"{entry.name}.{os.getpid()}.{threading.get_ident()}.part")
+        if entry.is_index:
+            part.touch()
+        else:
+            self._make_room(entry.name, entry.bytes, part)
+        url = join(self.url, entry.name)
+        try:
+            fetch_file(url, part, entry.bytes, entry.sha256, self.policy, counted=self._count_network)
+            os.replace(part, final)
+        finally:
+            part.unlink(missing_ok=True)
+        final.with_name(entry.name + ".ok").write_text(entry.sha256)
+        self._verified.add(entry.name)
+
+    def _count_network(self, n: int) -> None:
+        with self._lock:
+            self.stats.network_bytes += n
+
+    # ----- room
+    def _make_room(self, name: str, size: int, part: Path) -> None:
+        """Evicts least recently used tars until `size` more bytes fit the bound, then reserves them by creating
+        `part` (counted at `size` from then on); waits while other processes' downloads hold the room, for at most
+        the retry policy's timeout."""
+        if self.bound is None:
+            part.touch()
+            return
+        import time
+
+        deadline = time.monotonic() + self.policy.timeout_s
+        while True:
+            with self._file_lock(".evict"):
+                used = self.usage()
+                for victim in self._lru(exclude=name):
+                    if used + size <= self.bound:
+                        break
+                    used -= self._evict(victim)
+                if used + size <= self.bound:
+                    part.touch()
+                    return
+            if time.monotonic() > deadline:
+                raise DataError(f"data.cache_gb {self.bound / 1e9:g}: no room for shard {name} ({size:,} bytes) "
+                                f"after {self.policy.timeout_s:g} s: the files in use fill the cache; raise "
+                                f"data.cache_gb")
+            time.sleep(WAIT_FOR_ROOM_S)
+
+    def _lru(self, exclude: str) -> list[Path]:
+        tars = []
+        for e in self.entries.values():
+            final = self.path(e.name)
+            if not e.is_index and e.name != exclude and final.exists():
+                try:
+                    tars.append((final.stat().st_mtime, final))
+                except FileNotFoundError:
+                    continue
+        return [p for _, p in sorted(tars)]
+
+    def _evict(self, final: Path) -> int:
+        try:
+            size = final.stat().st_size
+            final.with_name(final.name + ".ok").unlink(missing_ok=True)
+            final.unlink()
+        except FileNotFoundError:
+            return 0
+        self._verified.discard(final.name)
+        logger.debug("shard cache: evicted %s (%d bytes)", final.name, size)
+        return size
+
+    @staticmethod
+    def _touch(final: Path) -> None:
+        try:
+            os.utime(final)
+        except FileNotFoundError:
+            pass  # evicted just now: the reader looks it up again
+
+    @contextmanager
+    def _file_lock(self, name: str):
+        with open(self.path(name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ----- ahead of the readers
+    def prefetch(self, paths: Iterable[str | Path]) -> None:
+        """Fetches these tars in the background, in order, on FETCH_THREADS threads, while they fit the bound with
+        room left for the readers; replaces a prefetch in progress. A failure is left to the reader's own lookup,
+        which retries and reports it."""
+        names = [Path(p).name for p in dict.fromkeys(str(p) for p in paths)]
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
+        self._prefetcher = Prefetcher(self, names)
+        self._prefetcher.start()
+
+    def ensure_all(self, paths: Iterable[str | Path]) -> None:
+        """Fetches these tars now, FETCH_THREADS at a time (a reader that opens every shard at start: DALI)."""
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            list(pool.map(self.ensure, list(paths)))
+
+
+class Prefetcher(threading.Thread):
+    """Looks up `names` in order on a few threads, within the cache's bound less two shards (the readers' room)."""
+
+    def __init__(self, cache: ShardCache, names: list[str]):
+        super().__init__(name="shard-prefetch", daemon=True)
+        self.cache, self.names, self._stop_event = cache, names, threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        cache, budget = self.cache, None
+        if cache.bound is not None:
+            largest = max((cache.entries[n].bytes for n in self.names), default=0)
+            budget = cache.bound - 2 * largest
+        chosen, total = [], 0
+        for name in self.names:
+            total += cache.entries[name].bytes
+            if budget is not None and total > budget:
+                break
+            chosen.append(name)
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            for name in chosen:
+                if self._stop_event.is_set():
+                    break
+                pool.submit(self._one, name)
+
+    def _one(self, name: str) -> None:
+        if self._stop_event.is_set():
+            return
+        try:
+            self.cache.ensure(self.cache.path(name))
+        except DataError as err:
+            logger.warning(f"shard prefetch stopped: {err}")
+            self._stop_event.set()
+
+
+def _size(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,112 @@
+"""A real HTTP server for the tests of shards on a server: Debian's nginx on 127.0.0.1, started with a config of the
+test's own (its files, its port, its logs) and stopped by its PID.
+
+    server = Nginx(root=served_folder, work=tmp_path / "nginx").start()
+    server.url("shards/")                   # http://127.0.0.1:PORT/shards/
+    server.fail_with(503)                   # every answer 503 until server.fail_with(None)
+    server.requests("shards-000001.tar")    # [(status, bytes sent), ...] of its GETs, from its access log
+    server.stop()
+
+PUT is on (nginx's WebDAV module), for shard_dataset.py --upload. Where nginx is not installed, `nginx_or_skip`
+skips the test with one line saying why (.ci/run installs it as root, as it installs Slurm).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+CONFIG = """\
+{user}worker_processes 1;
+error_log {work}/error.log;
+pid {work}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    log_format shards '$status $body_bytes_sent $request_method $request_uri';
+    access_log {work}/access.log shards;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    client_max_body_size 0;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{
+            if (-f {work}/status) {{ return 503; }}
+            dav_methods PUT;
+            create_full_put_path on;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_or_skip() -> None:
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip("nginx is not installed (Debian's nginx-light; .ci/run installs it as root): the tests of shards "
+                    "on an HTTP server skip")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    def __init__(self, root: Path, work: Path, port: int | None = None):
+        self.root, self.work, self.port = Path(root), Path(work), port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def start(self) -> "Nginx":
+        self.work.mkdir(parents=True, exist_ok=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""  # the worker reads the tests' 0700 temporary folders
+        conf = self.work / "nginx.conf"
+        conf.write_text(CONFIG.format(user=user, work=self.work, root=self.root, port=self.port))
+        self.proc = subprocess.Popen([NGINX, "-p", str(self.work), "-c", str(conf), "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited {self.proc.returncode}: {self.proc.stderr.read().decode()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nginx did not listen on port {self.port} within 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)  # the master: it stops its worker and exits
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def fail_with(self, status: int | None) -> None:
+        """Every answer `status` (503 only) from now on, or none (None)."""
+        flag = self.work / "status"
+        if status is None:
+            flag.unlink(missing_ok=True)
+        else:
+            assert status == 503, "the config answers 503 only"
+            flag.write_text(str(status))
+
+    def requests(self, name: str = "", method: str = "GET") -> list[tuple[int, int]]:
+        """(status, body bytes) of every `method` request whose path ends with `name`, in order."""
+        log = self.work / "access.log"
+        rows = [line.split(" ") for line in log.read_text().splitlines()] if log.exists() else []
+        return [(int(r[0]), int(r[1])) for r in rows if len(r) == 4 and r[2] == method and r[3].endswith(name)]

@@ -1,0 +1,278 @@
+"""Shards on an HTTP server (data.shards a URL) through the node's verified cache, against a real nginx on
+127.0.0.1 (tests/nginx.py): a 2-rank run from the server equals the run from the folder step for step, and its
+resume continues the same sample stream; a truncated file, 503 answers and a stopped server; the cache's bound;
+shard_dataset.py --upload. The tests without a server need no process."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launches import deepspeed, launch, logged_losses, ok, summary, train_args
+from nginx import Nginx, nginx_or_skip
+from pipeline import DataError
+from pipeline.loader import open_manifest
+from pipeline.remote import RemoteError, RetryPolicy
+from pipeline.shard_cache import ShardCache
+from pipeline.shards import read_manifest
+from training.sample_log import read_sample_log
+
+FAST = RetryPolicy(timeout_s=4.0, first_delay_s=0.2, max_delay_s=1.0)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def served(small_shards, tmp_path_factory):
+    """nginx serving the 192 small digits (4 shards of 48) at /small/."""
+    nginx_or_skip()
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(small_shards, root / "small")
+    server = Nginx(root, tmp_path_factory.mktemp("nginx")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_server(small_shards, tmp_path):
+    """An nginx of this test's own (it fails, truncates or stops it)."""
+    nginx_or_skip()
+    shutil.copytree(small_shards, tmp_path / "root" / "small")
+    server = Nginx(tmp_path / "root", tmp_path / "nginx").start()
+    yield server
+    server.stop()
+
+
+def open_cache(server: Nginx, cache_dir: Path, bound: int | None = None, policy: RetryPolicy = FAST) -> ShardCache:
+    url = server.url("small/")
+    return ShardCache.open(url, open_manifest(url, timeout_s=policy.timeout_s), cache_dir, bound, policy)
+
+
+def cached_files(cache: ShardCache) -> list[str]:
+    return sorted(p.name for p in cache.dir.iterdir() if p.suffix in (".tar", ".idx"))
+
+
+# ----- no server: no process
+def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
+    from nginx import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/shards/"
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        open_manifest(url, timeout_s=1.5)
+    took, message = time.monotonic() - t0, str(err.value)
+    assert took < 4, took
+    assert "\n" not in message and message.startswith(f"{url}manifest.json: the server could not be reached")
+    assert "data.fetch_timeout_s" in message
+
+
+def test_a_cache_smaller_than_two_shards_is_refused_naming_the_key(small_shards, tmp_path):
+    manifest = read_manifest(small_shards)
+    largest = max(r.bytes for r in manifest.shards)
+    with pytest.raises(DataError, match=r"^data.cache_gb .*: the cache must hold at least two shards"):
+        ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, int(1.5 * largest), FAST)
+
+
+# ----- against nginx
+@pytest.mark.slow
+def test_fetched_files_equal_the_served_ones_and_a_second_lookup_is_a_hit(served, small_shards, tmp_path):
+    cache = open_cache(served, tmp_path / "cache")
+    shards = cache.shard_files()
+    assert len(shards) == 4 and all(s.index_path.exists() and not s.path.exists() for s in shards)
+    for shard in shards:
+        assert cache.ensure(shard.path) == shard.path
+        assert sha256(shard.path) == sha256(small_shards / shard.path.name)
+    first = cache.take_stats()
+    total = sum((small_shards / n).stat().st_size for n in cached_files(cache))
+    assert first.network_bytes == total and first.hits == 0 and first.lookups == 8
+    for shard in shards:
+        cache.ensure(shard.path)
+    again = cache.take_stats()
+    assert (again.network_bytes, again.hits, again.lookups) == (0, 4, 4)
+    assert not list(cache.dir.glob("*.part"))
+
+
+@pytest.mark.slow
+def test_a_truncated_file_is_fetched_again_and_never_used(own_server, small_shards, tmp_path):
+    cache = open_cache(own_server, tmp_path / "cache")
+    shard = cache.shard_files()[1]
+    served = own_server.root / "small" / shard.path.name
+    good = served.read_bytes()
+    served.write_bytes(good[: len(good) // 3])  # the server has a cut copy at first
+
+    def mend_after_first_get():
+        while not own_server.requests(shard.path.name):
+            time.sleep(0.02)
+        assert not shard.path.exists()  # the cut copy never reached the final name
+        served.write_bytes(good)
+
+    mender = threading.Thread(target=mend_after_first_get)
+    cache.take_stats()  # the indexes'
+    mender.start()
+    assert cache.ensure(shard.path) == shard.path
+    mender.join()
+    gets = own_server.requests(shard.path.name)
+    assert [status for status, _ in gets] == [200, 200] and gets[0][1] == len(good) // 3 and gets[1][1] == len(good)
+    assert shard.path.read_bytes() == good
+    assert cache.take_stats().network_bytes == len(good) // 3 + len(good)
+
+
+@pytest.mark.slow
+def test_503_for_a_while_then_the_file(own_server, small_shards, tmp_path):
+    cache = open_cache(own_server, tmp_path / "cache")
+    shard = cache.shard_files()[0]
+    own_server.fail_with(503)
+    timer = threading.Timer(1.0, own_server.fail_with, args=(None,))
+    timer.start()
+    t0 = time.monotonic()
+    cache.ensure(shard.path)
+    timer.join()
+    statuses = [status for status, _ in own_server.requests(shard.path.name)]
+    assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}, statuses
+    assert 1.0 <= time.monotonic() - t0 < FAST.timeout_s
+    assert sha256(shard.path) == sha256(small_shards / shard.path.name)
+
+
+@pytest.mark.slow
+def test_503_beyond_the_bound_is_one_line_naming_the_url_and_what_the_server_said(own_server, tmp_path):
+    cache = open_cache(own_server, tmp_path / "cache")
+    shard = cache.shard_files()[0]
+    own_server.fail_with(503)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        cache.ensure(shard.path)
+    assert time.monotonic() - t0 < FAST.timeout_s + 1
+    message = str(err.value)
+    assert message.startswith(f"{own_server.url('small/')}{shard.path.name}: the server answered 503 "), message
+    assert "\n" not in message and not shard.path.exists() and not list(cache.dir.glob("*.part"))
+
+
+@pytest.mark.slow
+def test_a_stopped_server_is_waited_for_then_one_line(own_server, small_shards, tmp_path):
+    cache = open_cache(own_server, tmp_path / "cache")
+    first, second = cache.shard_files()[:2]
+    own_server.stop()
+    restart = threading.Timer(1.0, own_server.start)  # back within the bound: the fetch goes on
+    restart.start()
+    cache.ensure(first.path)
+    restart.join()
+    assert sha256(first.path) == sha256(small_shards / first.path.name)
+    own_server.stop()  # gone for good: one line once the bound is spent
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match=r"could not be reached .*tries in 4 s \(data.fetch_timeout_s\)"):
+        cache.ensure(second.path)
+    assert time.monotonic() - t0 < FAST.timeout_s + 1
+    assert not second.path.exists() and not list(cache.dir.glob("*.part"))
+
+
+@pytest.mark.slow
+def test_the_cache_stays_within_its_bound_evicting_the_least_recently_used(served, small_shards, tmp_path):
+    sizes = {r.name: r.bytes for r in read_manifest(small_shards).shards}
+    bound = int(2.5 * max(sizes.values())) + 4 * 12_000  # two and a half shards, and the indexes
+    cache = open_cache(served, tmp_path / "cache", bound=bound)
+    shards = cache.shard_files()
+    highest, stop = [0], threading.Event()
+
+    def on_disk() -> int:
+        total = 0
+        for p in cache.dir.glob("*"):
+            if p.suffix in (".tar", ".idx", ".part"):
+                try:
+                    total += p.stat().st_size
+                except FileNotFoundError:
+                    pass  # renamed or evicted while listed
+        return total
+
+    def watch():
+        while not stop.is_set():
+            highest[0] = max(highest[0], on_disk())
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    order = [0, 1, 0, 2, 3, 1, 0, 3, 2, 2, 1]
+    readers = [threading.Thread(target=lambda i=i: [cache.read(str(shards[j].path), (512, 64)) for j in order[i:]])
+               for i in range(3)]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join()
+    stop.set()
+    watcher.join()
+    assert 0 < highest[0] <= bound, (highest[0], bound)
+    assert cache.usage() <= bound
+    for i in (0, 1, 2):  # two shards fit: 2 takes the room of the least recently used, 0
+        cache.ensure(shards[i].path)
+    assert [s.path.exists() for s in shards] == [False, True, True, False]
+
+
+@pytest.mark.slow
+def test_shard_dataset_uploads_its_output_to_the_server_manifest_last(served, digit_shards, tmp_path):
+    src = digit_shards["val"].parent / "img" / "val"
+    proc = ok(launch([sys.executable, "shard_dataset.py", str(src), str(tmp_path / "local"),
+                      "--shard-size", "150", "--no-progress", "--upload", served.url("up/val/")]))
+    assert f"train from it with --set data.shards={served.url('up/val/')}" in proc
+    local = read_manifest(tmp_path / "local")
+    names = [n for r in local.shards for n in (r.name, r.index_name)] + ["manifest.json"]
+    puts = [line.split(" ")[3] for line in (served.work / "access.log").read_text().splitlines()
+            if " PUT /up/val/" in line]
+    assert puts == [f"/up/val/{n}" for n in names]  # the manifest last
+    for name in names:
+        assert sha256(served.root / "up" / "val" / name) == sha256(tmp_path / "local" / name)
+
+
+# ----- training from the server
+TWO_RANKS = ("optimization.max_steps=8", "checkpoint.every_steps=4", "logging.sample_log=true")
+
+
+@pytest.mark.slow
+def test_two_ranks_from_the_server_equal_the_local_run_and_resume_continues_the_stream(served, small_shards,
+                                                                                        tmp_path):
+    url = served.url("small/")
+    local = tmp_path / "local"
+    ok(launch(deepspeed(2, train_args(small_shards, local, *TWO_RANKS))))
+    remote = tmp_path / "remote"
+    cache = (f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1")  # the shards read in a DataLoader worker
+    ok(launch(deepspeed(2, train_args(url, remote, *TWO_RANKS, *cache, "optimization.max_steps=4"))))
+    first = summary(remote)
+    assert first["data_network_bytes"] == sum(p.stat().st_size for p in small_shards.iterdir()
+                                              if p.suffix in (".tar", ".idx"))  # each file once, by one of 2 ranks
+    out = ok(launch(deepspeed(2, [*train_args(url, remote, *TWO_RANKS, *cache), "--resume", "auto"])))
+    assert "shard cache: 0.0 MB from the network" in out
+    second = summary(remote)
+    assert second["data_network_bytes"] == 0 and second["data_cache_hit_rate"] == 1.0
+    assert second["data_cache_read_bytes"] > 0
+    want, got = logged_losses(local), logged_losses(remote)
+    print("local losses:", [f"{want[s]:.6f}" for s in sorted(want)])
+    print("http losses: ", [f"{got[s]:.6f}" for s in sorted(got)])
+    assert sorted(got) == list(range(1, 9)) and got == want
+    keys = lambda run: sorted((r["step"], r["rank"], r["keys"]) for r in read_sample_log(run))  # noqa: E731
+    assert keys(remote) == keys(local)
+
+
+@pytest.mark.slow
+def test_the_dali_reader_reads_the_cached_shards_as_it_reads_the_folder(served, small_shards, tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.dali_source import DaliSource
+    from pipeline.loader import shard_files
+
+    data = SimpleNamespace(shards=served.url("small/"), cache_dir=str(tmp_path / "cache"), cache_gb=0,
+                           fetch_timeout_s=4, crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3),
+                           num_workers=1, prefetch=1, shuffle_buffer=16, on_bad_sample="raise")
+    manifest = read_manifest(small_shards)
+    batches = {}
+    for where in (str(small_shards), served.url("small/")):
+        shards, cache = shard_files(SimpleNamespace(**{**vars(data), "shards": where}), manifest)
+        source = DaliSource(data, 0, shards, 2, rank=1, world_size=2, device=torch.device("cpu"), batch_size=16,
+                            cache=cache)
+        batches[where] = list(source.epoch_batches(0, 0))
+    here, there = batches.values()
+    assert [k for _, _, k in here] == [k for _, _, k in there]
+    assert all(torch.equal(a, b) for (a, _, _), (b, _, _) in zip(here, there))
