@@ -3,7 +3,9 @@ training device) beside webdataset + PIL + torchvision in a 2-worker DataLoader,
 
 Fixed settings whatever the config (crop 224, batch 32, 2 workers or threads, prefetch 2) on 640 generated
 ImageNet-like JPEGs sharded by the real shard_dataset.py; one warm-up epoch, then 2 timed; the cases take turns for 2
-rounds and each keeps its best. Targets and measured figures: docs/benchmarks.md.
+rounds and each keeps its best. The same shards served over HTTP on 127.0.0.1 (nginx where installed) make one more
+row, the PyTorch backend reading them through the node's shard cache (filled in the warm-up epoch), and the cache's
+prefetcher is timed filling an empty cache (MB/s). Targets and measured figures: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import io
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ EPOCHS = 2  # timed, after one warm-up epoch
 GPU_EPOCHS = 10  # on a GPU an epoch of 640 images lasts about 0.1 s: time longer than the pipeline's start-up
 ROUNDS = 2  # the backends take turns; each keeps its best round
 TARGETS = {"dali cpu": 1.5}  # × reference
+REMOTE = "torch cpu, shards from http:// via the cache"
 GPU_TARGET = 5000.0  # images/s, torch backend with GPU decode
 
 
@@ -91,26 +96,74 @@ def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.float()
 
 
-def backend_epochs(cfg, shards: Path, backend: str, device: torch.device):
-    """Epoch iterators of the backend's (images, labels) batches, normalised as the loader does."""
-    from pipeline.shards import list_shards
+def backend_epochs(cfg, shards: Path | str, backend: str, device: torch.device, cache_dir: Path | None = None):
+    """Epoch iterators of the backend's (images, labels) batches, normalised as the loader does; `shards` a folder,
+    or its URL read through a shard cache in `cache_dir`."""
+    from pipeline.loader import open_manifest, shard_files
 
     data = dataclasses.replace(cfg.data, shards=str(shards), backend=backend, batch_size=BATCH, crop_size=CROP,
-                               num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise")
-    all_shards = list_shards(shards)
+                               num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise",
+                               cache_dir=str(cache_dir), cache_gb=0.0)
+    all_shards, cache = shard_files(data, open_manifest(str(shards)))
     batches = sum(s.samples for s in all_shards) // BATCH
     if backend == "dali":
         from pipeline.dali_source import DaliSource
 
-        source = DaliSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, torch.float32)
+        source = DaliSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, torch.float32, cache)
     else:
         from pipeline.torch_source import TorchSource
 
-        source = TorchSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH)
+        source = TorchSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, cache)
     epoch = 0
     while True:
         yield ((normalise(images, device), labels) for images, labels, _ in source.epoch_batches(epoch, 0))
         epoch += 1
+
+
+@contextmanager
+def local_server(folder: Path, work: Path):
+    """(base URL, what serves it) of `folder` on 127.0.0.1: nginx where it is installed (tools/nginx.py), else
+    Python's http.server in a thread."""
+    from tools.nginx import Nginx, have_nginx
+
+    if have_nginx():
+        server = Nginx(folder, work).start()
+        try:
+            yield server.url(), "nginx"
+        finally:
+            server.stop()
+        return
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", "Python http.server (no nginx installed)"
+    finally:
+        httpd.shutdown()
+
+
+def prefetch_rate(url: str, cache_dir: Path) -> dict:
+    """MB/s of the shard cache's prefetcher (FETCH_THREADS downloads at once, each verified) filling an empty
+    cache with every shard of `url`."""
+    from pipeline.loader import open_manifest
+    from pipeline.remote import RetryPolicy
+    from pipeline.shard_cache import FETCH_THREADS, ShardCache
+
+    cache = ShardCache.open(url, open_manifest(url), cache_dir, None, RetryPolicy(60.0))
+    shards = cache.shard_files()
+    start = time.perf_counter()
+    cache.ensure_all([s.path for s in shards])
+    seconds = time.perf_counter() - start
+    total = cache.total_tar_bytes()
+    return {"mb_per_s": total / seconds / 1e6, "mb": total / 1e6, "seconds": seconds, "shards": len(shards),
+            "threads": FETCH_THREADS}
 
 
 def epochs_for(device: torch.device) -> int:
@@ -184,10 +237,12 @@ def run(cfg=None) -> dict:
 
         cfg = Config()
     cpu = torch.device("cpu")
-    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        shards = make_shards(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp, \
+            local_server(Path(tmp), Path(tmp) / "server") as (base, server):
+        shards, url = make_shards(Path(tmp)), base + "shards/"
         cases = [("reference (wds + PIL + torchvision, 2 workers)", lambda: reference_epochs(shards), cpu),
-                 ("torch cpu", lambda: backend_epochs(cfg, shards, "torch", cpu), cpu)]
+                 ("torch cpu", lambda: backend_epochs(cfg, shards, "torch", cpu), cpu),
+                 (REMOTE, lambda: backend_epochs(cfg, url, "torch", cpu, Path(tmp) / "cache"), cpu)]
         if have_dali():
             cases.append(("dali cpu", lambda: backend_epochs(cfg, shards, "dali", cpu), cpu))
         if torch.cuda.is_available():
@@ -196,11 +251,12 @@ def run(cfg=None) -> dict:
             if have_dali():
                 cases.append(("dali gpu (mixed)", lambda: backend_epochs(cfg, shards, "dali", gpu), gpu))
         rounds = [{} for _ in range(ROUNDS)]
-        for measured in rounds:
+        for n, measured in enumerate(rounds):
             for name, make, device in cases:
                 failed = any("error" in r.get(name, {}) for r in rounds)  # a case that failed is not tried again
                 measured[name] = ({"error": "failed in an earlier round"} if failed else
                                   run_or_error(lambda: images_per_s(make(), device)))
+            measured["prefetch"] = run_or_error(lambda: prefetch_rate(url, Path(tmp) / f"empty-cache-{n}"))
         stages = {}
         if have_dali():
             for device in [cpu] + ([gpu] if torch.cuda.is_available() else []):
@@ -222,9 +278,17 @@ def run(cfg=None) -> dict:
                   f"≥ {GPU_TARGET:,.0f} img/s" if name.startswith("torch gpu") else "")
         ratio = f"{figures['vs_reference']:6.2f}×" if "vs_reference" in figures else "    n/a"
         print(f"  {name:<48} {figures['images_per_s']:8.0f} {ratio}  {target}")
+    fetched = [r["prefetch"] for r in rounds if "mb_per_s" in r["prefetch"]]
+    prefetch = max(fetched, key=lambda r: r["mb_per_s"]) if fetched else rounds[0]["prefetch"]
+    print(f"  {REMOTE}: the shards served by {server} on 127.0.0.1, fetched into the node's cache in the warm-up "
+          f"epoch, then read from it")
+    print(f"  shard cache prefetcher from {server} on 127.0.0.1: " + (
+        f"{prefetch['mb_per_s']:,.0f} MB/s ({prefetch['mb']:.1f} MB in {prefetch['shards']} shards, "
+        f"{prefetch['threads']} downloads at once, each checked against its sha256), best of {ROUNDS}"
+        if "mb_per_s" in prefetch else f"failed: {prefetch['error']}"))
     for name, rates in stages.items():
         print(f"  {name} cut after each stage, img/s: " + (f"failed: {rates['error']}" if "error" in rates else
                                                            " → ".join(f"{k} {v:,.0f}" for k, v in rates.items())))
     return {"batch_size": BATCH, "crop_size": CROP, "workers": WORKERS, "images": IMAGES, "unique_images": UNIQUE,
-            "rounds": ROUNDS, "results": results, "dali_stages": stages}
+            "rounds": ROUNDS, "results": results, "dali_stages": stages, "server": server, "prefetch": prefetch}
 

@@ -23,6 +23,7 @@ from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
 from pipeline.loader import BatchLayout, build_loader, open_manifest, resolve_backend
 from pipeline.mask_pictures import mask_pictures, to_uint8
+from pipeline.remote import is_url
 from reporting import ReportError
 from reporting.curves import diagnostics_figure, throughput_figure, training_figure
 from reporting.page import Section, probe_section, write_page
@@ -72,7 +73,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
     folder = Path(out) if out is not None else run.path / "report"
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(folder, [], {}, None)
-    train_shards = Path(shards) if shards else Path(run.cfg.data.shards)
+    train_shards = str(shards or run.cfg.data.shards)  # a folder, or the URL of one
     report.masks = add_masks(report, run, train_shards, count)
     for name, title, draw in (("training", "Loss and schedules", lambda: training_figure(run.log)),
                               ("throughput", "Throughput", lambda: throughput_figure(run.log, run.summary)),
@@ -112,7 +113,7 @@ def add_figure(report: Report, section: Section, fig) -> None:
     report.sections.append(section)
 
 
-def add_masks(report: Report, run: RunFolder, shards: Path, count: int) -> Optional[MaskBatch]:
+def add_masks(report: Report, run: RunFolder, shards: str, count: int) -> Optional[MaskBatch]:
     title = "Masks on the run's images"
     try:
         masks, caption = first_batch(run, shards, count)
@@ -153,10 +154,13 @@ def first_batch(run: RunFolder, shards: Path, count: int) -> tuple[MaskBatch, st
     return masks, caption
 
 
-def check_shards(run: RunFolder, shards: Path) -> None:
+def check_shards(run: RunFolder, shards: str | Path) -> None:
     """The run's training shards are where its config.yaml (or --shards) says; else a ReportError saying how to
     point at them."""
-    if not (shards / "manifest.json").is_file():
+    if is_url(str(shards)):
+        raise ReportError(f"data.shards {shards} is a URL and the report reads a local shard folder: give --shards "
+                          f"a local copy (the shard cache of a node that trained holds one, in data.cache_dir)")
+    if not (Path(shards) / "manifest.json").is_file():
         raise ReportError(f"data.shards {shards} (from {run.path / 'config.yaml'}) holds no manifest.json: run "
                           f"report.py from the folder train.py ran in, or give the shards with --shards")
 
@@ -165,7 +169,7 @@ def _range(pair) -> str:
     return f"{pair[0]:g}–{pair[1]:g}"
 
 
-def add_features(report: Report, run: RunFolder, train_shards: Path, val_shards, count: int, device: str) -> None:
+def add_features(report: Report, run: RunFolder, train_shards: str, val_shards, count: int, device: str) -> None:
     """The PCA picture of the newest checkpoint's target encoder beside its random init, on `val_shards` (else
     logging.probe_shards, else the training shards: a note when those moved)."""
     title = "What the encoder learned"

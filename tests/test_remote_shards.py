@@ -1,5 +1,5 @@
 """Shards on an HTTP server (data.shards a URL) through the node's verified cache, against a real nginx on
-127.0.0.1 (tests/nginx.py): a 2-rank run from the server equals the run from the folder step for step, and its
+127.0.0.1 (tools/nginx.py): a 2-rank run from the server equals the run from the folder step for step, and its
 resume continues the same sample stream; a truncated file, 503 answers and a stopped server; the cache's bound;
 shard_dataset.py --upload. The tests without a server need no process."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from launches import deepspeed, launch, logged_losses, ok, summary, train_args
-from nginx import Nginx, nginx_or_skip
+from tools.nginx import Nginx, free_port, have_nginx
 from pipeline import DataError
 from pipeline.loader import open_manifest
 from pipeline.remote import RemoteError, RetryPolicy
@@ -24,6 +24,12 @@ from pipeline.shards import read_manifest
 from training.sample_log import read_sample_log
 
 FAST = RetryPolicy(timeout_s=4.0, first_delay_s=0.2, max_delay_s=1.0)
+
+
+def nginx_or_skip() -> None:
+    if not have_nginx():
+        pytest.skip("nginx is not installed (Debian's nginx-light; .ci/run installs it as root): the tests of shards "
+                    "on an HTTP server skip")
 
 
 def sha256(path: Path) -> str:
@@ -62,8 +68,6 @@ def cached_files(cache: ShardCache) -> list[str]:
 
 # ----- no server: no process
 def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
-    from nginx import free_port
-
     url = f"http://127.0.0.1:{free_port()}/shards/"
     t0 = time.monotonic()
     with pytest.raises(RemoteError) as err:

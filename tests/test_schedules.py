@@ -52,7 +52,7 @@ def official_plan(settings: dict, monkeypatch, **optimization):
     """plan_run of the case on one rank, a fresh start, over shards of `iterations_per_epoch` samples (a stand-in
     manifest: nothing is read)."""
     manifest = SimpleNamespace(total_samples=settings["iterations_per_epoch"], plan_sha256="0" * 64)
-    monkeypatch.setattr(training.plan, "open_manifest", lambda shards: manifest)
+    monkeypatch.setattr(training.plan, "open_manifest", lambda shards, **_: manifest)
     return plan_run(case_config(settings, **optimization), world_size=1)
 
 

@@ -1,5 +1,5 @@
-"""A real HTTP server for the tests of shards on a server: Debian's nginx on 127.0.0.1, started with a config of the
-test's own (its files, its port, its logs) and stopped by its PID.
+"""A real HTTP server for shards on a server (the tests, bench.py's data suite, trying data.shards=http://...):
+Debian's nginx on 127.0.0.1, started with a config of its own (its files, its port, its logs) and stopped by its PID.
 
     server = Nginx(root=served_folder, work=tmp_path / "nginx").start()
     server.url("shards/")                   # http://127.0.0.1:PORT/shards/
@@ -7,20 +7,23 @@ test's own (its files, its port, its logs) and stopped by its PID.
     server.requests("shards-000001.tar")    # [(status, bytes sent), ...] of its GETs, from its access log
     server.stop()
 
-PUT is on (nginx's WebDAV module), for shard_dataset.py --upload. Where nginx is not installed, `nginx_or_skip`
-skips the test with one line saying why (.ci/run installs it as root, as it installs Slurm).
+PUT is on (nginx's WebDAV module), for shard_dataset.py --upload. `have_nginx()` says whether it is installed
+(Debian's nginx-light; .ci/run installs it as root, as it installs Slurm).
+
+    python -m tools.nginx FOLDER [--port 8000]     # serves FOLDER until Ctrl-C
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-
-import pytest
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -51,10 +54,8 @@ http {{
 """
 
 
-def nginx_or_skip() -> None:
-    if not os.access(NGINX, os.X_OK):
-        pytest.skip("nginx is not installed (Debian's nginx-light; .ci/run installs it as root): the tests of shards "
-                    "on an HTTP server skip")
+def have_nginx() -> bool:
+    return os.access(NGINX, os.X_OK)
 
 
 def free_port() -> int:
@@ -110,3 +111,27 @@ class Nginx:
         log = self.work / "access.log"
         rows = [line.split(" ") for line in log.read_text().splitlines()] if log.exists() else []
         return [(int(r[0]), int(r[1])) for r in rows if len(r) == 4 and r[2] == method and r[3].endswith(name)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="serve a folder over HTTP on 127.0.0.1 with nginx, until Ctrl-C")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--port", type=int, default=8000)
+    args = p.parse_args(argv)
+    if not have_nginx():
+        print(f"error: nginx is not installed ({NGINX}): apt-get install nginx-light", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="nginx_") as work:
+        server = Nginx(args.folder.absolute(), Path(work), args.port).start()
+        print(f"serving {args.folder} at {server.url()} (Ctrl-C stops)")
+        try:
+            server.proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
