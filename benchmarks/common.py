@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from training.distributed import free_port
+from util.net import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from training.distributed import free_port
+from util.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

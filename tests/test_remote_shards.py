@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from launches import deepspeed, launch, logged_losses, ok, summary, train_args
-from tools.nginx import Nginx, free_port, have_nginx
+from tools.nginx import Nginx, have_nginx
+from util.net import free_port
 from pipeline import DataError
 from pipeline.loader import open_manifest
 from pipeline.remote import RemoteError, RetryPolicy

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from util.net import free_port
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 CONFIG = """\
@@ -56,12 +58,6 @@ http {{
 
 def have_nginx() -> bool:
     return os.access(NGINX, os.X_OK)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Nginx:

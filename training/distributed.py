@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
 from training import TrainingError
 from util.errors import UserError
+from util.net import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -19,13 +19,6 @@ SETUP_TIMEOUT_S = 4 * 3600  # rank 0's one-off work the others wait for (a unive
 SHM_PATTERN = "deepspeed_*"  # DeepSpeed's shared-memory all-reduce buffers (deepspeed/ops/csrc/cpu/comm/shm.cpp)
 SHM_MIN_AGE_S = 60  # a buffer younger than this may belong to a run starting now, not yet mapped by it
 _setup_group = None  # a gloo group with SETUP_TIMEOUT_S, for on_rank0
-
-
-def free_port() -> int:
-    """A TCP port free on this machine now (for a rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def single_process_env() -> None:
