@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from typing import Iterable
 
 from pipeline import DataError
 from pipeline.remote import RetryPolicy, fetch_file, join, read_json
-from pipeline.shards import (MANIFEST_NAME, STATUS_COMPLETE, Manifest, ManifestError, ShardFile, _read_at,
-                             manifest_from_dict)
+from pipeline.shards import (MANIFEST_NAME, STATUS_COMPLETE, Manifest, ManifestError, ShardFile, manifest_from_dict,
+                             read_span)
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,7 @@ class ShardCache:
         for _ in range(3):
             final = self.ensure(path)
             try:
-                with open(final, "rb") as f:
-                    data = _read_at(f, str(final), span)
+                data = read_span(str(final), span)
             except FileNotFoundError:
                 continue  # evicted between the lookup and the open
             with self._lock:
@@ -243,8 +243,6 @@ class ShardCache:
         if self.bound is None:
             part.touch()
             return
-        import time
-
         deadline = time.monotonic() + self.policy.timeout_s
         while True:
             with self._file_lock(".evict"):

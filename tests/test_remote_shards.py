@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launches import deepspeed, launch, logged_losses, ok, summary, train_args
+from launches import launch, logged_losses, ok, summary, torchrun, train_args
 from tools.nginx import Nginx, have_nginx
 from util.net import free_port
 from pipeline import DataError
@@ -24,7 +24,8 @@ from pipeline.shard_cache import ShardCache
 from pipeline.shards import read_manifest
 from training.sample_log import read_sample_log
 
-FAST = RetryPolicy(timeout_s=4.0, first_delay_s=0.2, max_delay_s=1.0)
+FAST = RetryPolicy(timeout_s=2.5, first_delay_s=0.2, max_delay_s=1.0)  # for a server that stays down
+PATIENT = RetryPolicy(timeout_s=10.0, first_delay_s=0.2, max_delay_s=1.0)  # for one that comes back
 
 
 def nginx_or_skip() -> None:
@@ -132,7 +133,7 @@ def test_a_truncated_file_is_fetched_again_and_never_used(own_server, small_shar
 
 @pytest.mark.slow
 def test_503_for_a_while_then_the_file(own_server, small_shards, tmp_path):
-    cache = open_cache(own_server, tmp_path / "cache")
+    cache = open_cache(own_server, tmp_path / "cache", policy=PATIENT)
     shard = cache.shard_files()[0]
     own_server.fail_with(503)
     timer = threading.Timer(1.0, own_server.fail_with, args=(None,))
@@ -142,7 +143,7 @@ def test_503_for_a_while_then_the_file(own_server, small_shards, tmp_path):
     timer.join()
     statuses = [status for status, _ in own_server.requests(shard.path.name)]
     assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}, statuses
-    assert 1.0 <= time.monotonic() - t0 < FAST.timeout_s
+    assert 1.0 <= time.monotonic() - t0 < PATIENT.timeout_s
     assert sha256(shard.path) == sha256(small_shards / shard.path.name)
 
 
@@ -161,8 +162,35 @@ def test_503_beyond_the_bound_is_one_line_naming_the_url_and_what_the_server_sai
 
 
 @pytest.mark.slow
+def test_a_connection_cut_mid_file_is_fetched_again(own_server, small_shards, tmp_path):
+    url = own_server.url("slow/small/")  # 256 KB/s: the server stops while the file streams
+    cache = ShardCache.open(url, open_manifest(url), tmp_path / "cache", None, PATIENT)
+    shard = cache.shard_files()[2]
+    cache.take_stats()
+
+    def streaming() -> bool:
+        try:
+            return any(p.stat().st_size > 0 for p in cache.dir.glob(shard.path.name + ".*.part"))
+        except FileNotFoundError:
+            return False
+
+    def cut_then_restart():
+        while not streaming():
+            time.sleep(0.01)
+        own_server.stop()
+        own_server.start()
+    cutter = threading.Thread(target=cut_then_restart)
+    cutter.start()
+    cache.ensure(shard.path)
+    cutter.join()
+    size = shard.path.stat().st_size
+    assert sha256(shard.path) == sha256(small_shards / shard.path.name)
+    assert size < cache.take_stats().network_bytes < 2 * size  # a part of the file, then all of it
+
+
+@pytest.mark.slow
 def test_a_stopped_server_is_waited_for_then_one_line(own_server, small_shards, tmp_path):
-    cache = open_cache(own_server, tmp_path / "cache")
+    cache = open_cache(own_server, tmp_path / "cache", policy=PATIENT)
     first, second = cache.shard_files()[:2]
     own_server.stop()
     restart = threading.Timer(1.0, own_server.start)  # back within the bound: the fetch goes on
@@ -171,8 +199,9 @@ def test_a_stopped_server_is_waited_for_then_one_line(own_server, small_shards, 
     restart.join()
     assert sha256(first.path) == sha256(small_shards / first.path.name)
     own_server.stop()  # gone for good: one line once the bound is spent
+    cache.policy = FAST
     t0 = time.monotonic()
-    with pytest.raises(RemoteError, match=r"could not be reached .*tries in 4 s \(data.fetch_timeout_s\)"):
+    with pytest.raises(RemoteError, match=r"could not be reached .*tries in 2.5 s \(data.fetch_timeout_s\)"):
         cache.ensure(second.path)
     assert time.monotonic() - t0 < FAST.timeout_s + 1
     assert not second.path.exists() and not list(cache.dir.glob("*.part"))
@@ -241,14 +270,14 @@ def test_two_ranks_from_the_server_equal_the_local_run_and_resume_continues_the_
                                                                                         tmp_path):
     url = served.url("small/")
     local = tmp_path / "local"
-    ok(launch(deepspeed(2, train_args(small_shards, local, *TWO_RANKS))))
+    ok(launch(torchrun(2, train_args(small_shards, local, *TWO_RANKS))))
     remote = tmp_path / "remote"
     cache = (f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1")  # the shards read in a DataLoader worker
-    ok(launch(deepspeed(2, train_args(url, remote, *TWO_RANKS, *cache, "optimization.max_steps=4"))))
+    ok(launch(torchrun(2, train_args(url, remote, *TWO_RANKS, *cache, "optimization.max_steps=4"))))
     first = summary(remote)
     assert first["data_network_bytes"] == sum(p.stat().st_size for p in small_shards.iterdir()
                                               if p.suffix in (".tar", ".idx"))  # each file once, by one of 2 ranks
-    out = ok(launch(deepspeed(2, [*train_args(url, remote, *TWO_RANKS, *cache), "--resume", "auto"])))
+    out = ok(launch(torchrun(2, [*train_args(url, remote, *TWO_RANKS, *cache), "--resume", "auto"])))
     assert "shard cache: 0.0 MB from the network" in out
     second = summary(remote)
     assert second["data_network_bytes"] == 0 and second["data_cache_hit_rate"] == 1.0

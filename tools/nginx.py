@@ -2,7 +2,7 @@
 Debian's nginx on 127.0.0.1, started with a config of its own (its files, its port, its logs) and stopped by its PID.
 
     server = Nginx(root=served_folder, work=tmp_path / "nginx").start()
-    server.url("shards/")                   # http://127.0.0.1:PORT/shards/
+    server.url("shards/")                   # http://127.0.0.1:PORT/shards/ (slow/shards/: the same at 256 KB/s)
     server.fail_with(503)                   # every answer 503 until server.fail_with(None)
     server.requests("shards-000001.tar")    # [(status, bytes sent), ...] of its GETs, from its access log
     server.stop()
@@ -50,6 +50,10 @@ http {{
             if (-f {work}/status) {{ return 503; }}
             dav_methods PUT;
             create_full_put_path on;
+        }}
+        location /slow/ {{
+            alias {root}/;
+            limit_rate 256k;
         }}
     }}
 }}
