@@ -112,7 +112,8 @@ def with_retries(url: str, action: Callable[[], T], policy: RetryPolicy) -> T:
         except _retryable() as err:
             said = what_happened(err, policy)
             if time.monotonic() + delay > deadline:
-                raise RemoteError(f"{url}: the server {said}, {tries} tries in {policy.timeout_s:g} s "
+                raise RemoteError(f"{url}: the server {said}, {tries} tr{'y' if tries == 1 else 'ies'} in "
+                                  f"{policy.timeout_s:g} s "
                                   f"(data.fetch_timeout_s); check the server, then resume from the last "
                                   f"checkpoint") from err
             logger.warning(f"{url}: the server {said}; try {tries + 1} in {delay:g} s")

@@ -1,11 +1,13 @@
 """Shards on an HTTP server (data.shards a URL) through the node's verified cache, against a real nginx on
-127.0.0.1 (tools/nginx.py): a 2-rank run from the server equals the run from the folder step for step, and its
-resume continues the same sample stream; a truncated file, 503 answers and a stopped server; the cache's bound;
-shard_dataset.py --upload. The tests without a server need no process."""
+127.0.0.1 (tools/nginx.py, tests/served.py): the fetched files, a truncated file, a connection cut mid-file, 503
+answers, a stopped server, a silent one; the cache's bound; the wait inside the loader; DALI reading the cache;
+shard_dataset.py --upload. 2 ranks training from the server: tests/test_train.py. The tests without a server start
+no process."""
 from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -14,24 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from launches import launch, logged_losses, ok, summary, torchrun, train_args
-from tools.nginx import Nginx, have_nginx
+from launches import launch, ok
+from served import serve
+from tools.nginx import Nginx
 from util.net import free_port
 from pipeline import DataError
 from pipeline.loader import open_manifest
 from pipeline.remote import RemoteError, RetryPolicy
 from pipeline.shard_cache import ShardCache
 from pipeline.shards import read_manifest
-from training.sample_log import read_sample_log
 
 FAST = RetryPolicy(timeout_s=2.5, first_delay_s=0.2, max_delay_s=1.0)  # for a server that stays down
 PATIENT = RetryPolicy(timeout_s=10.0, first_delay_s=0.2, max_delay_s=1.0)  # for one that comes back
-
-
-def nginx_or_skip() -> None:
-    if not have_nginx():
-        pytest.skip("nginx is not installed (Debian's nginx-light; .ci/run installs it as root): the tests of shards "
-                    "on an HTTP server skip")
 
 
 def sha256(path: Path) -> str:
@@ -41,10 +37,9 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def served(small_shards, tmp_path_factory):
     """nginx serving the 192 small digits (4 shards of 48) at /small/."""
-    nginx_or_skip()
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(small_shards, root / "small")
-    server = Nginx(root, tmp_path_factory.mktemp("nginx")).start()
+    server = serve(root, tmp_path_factory.mktemp("nginx"))
     yield server
     server.stop()
 
@@ -52,9 +47,8 @@ def served(small_shards, tmp_path_factory):
 @pytest.fixture
 def own_server(small_shards, tmp_path):
     """An nginx of this test's own (it fails, truncates or stops it)."""
-    nginx_or_skip()
     shutil.copytree(small_shards, tmp_path / "root" / "small")
-    server = Nginx(tmp_path / "root", tmp_path / "nginx").start()
+    server = serve(tmp_path / "root", tmp_path / "nginx")
     yield server
     server.stop()
 
@@ -78,6 +72,19 @@ def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
     assert took < 4, took
     assert "\n" not in message and message.startswith(f"{url}manifest.json: the server could not be reached")
     assert "data.fetch_timeout_s" in message
+
+
+def test_a_server_that_answers_nothing_is_one_line_once_the_bound_is_spent():
+    """A slow server: it takes the connection (the kernel's backlog) and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/shards/"
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as err:
+            open_manifest(url, timeout_s=1.0)
+    assert 1.0 <= time.monotonic() - t0 < 3
+    assert str(err.value).startswith(f"{url}manifest.json: the server sent nothing for 1 s, 1 try in 1 s ")
 
 
 def test_a_cache_smaller_than_two_shards_is_refused_naming_the_key(small_shards, tmp_path):
@@ -261,35 +268,33 @@ def test_shard_dataset_uploads_its_output_to_the_server_manifest_last(served, di
         assert sha256(served.root / "up" / "val" / name) == sha256(tmp_path / "local" / name)
 
 
-# ----- training from the server
-TWO_RANKS = ("optimization.max_steps=8", "checkpoint.every_steps=4", "logging.sample_log=true")
-
-
 @pytest.mark.slow
-def test_two_ranks_from_the_server_equal_the_local_run_and_resume_continues_the_stream(served, small_shards,
-                                                                                        tmp_path):
-    url = served.url("small/")
-    local = tmp_path / "local"
-    ok(launch(torchrun(2, train_args(small_shards, local, *TWO_RANKS))))
-    remote = tmp_path / "remote"
-    cache = (f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1")  # the shards read in a DataLoader worker
-    ok(launch(torchrun(2, train_args(url, remote, *TWO_RANKS, *cache, "optimization.max_steps=4"))))
-    first = summary(remote)
-    assert first["data_network_bytes"] == sum(p.stat().st_size for p in small_shards.iterdir()
-                                              if p.suffix in (".tar", ".idx"))  # each file once, by one of 2 ranks
-    out = ok(launch(torchrun(2, [*train_args(url, remote, *TWO_RANKS, *cache), "--resume", "auto"])))
-    assert "shard cache: 0.0 MB from the network" in out
-    second = summary(remote)
-    assert second["data_network_bytes"] == 0 and second["data_cache_hit_rate"] == 1.0
-    assert second["data_cache_read_bytes"] > 0
-    want, got = logged_losses(local), logged_losses(remote)
-    print("local losses:", [f"{want[s]:.6f}" for s in sorted(want)])
-    print("http losses: ", [f"{got[s]:.6f}" for s in sorted(got)])
-    assert sorted(got) == list(range(1, 9)) and got == want
-    keys = lambda run: sorted((r["step"], r["rank"], r["keys"]) for r in read_sample_log(run))  # noqa: E731
-    assert keys(remote) == keys(local)
+def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_server, small_shards, tmp_path):
+    """The wait for the network is in the loader's next(), which the loop times as data wait."""
+    from types import SimpleNamespace
+
+    from pipeline.loader import BatchLayout, build_loader
+    from pipeline.masks import MultiBlockMaskSampler
+
+    layout = BatchLayout(batch_size=16, grad_accum=1, world_size=1)
+    sampler = MultiBlockMaskSampler(input_size=(32, 32), patch_size=4)
+    waits = {}
+    for where in (str(small_shards), own_server.url("slow/small/")):  # 256 KB/s: each shard about 0.55 s
+        data = SimpleNamespace(shards=where, cache_dir=str(tmp_path / "cache"), cache_gb=0, fetch_timeout_s=10,
+                               crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3), num_workers=0,
+                               prefetch=1, shuffle_buffer=16, on_bad_sample="raise")
+        loader = build_loader(data, sampler, seed=0, rank=0, layout=layout, manifest=open_manifest(where),
+                              backend="torch", device=torch.device("cpu"), dtype=torch.float32)
+        batches = iter(loader)
+        t0 = time.monotonic()
+        next(batches)
+        waits[where] = time.monotonic() - t0
+    local, remote = waits.values()
+    size = max(r.bytes for r in read_manifest(small_shards).shards)
+    assert remote >= size / (256 * 1024) * 0.9 > local, waits
 
 
+# ----- the DALI backend
 @pytest.mark.slow
 def test_the_dali_reader_reads_the_cached_shards_as_it_reads_the_folder(served, small_shards, tmp_path):
     from types import SimpleNamespace

@@ -1,5 +1,5 @@
 """train.py end to end on real handwritten digits: 2 CPU processes through the real deepspeed launcher (gloo), one
-process alone; preemption by SIGTERM and SIGKILL, ZeRO without stages, corrupt checkpoints, non-finite losses. ZeRO
+process alone; from shards on an HTTP server; preemption by SIGTERM and SIGKILL, ZeRO without stages, corrupt checkpoints, non-finite losses. ZeRO
 1-3's EMA is checked on the runs of test_elastic.py."""
 import importlib
 import json
@@ -16,6 +16,7 @@ import torch
 from checkpoint_checks import assert_target_is_the_ema_of_the_fp32_weights
 from launches import (complete_tags, deepspeed, launch, logged_losses, no_shm_leftovers, ok, python,  # noqa: F401
                       start, summary, torchrun, train_args, train_main)
+from served import serve
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,30 @@ def stop_with_sigterm(cmd, after_line):
             break
     rest, _ = proc.communicate(timeout=300)
     return proc.returncode, "".join(log) + rest
+
+
+def test_two_ranks_from_an_http_server_equal_the_local_run_and_a_resume_goes_on_exactly(shards, reference_run,
+                                                                                       tmp_path):
+    """data.shards a URL (nginx on 127.0.0.1): 2 ranks share one shard cache, fetching each file once; steps 1-10,
+    then a resume for 11-20 that takes every byte from the cache; every loss equals the local reference run's."""
+    server = serve(shards.parent, tmp_path / "nginx")
+    try:
+        url, cache = server.url(shards.name + "/"), f"data.cache_dir={tmp_path / 'cache'}"
+        args = train_args(url, tmp_path / "run", cache, "data.num_workers=1", "checkpoint.every_steps=10")
+        ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=10"])))
+        files = [p for p in shards.iterdir() if p.suffix in (".tar", ".idx")]
+        assert summary(tmp_path / "run")["data_network_bytes"] == sum(p.stat().st_size for p in files)
+        assert sorted(len(server.requests(p.name)) for p in files) == [1] * len(files)  # once by one of 2 ranks
+        out = ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=20", "--resume", "auto"])))
+    finally:
+        server.stop()
+    assert "resumed from" in out and "shard cache: 0.0 MB from the network" in out
+    second = summary(tmp_path / "run")
+    assert (second["data_network_bytes"], second["data_cache_hit_rate"]) == (0, 1.0)
+    want, got = logged_losses(reference_run[0]), logged_losses(tmp_path / "run")
+    print("local:", [f"{want[s]:.6f}" for s in range(1, 21)])
+    print("http: ", [f"{got[s]:.6f}" for s in range(1, 21)])
+    assert sorted(got) == list(range(1, 21)) and [got[s] for s in range(1, 21)] == [want[s] for s in range(1, 21)]
 
 
 def test_sigterm_checkpoints_and_exits_zero(shards, tmp_path):
