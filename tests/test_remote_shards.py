@@ -277,7 +277,7 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
     from pipeline.masks import MultiBlockMaskSampler
 
     layout = BatchLayout(batch_size=16, grad_accum=1, world_size=1)
-    sampler = MultiBlockMaskSampler(input_size=(32, 32), patch_size=4)
+    sampler = MultiBlockMaskSampler(input_size=32, patch_size=4, min_keep=4)
     waits = {}
     for where in (str(small_shards), own_server.url("slow/small/")):  # 256 KB/s: each shard about 0.55 s
         data = SimpleNamespace(shards=where, cache_dir=str(tmp_path / "cache"), cache_gb=0, fetch_timeout_s=10,
@@ -290,8 +290,7 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
         next(batches)
         waits[where] = time.monotonic() - t0
     local, remote = waits.values()
-    size = max(r.bytes for r in read_manifest(small_shards).shards)
-    assert remote >= size / (256 * 1024) * 0.9 > local, waits
+    assert remote > max(0.2, 20 * local), waits  # a shard of about 150 KB at 256 KB/s, against a local read
 
 
 # ----- the DALI backend
