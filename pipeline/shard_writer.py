@@ -48,6 +48,7 @@ from pipeline.image_prep import BadInput, prepare_jpeg, read_source
 from pipeline.shard_dest import lock_dest, open_dest
 from pipeline.source_scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source
 from util.files import partial_name, write_file_atomic
+from util.forks import collect_before_fork
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +344,7 @@ def _run_pool(run: _Run, settings: RunSettings) -> None:
     tasks = [ShardTask(str(run.src), str(run.dest), p, run.options, run.scan.classes, run.records.get(p.shard),
                        settings.strict) for p in run.plan]
     ctx = mp.get_context("fork")
+    collect_before_fork()
     counter = ctx.Value("q", 0)
     workers = max(1, min(settings.workers, len(tasks)))
     with ctx.Pool(workers, initializer=_init_worker, initargs=(counter, os.getpid())) as pool, \

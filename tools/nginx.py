@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     if not have_nginx():
         print(f"error: nginx is not installed ({NGINX}): apt-get install nginx-light", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # kill PID stops nginx too (the finally below)
     with tempfile.TemporaryDirectory(prefix="nginx_") as work:
         server = Nginx(args.folder.absolute(), Path(work), args.port).start()
         print(f"serving {args.folder} at {server.url()} (Ctrl-C stops)")
