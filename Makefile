@@ -18,9 +18,9 @@ $(STAMP): requirements.txt
 	cp requirements.txt $(STAMP)
 
 # The whole suite on two workers (this machine's cores; a file's tests stay on one worker, so its module fixtures run
-# once), then its 15 slowest tests.
+# once; the longest files first, in tests/conftest.py's order, not xdist's by test count), then its 15 slowest tests.
 test: $(STAMP)
-	$(PY) -m pytest tests -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The fast tier for the edit-test loop: every test not marked slow; none starts a process (tests/conftest.py).
 check: $(STAMP)

@@ -17,6 +17,7 @@ import benchmarks
 from benchmarks.common import device_info
 from config import load_config
 from util.errors import UserError
+from util.processes import exit_without_teardown
 
 # Suites in the order they run; a suite is a module benchmarks/<name>.py with run(cfg) -> dict (or
 # run(cfg, earlier) -> dict to see the figures of the suites run before it). The others are helpers and scripts.
@@ -86,4 +87,4 @@ def write_json(path: str, results: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -28,6 +28,7 @@ from evaluation.report import evaluate, print_table
 from evaluation.sweep import parse_low_shot
 from util.errors import UserError
 from util.files import write_file_atomic
+from util.processes import exit_without_teardown
 
 logger = logging.getLogger(__name__)
 
@@ -133,4 +134,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

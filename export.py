@@ -30,6 +30,7 @@ from model.export import ExportError
 from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
 from util.errors import UserError
 from util.files import fsync_dir, fsync_tree, partial_name
+from util.processes import exit_without_teardown
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-5  # max |Δ| of the reloaded models' output tokens against ours
@@ -152,4 +153,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from util.errors import UserError
+from util.processes import exit_without_teardown
 
 
 def image_count(text: str) -> int:
@@ -64,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from pipeline.remote import RetryPolicy, is_url, upload_shards
 from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
-from util.errors import UserError
 from pipeline.shards import MANIFEST_NAME, Manifest
+from util.errors import UserError
+from util.processes import exit_without_teardown
 
 logger = logging.getLogger("shard_dataset")
 
@@ -156,4 +157,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -22,6 +22,7 @@ from pipeline.loader import BatchLayout
 from training.plan import ResumeRequest
 from training.slurm import HostlistError, adopt_srun_env
 from util.errors import UserError
+from util.processes import exit_without_teardown
 
 logger = logging.getLogger("train")
 
@@ -90,4 +91,4 @@ def train(cfg, request: ResumeRequest) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())  # an exception still ends it as usual, with its traceback

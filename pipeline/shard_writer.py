@@ -48,7 +48,7 @@ from pipeline.image_prep import BadInput, prepare_jpeg, read_source
 from pipeline.shard_dest import lock_dest, open_dest
 from pipeline.source_scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source
 from util.files import partial_name, write_file_atomic
-from util.forks import collect_before_fork
+from util.processes import collect_before_fork
 
 logger = logging.getLogger(__name__)
 

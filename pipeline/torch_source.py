@@ -24,7 +24,7 @@ from pipeline.seeds import hashed_seed
 from pipeline.shard_cache import CacheStats, ShardCache
 from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
 from pipeline.source import SHARD_CHANGED_TODO, shard_change, shard_sizes
-from util.forks import collect_before_fork
+from util.processes import collect_before_fork
 
 logger = logging.getLogger(__name__)
 

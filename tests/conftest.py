@@ -27,7 +27,17 @@ def pytest_configure(config):
                                        "`make check` does not")
 
 
+# The files that take longest in `make test` (tens of seconds to minutes: they launch training), longest first. They
+# are queued before the others, so that the two xdist workers (--dist loadfile --no-loadscope-reorder) finish
+# together rather than one idling while the other runs a long file that came last. Order only: a file missing here
+# runs, later.
+LONG_FILES = ("test_elastic.py", "test_train.py", "test_train_hardening.py", "test_faults.py", "test_bench.py",
+              "test_slurm.py", "test_probe.py", "test_kernels_convergence.py", "test_hostile.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    first = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(LONG_FILES)))  # stable: a file's tests stay in order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run on the GPU host: benchmarks/gpu_check.sh)")
