@@ -106,8 +106,22 @@ class ShardCache:
         except OSError as err:
             raise DataError(f"data.cache_dir {root}: cannot create {cache.dir} ({err.strerror or err}); set "
                             f"data.cache_dir to a writable folder on this node's local disk") from err
+        cache.remove_stale_parts()
         cache._check_room(manifest)
         return cache
+
+    def remove_stale_parts(self) -> list[str]:
+        """Removes the downloads that a process killed mid-fetch left (`<name>.<pid>.<thread>.part` whose process is
+        gone): they would hold room in the bound forever. Returns their names."""
+        removed = []
+        for part in self.dir.glob("*.part"):
+            fields = part.name.rsplit(".", 3)
+            if len(fields) == 4 and fields[1].isdigit() and not _alive(int(fields[1])):
+                part.unlink(missing_ok=True)
+                removed.append(part.name)
+        if removed:
+            logger.info(f"shard cache: removed {len(removed)} download(s) left by processes that are gone")
+        return removed
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -350,6 +364,16 @@ class Prefetcher(threading.Thread):
         except DataError as err:
             logger.warning(f"shard prefetch stopped: {err}")
             self._stop_event.set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _size(entry: os.DirEntry) -> int:

@@ -6,6 +6,7 @@ no process."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import sys
@@ -92,6 +93,19 @@ def test_a_cache_smaller_than_two_shards_is_refused_naming_the_key(small_shards,
     largest = max(r.bytes for r in manifest.shards)
     with pytest.raises(DataError, match=r"^data.cache_gb .*: the cache must hold at least two shards"):
         ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, int(1.5 * largest), FAST)
+
+
+def test_downloads_left_by_a_killed_process_are_removed_and_hold_no_room(small_shards, tmp_path):
+    manifest = read_manifest(small_shards)
+    cache = ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, None, FAST)
+    name = manifest.shards[0].name
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this pid
+    (cache.dir / f"{name}.{gone}.7.part").write_bytes(b"cut")
+    (cache.dir / f"{name}.{os.getpid()}.7.part").write_bytes(b"in flight")
+    assert cache.usage() == 2 * manifest.shards[0].bytes  # each held at the shard's size
+    again = ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, None, FAST)
+    assert sorted(p.name for p in again.dir.glob("*.part")) == [f"{name}.{os.getpid()}.7.part"]
+    assert again.usage() == manifest.shards[0].bytes
 
 
 # ----- against nginx
