@@ -48,7 +48,7 @@ from pipeline.image_prep import BadInput, prepare_jpeg, read_source
 from pipeline.shard_dest import lock_dest, open_dest
 from pipeline.source_scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source
 from util.files import partial_name, write_file_atomic
-from util.processes import collect_before_fork
+from util.processes import forking_workers
 
 logger = logging.getLogger(__name__)
 
@@ -344,11 +344,11 @@ def _run_pool(run: _Run, settings: RunSettings) -> None:
     tasks = [ShardTask(str(run.src), str(run.dest), p, run.options, run.scan.classes, run.records.get(p.shard),
                        settings.strict) for p in run.plan]
     ctx = mp.get_context("fork")
-    collect_before_fork()
     counter = ctx.Value("q", 0)
     workers = max(1, min(settings.workers, len(tasks)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(counter, os.getpid())) as pool, \
-            tqdm(total=len(run.scan.files), unit="img", disable=None if settings.progress else True) as bar:
+    with forking_workers():
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(counter, os.getpid()))
+    with pool, tqdm(total=len(run.scan.files), unit="img", disable=None if settings.progress else True) as bar:
         tick = lambda: bar.update(counter.value - bar.n)  # noqa: E731
         for result in _results(pool.imap_unordered(run_shard_task, tasks), tick):
             run.add(result)

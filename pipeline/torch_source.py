@@ -24,7 +24,7 @@ from pipeline.seeds import hashed_seed
 from pipeline.shard_cache import CacheStats, ShardCache
 from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
 from pipeline.source import SHARD_CHANGED_TODO, shard_change, shard_sizes
-from util.processes import collect_before_fork
+from util.processes import forking_workers
 
 logger = logging.getLogger(__name__)
 
@@ -225,13 +225,13 @@ class TorchSource:
         if self.cache is not None:  # the shards in the order this rank first reads them
             self.cache.prefetch(self.samples[j].shard for j in order[start * self.batch_size:].tolist())
         workers = self.num_workers
-        if workers:
-            collect_before_fork()
         loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None,
                             pin_memory=self.device.type == "cuda" and not self.decode_on_gpu,
                             collate_fn=_as_is, worker_init_fn=_worker_start if workers else None)
-        for batch, cached in loader:
+        with forking_workers():
+            batches = iter(loader)  # the workers fork here
+        for batch, cached in batches:
             if isinstance(batch, DataError):
                 raise batch  # from a worker: its message first, no worker traceback (EpochBatches.__getitem__)
             if cached is not None:
