@@ -181,6 +181,12 @@ def _as_is(batch):
     return batch  # batches are built whole by EpochBatches
 
 
+def forked_iter(loader: DataLoader):
+    """iter(loader), whose workers fork with the garbage collector frozen (util/processes.py)."""
+    with forking_workers():
+        return iter(loader)
+
+
 def _worker_start(_: int) -> None:
     dataset = torch.utils.data.get_worker_info().dataset
     if dataset.cache is not None:  # a fork copies the parent's counts and, maybe held, its lock
@@ -229,9 +235,7 @@ class TorchSource:
                             prefetch_factor=self.prefetch if workers else None,
                             pin_memory=self.device.type == "cuda" and not self.decode_on_gpu,
                             collate_fn=_as_is, worker_init_fn=_worker_start if workers else None)
-        with forking_workers():
-            batches = iter(loader)  # the workers fork here
-        for batch, cached in batches:
+        for batch, cached in forked_iter(loader):  # no name holds the iterator: an error shuts its workers down
             if isinstance(batch, DataError):
                 raise batch  # from a worker: its message first, no worker traceback (EpochBatches.__getitem__)
             if cached is not None:
