@@ -162,7 +162,7 @@ class DaliSource:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
-        self.cache, self._cache_totals = cache, CacheStats()
+        self.cache = cache
         if cache is not None:  # DALI's reader opens every shard as the pipeline builds: all must be in the cache
             fetch_for_dali(cache, self.shards, rank, world_size)
         for shard in self.shards:  # DALI reads the .idx files itself, trusting them: check them first (one at a time)
@@ -225,7 +225,7 @@ class DaliSource:
         if self._iter is None:
             self._build()
         if self.cache is not None and start == 0:  # the reader reads its 1/world_size of the shards each pass
-            self.cache.stats.read_bytes += self.cache.total_tar_bytes() // self.world_size
+            self.cache.add(CacheStats(read_bytes=self.cache.total_tar_bytes() // self.world_size))
         while self._batch < self.batches_per_epoch:
             out = self._next()
             if out is None:
@@ -266,13 +266,6 @@ class DaliSource:
         raise self._failed from err
 
     # ------------------------------------------------------------------------------------------------ state
-
-    def cache_stats(self) -> CacheStats | None:
-        """What the shard cache did for this rank so far (None: data.shards is a folder)."""
-        if self.cache is None:
-            return None
-        self._cache_totals.add(self.cache.take_stats())
-        return self._cache_totals
 
     def state_dict(self) -> dict:
         checkpoint = self._iter.checkpoints()[0] if self._iter is not None else self._checkpoint

@@ -23,7 +23,8 @@ from pipeline.shards import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger(__name__)
 
-SCHEMES = ("http://", "https://", "s3://")
+HTTP = ("http://", "https://")
+SCHEMES = (*HTTP, "s3://")
 CHUNK = 1 << 20  # bytes read per call while a file streams in
 MAX_UNSIZED = 1 << 30  # the most a file of no recorded size (an index) may have
 T = TypeVar("T")
@@ -63,7 +64,7 @@ def filesystem(url: str, policy: RetryPolicy):
     """The fsspec filesystem for `url` (instances are cached per process by fsspec)."""
     import fsspec
 
-    if url.startswith(("http://", "https://")):
+    if url.startswith(HTTP):
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.read_timeout_s,
@@ -148,7 +149,7 @@ def fetch_file(url: str, path: Path, size: int | None, sha256: str, policy: Retr
         fs = filesystem(url, policy)
         with open(path, "wb") as out:
             sink = _Sink(out, most, counted)
-            if url.startswith(("http://", "https://")):
+            if url.startswith(HTTP):
                 fs.get_file(url, sink)  # one streaming GET; fs.open would ask for the size first (a HEAD)
             else:
                 with fs.open(url, "rb") as src:
@@ -198,7 +199,7 @@ def upload_shards(folder: Path, manifest: Manifest, url: str, policy: RetryPolic
 def upload(folder: Path, names: list[str], url: str, policy: RetryPolicy) -> int:
     """Puts folder/name at url/name for each name, in order; returns the bytes sent."""
     fs, sent = filesystem(url, policy), 0
-    put = {"method": "put"} if url.startswith(("http://", "https://")) else {}
+    put = {"method": "put"} if url.startswith(HTTP) else {}
     for name in names:
         target = join(url, name)
         with_retries(target, lambda: fs.put_file(str(folder / name), target, **put), policy)

@@ -107,7 +107,7 @@ class ShardCache:
             raise DataError(f"data.cache_dir {root}: cannot create {cache.dir} ({err.strerror or err}); set "
                             f"data.cache_dir to a writable folder on this node's local disk") from err
         cache.remove_stale_parts()
-        cache._check_room(manifest)
+        cache._check_room()
         return cache
 
     def remove_stale_parts(self) -> list[str]:
@@ -136,8 +136,8 @@ class ShardCache:
         """In a forked DataLoader worker: counts of its own from zero, and a lock that no parent thread holds."""
         self.stats, self._lock, self._prefetcher = CacheStats(), threading.Lock(), None
 
-    def _check_room(self, manifest: Manifest) -> None:
-        tars = [r.bytes for r in manifest.shards if r.samples > 0]
+    def _check_room(self) -> None:
+        tars = [r.bytes for r in self.records]
         if self.bound is not None and self.bound < 2 * max(tars, default=0):
             raise DataError(f"data.cache_gb {self.bound / 1e9:g}: the cache must hold at least two shards "
                             f"({2 * max(tars) / 1e9:.3g} GB for this folder's largest); raise data.cache_gb")
@@ -155,13 +155,12 @@ class ShardCache:
     def shard_files(self) -> list[ShardFile]:
         """The shards as list_shards gives them for a folder, with their tar sizes; the indexes are fetched now
         (small: the loaders read them all at start), the tars when they are looked up."""
-        with ThreadPoolExecutor(FETCH_THREADS) as pool:
-            list(pool.map(self.ensure, [self.path(r.index_name) for r in self.records]))
+        self.ensure_all([self.path(r.index_name) for r in self.records])
         return [ShardFile(self.path(r.name), self.path(r.index_name), r.samples, r.index_sha256, bytes=r.bytes)
                 for r in self.records]
 
     def total_tar_bytes(self) -> int:
-        return sum(e.bytes for e in self.entries.values() if not e.is_index)
+        return sum(r.bytes for r in self.records)
 
     def usage(self) -> int:
         """Bytes the cache holds now, downloads in flight counted at their final size."""
@@ -203,16 +202,20 @@ class ShardCache:
                 data = read_span(str(final), span)
             except FileNotFoundError:
                 continue  # evicted between the lookup and the open
-            with self._lock:
-                self.stats.read_bytes += len(data)
+            self.add(CacheStats(read_bytes=len(data)))
             return data
         raise DataError(f"shard {path}: evicted from the cache three times while being read; raise data.cache_gb")
 
     def take_stats(self) -> CacheStats:
-        """This process's counts since the last call (the caller sums them)."""
+        """This process's counts since the last call (a DataLoader worker's, handed back with its batch)."""
         with self._lock:
             stats, self.stats = self.stats, CacheStats()
         return stats
+
+    def add(self, counts: CacheStats) -> None:
+        """Counts made elsewhere for this cache: a worker's (take_stats), the bytes DALI's reader reads."""
+        with self._lock:
+            self.stats.add(counts)
 
     def _present(self, entry: Entry) -> bool:
         final = self.path(entry.name)
@@ -324,7 +327,8 @@ class ShardCache:
         self._prefetcher.start()
 
     def ensure_all(self, paths: Iterable[str | Path]) -> None:
-        """Fetches these tars now, FETCH_THREADS at a time (a reader that opens every shard at start: DALI)."""
+        """Looks these files up now, FETCH_THREADS at a time: the indexes at start, and every tar for a reader that
+        opens them all at start (DALI)."""
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
             list(pool.map(self.ensure, list(paths)))
 

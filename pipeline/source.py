@@ -3,11 +3,14 @@ sources share: the normalisation constants and the words for a shard that change
 from __future__ import annotations
 
 import os
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import torch
 
 from pipeline import DataError
+
+if TYPE_CHECKING:
+    from pipeline.shard_cache import ShardCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,6 +69,7 @@ class Source(Protocol):
 
     skipped: int  # corrupt samples skipped so far (data.on_bad_sample: skip)
     takes_offset: bool
+    cache: "ShardCache | None"  # data.shards a URL: the node's shard cache; its .stats count this rank's use of it
 
     def epoch_batches(self, epoch: int, start: int, offset: int = 0,
                       batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]: ...

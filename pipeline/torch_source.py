@@ -21,7 +21,7 @@ from torchvision.transforms.v2.functional import resized_crop
 
 from pipeline import DataError
 from pipeline.seeds import hashed_seed
-from pipeline.shard_cache import CacheStats, ShardCache
+from pipeline.shard_cache import ShardCache
 from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
 from pipeline.source import SHARD_CHANGED_TODO, shard_change, shard_sizes
 from util.processes import forking_workers
@@ -104,7 +104,8 @@ class EpochBatches(Dataset):
         """Batch i, or the DataError that stops it, handed back as data: raised in a DataLoader worker, torch would
         re-raise it in the main process with a message that starts with its own words and the worker's traceback."""
         try:
-            return self._batch(i), self.cache.take_stats() if self.cache is not None else None
+            in_worker = self.cache is not None and torch.utils.data.get_worker_info() is not None
+            return self._batch(i), self.cache.take_stats() if in_worker else None  # a worker's counts, handed back
         except DataError as err:
             return err, None
 
@@ -202,7 +203,7 @@ class TorchSource:
                  world_size: int, device: torch.device, batch_size: int, cache: ShardCache | None = None):
         # every rank indexes every shard: it reads 1/world_size of them
         self.samples = [ref for refs in read_samples(shards) for ref in refs]
-        self.cache, self._cache_totals = cache, CacheStats()
+        self.cache = cache
         self.world_size = world_size
         self.shard_of = {s.key: s.shard for s in self.samples}
         self.batches_per_epoch, self.rank, self.device = batches_per_epoch, rank, device
@@ -239,7 +240,7 @@ class TorchSource:
             if isinstance(batch, DataError):
                 raise batch  # from a worker: its message first, no worker traceback (EpochBatches.__getitem__)
             if cached is not None:
-                self._cache_totals.add(cached)
+                self.cache.add(cached)
             images, boxes, labels, keys, skipped = batch
             self.skipped += skipped
             if self.decode_on_gpu:
@@ -249,13 +250,6 @@ class TorchSource:
                     self.skipped += sum(i != j for j, i in enumerate(picks))
                     keys, labels = [keys[i] for i in picks], labels[picks]
             yield images, labels, keys
-
-    def cache_stats(self) -> CacheStats | None:
-        """What the shard cache did for this rank so far, its DataLoader workers included (None: a folder)."""
-        if self.cache is None:
-            return None
-        self._cache_totals.add(self.cache.take_stats())  # the prefetcher's, in this process
-        return self._cache_totals
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}  # the position lives in the loader (epoch, batch): nothing else to keep

@@ -318,7 +318,7 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
 def cache_totals(loader) -> dict:
     """What the shard caches of all ranks did (data.shards a URL): bytes from the network, bytes read from the
     cached files, and the share of lookups that found their file cached; a collective."""
-    network, read, lookups, hits = (sum(col) for col in zip(*gather(loader.source.cache_stats().as_tuple())))
+    network, read, lookups, hits = (sum(col) for col in zip(*gather(loader.source.cache.stats.as_tuple())))
     return {"data_network_bytes": network, "data_cache_read_bytes": read,
             "data_cache_hit_rate": hits / lookups if lookups else None}
 
