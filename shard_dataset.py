@@ -24,9 +24,9 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.remote import RetryPolicy, is_url, upload_shards
+from pipeline.remote import RetryPolicy, upload_shards
 from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
-from pipeline.shards import MANIFEST_NAME, Manifest
+from pipeline.shards import MANIFEST_NAME, Manifest, is_url
 from util.errors import UserError
 from util.processes import exit_without_teardown
 

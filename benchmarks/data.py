@@ -104,7 +104,7 @@ def backend_epochs(cfg, shards: Path | str, backend: str, device: torch.device, 
     data = dataclasses.replace(cfg.data, shards=str(shards), backend=backend, batch_size=BATCH, crop_size=CROP,
                                num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise",
                                cache_dir=str(cache_dir), cache_gb=0.0)
-    all_shards, cache = shard_files(data, open_manifest(str(shards)))
+    all_shards, cache = shard_files(data, open_manifest(str(shards), fetch_timeout_s=60.0))
     batches = sum(s.samples for s in all_shards) // BATCH
     if backend == "dali":
         from pipeline.dali_source import DaliSource
@@ -156,7 +156,7 @@ def prefetch_rate(url: str, cache_dir: Path) -> dict:
     from pipeline.remote import RetryPolicy
     from pipeline.shard_cache import FETCH_THREADS, ShardCache
 
-    cache = ShardCache.open(url, open_manifest(url), cache_dir, None, RetryPolicy(60.0))
+    cache = ShardCache.open(url, open_manifest(url, fetch_timeout_s=60.0), cache_dir, None, RetryPolicy(60.0))
     shards = cache.shard_files()
     start = time.perf_counter()
     cache.ensure_all([s.path for s in shards])

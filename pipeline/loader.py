@@ -29,9 +29,9 @@ import torch
 
 from pipeline import DataError
 from pipeline.masks import MultiBlockMaskSampler
-from pipeline.remote import RetryPolicy, is_url
+from pipeline.remote import RetryPolicy
 from pipeline.shard_cache import ShardCache, remote_manifest
-from pipeline.shards import Manifest, ManifestError, ShardFile, list_shards, read_manifest
+from pipeline.shards import Manifest, ManifestError, ShardFile, is_url, list_shards, read_manifest
 from pipeline.source import Source, imagenet_stats
 
 logger = logging.getLogger(__name__)
@@ -166,14 +166,15 @@ def saved_position(states: list[dict], world_size: int, batch_size: int) -> tupl
     return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
 
 
-def open_manifest(shards: str, key: str = "data.shards", timeout_s: float = 300.0) -> Manifest:
-    """The manifest of the shard folder `shards` (the config's `key`; a folder or its URL, fetched within `timeout_s`),
-    or a DataError naming the key and saying what to do."""
+def open_manifest(shards: str, key: str = "data.shards", fetch_timeout_s: float | None = None) -> Manifest:
+    """The manifest of the shard folder `shards` (the config's `key`), or a DataError naming the key and saying what
+    to do. With `fetch_timeout_s` (data.fetch_timeout_s), `shards` may also be the folder's URL, its manifest fetched
+    within that time; without it, a URL is refused (the key's readers read a folder on this machine)."""
     if not shards:
         raise DataError(f"{key} is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set {key} to SHARDS")
     try:
-        if is_url(shards):
-            return remote_manifest(shards, RetryPolicy(timeout_s))
+        if fetch_timeout_s is not None and is_url(shards):
+            return remote_manifest(shards, RetryPolicy(fetch_timeout_s))
         return read_manifest(shards)
     except (ManifestError, ValueError) as err:
         raise DataError(f"{key} {shards}: {err}") from err

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,9 @@ from pipeline.shards import MANIFEST_NAME, Manifest
 logger = logging.getLogger(__name__)
 
 HTTP = ("http://", "https://")
-SCHEMES = (*HTTP, "s3://")
 CHUNK = 1 << 20  # bytes read per call while a file streams in
 MAX_UNSIZED = 1 << 30  # the most a file of no recorded size (an index) may have
 T = TypeVar("T")
-
-
-def is_url(where: str | os.PathLike) -> bool:
-    return isinstance(where, str) and where.startswith(SCHEMES)
 
 
 def join(base: str, name: str) -> str:

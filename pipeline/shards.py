@@ -30,6 +30,7 @@ TAR_BLOCK = 512
 STATUS_COMPLETE = "complete"
 STATUS_IN_PROGRESS = "in_progress"
 CHECKS = ("none", "size", "checksum")
+URL_SCHEMES = ("http://", "https://", "s3://")  # data.shards may be one of these (pipeline/remote.py)
 _REBUILD = "rebuild DEST with `python shard_dataset.py SRC DEST --overwrite`"
 # a shard whose files differ from their sha256 in the manifest: the writer's rerun rebuilds exactly those
 _RERUN = ("rerun `python shard_dataset.py SRC DEST` (it rebuilds the shards whose files do not match the manifest), "
@@ -349,6 +350,10 @@ def verify_shard(dest: str | os.PathLike, record: ShardRecord, checksum: bool) -
     return None
 
 
+def is_url(where: str | os.PathLike) -> bool:
+    return isinstance(where, str) and where.startswith(URL_SCHEMES)
+
+
 def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete: bool = False) -> Manifest:
     """Reads and validates DEST/manifest.json (DEST may also be the manifest's own path).
 
@@ -363,6 +368,10 @@ def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if is_url(dest):
+        raise ManifestError(f"{dest}: a URL, where a shard folder on this machine is read (only data.shards is read "
+                            f"from a server or bucket, through the node's shard cache); copy the folder here and give "
+                            f"its path")
     path = Path(dest)
     if path.is_dir() or path.suffix != ".json":
         path = path / MANIFEST_NAME

@@ -23,7 +23,7 @@ from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
 from pipeline.loader import BatchLayout, build_loader, open_manifest, resolve_backend
 from pipeline.mask_pictures import mask_pictures, to_uint8
-from pipeline.remote import is_url
+from pipeline.shards import is_url
 from reporting import ReportError
 from reporting.curves import diagnostics_figure, throughput_figure, training_figure
 from reporting.page import Section, probe_section, write_page
@@ -126,7 +126,7 @@ def add_masks(report: Report, run: RunFolder, shards: str, count: int) -> Option
     return masks
 
 
-def first_batch(run: RunFolder, shards: Path, count: int) -> tuple[MaskBatch, str]:
+def first_batch(run: RunFolder, shards: str, count: int) -> tuple[MaskBatch, str]:
     """Rank 0's first batch of the run (its layout, backend, seed and sampler) from `shards`, on the CPU."""
     cfg = run.cfg
     check_shards(run, shards)

@@ -312,19 +312,26 @@ def test_a_missing_data_folder_fails_before_any_model_is_built(tmp_path, monkeyp
     assert not (tmp_path / "run").exists()
 
 
-def test_a_mistyped_probe_folder_fails_before_any_model_is_built(digit_shards, tmp_path, monkeypatch, caplog):
-    """logging.probe_shards is read on rank 0 once the model is built; a typo is refused by the run plan first."""
+@pytest.mark.parametrize("where", ["typo", "url"])
+def test_a_mistyped_probe_folder_fails_before_any_model_is_built(where, digit_shards, tmp_path, monkeypatch,
+                                                                 caplog):
+    """logging.probe_shards is read on rank 0 once the model is built; a typo is refused by the run plan first, and
+    so is a URL (only data.shards is read from a server; the probe reads a folder on this machine), without a
+    request."""
     from launches import train_args, train_main
     from model.vit import VisionTransformer
+    from util.net import free_port
 
     def built(*args, **kwargs):
         raise AssertionError("a ViT was built before the probe folder was checked")
 
     monkeypatch.setattr(VisionTransformer, "__init__", built)
-    probe = tmp_path / "digits-vla"
+    probe = tmp_path / "digits-vla" if where == "typo" else f"http://127.0.0.1:{free_port()}/digits-val/"
     code, lines = train_main(train_args(digit_shards["train"], tmp_path / "run", "logging.probe_every=10",
                                         f"logging.probe_shards={probe}")[1:], caplog)
     assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: logging.probe_shards {probe}: "), lines
+    if where == "url":
+        assert "a URL, where a shard folder on this machine is read" in lines[0] and "copy the folder" in lines[0]
     assert not (tmp_path / "run").exists()
 
 

@@ -56,7 +56,7 @@ def own_server(small_shards, tmp_path):
 
 def open_cache(server: Nginx, cache_dir: Path, bound: int | None = None, policy: RetryPolicy = FAST) -> ShardCache:
     url = server.url("small/")
-    return ShardCache.open(url, open_manifest(url, timeout_s=policy.timeout_s), cache_dir, bound, policy)
+    return ShardCache.open(url, open_manifest(url, fetch_timeout_s=policy.timeout_s), cache_dir, bound, policy)
 
 
 def cached_files(cache: ShardCache) -> list[str]:
@@ -68,7 +68,7 @@ def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
     url = f"http://127.0.0.1:{free_port()}/shards/"
     t0 = time.monotonic()
     with pytest.raises(RemoteError) as err:
-        open_manifest(url, timeout_s=1.5)
+        open_manifest(url, fetch_timeout_s=1.5)
     took, message = time.monotonic() - t0, str(err.value)
     assert took < 4, took
     assert "\n" not in message and message.startswith(f"{url}manifest.json: the server could not be reached")
@@ -83,7 +83,7 @@ def test_a_server_that_answers_nothing_is_one_line_once_the_bound_is_spent():
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/shards/"
         t0 = time.monotonic()
         with pytest.raises(RemoteError) as err:
-            open_manifest(url, timeout_s=1.0)
+            open_manifest(url, fetch_timeout_s=1.0)
     assert 1.0 <= time.monotonic() - t0 < 3
     assert str(err.value).startswith(f"{url}manifest.json: the server sent nothing for 1 s, 1 try in 1 s ")
 
@@ -185,7 +185,7 @@ def test_503_beyond_the_bound_is_one_line_naming_the_url_and_what_the_server_sai
 @pytest.mark.slow
 def test_a_connection_cut_mid_file_is_fetched_again(own_server, small_shards, tmp_path):
     url = own_server.url("slow/small/")  # 256 KB/s: the server stops while the file streams
-    cache = ShardCache.open(url, open_manifest(url), tmp_path / "cache", None, PATIENT)
+    cache = ShardCache.open(url, open_manifest(url, fetch_timeout_s=PATIENT.timeout_s), tmp_path / "cache", None, PATIENT)
     shard = cache.shard_files()[2]
     cache.take_stats()
 
@@ -297,8 +297,9 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
         data = SimpleNamespace(shards=where, cache_dir=str(tmp_path / "cache"), cache_gb=0, fetch_timeout_s=10,
                                crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3), num_workers=0,
                                prefetch=1, shuffle_buffer=16, on_bad_sample="raise")
-        loader = build_loader(data, sampler, seed=0, rank=0, layout=layout, manifest=open_manifest(where),
-                              backend="torch", device=torch.device("cpu"), dtype=torch.float32)
+        manifest = open_manifest(where, fetch_timeout_s=data.fetch_timeout_s)
+        loader = build_loader(data, sampler, seed=0, rank=0, layout=layout, manifest=manifest, backend="torch",
+                              device=torch.device("cpu"), dtype=torch.float32)
         batches = iter(loader)
         t0 = time.monotonic()
         next(batches)

@@ -22,7 +22,7 @@ from config import Config, ConfigError, config_to_yaml, grid_size, training_dtyp
 from pipeline.loader import Loader, build_loader
 from pipeline.mask_pictures import batch_pictures
 from pipeline.masks import MultiBlockMaskSampler
-from pipeline.remote import is_url
+from pipeline.shards import is_url
 from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)

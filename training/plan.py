@@ -139,7 +139,7 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     `request.resume` names. Raises DataError (the shards), CheckpointError (the checkpoint, or a resume refused:
     other settings, a world size that cannot split the global batch)."""
     saved = saved_run(request.resume, Path(cfg.run.out_dir))
-    manifest = open_manifest(cfg.data.shards, timeout_s=cfg.data.fetch_timeout_s)
+    manifest = open_manifest(cfg.data.shards, fetch_timeout_s=cfg.data.fetch_timeout_s)
     if cfg.logging.probe_every:  # read on rank 0 after the model is built: a typo would cost the whole set-up
         open_manifest(cfg.logging.probe_shards, "logging.probe_shards")
     requested = (cfg.data.batch_size, cfg.optimization.grad_accum)
