@@ -103,7 +103,9 @@ def backend_epochs(cfg, shards: Path | str, backend: str, device: torch.device, 
 
     data = dataclasses.replace(cfg.data, shards=str(shards), backend=backend, batch_size=BATCH, crop_size=CROP,
                                num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise",
-                               cache_dir=str(cache_dir), cache_gb=0.0)
+                               cache_gb=0.0)
+    if cache_dir is not None:
+        data = dataclasses.replace(data, cache_dir=str(cache_dir))
     all_shards, cache = shard_files(data, open_manifest(str(shards), fetch_timeout_s=60.0))
     batches = sum(s.samples for s in all_shards) // BATCH
     if backend == "dali":

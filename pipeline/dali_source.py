@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_right
+from itertools import accumulate
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -146,8 +148,8 @@ def fetch_for_dali(cache: ShardCache, shards: list[ShardFile], rank: int, world_
         raise DataError(f"data.cache_gb {cache.bound / 1e9:g}: the DALI backend opens every shard as it starts, "
                         f"{total / 1e9:.3g} GB for {cache.url}; raise data.cache_gb to at least that, or use "
                         f"data.backend torch, which reads within a smaller cache")
-    first, seen = rank * sum(s.samples for s in shards) // world_size, 0
-    start = next((i for i, s in enumerate(shards) if (seen := seen + s.samples) > first), 0)
+    ends = list(accumulate(s.samples for s in shards))  # the sample after each shard
+    start = bisect_right(ends, rank * ends[-1] // world_size) if ends else 0  # the shard holding rank's first sample
     cache.ensure_all([s.path for s in shards[start:] + shards[:start]])
 
 

@@ -116,7 +116,7 @@ def with_retries(url: str, action: Callable[[], T], policy: RetryPolicy) -> T:
             delay = min(2 * delay, policy.max_delay_s)
 
 
-def read_bytes(url: str, policy: RetryPolicy, limit: int = 1 << 30) -> bytes:
+def read_bytes(url: str, policy: RetryPolicy, limit: int = MAX_UNSIZED) -> bytes:
     """A small file (a manifest, an index) whole."""
     def cat() -> bytes:
         data = filesystem(url, policy).cat_file(url)

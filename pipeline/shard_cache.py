@@ -115,8 +115,8 @@ class ShardCache:
         gone): they would hold room in the bound forever. Returns their names."""
         removed = []
         for part in self.dir.glob("*.part"):
-            fields = part.name.rsplit(".", 3)
-            if len(fields) == 4 and fields[1].isdigit() and not _alive(int(fields[1])):
+            pid = _part_of(part.name)[1]
+            if pid is not None and not _alive(pid):
                 part.unlink(missing_ok=True)
                 removed.append(part.name)
         if removed:
@@ -137,11 +137,11 @@ class ShardCache:
         self.stats, self._lock, self._prefetcher = CacheStats(), threading.Lock(), None
 
     def _check_room(self) -> None:
-        tars = [r.bytes for r in self.records]
-        if self.bound is not None and self.bound < 2 * max(tars, default=0):
+        largest, total = max((r.bytes for r in self.records), default=0), self.total_tar_bytes()
+        if self.bound is not None and self.bound < 2 * largest:
             raise DataError(f"data.cache_gb {self.bound / 1e9:g}: the cache must hold at least two shards "
-                            f"({2 * max(tars) / 1e9:.3g} GB for this folder's largest); raise data.cache_gb")
-        need = sum(tars) if self.bound is None else min(self.bound, sum(tars))
+                            f"({2 * largest / 1e9:.3g} GB for this folder's largest); raise data.cache_gb")
+        need = total if self.bound is None else min(self.bound, total)
         free = shutil.disk_usage(self.dir).free + self.usage()
         if free < need:
             raise DataError(f"data.cache_dir {self.dir}: {free / 1e9:.3g} GB free, the cache needs "
@@ -168,7 +168,7 @@ class ShardCache:
         for entry in os.scandir(self.dir) if self.dir.is_dir() else ():
             name = entry.name
             if name.endswith(".part"):
-                known = self.entries.get(name.rsplit(".", 3)[0])  # <name>.<pid>.<thread>.part
+                known = self.entries.get(_part_of(name)[0])
                 total += max(known.bytes or 0, _size(entry)) if known is not None else _size(entry)
             elif name in self.entries:
                 total += _size(entry)
@@ -234,7 +234,7 @@ class ShardCache:
         """Downloads one file under its lock: room first, then to a .part file, checked, renamed; then its .ok."""
         self._verified.discard(entry.name)
         final = self.path(entry.name)
-        part = final.with_name(f"{entry.name}.{os.getpid()}.{threading.get_ident()}.part")
+        part = final.with_name(_part_name(entry.name))
         if entry.is_index:
             part.touch()
         else:
@@ -368,6 +368,17 @@ class Prefetcher(threading.Thread):
         except DataError as err:
             logger.warning(f"shard prefetch stopped: {err}")
             self._stop_event.set()
+
+
+def _part_name(name: str) -> str:
+    """This thread's download of the file `name`: `<name>.<pid>.<thread>.part`."""
+    return f"{name}.{os.getpid()}.{threading.get_ident()}.part"
+
+
+def _part_of(part_name: str) -> tuple[str, int | None]:
+    """(the file, the pid of the process fetching it) of a download that _part_name named."""
+    fields = part_name.rsplit(".", 3)
+    return fields[0], int(fields[1]) if len(fields) == 4 and fields[1].isdigit() else None
 
 
 def _alive(pid: int) -> bool:

@@ -22,7 +22,6 @@ from config import Config, ConfigError, config_to_yaml, grid_size, training_dtyp
 from pipeline.loader import Loader, build_loader
 from pipeline.mask_pictures import batch_pictures
 from pipeline.masks import MultiBlockMaskSampler
-from pipeline.shards import is_url
 from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
@@ -309,7 +308,7 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
         watchdog.disarm()
     bar.close()
     seconds = time.perf_counter() - started
-    cached = cache_totals(loader) if is_url(cfg.data.shards) else None  # a collective: every rank calls it
+    cached = cache_totals(loader) if loader.source.cache is not None else None  # a collective: every rank calls it
     if run.rank == 0:
         write_summary(out_dir, step - first_step + 1, seconds, plan.layout, skipped, cached)
     return 0
