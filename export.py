@@ -27,7 +27,7 @@ from pathlib import Path
 
 from evaluation.encoders import load_encoder
 from model.export import ExportError
-from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
+from model.inputs import IMAGENET_MEAN, IMAGENET_STD
 from util.errors import UserError
 from util.files import fsync_dir, fsync_tree, partial_name
 from util.processes import exit_without_teardown

@@ -6,8 +6,8 @@
 
 SRC holds one sub-folder per class (class index = position in the sorted folder names, as torchvision's ImageFolder),
 images found recursively inside; or any image files with --labels none. DEST receives <prefix>-000000.tar, its DALI
-index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards.py). Bad inputs are skipped and listed
-in the manifest with the reason (damaged JPEGs included: see pipeline/image_prep.py). Rerunning the same command
+index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards/format.py). Bad inputs are skipped and listed
+in the manifest with the reason (damaged JPEGs included: see pipeline/shards/images.py). Rerunning the same command
 resumes: complete shards whose checksums match are kept, the rest rebuilt, and so are the shards holding a source file
 modified since (a new modification time); files added, removed or resized make DEST refused unless --overwrite.
 With --upload URL (http(s):// taking PUT, or s3://), the complete DEST is then put there, its manifest last, for
@@ -24,9 +24,10 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.remote import RetryPolicy, upload_shards
-from pipeline.shard_writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
-from pipeline.shards import MANIFEST_NAME, Manifest, is_url
+from pipeline.remote.fetch import RetryPolicy
+from pipeline.remote.upload import upload_shards
+from pipeline.shards.manifest import MANIFEST_NAME, Manifest, is_url
+from pipeline.shards.writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
 from util.errors import UserError
 from util.processes import exit_without_teardown
 

@@ -18,8 +18,7 @@ import sys
 
 from config import ConfigError, config_to_yaml, grid_size, load_config
 from model.sizes import encoder_size
-from pipeline.loader import BatchLayout
-from training.plan import ResumeRequest
+from training.plan import BatchLayout, ResumeRequest
 from training.slurm import HostlistError, adopt_srun_env
 from util.errors import UserError
 from util.processes import exit_without_teardown

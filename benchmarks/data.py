@@ -71,8 +71,8 @@ def reference_epochs(shards: Path):
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from pipeline.shards import list_shards
-    from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
+    from model.inputs import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.shards.manifest import list_shards
 
     transform = transforms.Compose([transforms.RandomResizedCrop(CROP, scale=(0.3, 1.0)), transforms.ToTensor(),
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -86,8 +86,8 @@ def reference_epochs(shards: Path):
 
 
 def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """What the loader does to a backend's batch (pipeline/loader.py Loader._images), in float32."""
-    from pipeline.source import imagenet_stats
+    """What the loader does to a backend's batch (pipeline/loading/loader.py Loader._images), in float32."""
+    from model.inputs import imagenet_stats
 
     images = images.to(device, non_blocking=True)
     if images.dtype == torch.uint8:
@@ -99,23 +99,25 @@ def normalise(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def backend_epochs(cfg, shards: Path | str, backend: str, device: torch.device, cache_dir: Path | None = None):
     """Epoch iterators of the backend's (images, labels) batches, normalised as the loader does; `shards` a folder,
     or its URL read through a shard cache in `cache_dir`."""
-    from pipeline.loader import open_manifest, shard_files
+    from pipeline.loading.loader import shard_files
+    from pipeline.remote.fetch import RetryPolicy
+    from pipeline.shards.manifest import read_manifest
 
     data = dataclasses.replace(cfg.data, shards=str(shards), backend=backend, batch_size=BATCH, crop_size=CROP,
                                num_workers=WORKERS, prefetch=PREFETCH, shuffle_buffer=512, on_bad_sample="raise",
                                cache_gb=0.0)
     if cache_dir is not None:
         data = dataclasses.replace(data, cache_dir=str(cache_dir))
-    all_shards, cache = shard_files(data, open_manifest(str(shards), fetch_timeout_s=60.0))
+    all_shards, cache = shard_files(data, read_manifest(str(shards), fetch=RetryPolicy(60.0)))
     batches = sum(s.samples for s in all_shards) // BATCH
     if backend == "dali":
-        from pipeline.dali_source import DaliSource
+        from pipeline.loading.dali_backend import DaliBackend
 
-        source = DaliSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, torch.float32, cache)
+        source = DaliBackend(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, torch.float32, cache)
     else:
-        from pipeline.torch_source import TorchSource
+        from pipeline.loading.torch_backend import TorchBackend
 
-        source = TorchSource(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, cache)
+        source = TorchBackend(data, cfg.run.seed, all_shards, batches, 0, 1, device, BATCH, cache)
     epoch = 0
     while True:
         yield ((normalise(images, device), labels) for images, labels, _ in source.epoch_batches(epoch, 0))
@@ -154,11 +156,11 @@ def local_server(folder: Path, work: Path):
 def prefetch_rate(url: str, cache_dir: Path) -> dict:
     """MB/s of the shard cache's prefetcher (FETCH_THREADS downloads at once, each verified) filling an empty
     cache with every shard of `url`."""
-    from pipeline.loader import open_manifest
-    from pipeline.remote import RetryPolicy
-    from pipeline.shard_cache import FETCH_THREADS, ShardCache
+    from pipeline.remote.cache import FETCH_THREADS, ShardCache
+    from pipeline.remote.fetch import RetryPolicy
+    from pipeline.shards.manifest import read_manifest
 
-    cache = ShardCache.open(url, open_manifest(url, fetch_timeout_s=60.0), cache_dir, None, RetryPolicy(60.0))
+    cache = ShardCache.open(url, read_manifest(url, fetch=RetryPolicy(60.0)), cache_dir, None, RetryPolicy(60.0))
     shards = cache.shard_files()
     start = time.perf_counter()
     cache.ensure_all([s.path for s in shards])
@@ -199,10 +201,10 @@ def best_round(name: str, rounds: list[dict]) -> dict:
 
 
 def dali_stages(shards: Path, device: torch.device, epochs: int) -> dict:
-    """images/s of the DALI pipeline cut after each stage (pipeline/dali_source.py STAGES), same batch and threads:
+    """images/s of the DALI pipeline cut after each stage (pipeline/loading/dali_backend.py STAGES), same batch and threads:
     the first stage whose rate is close to the whole pipeline's is what limits it."""
-    from pipeline.dali_source import STAGES, stage_pipeline
-    from pipeline.shards import list_shards
+    from pipeline.loading.dali_backend import STAGES, stage_pipeline
+    from pipeline.shards.manifest import list_shards
 
     all_shards = list_shards(shards)
     samples = sum(s.samples for s in all_shards)

@@ -13,7 +13,8 @@ import math
 import torch
 
 from benchmarks.common import time_call
-from pipeline.masks import MultiBlockMaskSampler, mask_stats, stream_seed
+from pipeline.masks.sampler import MultiBlockMaskSampler, stream_seed
+from pipeline.masks.stats import mask_stats
 
 BATCH = 128
 GRIDS = (("16x16", 224, 14), ("28x28", 448, 16))  # (name, input_size, patch_size)

@@ -65,7 +65,7 @@ def _timed(work, out_root: Path, repeat: int) -> float:
 
 
 def _rate(src: Path, out: Path, n: int, options, workers: int, repeat: int) -> float:
-    from pipeline.shard_writer import RunSettings, build_shards
+    from pipeline.shards.writer import RunSettings, build_shards
 
     settings = RunSettings(workers=workers, progress=False)
     return n / _timed(lambda dest: build_shards(src, dest, options, settings), out, repeat)
@@ -74,7 +74,7 @@ def _rate(src: Path, out: Path, n: int, options, workers: int, repeat: int) -> f
 def run(cfg=None, n_images: int = 1000, scaling_images: int = 4000, repeat: int = 3) -> dict:
     """Measures and prints the table; `cfg` is not used (the suite needs no model or data config). The scaling rows
     run on `scaling_images` in 8 shards, long enough that a run's fixed cost (scan, fork, manifest) does not hide it."""
-    from pipeline.shard_writer import RunSettings, ShardOptions, build_shards
+    from pipeline.shards.writer import RunSettings, ShardOptions, build_shards
 
     logging.getLogger("pipeline.shard_writer").setLevel(logging.ERROR)  # no summaries or round warnings in the table
     size = {"shard_samples": max(1, n_images // 4), "shard_bytes": None}

@@ -379,7 +379,7 @@ def check_consistency(cfg: Config) -> Optional[str]:
                 f"{smallest}x{smallest} is needed (mask.exclude_edges {cfg.mask.exclude_edges})")
     # What the multiblock sampler refuses at construction (blocks smaller than min_keep, fixed lengths that do not fit
     # the smallest blocks or without length_policy fixed), refused here with its message in config keys.
-    from pipeline.masks import MultiBlockMaskSampler
+    from pipeline.masks.sampler import MultiBlockMaskSampler
 
     try:  # ~1 ms; ~30 ms with length_policy fixed and no fixed_enc_len (the sampler estimates it)
         MultiBlockMaskSampler(input_size=crop, patch_size=patch, **dataclasses.asdict(cfg.mask))

@@ -9,9 +9,10 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import center_crop, resize
 
+from model.inputs import imagenet_stats
 from pipeline import DataError
-from pipeline.shards import Manifest, SampleRef, list_shards, read_manifest, read_samples, read_span
-from pipeline.source import imagenet_stats
+from pipeline.shards.format import SampleRef, read_samples, read_span
+from pipeline.shards.manifest import Manifest, list_shards, read_manifest
 
 REBUILD = "rebuild the folder with shard_dataset.py"
 

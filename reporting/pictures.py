@@ -6,14 +6,14 @@ import numpy as np
 import torch
 from matplotlib.patches import Patch
 
-from pipeline.mask_pictures import DIM, target_colour
+from pipeline.masks.pictures import DIM, target_colour
 from reporting.curves import new_figure
 
 PCA_CLIP = (0.01, 0.99)  # each component is stretched between these quantiles onto [0, 1]
 
 
 def masks_figure(pictures: list[np.ndarray], keys: list[str], targets: int, title: str):
-    """A row of mask pictures (pipeline.mask_pictures.mask_picture), each titled with its sample key, and the legend
+    """A row of mask pictures (pipeline.masks.pictures.mask_picture), each titled with its sample key, and the legend
     of the colours."""
     fig, axes = new_figure(1, len(pictures), title)
     fig.set_size_inches(2.4 * len(pictures), 3.2)

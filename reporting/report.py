@@ -21,15 +21,16 @@ import torch
 from config import grid_size
 from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
-from pipeline.loader import BatchLayout, build_loader, open_manifest, resolve_backend
-from pipeline.mask_pictures import mask_pictures, to_uint8
-from pipeline.shards import is_url
+from pipeline.loading.loader import build_loader, resolve_backend
+from pipeline.masks.pictures import mask_pictures, to_uint8
+from pipeline.shards.manifest import is_url, read_manifest
 from reporting import ReportError
 from reporting.curves import diagnostics_figure, throughput_figure, training_figure
 from reporting.page import Section, probe_section, write_page
 from reporting.pictures import features_figure, masks_figure, patch_features, pca_rgb
 from reporting.run_folder import RunFolder, open_run
 from training.loop import mask_sampler
+from training.plan import BatchLayout
 from util.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,10 @@ def first_batch(run: RunFolder, shards: str, count: int) -> tuple[MaskBatch, str
                          int(identity.get("optimization.grad_accum", cfg.optimization.grad_accum)), run.world_size)
     backend = run.backend or resolve_backend(cfg.data.backend)
     data = dataclasses.replace(cfg.data, shards=str(shards), num_workers=0)
+    manifest = read_manifest(str(shards))
     loader = build_loader(data, mask_sampler(cfg), seed=cfg.run.seed, rank=0, layout=layout,
-                          manifest=open_manifest(str(shards)), backend=backend, device=torch.device("cpu"),
-                          dtype=torch.float32)
+                          steps_per_epoch=layout.steps_per_epoch(manifest.total_samples, str(shards)),
+                          manifest=manifest, backend=backend, device=torch.device("cpu"), dtype=torch.float32)
     batch = next(iter(loader))
     n = min(count, len(batch.keys))
     ctx = batch.ctx_idx[..., :n, :].numpy()

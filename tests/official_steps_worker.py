@@ -22,10 +22,11 @@ import kernels  # noqa: E402
 import training.engine  # noqa: E402
 from config import load_config  # noqa: E402
 from model.official import load_strict, safe_load, strip_prefix  # noqa: E402
-from pipeline.loader import Batch, BatchLayout  # noqa: E402
+from pipeline.loading.loader import Batch
 from training.distributed import setup_distributed  # noqa: E402
 from training.engine import build_engine, micro_step, set_schedules  # noqa: E402
 from training.plan import schedule_steps  # noqa: E402
+from training.plan import BatchLayout
 from training.target_ema import target_ema  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "official_train_steps"

@@ -98,8 +98,8 @@ def test_comm_model_counts_the_real_step_and_prices_each_collective(clean_switch
     import kernels
     from benchmarks import comm_model
     from config import load_config
-    from training.metrics import count_flops
     from model.jepa import build_jepa, ijepa_loss
+    from training.metrics import count_flops
 
     cfg = load_config(ROOT / "configs/tiny_cpu.yaml")
     kernels.configure(attention="reference", gather="reference", device="cpu")  # CPU SDPA's backward is not counted

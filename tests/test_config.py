@@ -9,11 +9,10 @@ import pytest
 import yaml
 
 from config import ConfigError, config_from_dict, config_to_yaml, grid_size, load_config
-from pipeline import DataError
-from pipeline.loader import BatchLayout
-from training.engine import deepspeed_config
-from training.plan import schedule_steps
 from model.sizes import encoder_size
+from pipeline import DataError
+from training.engine import deepspeed_config
+from training.plan import BatchLayout, schedule_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL = ROOT / "tests" / "fixtures" / "official_configs"
@@ -319,6 +318,7 @@ def test_a_mistyped_probe_folder_fails_before_any_model_is_built(where, digit_sh
     so is a URL (only data.shards is read from a server; the probe reads a folder on this machine), without a
     request."""
     from launches import train_args, train_main
+
     from model.vit import VisionTransformer
     from util.net import free_port
 

@@ -30,12 +30,11 @@ from config.schema import SECTIONS
 from model.ema import ema_update
 from model.jepa import build_jepa, ijepa_loss
 from model.sizes import encoder_size
+from pipeline.loading.torch_backend import crop_box
 from pipeline.seeds import hashed_seed
-from pipeline.torch_source import crop_box
-from pipeline.loader import BatchLayout
-from training.loop import mask_sampler
 from training.engine import deepspeed_config
-from training.plan import schedule_steps
+from training.loop import mask_sampler
+from training.plan import BatchLayout, schedule_steps
 from training.schedules import lr_at, momentum_at, wd_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +146,7 @@ def exercise(cfg) -> None:
         top, left, h, w = crop_box(gen, height, width, cfg.data.crop_scale, cfg.data.crop_ratio)
         assert 0 <= top and 0 <= left and 0 < h <= height and 0 < w <= width, (top, left, h, w)
     torch.Generator().manual_seed(cfg.run.seed)
-    hashed_seed([cfg.run.seed, 0], (0xDA11, 0), bits=31)  # DALI's seeds (pipeline/dali_source.py)
+    hashed_seed([cfg.run.seed, 0], (0xDA11, 0), bits=31)  # DALI's seeds (pipeline/loading/dali_backend.py)
     layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size=1)
     assert deepspeed_config(cfg, layout)["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
 

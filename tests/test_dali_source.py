@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from loaders import training_loader
 
 from benchmarks.data import make_images
 from config import load_config
-from pipeline import shards as fmt
-from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
-from loaders import training_loader
+from model.inputs import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.shards.manifest import list_shards
 
 pytest.importorskip("nvidia.dali")
 
@@ -49,7 +49,7 @@ def shards(tmp_path_factory) -> Path:
 def folder_labels(shards: Path) -> dict[str, int]:
     """{key: index of its source class folder}, from the metadata shard_dataset.py stores beside each image."""
     labels = {}
-    for shard in fmt.list_shards(shards):
+    for shard in list_shards(shards):
         with tarfile.open(shard.path) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(".json"):
@@ -71,7 +71,7 @@ def test_batch_contract(shards, device, dtype):
     labels = folder_labels(shards)
     source = loader(shards, device, dtype)
     assert source.batches_per_epoch == IMAGES // BATCH
-    assert source.source.fingerprint["decode"] == ("mixed" if device == "cuda" else "cpu")
+    assert source.backend.fingerprint["decode"] == ("mixed" if device == "cuda" else "cpu")
     lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     keys = []

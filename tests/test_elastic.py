@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from checkpoint_checks import assert_target_is_the_ema_of_the_fp32_weights
-from launches import (TRAIN_SETS, launch, launch_all, logged_losses, master_port, no_shm_leftovers,  # noqa: F401
-                      ok, torchrun, train_main)
+from launches import (TRAIN_SETS, launch, launch_all, logged_losses, master_port, no_shm_leftovers, ok,  # noqa: F401
+                      torchrun, train_main)
+
 from model.official import CheckpointError
 from training.plan import RunRecord, SavedRun, check_resume, resume_layout, split_global_batch
 from training.sample_log import read_sample_log

@@ -2,8 +2,8 @@
 import torch
 
 from model.ema import ema_update, make_target_encoder
-from training.schedules import momentum_at
 from model.vit import VisionTransformer
+from training.schedules import momentum_at
 
 
 def test_fp32_target_follows_reference_ema_over_bf16_steps():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from config import load_config
-from pipeline.loader import BatchLayout
 from training.engine import deepspeed_config
+from training.plan import BatchLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 

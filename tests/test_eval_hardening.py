@@ -19,7 +19,8 @@ import shard_dataset
 from config import config_to_yaml, load_config
 from model.jepa import build_jepa
 from pipeline import DataError
-from pipeline.shards import list_shards, read_samples
+from pipeline.shards.format import read_samples
+from pipeline.shards.manifest import list_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL = ROOT / "tests" / "fixtures" / "official_tiny" / "checkpoint.pth.tar"

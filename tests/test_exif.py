@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from loaders import training_loader
 from PIL import Image, ImageOps
 
 from config import load_config
-from pipeline import shards as fmt
-from pipeline.source import imagenet_stats
-from loaders import training_loader
+from model.inputs import imagenet_stats
+from pipeline.shards.format import read_samples, read_span
+from pipeline.shards.manifest import list_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -63,8 +64,8 @@ def shards(tmp_path_factory) -> Path:
 
 
 def stored_jpegs(shards: Path) -> list[bytes]:
-    refs = [ref for refs in fmt.read_samples(fmt.list_shards(shards)) for ref in refs]
-    return [fmt.read_span(ref.shard, ref.jpg) for ref in refs]
+    refs = [ref for refs in read_samples(list_shards(shards)) for ref in refs]
+    return [read_span(ref.shard, ref.jpg) for ref in refs]
 
 
 def assert_left_to_right_ramp(pixels: torch.Tensor) -> None:

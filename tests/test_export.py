@@ -16,17 +16,17 @@ import timm
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_eval_hardening import OFFICIAL, STATES, Planted, our_client, tag_folder
 
 from evaluation.encoders import load_encoder
 from evaluation.features import eval_images
 from model.ema import make_target_encoder
 from model.export import TIMM_FALLBACK_ARCH, timm_architecture, timm_kwargs
+from model.inputs import imagenet_stats
 from model.official import load_official_checkpoint, load_strict
 from model.predictor import Predictor
 from model.sizes import VIT_SIZES
 from model.vit import VisionTransformer
-from pipeline.source import imagenet_stats
-from test_eval_hardening import OFFICIAL, STATES, Planted, our_client, tag_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = OFFICIAL.parent / "expected.pt"

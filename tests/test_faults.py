@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from launches import (Running, complete_tags, deepspeed, launch, no_shm_leftovers, ok, python, torchrun,  # noqa: F401
                       train_args, train_main)
+
 from training.distributed import remove_dead_shm_buffers
 
 SETS = ("optimization.max_steps=400", "checkpoint.every_steps=2", "checkpoint.keep_last=1")

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from launches import launch, train_main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from loaders import training_loader
 from PIL import Image
 
 import shard_dataset
 from config import load_config
 from pipeline import DataError
-from pipeline import shards as fmt
-from loaders import training_loader
+from pipeline.shards.format import INDEX_VERSION, read_span
+from pipeline.shards.manifest import MANIFEST_NAME, list_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -53,12 +54,12 @@ def dataset(tmp_path_factory) -> Path:
     # shard_dataset.py's main() in this process: test_shard_dataset.py runs its command line as a user does
     assert shard_dataset.main([str(tmp / "src"), str(tmp / "shards"), "--shard-size", "4", "--no-progress",
                                "--workers", "1"]) == 0
-    assert [s.path.name for s in fmt.list_shards(tmp / "shards")] == [f"shard-{i:06d}.tar" for i in range(3)]
+    assert [s.path.name for s in list_shards(tmp / "shards")] == [f"shard-{i:06d}.tar" for i in range(3)]
     return tmp / "shards"
 
 
 def set_index_sha(dest: Path, shard: int, digest: str) -> None:
-    path = dest / fmt.MANIFEST_NAME
+    path = dest / MANIFEST_NAME
     manifest = json.loads(path.read_text())
     manifest["shards"][shard]["index_sha256"] = digest
     path.write_text(json.dumps(manifest))
@@ -93,7 +94,7 @@ def _beyond_tar(fields, j, tar_size):
 
 def _drop_line(dest: Path) -> None:
     lines = (dest / f"{STEM}.idx").read_text().splitlines()
-    text = "\n".join([f"{fmt.INDEX_VERSION} {len(lines) - 2}"] + lines[2:]) + "\n"  # a valid index of 3 samples
+    text = "\n".join([f"{INDEX_VERSION} {len(lines) - 2}"] + lines[2:]) + "\n"  # a valid index of 3 samples
     write_index(dest, text.encode("ascii"), manifest_agrees=True)
 
 
@@ -167,10 +168,10 @@ def test_undamaged_copy_still_loads(dataset, tmp_path):
 def test_read_span_never_allocates_past_the_end_of_the_file(tmp_path):
     path = tmp_path / "s.tar"
     path.write_bytes(b"\0" * 2048)
-    assert fmt.read_span(str(path), (1024, 16)) == b"\0" * 16
+    assert read_span(str(path), (1024, 16)) == b"\0" * 16
     for span in [(0, 10**13), (2040, 9), (4096, 1)]:
         with pytest.raises(OSError, match="s.tar"):
-            fmt.read_span(str(path), span, {})
+            read_span(str(path), span, {})
 
 
 @pytest.mark.slow

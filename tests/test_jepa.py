@@ -1,8 +1,8 @@
 """The I-JEPA objective: gradients reach the context encoder and predictor only; the loss is the spec's."""
 import torch
 
-from model.ema import make_target_encoder
 from config import load_config
+from model.ema import make_target_encoder
 from model.jepa import JEPA, build_jepa, ijepa_loss, target_features
 from model.predictor import Predictor
 from model.vit import VisionTransformer

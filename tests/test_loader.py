@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from loaders import training_loader
 
 from config import load_config
-from pipeline import shards as fmt
+from model.inputs import IMAGENET_MEAN, IMAGENET_STD
 from pipeline import DataError
-from pipeline.loader import resolve_backend
-from pipeline.source import IMAGENET_MEAN, IMAGENET_STD
-from loaders import training_loader
+#FMT
+from pipeline.loading.loader import resolve_backend
+from pipeline.shards.format import parse_index
+from pipeline.shards.manifest import MANIFEST_NAME, list_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES, SHARD_SIZE = 400, 100
@@ -59,13 +61,13 @@ def dataset(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     run("shard_dataset.py", str(src), str(dest), "--shard-size", str(SHARD_SIZE), "--json", "--no-progress")
     classes = sorted(p.name for p in src.iterdir())
     expected = {}
-    for shard in fmt.list_shards(dest):
+    for shard in list_shards(dest):
         with tarfile.open(shard.path) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(".json"):
                     meta = json.loads(tar.extractfile(member).read())
                     expected[member.name.split(".")[0]] = classes.index(Path(meta["path"]).parts[-2])
-    assert len(expected) == SAMPLES and len(fmt.list_shards(dest)) == SAMPLES // SHARD_SIZE
+    assert len(expected) == SAMPLES and len(list_shards(dest)) == SAMPLES // SHARD_SIZE
     return dest, expected
 
 
@@ -252,8 +254,8 @@ def damaged_copy(shards: Path, dest: Path, shard: int, sample: int) -> tuple[Pat
     """A copy of the shards whose sample `sample` of shard `shard` no longer starts like a JPEG (the index offsets
     still point at it, the file size is unchanged); returns (tar path, key)."""
     shutil.copytree(shards, dest)
-    target = fmt.list_shards(dest)[shard]
-    members = fmt.parse_index(target.index_path.read_text())[sample]
+    target = list_shards(dest)[shard]
+    members = parse_index(target.index_path.read_text())[sample]
     offset, _, name = next((o, s, n) for ext, o, s, n in members if ext == "jpg")
     with open(target.path, "r+b") as f:
         f.seek(offset)
@@ -280,14 +282,14 @@ def test_corrupt_sample_with_skip(dataset, backend, tmp_path):
     loader = training_loader(cfg, rank=0, world_size=1, device=CPU)
     if backend == "torch":
         batches = take(loader, loader.batches_per_epoch)
-        assert loader.source.skipped == 1
+        assert loader.backend.skipped == 1
         assert key not in {k for b in batches for k in b.keys}
         assert all(b.images.shape[0] == 20 for b in batches)
     else:
         with pytest.raises(DataError, match="cannot skip") as err:
             take(loader, loader.batches_per_epoch)
         assert str(tar) in str(err.value) and key in str(err.value)
-        assert loader.source.skipped == 0
+        assert loader.backend.skipped == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -295,17 +297,17 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
     shards, _ = dataset
     dest = tmp_path / "shards"
     shutil.copytree(shards, dest)
-    target = fmt.list_shards(dest)[3]
-    entries = fmt.parse_index(target.index_path.read_text())
+    target = list_shards(dest)[3]
+    entries = parse_index(target.index_path.read_text())
     cut = next(o for ext, o, s, n in entries[60] if ext == "jpg") - 100  # samples 60.. lose their bytes
     with open(target.path, "r+b") as f:
         f.truncate(cut)
     with pytest.raises(DataError, match=target.path.name):  # the manifest records the size: caught at build
         training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     lost = {n.split(".")[0] for sample in entries[60:] for ext, o, s, n in sample}
-    manifest = json.loads((dest / fmt.MANIFEST_NAME).read_text())  # the size recorded too: the index's offsets
+    manifest = json.loads((dest / MANIFEST_NAME).read_text())  # the size recorded too: the index's offsets
     manifest["shards"][3]["bytes"] = cut                               # are checked against the tar at build
-    (dest / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (dest / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(DataError) as err:
         training_loader(make_cfg(dest, backend), rank=0, world_size=1, device=CPU)
     message = str(err.value)
@@ -323,12 +325,12 @@ def test_truncated_shard_is_named_by_shard_and_key(dataset, backend, tmp_path):
 
 def test_gpu_decode_path_names_or_skips_an_undecodable_sample(dataset):
     """decode_crop_on_gpu, run here on the CPU: the sample nvJPEG rejects is named, or replaced and reported."""
-    from pipeline.torch_source import decode_crop_on_gpu
+    from pipeline.loading.torch_backend import decode_crop_on_gpu
 
     shards, _ = dataset
-    shard = fmt.list_shards(shards)[0]
+    shard = list_shards(shards)[0]
     data = shard.path.read_bytes()
-    spans = [next((o, s) for ext, o, s, n in m if ext == "jpg") for m in fmt.parse_index(shard.index_path.read_text())]
+    spans = [next((o, s) for ext, o, s, n in m if ext == "jpg") for m in parse_index(shard.index_path.read_text())]
     jpgs = [torch.frombuffer(bytearray(data[o:o + s]), dtype=torch.uint8) for o, s in spans[:4]]
     jpgs[2] = torch.frombuffer(bytearray(b"NOT A JPEG" * 10), dtype=torch.uint8)
     keys, boxes = ["k0", "k1", "k2", "k3"], [(0, 0, 32, 32)] * 4
@@ -346,23 +348,23 @@ def test_gpu_decode_path_names_or_skips_an_undecodable_sample(dataset):
 def test_auto_backend_picks_dali_when_importable(dataset, monkeypatch):
     shards, _ = dataset
     if HAVE_DALI:
-        from pipeline.dali_source import DaliSource
+        from pipeline.loading.dali_backend import DaliBackend
 
         assert resolve_backend("auto") == "dali"
         loader = training_loader(make_cfg(shards, "auto"), rank=0, world_size=1, device=CPU)
-        assert isinstance(loader.source, DaliSource)
+        assert isinstance(loader.backend, DaliBackend)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if DALI were not installed
     assert resolve_backend("auto") == "torch"
     assert resolve_backend("dali") == "dali" and resolve_backend("torch") == "torch"
-    from pipeline.torch_source import TorchSource
+    from pipeline.loading.torch_backend import TorchBackend
 
-    assert isinstance(training_loader(make_cfg(shards, "auto"), 0, 1, CPU).source, TorchSource)
+    assert isinstance(training_loader(make_cfg(shards, "auto"), 0, 1, CPU).backend, TorchBackend)
 
 
 @pytest.mark.skipif(not HAVE_DALI, reason="DALI is not installed")
 def test_dali_label_and_key_parsing():
-    from pipeline.dali_source import parse_keys, parse_labels
-    from pipeline.shards import member_key
+    from pipeline.loading.dali_backend import parse_keys, parse_labels
+    from pipeline.shards.format import member_key
 
     ascii_labels = torch.tensor([[ord("7"), 0, 0], [ord("1"), ord("2"), ord("3")], [0, 0, 0]], dtype=torch.uint8)
     assert parse_labels(ascii_labels).tolist() == [7, 123, -1]

@@ -1,4 +1,4 @@
-"""Tests of pipeline/masks.py: the multiblock mask sampler against the spec, the official numbers and a per-sample
+"""Tests of pipeline/masks/sampler.py: the multiblock mask sampler against the spec, the official numbers and a per-sample
 reference written like the official collator (benchmarks/masks.py)."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from benchmarks.masks import ReferenceMaskCollator
-from pipeline.masks import MultiBlockMaskSampler, block_size, mask_stats, stream_seed
+from pipeline.masks.sampler import MultiBlockMaskSampler, block_size, stream_seed
+from pipeline.masks.stats import mask_stats
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = {"16x16": (224, 14), "14x14": (224, 16), "28x28": (448, 16), "14x7": ((224, 112), 16)}

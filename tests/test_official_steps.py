@@ -7,7 +7,6 @@ import json
 import sys
 
 import pytest
-
 from launches import launch, master_port, no_shm_leftovers, ok  # noqa: F401  (the fixture is autouse)
 
 # The fixture's tolerances (its README): a step one schedule step ahead moves the loss by >= 2.6e-4 relative.

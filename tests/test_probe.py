@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import torch.nn as nn
 
 from evaluation.attentive import ATTENTIVE_GRID, AttentiveClassifier, Tokens, attentive_sweep

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from launches import launch, ok
 from served import serve
+
+from pipeline import DataError
+from pipeline.remote.cache import ShardCache
+from pipeline.remote.fetch import RemoteError, RetryPolicy
+from pipeline.shards.manifest import read_manifest
 from tools.nginx import Nginx
 from util.net import free_port
-from pipeline import DataError
-from pipeline.loader import open_manifest
-from pipeline.remote import RemoteError, RetryPolicy
-from pipeline.shard_cache import ShardCache
-from pipeline.shards import read_manifest
 
 FAST = RetryPolicy(timeout_s=2.5, first_delay_s=0.2, max_delay_s=1.0)  # for a server that stays down
 PATIENT = RetryPolicy(timeout_s=10.0, first_delay_s=0.2, max_delay_s=1.0)  # for one that comes back
@@ -56,7 +55,7 @@ def own_server(small_shards, tmp_path):
 
 def open_cache(server: Nginx, cache_dir: Path, bound: int | None = None, policy: RetryPolicy = FAST) -> ShardCache:
     url = server.url("small/")
-    return ShardCache.open(url, open_manifest(url, fetch_timeout_s=policy.timeout_s), cache_dir, bound, policy)
+    return ShardCache.open(url, read_manifest(url, fetch=policy), cache_dir, bound, policy)
 
 
 def cached_files(cache: ShardCache) -> list[str]:
@@ -68,7 +67,7 @@ def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
     url = f"http://127.0.0.1:{free_port()}/shards/"
     t0 = time.monotonic()
     with pytest.raises(RemoteError) as err:
-        open_manifest(url, fetch_timeout_s=1.5)
+        read_manifest(url, fetch=RetryPolicy(1.5))
     took, message = time.monotonic() - t0, str(err.value)
     assert took < 4, took
     assert "\n" not in message and message.startswith(f"{url}manifest.json: the server could not be reached")
@@ -83,7 +82,7 @@ def test_a_server_that_answers_nothing_is_one_line_once_the_bound_is_spent():
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/shards/"
         t0 = time.monotonic()
         with pytest.raises(RemoteError) as err:
-            open_manifest(url, fetch_timeout_s=1.0)
+            read_manifest(url, fetch=RetryPolicy(1.0))
     assert 1.0 <= time.monotonic() - t0 < 3
     assert str(err.value).startswith(f"{url}manifest.json: the server sent nothing for 1 s, 1 try in 1 s ")
 
@@ -185,7 +184,7 @@ def test_503_beyond_the_bound_is_one_line_naming_the_url_and_what_the_server_sai
 @pytest.mark.slow
 def test_a_connection_cut_mid_file_is_fetched_again(own_server, small_shards, tmp_path):
     url = own_server.url("slow/small/")  # 256 KB/s: the server stops while the file streams
-    cache = ShardCache.open(url, open_manifest(url, fetch_timeout_s=PATIENT.timeout_s), tmp_path / "cache", None, PATIENT)
+    cache = ShardCache.open(url, read_manifest(url, fetch=PATIENT), tmp_path / "cache", None, PATIENT)
     shard = cache.shard_files()[2]
     cache.take_stats()
 
@@ -287,8 +286,9 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
     """The wait for the network is in the loader's next(), which the loop times as data wait."""
     from types import SimpleNamespace
 
-    from pipeline.loader import BatchLayout, build_loader
-    from pipeline.masks import MultiBlockMaskSampler
+    from pipeline.loading.loader import build_loader
+    from pipeline.masks.sampler import MultiBlockMaskSampler
+    from training.plan import BatchLayout
 
     layout = BatchLayout(batch_size=16, grad_accum=1, world_size=1)
     sampler = MultiBlockMaskSampler(input_size=32, patch_size=4, min_keep=4)
@@ -297,9 +297,10 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
         data = SimpleNamespace(shards=where, cache_dir=str(tmp_path / "cache"), cache_gb=0, fetch_timeout_s=10,
                                crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3), num_workers=0,
                                prefetch=1, shuffle_buffer=16, on_bad_sample="raise")
-        manifest = open_manifest(where, fetch_timeout_s=data.fetch_timeout_s)
-        loader = build_loader(data, sampler, seed=0, rank=0, layout=layout, manifest=manifest, backend="torch",
-                              device=torch.device("cpu"), dtype=torch.float32)
+        manifest = read_manifest(where, fetch=RetryPolicy(data.fetch_timeout_s))
+        loader = build_loader(data, sampler, seed=0, rank=0, layout=layout,
+                              steps_per_epoch=layout.steps_per_epoch(manifest.total_samples, where), manifest=manifest,
+                              backend="torch", device=torch.device("cpu"), dtype=torch.float32)
         batches = iter(loader)
         t0 = time.monotonic()
         next(batches)
@@ -313,8 +314,8 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
 def test_the_dali_reader_reads_the_cached_shards_as_it_reads_the_folder(served, small_shards, tmp_path):
     from types import SimpleNamespace
 
-    from pipeline.dali_source import DaliSource
-    from pipeline.loader import shard_files
+    from pipeline.loading.dali_backend import DaliBackend
+    from pipeline.loading.loader import shard_files
 
     data = SimpleNamespace(shards=served.url("small/"), cache_dir=str(tmp_path / "cache"), cache_gb=0,
                            fetch_timeout_s=4, crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3),
@@ -323,7 +324,7 @@ def test_the_dali_reader_reads_the_cached_shards_as_it_reads_the_folder(served, 
     batches = {}
     for where in (str(small_shards), served.url("small/")):
         shards, cache = shard_files(SimpleNamespace(**{**vars(data), "shards": where}), manifest)
-        source = DaliSource(data, 0, shards, 2, rank=1, world_size=2, device=torch.device("cpu"), batch_size=16,
+        source = DaliBackend(data, 0, shards, 2, rank=1, world_size=2, device=torch.device("cpu"), batch_size=16,
                             cache=cache)
         batches[where] = list(source.epoch_batches(0, 0))
     here, there = batches.values()

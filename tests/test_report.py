@@ -18,8 +18,8 @@ from PIL import Image
 
 import report as report_cli
 from config import config_to_yaml, load_config
-from pipeline.mask_pictures import DIM, TINT, batch_pictures, mask_picture, patch_sets, target_colour
-from pipeline.masks import MultiBlockMaskSampler
+from pipeline.masks.pictures import DIM, TINT, batch_pictures, mask_picture, patch_sets, target_colour
+from pipeline.masks.sampler import MultiBlockMaskSampler
 from reporting import ReportError
 from reporting.curves import smooth
 from reporting.pictures import pca_rgb
@@ -69,7 +69,7 @@ def test_batch_pictures_unnormalise_and_lay_out_the_first_images():
     sampler = tiny_sampler()
     ctx_idx, tgt_idx = sampler.sample(5, step=0)
     pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    from pipeline.source import imagenet_stats
+    from model.inputs import imagenet_stats
 
     mean, std = imagenet_stats("cpu")
     row = batch_pictures(((pixels.float() - mean) / std).to(torch.bfloat16), ctx_idx, tgt_idx, GRID, count=3)

@@ -10,10 +10,10 @@ import pytest
 import training.plan
 from config import config_from_dict
 from model.predictor import Predictor
+from model.vit import VisionTransformer
 from training.engine import param_groups, set_schedules
 from training.plan import plan_run
 from training.schedules import Schedules, lr_at, momentum_at, wd_at
-from model.vit import VisionTransformer
 
 WARMUP, TOTAL = 40 * 625, 300 * 625  # the paper's recipe at ImageNet-1K, global batch 2048
 OFFICIAL = json.loads((Path(__file__).parent / "fixtures" / "official_train_steps" / "schedules.json").read_text())
@@ -52,7 +52,7 @@ def official_plan(settings: dict, monkeypatch, **optimization):
     """plan_run of the case on one rank, a fresh start, over shards of `iterations_per_epoch` samples (a stand-in
     manifest: nothing is read)."""
     manifest = SimpleNamespace(total_samples=settings["iterations_per_epoch"], plan_sha256="0" * 64)
-    monkeypatch.setattr(training.plan, "open_manifest", lambda shards, **_: manifest)
+    monkeypatch.setattr(training.plan, "read_manifest", lambda shards, **_: manifest)
     return plan_run(case_config(settings, **optimization), world_size=1)
 
 

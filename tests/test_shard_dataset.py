@@ -25,10 +25,11 @@ import pytest
 from PIL import Image
 
 import shard_dataset
-from pipeline import shards as fmt
-from pipeline.image_prep import prepare_jpeg
-from pipeline.shard_writer import ShardOptions, plan_shards
-from pipeline.source_scan import scan_source
+from pipeline.shards.format import ManifestError, tar_member_bytes
+from pipeline.shards.images import prepare_jpeg
+from pipeline.shards.manifest import MANIFEST_NAME, list_shards, read_manifest
+from pipeline.shards.scan import scan_source
+from pipeline.shards.writer import ShardOptions, plan_shards
 from util.files import is_partial_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +136,9 @@ def read_members(tar_path: Path) -> dict[str, dict[str, bytes]]:
 
 def recorded_shards(dest: Path) -> int:
     """Shards the manifest of a running shard_dataset.py records as done (0 before it exists)."""
-    if not (dest / fmt.MANIFEST_NAME).exists():
+    if not (dest / MANIFEST_NAME).exists():
         return 0
-    return len(fmt.read_manifest(dest, check="none", allow_incomplete=True).shards)
+    return len(read_manifest(dest, check="none", allow_incomplete=True).shards)
 
 
 def live_processes_in_group(pgid: int) -> list[int]:
@@ -176,10 +177,10 @@ def reference(imagenet, tmp_path_factory):
 def test_every_good_image_once_with_its_label_and_every_bad_one_listed(imagenet, reference):
     src, good, bad = imagenet
     dest, proc, _ = reference
-    manifest = fmt.read_manifest(dest, check="checksum")
+    manifest = read_manifest(dest, check="checksum")
     assert manifest.status == "complete" and manifest.classes == CLASSES
     seen = {}
-    for shard in fmt.list_shards(dest, manifest):
+    for shard in list_shards(dest, manifest):
         samples = read_members(shard.path)
         assert len(samples) == shard.samples
         for key, sample in samples.items():
@@ -218,7 +219,7 @@ def test_src_is_never_modified(imagenet, reference):
 def test_index_files_are_what_dali_wds2idx_writes(reference, tmp_path):
     wds2idx = pytest.importorskip("wds2idx")  # ships in the DALI wheel
     dest, _, _ = reference
-    for shard in fmt.list_shards(dest):
+    for shard in list_shards(dest):
         with wds2idx.IndexCreator(str(shard.path), str(tmp_path / "ref.idx"), verbose=False) as creator:
             creator.create_index()
         assert shard.index_path.read_bytes() == (tmp_path / "ref.idx").read_bytes(), shard.index_path
@@ -230,7 +231,7 @@ def test_read_back_with_webdataset(imagenet, reference):
 
     _, good, _ = imagenet
     dest, _, _ = reference
-    urls = [str(s.path) for s in fmt.list_shards(dest)]
+    urls = [str(s.path) for s in list_shards(dest)]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(samples) == len(good)
     assert all(isinstance(s["jpg"], Image.Image) and s["jpg"].mode == "RGB" for s in samples)
@@ -244,7 +245,7 @@ def test_read_back_with_dali_cpu_using_the_index_files(imagenet, reference, capf
 
     _, good, _ = imagenet
     dest, _, _ = reference
-    shards = fmt.list_shards(dest)
+    shards = list_shards(dest)
 
     @dali.pipeline_def
     def read(paths, index_paths):
@@ -314,16 +315,16 @@ def test_run_killed_with_sigkill_then_rerun_gives_the_uninterrupted_shards(image
         if live_processes_in_group(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    partial = fmt.read_manifest(killed, check="none", allow_incomplete=True)
+    partial = read_manifest(killed, check="none", allow_incomplete=True)
     assert partial.status == "in_progress" and len(partial.shards) < partial.planned_shards, "the run was not cut"
-    with pytest.raises(fmt.ManifestError, match="has not finished"):
-        fmt.read_manifest(killed)
+    with pytest.raises(ManifestError, match="has not finished"):
+        read_manifest(killed)
     rerun = run_main(src, killed, "--shard-size", 4, "--workers", 2, "--json", "--seed", 3)  # the resume, in process
     assert rerun.returncode == 0, rerun.stderr
     assert "kept from an earlier run" in rerun.stderr and " 0 kept" not in rerun.stderr
     assert shard_files(killed) == shard_files(dest)
     assert not [p for p in killed.iterdir() if is_partial_name(p.name)]
-    fmt.read_manifest(killed, check="checksum")
+    read_manifest(killed, check="checksum")
 
 
 @pytest.mark.slow
@@ -332,13 +333,13 @@ def test_rerun_keeps_valid_shards_and_rebuilds_a_damaged_one(imagenet, tmp_path,
     dest = tmp_path / "shards"
     assert run_main(src, dest, "--shard-size", 8, "--workers", 1).returncode == 0
     expected = shard_files(dest)
-    victim = fmt.list_shards(dest)[1].path
+    victim = list_shards(dest)[1].path
     damaged = bytearray(victim.read_bytes())
     damaged[700] ^= 0xFF  # same size: only the checksum can tell
     victim.write_bytes(bytes(damaged))
-    with pytest.raises(fmt.ManifestError, match=victim.name):
-        fmt.read_manifest(dest, check="checksum")
-    (dest / fmt.list_shards(dest)[2].index_path.name).unlink()
+    with pytest.raises(ManifestError, match=victim.name):
+        read_manifest(dest, check="checksum")
+    (dest / list_shards(dest)[2].index_path.name).unlink()
     rerun = run_cli(src, dest, "--shard-size", 8, "--workers", 1)  # the real CLI: a worker names the rebuilt shard
     assert rerun.returncode == 0, rerun.stderr
     assert "2 written now" in rerun.stderr and victim.name in rerun.stderr
@@ -363,7 +364,7 @@ def test_foreign_dest_is_refused_unless_overwrite(imagenet, tmp_path, run_main):
     assert refused.returncode == 1 and "no manifest.json" in refused.stderr
     replaced = run_main(src, dest, "--shard-size", 8, "--workers", 1, "--seed", 1, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
-    assert shard_files(dest) != before and fmt.read_manifest(dest, check="checksum").options["seed"] == 1
+    assert shard_files(dest) != before and read_manifest(dest, check="checksum").options["seed"] == 1
 
 
 def test_strict_makes_a_bad_input_an_error(imagenet, tmp_path, run_main):
@@ -403,10 +404,10 @@ def test_unlabeled_flat_folder_header_check_and_max_size(tmp_path, run_main):
     (src / "cut.jpg").write_bytes(small[:-300])  # within --max-size: only the header check sees it
     proc = run_main(src, tmp_path / "out", "--labels", "none", "--verify", "header", "--max-size", 40, "--workers", 1)
     assert proc.returncode == 0, proc.stderr
-    manifest = fmt.read_manifest(tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
     assert manifest.classes is None and manifest.total_samples == 2
     assert [e["path"] for e in manifest.skipped] == ["cut.jpg"] and "end-of-image" in manifest.skipped[0]["reason"]
-    samples = read_members(fmt.list_shards(tmp_path / "out")[0].path)
+    samples = read_members(list_shards(tmp_path / "out")[0].path)
     assert all(set(s) == {"jpg"} for s in samples.values())
     sizes = sorted(Image.open(io.BytesIO(s["jpg"])).size for s in samples.values())
     assert sizes == [(20, 30), (40, 30)]
@@ -429,10 +430,10 @@ def test_a_side_over_jpegs_limit_is_resized_to_fit_and_reported(tmp_path, run_ma
                  f"{limit}", f"a/wide2.png: resized from 70,000×2 to 65,500×2: {limit}",
                  f"a/tall.png: resized from 1×90,000 to 1×65,500: {limit}"):
         assert line in proc.stderr, proc.stderr
-    manifest = fmt.read_manifest(tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
     assert [e["path"] for e in manifest.skipped] == ["a/thread.png"], manifest.skipped
     assert limit in manifest.skipped[0]["reason"] and "under 1 pixel" in manifest.skipped[0]["reason"]
-    samples = read_members(fmt.list_shards(tmp_path / "out")[0].path)
+    samples = read_members(list_shards(tmp_path / "out")[0].path)
     sizes = sorted(Image.open(io.BytesIO(s["jpg"])).size for s in samples.values())
     assert sizes == [(1, 65_500), (8, 8), (65_500, 1), (65_500, 2)]
 
@@ -447,7 +448,7 @@ def test_byte_cap_is_exact_for_copied_jpegs(imagenet):
     plan = plan_shards(scan, options)
     assert len(plan) > 2 and sum(len(p.members) for p in plan) == len(copied)
     for shard in plan:
-        estimate = sum(fmt.tar_member_bytes(f.size) + fmt.tar_member_bytes(len(str(f.label))) for _, f in shard.members)
+        estimate = sum(tar_member_bytes(f.size) + tar_member_bytes(len(str(f.label))) for _, f in shard.members)
         assert estimate <= 6000 or len(shard.members) == 1
 
 
@@ -479,7 +480,7 @@ def test_shard_size_flag_takes_samples_bytes_or_both():
 
 
 def test_round_balance_warns_when_the_last_round_of_shards_leaves_workers_idle():
-    from pipeline.shard_writer import round_balance
+    from pipeline.shards.writer import round_balance
 
     imagenet = [(9_100, 10**9)] * 141  # ImageNet train at the default 1 GB shards
     assert round_balance(imagenet, 16) is None  # 9 rounds, 98% used

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from loaders import training_loader
 
 from config import load_config
-from loaders import training_loader
 from pipeline import DataError
-from pipeline import shards as fmt
+from pipeline.shards.format import member_key, parse_index
+from pipeline.shards.manifest import list_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 16
@@ -35,10 +36,10 @@ def make_cfg(shards: Path, backend: str, **data):
 
 def damage(dest: Path, how: str) -> tuple[Path, set[str]]:
     """Deletes the last shard of `dest`, or cuts it before its sample 60; (its tar, the keys it no longer holds)."""
-    target = fmt.list_shards(dest)[-1]
-    entries = fmt.parse_index(target.index_path.read_text())
+    target = list_shards(dest)[-1]
+    entries = parse_index(target.index_path.read_text())
     first_lost = 0 if how == "delete" else 60
-    lost = {fmt.member_key(name) for sample in entries[first_lost:] for _, _, _, name in sample}
+    lost = {member_key(name) for sample in entries[first_lost:] for _, _, _, name in sample}
     if how == "delete":
         target.path.unlink()
     else:
@@ -62,7 +63,7 @@ def test_torch_shard_gone_mid_run_is_one_line_naming_it(digit_shards, tmp_path, 
     assert message.startswith(f"shard {tar}, sample ") and "\n" not in message, message
     assert message.split(", sample ")[1].split(":")[0] in lost, message
     assert ("deleted" if how == "delete" else "truncated") in message and "resume" in message, message
-    assert loader.source.skipped == 0
+    assert loader.backend.skipped == 0
 
 
 CHILD = """
@@ -92,7 +93,7 @@ def test_dali_shard_gone_mid_run_is_one_line_naming_it(digit_shards, tmp_path, h
     pytest.importorskip("nvidia.dali")
     dest = tmp_path / "shards"
     shutil.copytree(digit_shards["train"], dest)
-    tar = fmt.list_shards(dest)[-1].path
+    tar = list_shards(dest)[-1].path
     proc = subprocess.run([sys.executable, "-c", CHILD, str(dest), how], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     first = next((line for line in proc.stderr.splitlines() if line.strip()), "")

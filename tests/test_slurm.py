@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from launches import (TRAIN_SETS, complete_tags, environment, logged_losses, no_shm_leftovers, start,  # noqa: F401
+                      torchrun)
+from slurm_cluster import LocalSlurm, unavailable
 
 import train
-from launches import (TRAIN_SETS, complete_tags, environment, logged_losses, no_shm_leftovers,  # noqa: F401
-                      start, torchrun)
-from slurm_cluster import LocalSlurm, unavailable
 from training import TrainingError
 from training.distributed import cuda_index
 from training.faults import Peers, StopSignal

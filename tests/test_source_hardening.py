@@ -24,11 +24,12 @@ import webdataset as wds
 from PIL import Image
 
 import shard_dataset
-from pipeline import shards as fmt
-from pipeline.image_prep import BadInput, prepare_jpeg
 from pipeline import DataError
-from pipeline.shard_writer import RunSettings, ShardOptions, build_shards
-from pipeline.source_scan import scan_source
+from pipeline.shards.images import BadInput, prepare_jpeg
+from pipeline.shards.manifest import list_shards, read_manifest
+from pipeline.shards.scan import scan_source
+#FMT
+from pipeline.shards.writer import RunSettings, ShardOptions, build_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,7 +243,7 @@ def test_a_source_replaced_by_same_size_content_rebuilds_exactly_its_shard(tmp_p
     shutil.copytree(src, tmp_path / "fresh_src", symlinks=True)
     build_shards(tmp_path / "fresh_src", tmp_path / "fresh", options, settings)
     assert after == {p.name: p.read_bytes() for p in (tmp_path / "fresh").iterdir() if p.suffix == ".tar"}
-    fmt.read_manifest(dest, check="checksum")
+    read_manifest(dest, check="checksum")
 
 
 # ------------------------------------------------------------------------------------------------ everything at once
@@ -310,13 +311,13 @@ def test_hostile_inputs_through_the_cli_are_skipped_with_accurate_reasons(tmp_pa
                            "--shard-size", "4", "--workers", "2", "--json"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    manifest = fmt.read_manifest(dest, check="checksum")
+    manifest = read_manifest(dest, check="checksum")
     skipped = {e["path"]: e["reason"] for e in manifest.skipped}
     assert set(skipped) == set(bad), set(skipped) ^ set(bad)
     for path, fragment in bad.items():
         assert fragment.lower() in skipped[path].lower(), (path, skipped[path])
     written = []
-    for shard in fmt.list_shards(dest, manifest):
+    for shard in list_shards(dest, manifest):
         for sample in wds.WebDataset(str(shard.path), shardshuffle=False):
             written.append(json.loads(sample["json"])["path"])
             assert Image.open(io.BytesIO(sample["jpg"])).mode in ("RGB", "L")

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import torch
-
 from checkpoint_checks import assert_target_is_the_ema_of_the_fp32_weights
 from launches import (complete_tags, deepspeed, launch, logged_losses, no_shm_leftovers, ok, python,  # noqa: F401
                       start, summary, torchrun, train_args, train_main)

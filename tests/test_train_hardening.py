@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from launches import (complete_tags, error_lines, launch, no_shm_leftovers, python, start, summary,  # noqa: F401
+                      torchrun, train_args, train_main)
 
-from launches import (complete_tags, error_lines, launch, no_shm_leftovers, python, start,  # noqa: F401
-                      summary, torchrun, train_args, train_main)
-from pipeline import shards as fmt
+from pipeline.shards.format import parse_index
+from pipeline.shards.manifest import list_shards
 
 pytestmark = pytest.mark.slow
 SETS = ("checkpoint.every_steps=2", "checkpoint.keep_last=1")  # the trained run's
@@ -128,6 +129,7 @@ def test_a_config_error_a_data_error_and_a_refused_resume_each_print_one_line(tr
     from config import ConfigError, load_config
     from model.official import CheckpointError
     from pipeline import DataError
+    #FMT
     from training.plan import ResumeRequest, plan_run
     from util.errors import UserError
 
@@ -240,8 +242,8 @@ def test_full_disk_is_named_with_sizes_before_writing(shards, tmp_path):
 def test_skipped_samples_are_logged_written_and_monitored(shards, tmp_path):
     bad = tmp_path / "shards"
     shutil.copytree(shards, bad)
-    shard = fmt.list_shards(bad)[0]
-    members = fmt.parse_index(shard.index_path.read_text())
+    shard = list_shards(bad)[0]
+    members = parse_index(shard.index_path.read_text())
     with open(shard.path, "r+b") as f:
         for sample in members[:3]:  # three samples of the first shard no longer start like a JPEG
             offset = next(o for ext, o, _, _ in sample if ext == "jpg")

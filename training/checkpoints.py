@@ -448,7 +448,7 @@ def restore(engine, target, load_dir: Path, tag: str) -> dict:
 def restore_saved(engine, target, loader, plan, out_dir: Path) -> int:
     """Restores what `plan.saved` holds into the engine, the target encoder and the loader; returns the step the run
     goes on from (0 for a fresh start). A checkpoint of another world size is converted first (rank 0); a loader of
-    another layout continues where the saved ranks stopped (pipeline.loader.Loader.continue_from). When the global
+    another layout continues where the saved ranks stopped (pipeline.loading.loader.Loader.continue_from). When the global
     batch changed (--keep-per-gpu-batch) the step count goes on (checkpoint tags and logs stay monotonic) while the
     schedules go on at the plan's shift. First the ranks check they chose the same checkpoint (each chose it alone,
     resolve_resume)."""

@@ -12,7 +12,7 @@ from config import Config, ConfigError
 from model.compile import compile_blocks
 from model.jepa import build_jepa, target_features
 from training.checkpoints import deepspeed_safe_types, load_states_file
-from pipeline.loader import BatchLayout
+from training.plan import BatchLayout
 from training.schedules import Schedules, lr_at, momentum_at, wd_at
 
 logger = logging.getLogger(__name__)

@@ -19,17 +19,16 @@ import torch
 
 import kernels
 from config import Config, ConfigError, config_to_yaml, grid_size, training_dtype
-from pipeline.loader import Loader, build_loader
-from pipeline.mask_pictures import batch_pictures
-from pipeline.masks import MultiBlockMaskSampler
+from pipeline.loading.loader import Loader, build_loader
+from pipeline.masks.pictures import batch_pictures
+from pipeline.masks.sampler import MultiBlockMaskSampler
 from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
 from training.distributed import (agree, gather, on_rank0, release_shm_buffers, remove_dead_shm_buffers,
                                   setup_distributed, single_process_env)
 from training.engine import build_engine, build_monitor, micro_step, set_schedules, write_image
-from training.faults import (Peers, StopSignal, Watchdog, exit_now, folder_id, is_comm_failure,
-                             quiet_threads_while)
+from training.faults import Peers, StopSignal, Watchdog, exit_now, folder_id, is_comm_failure, quiet_threads_while
 from training.metrics import IntervalTimer, collapse_diagnostics, count_flops, format_eta, peak_tflops
 from training.plan import ResumeRequest, RunPlan, plan_run
 from training.run_dir import SPACE_MARGIN, check_space, locked_out_dir
@@ -53,7 +52,8 @@ def build_training_loader(cfg: Config, plan: RunPlan, rank: int, device: torch.d
     """The loader of `rank` in the run `plan` (its batch layout, manifest and backend; pipeline/ receives these
     values and never reads the config); images in the training dtype unless `dtype` is given."""
     return build_loader(cfg.data, mask_sampler(cfg), seed=cfg.run.seed, rank=rank, layout=plan.layout,
-                        manifest=plan.manifest, backend=plan.backend, device=device, dtype=dtype or training_dtype(cfg))
+                        steps_per_epoch=plan.steps_per_epoch, manifest=plan.manifest, backend=plan.backend,
+                        device=device, dtype=dtype or training_dtype(cfg))
 
 
 class LoopState:
@@ -308,7 +308,7 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
         watchdog.disarm()
     bar.close()
     seconds = time.perf_counter() - started
-    cached = cache_totals(loader) if loader.source.cache is not None else None  # a collective: every rank calls it
+    cached = cache_totals(loader) if loader.backend.cache is not None else None  # a collective: every rank calls it
     if run.rank == 0:
         write_summary(out_dir, step - first_step + 1, seconds, plan.layout, skipped, cached)
     return 0
@@ -317,7 +317,7 @@ def train(run: Run, stop: StopSignal, make_probe, watchdog: Optional[Watchdog] =
 def cache_totals(loader) -> dict:
     """What the shard caches of all ranks did (data.shards a URL): bytes from the network, bytes read from the
     cached files, and the share of lookups that found their file cached; a collective."""
-    network, read, lookups, hits = (sum(col) for col in zip(*gather(loader.source.cache.stats.as_tuple())))
+    network, read, lookups, hits = (sum(col) for col in zip(*gather(loader.backend.cache.stats.as_tuple())))
     return {"data_network_bytes": network, "data_cache_read_bytes": read,
             "data_cache_hit_rate": hits / lookups if lookups else None}
 
@@ -325,7 +325,7 @@ def cache_totals(loader) -> dict:
 def skipped_samples(loader) -> int:
     """Samples skipped as unreadable (data.on_bad_sample: skip) by all ranks since the run began (resumes included);
     a collective: every rank calls it."""
-    return sum(gather(loader.source.skipped))
+    return sum(gather(loader.backend.skipped))
 
 
 def progress_bar(enabled: bool, total: int, initial: int):

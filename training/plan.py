@@ -25,8 +25,10 @@ from typing import Any, Optional
 
 from config import Config, ConfigError
 from model.official import CheckpointError
-from pipeline.loader import BatchLayout, open_manifest, resolve_backend
-from pipeline.shards import Manifest
+from pipeline import DataError
+from pipeline.loading.loader import resolve_backend
+from pipeline.remote.fetch import RetryPolicy
+from pipeline.shards.manifest import Manifest, read_manifest
 from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags, resolve_resume
 from training.run_dir import check_not_in_use
 from training.schedules import Schedules
@@ -48,6 +50,32 @@ IDENTITY_KEYS = {
 }
 BATCH_KEYS = ("data.batch_size", "optimization.grad_accum")
 SCHEDULE_KEYS = ("global batch size", "schedule: steps per epoch", "schedule: warmup steps", "schedule: total steps")
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step is cut: `batch_size` samples per rank and micro step, `grad_accum` micro steps per
+    optimizer step, `world_size` data-parallel ranks. The one place the global batch and the steps per epoch are
+    computed."""
+
+    batch_size: int
+    grad_accum: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def steps_per_epoch(self, num_samples: int, shards: str) -> int:
+        """Optimizer steps in an epoch of `num_samples` (the last partial global batch is dropped); a DataError
+        naming the `shards` folder when there is not one."""
+        steps = num_samples // self.global_batch
+        if steps < 1:
+            raise DataError(f"data.shards {shards}: {num_samples} samples make no full global batch of "
+                            f"{self.global_batch} (data.batch_size {self.batch_size} x optimization.grad_accum "
+                            f"{self.grad_accum} x {self.world_size} ranks): use more data or a smaller "
+                            f"data.batch_size")
+        return steps
 
 
 @dataclass(frozen=True)
@@ -139,9 +167,9 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     `request.resume` names. Raises DataError (the shards), CheckpointError (the checkpoint, or a resume refused:
     other settings, a world size that cannot split the global batch)."""
     saved = saved_run(request.resume, Path(cfg.run.out_dir))
-    manifest = open_manifest(cfg.data.shards, fetch_timeout_s=cfg.data.fetch_timeout_s)
+    manifest = read_manifest(cfg.data.shards, fetch=RetryPolicy(cfg.data.fetch_timeout_s), key="data.shards")
     if cfg.logging.probe_every:  # read on rank 0 after the model is built: a typo would cost the whole set-up
-        open_manifest(cfg.logging.probe_shards, "logging.probe_shards")
+        read_manifest(cfg.logging.probe_shards, key="logging.probe_shards")
     requested = (cfg.data.batch_size, cfg.optimization.grad_accum)
     layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size,
                                                                request.keep_per_gpu_batch)

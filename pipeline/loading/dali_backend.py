@@ -1,14 +1,14 @@
-"""The DALI source: webdataset shards → decode with the random crop fused in → resize → normalize, on the GPU
+"""The DALI backend: webdataset shards → decode with the random crop fused in → resize → normalize, on the GPU
 (`device="mixed"`, nvJPEG / the hardware JPEG decoder) or, with no CUDA device, on the CPU (device_id=None).
 
-The only module that imports DALI. `DaliSource` implements the loader's Source protocol (pipeline/source.py):
+The only module that imports DALI. `DaliBackend` implements the loader's Backend protocol (pipeline/loading/backend.py):
 
-    source = DaliSource(data, seed, list_shards(dest), batches_per_epoch, rank, world_size, device, batch_size, dtype)
-    for images, labels, keys in source.epoch_batches(epoch, start): ...
+    backend = DaliBackend(data, seed, list_shards(dest), batches_per_epoch, rank, world_size, device, batch_size, dtype)
+    for images, labels, keys in backend.epoch_batches(epoch, start): ...
 
 Every rank indexes every shard and DALI's reader splits the samples (shard_id=rank, num_shards=world_size); a
 pass of the reader is one loader epoch, its surplus batches dropped. Resume restores DALI's own reader checkpoint. A
-sample DALI cannot decode stops the pipeline; the source then names its shard and key. A shard deleted or cut while
+sample DALI cannot decode stops the pipeline; the backend then names its shard and key. A shard deleted or cut while
 the run reads it is named as such (the reader reads the shards, never maps them: a mapped file cut under the reader
 kills the process with SIGBUS, no message). DALI cannot skip a sample (NVIDIA/DALI#3913), and DALI 2.4's decoders
 can die with SIGSEGV on some batches holding a bad JPEG. The epoch and rank arithmetic, the resume, the keys, the
@@ -27,12 +27,13 @@ import torch
 from nvidia.dali import Pipeline, fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from model.inputs import IMAGENET_MEAN, IMAGENET_STD
 from pipeline import DataError
+from pipeline.loading.backend import SHARD_CHANGED_TODO, shard_change, shard_sizes
+from pipeline.remote.cache import CacheStats, ShardCache
 from pipeline.seeds import hashed_seed
-from pipeline.shards import (ManifestError, SampleRef, ShardFile, member_key, parse_index, read_index, read_samples,
-                             read_span)
-from pipeline.shard_cache import CacheStats, ShardCache
-from pipeline.source import IMAGENET_MEAN, IMAGENET_STD, SHARD_CHANGED_TODO, shard_change, shard_sizes
+from pipeline.shards.format import (ManifestError, SampleRef, ShardFile, member_key, parse_index, read_index,
+                                    read_samples, read_span)
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def parse_keys(source_info: torch.Tensor) -> list[str]:
 
 def dali_seed(seed: int, rank: int, stream: int) -> int:
     """A 31-bit seed for DALI hashed from (run.seed, rank), one per stream (0: operators, 1: reader shuffle); distinct
-    from the mask sampler's streams (pipeline.masks.stream_seed)."""
+    from the mask sampler's streams (pipeline.masks.sampler.stream_seed)."""
     return hashed_seed([seed, rank], (0xDA11, stream), bits=31)
 
 
@@ -153,8 +154,10 @@ def fetch_for_dali(cache: ShardCache, shards: list[ShardFile], rank: int, world_
     cache.ensure_all([s.path for s in shards[start:] + shards[:start]])
 
 
-class DaliSource:
-    """Source of the loader (pipeline/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
+class DaliBackend:
+    """Backend of the loader (pipeline/loading/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
+
+    name = "DALI"  # in the log
 
     takes_offset = False  # DALI's reader splits each pass by (shard_id, num_shards): it cannot start mid-order
 
@@ -200,7 +203,7 @@ class DaliSource:
         self._checkpoint: Optional[bytes] = None  # what the next pipeline is built from (DALI's serialized bytes)
         self._returned: set[str] = set()  # keys handed out in the current epoch (narrows down a bad sample)
         self._failed: Optional[DataError] = None
-        self._dead: list = []  # failed pipelines, freed with this source (not mid-failure)
+        self._dead: list = []  # failed pipelines, freed with this backend (not mid-failure)
         self._order: Optional[list[list[SampleRef]]] = None
         if self.on_bad_sample == "skip":
             logger.warning("data.on_bad_sample: skip does not apply to the DALI backend: a sample DALI cannot decode "
@@ -216,12 +219,12 @@ class DaliSource:
     def epoch_batches(self, epoch: int, start: int, offset: int = 0,
                       batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         if offset or batches not in (None, self.batches_per_epoch):
-            raise ValueError(f"DALI source: an epoch starts at its first sample and has {self.batches_per_epoch} "
+            raise ValueError(f"DALI backend: an epoch starts at its first sample and has {self.batches_per_epoch} "
                              f"batches (asked: offset {offset}, {batches} batches)")
         if self._failed is not None:
             raise self._failed
         if (epoch, start) != (self._epoch, self._batch):
-            raise DataError(f"DALI source of rank {self.rank} is at epoch {self._epoch} batch {self._batch}, asked "
+            raise DataError(f"DALI backend of rank {self.rank} is at epoch {self._epoch} batch {self._batch}, asked "
                             f"for epoch {epoch} batch {start}: a DALI pipeline only goes on from where it is; resume "
                             f"through Loader.load_state_dict with the state saved at that batch")
         if self._iter is None:
@@ -328,7 +331,7 @@ class DaliSource:
 
     def _changed_shard(self, said: str) -> Optional[str]:
         """"shard <path>[, sample <key>]: the shard <how it changed>" for the first shard deleted, moved or resized
-        since this source started (not a bad sample: data.on_bad_sample does not apply); None when none was. The key
+        since this backend started (not a bad sample: data.on_bad_sample does not apply); None when none was. The key
         comes from DALI's words when they name a line of its index."""
         for shard in self.shards:
             change = shard_change(str(shard.path), self.shard_bytes[str(shard.path)])

@@ -4,7 +4,7 @@ and s3fs for buckets, which takes its credentials from the usual AWS environment
 Every request is retried with exponential backoff within a bounded total wait (`RetryPolicy`); a file is fetched
 to a local path while its sha256 is computed, and is good only when its size and sha256 are the manifest's. What
 the server did, when the wait runs out, is one line naming the URL (`RemoteError`). The local cache that uses this
-is pipeline/shard_cache.py.
+is pipeline/remote/cache.py.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from pipeline import DataError
-from pipeline.shards import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -181,21 +180,3 @@ class _Sink:
 
     def close(self) -> None:
         pass  # the caller closes `out`
-
-
-def upload_shards(folder: Path, manifest: Manifest, url: str, policy: RetryPolicy) -> int:
-    """Puts a shard folder at `url`: its tars and indexes, then its manifest, so that nobody reads a manifest whose
-    shards are not there yet; returns the bytes sent. An HTTP server must take PUT."""
-    names = [n for r in manifest.shards if r.samples > 0 for n in (r.name, r.index_name)]
-    return upload(folder, names + [MANIFEST_NAME], url, policy)
-
-
-def upload(folder: Path, names: list[str], url: str, policy: RetryPolicy) -> int:
-    """Puts folder/name at url/name for each name, in order; returns the bytes sent."""
-    fs, sent = filesystem(url, policy), 0
-    put = {"method": "put"} if url.startswith(HTTP) else {}
-    for name in names:
-        target = join(url, name)
-        with_retries(target, lambda: fs.put_file(str(folder / name), target, **put), policy)
-        sent += (folder / name).stat().st_size
-    return sent

@@ -1,4 +1,4 @@
-"""The PyTorch source: random access into the shards through their index files, torchvision decode and crop.
+"""The PyTorch backend: random access into the shards through their index files, torchvision decode and crop.
 
 An epoch is one seeded permutation of all samples (the global order) of which rank r takes every world_size-th,
 starting at the epoch's offset (0, or where the ranks of a run with another world size stopped); a resume starts at
@@ -20,10 +20,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import resized_crop
 
 from pipeline import DataError
+from pipeline.loading.backend import SHARD_CHANGED_TODO, shard_change, shard_sizes
+from pipeline.remote.cache import ShardCache
 from pipeline.seeds import hashed_seed
-from pipeline.shard_cache import ShardCache
-from pipeline.shards import SampleRef, ShardFile, read_samples, read_span
-from pipeline.source import SHARD_CHANGED_TODO, shard_change, shard_sizes
+from pipeline.shards.format import SampleRef, ShardFile, read_samples, read_span
 from util.processes import forking_workers
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EpochBatches(Dataset):
         self.samples, self.order, self.batch_size = samples, order, batch_size
         self.crop_size, self.scale, self.ratio, self.seed = crop_size, scale, ratio, seed
         self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
-        self.shard_bytes = shard_bytes  # {shard: size when the source started}, to say how a shard that fails changed
+        self.shard_bytes = shard_bytes  # {shard: size when the backend started}, to say how a shard that fails changed
         self.cache = cache  # data.shards a URL: the shards are read through the node's cache, opened per read
         self._files = {}
 
@@ -194,8 +194,10 @@ def _worker_start(_: int) -> None:
         dataset.cache.forked()
 
 
-class TorchSource:
-    """Source (pipeline/source.py) over all shards; `data` is the config's data section."""
+class TorchBackend:
+    """Backend (pipeline/loading/backend.py) over all shards; `data` is the config's data section."""
+
+    name = "PyTorch"  # in the log
 
     takes_offset = True  # an epoch can start at any sample of its global order
 

@@ -32,25 +32,14 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline import DataError
-from pipeline.remote import RetryPolicy, fetch_file, join, read_json
-from pipeline.shards import (MANIFEST_NAME, STATUS_COMPLETE, Manifest, ManifestError, ShardFile, manifest_from_dict,
-                             read_span)
+from pipeline.remote.fetch import RetryPolicy, fetch_file, join, read_json
+from pipeline.shards.format import ManifestError, ShardFile, read_span
+from pipeline.shards.manifest import MANIFEST_NAME, STATUS_COMPLETE, Manifest, manifest_from_dict
 
 logger = logging.getLogger(__name__)
 
 FETCH_THREADS = 4  # files downloaded at once by the prefetcher
 WAIT_FOR_ROOM_S = 0.2  # poll interval while downloads of other processes hold the room a fetch needs
-
-
-def remote_manifest(url: str, policy: RetryPolicy) -> Manifest:
-    """URL/manifest.json, fetched and checked as read_manifest checks a local one (the files are checked as they
-    arrive)."""
-    where = join(url, MANIFEST_NAME)
-    manifest = manifest_from_dict(read_json(where, policy), where)
-    if manifest.status != STATUS_COMPLETE:
-        raise ManifestError(f"{where}: the shard_dataset.py run that wrote it had not finished ({len(manifest.shards)} "
-                            f"of {manifest.planned_shards} shards); finish it and upload the folder again")
-    return manifest
 
 
 @dataclass

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from pipeline import DataError
-from pipeline.shards import MANIFEST_NAME, Manifest, ManifestError, read_manifest
+from pipeline.shards.format import ManifestError
+from pipeline.shards.manifest import MANIFEST_NAME, Manifest, read_manifest
 from util.files import is_partial_name
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.source import imagenet_stats
+from model.inputs import imagenet_stats
 
 # Target block k's colour: matplotlib's tab10 after its blue (kept for nothing: the context is the image itself).
 TARGET_COLOURS = np.array([(255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),

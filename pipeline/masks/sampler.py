@@ -120,7 +120,7 @@ class MaskSample:
     resampled: torch.Tensor  # (B,) bool: redrawn by the fixed policy
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -146,11 +146,11 @@ def _check_range(name: str, value: object, upper: float | None) -> tuple[float, 
 
 def _check_grid(input_size: object, patch_size: object, exclude_edges: bool) -> tuple[int, int]:
     """(H, W) in patches; the official collator floors input_size / patch_size the same way."""
-    patch = _check_int("patch_size", patch_size, 1)
+    patch = check_int("patch_size", patch_size, 1)
     sizes = (input_size, input_size) if isinstance(input_size, (int, np.integer)) else input_size
     if not isinstance(sizes, Sequence) or len(sizes) != 2:
         raise ValueError(f"input_size must be an int or a pair (height_px, width_px), got {input_size!r}")
-    grid = tuple(_check_int("input_size", s, 1) // patch for s in sizes)
+    grid = tuple(check_int("input_size", s, 1) // patch for s in sizes)
     smallest = 2 if exclude_edges else 1  # with excluded edges a block needs a row and column left over
     if min(grid) < smallest:
         raise ValueError(f"input_size={input_size!r} with patch_size={patch} gives a {grid[0]}x{grid[1]} grid; "
@@ -188,11 +188,11 @@ class MultiBlockMaskSampler:
         self.enc_mask_scale = _check_range("enc_mask_scale", enc_mask_scale, 1.0)
         self.pred_mask_scale = _check_range("pred_mask_scale", pred_mask_scale, 1.0)
         self.aspect_ratio = _check_range("aspect_ratio", aspect_ratio, None)
-        self.nenc = _check_int("nenc", nenc, 1)
-        self.npred = _check_int("npred", npred, 1)
-        self.min_keep = _check_int("min_keep", min_keep, 0)
+        self.nenc = check_int("nenc", nenc, 1)
+        self.npred = check_int("npred", npred, 1)
+        self.min_keep = check_int("min_keep", min_keep, 0)
         self.allow_overlap = _check_bool("allow_overlap", allow_overlap)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         self.tie_aspect_to_scale = _check_bool("tie_aspect_to_scale", tie_aspect_to_scale)
         if truncation not in ("raster", "random"):
             raise ValueError(f"truncation must be 'raster' or 'random', got {truncation!r}")
@@ -234,11 +234,11 @@ class MultiBlockMaskSampler:
                     raise ValueError(f"{name}={value!r} is only used with length_policy='fixed', "
                                      f"not {self.length_policy!r}")
             return None, None
-        pred = self.min_pred_area if pred_len is None else _check_int("fixed_pred_len", pred_len, 1)
+        pred = self.min_pred_area if pred_len is None else check_int("fixed_pred_len", pred_len, 1)
         if pred > self.min_pred_area:
             raise ValueError(f"fixed_pred_len={pred} exceeds the smallest target block on this grid "
                              f"({self.min_pred_area} patches); use at most {self.min_pred_area}")
-        enc = self._estimate_enc_len() if enc_len is None else _check_int("fixed_enc_len", enc_len, 1)
+        enc = self._estimate_enc_len() if enc_len is None else check_int("fixed_enc_len", enc_len, 1)
         if enc > self.min_enc_area:
             raise ValueError(f"fixed_enc_len={enc} exceeds the smallest context block on this grid "
                              f"({self.min_enc_area} patches); use at most {self.min_enc_area}")
@@ -270,7 +270,7 @@ class MultiBlockMaskSampler:
 
     def block_sizes(self, step: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((h, w) of the targets, (h, w) of the context block) at `step`; the same on every rank."""
-        gen = torch.Generator().manual_seed(stream_seed(self.seed, _check_int("step", step, 0)))
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, check_int("step", step, 0)))
         r_pred = torch.rand(1, generator=gen).item()  # the official order: target draw, then context draw
         r_ctx = torch.rand(1, generator=gen).item()
         r_aspect = torch.rand(1, generator=gen).item()  # used only when the aspect is not tied to the scale
@@ -389,8 +389,8 @@ class MultiBlockMaskSampler:
 
     def sample_full(self, batch_size: int, step: int, rank: int = 0) -> MaskSample:
         """The masks of one batch plus the untruncated context lengths, relaxed and redrawn images."""
-        batch_size = _check_int("batch_size", batch_size, 1)
-        rank = _check_int("rank", rank, 0)
+        batch_size = check_int("batch_size", batch_size, 1)
+        rank = check_int("rank", rank, 0)
         tgt_hw, ctx_hw = self.block_sizes(step)
         gen = torch.Generator().manual_seed(stream_seed(self.seed, step, rank))
         draw, resampled = self._draw_batch(gen, batch_size, tgt_hw, ctx_hw)
@@ -418,45 +418,3 @@ class MultiBlockMaskSampler:
         """
         ctx_idx, tgt_idx = self.sample_stacked(batch_size, step, rank)
         return (ctx_idx[0] if self.nenc == 1 else ctx_idx), tgt_idx
-
-
-def _coverage(counts: torch.Tensor, grid: tuple[int, int]) -> tuple[list[float], list[float]]:
-    """Share of the indices per row and per column, relative to uniform (1.0 everywhere for uniform coverage)."""
-    per_cell = counts.double().view(grid) / counts.sum()
-    return (per_cell.sum(1) * grid[0]).tolist(), (per_cell.sum(0) * grid[1]).tolist()
-
-
-def mask_stats(sampler: MultiBlockMaskSampler, batch_size: int, num_batches: int, first_step: int = 0,
-               rank: int = 0) -> dict:
-    """Statistics over `num_batches` consecutive steps: token counts and spatial coverage, for README and logs.
-
-    Returns k_enc / k_pred {mean, min, max} (over batches), ctx_len_mean (context length before truncation),
-    relaxed_fraction (contexts that needed the relaxation), resampled_fraction (images redrawn by the fixed policy),
-    ctx_row_coverage / ctx_col_coverage and tgt_row_coverage / tgt_col_coverage (share of the indices in each row /
-    column relative to uniform; the official context profile falls from ~2.9 on row 0 to 0 on the last row).
-    """
-    num_batches = _check_int("num_batches", num_batches, 1)
-    cells = sampler.grid[0] * sampler.grid[1]
-    k_enc, k_pred, ctx_len, relaxed, resampled = [], [], [], [], []
-    ctx_cells = torch.zeros(cells, dtype=torch.int64)
-    tgt_cells = torch.zeros(cells, dtype=torch.int64)
-    for step in range(first_step, first_step + num_batches):
-        masks = sampler.sample_full(batch_size, step, rank)
-        k_enc.append(masks.ctx_idx.shape[-1])
-        k_pred.append(masks.tgt_idx.shape[-1])
-        ctx_len.append(masks.ctx_len.double().mean().item())
-        relaxed.append(masks.relaxed.double().mean().item())
-        resampled.append(masks.resampled.double().mean().item())
-        ctx_cells += torch.bincount(masks.ctx_idx.flatten(), minlength=cells)
-        tgt_cells += torch.bincount(masks.tgt_idx.flatten(), minlength=cells)
-    ctx_rows, ctx_cols = _coverage(ctx_cells, sampler.grid)
-    tgt_rows, tgt_cols = _coverage(tgt_cells, sampler.grid)
-    return {
-        "grid": sampler.grid, "batch_size": batch_size, "num_batches": num_batches,
-        "k_enc": {"mean": sum(k_enc) / num_batches, "min": min(k_enc), "max": max(k_enc)},
-        "k_pred": {"mean": sum(k_pred) / num_batches, "min": min(k_pred), "max": max(k_pred)},
-        "ctx_len_mean": sum(ctx_len) / num_batches, "relaxed_fraction": sum(relaxed) / num_batches,
-        "resampled_fraction": sum(resampled) / num_batches,
-        "ctx_row_coverage": ctx_rows, "ctx_col_coverage": ctx_cols,
-        "tgt_row_coverage": tgt_rows, "tgt_col_coverage": tgt_cols,
-    }

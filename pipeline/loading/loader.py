@@ -1,21 +1,21 @@
 """The one loader entry: shards → training batches (images, ctx_idx, tgt_idx, labels) on the training device.
 
-    layout = BatchLayout(batch_size=128, grad_accum=1, world_size=8)
-    loader = build_loader(cfg.data, sampler, seed=cfg.run.seed, rank=0, layout=layout, manifest=read_manifest(shards),
-                          backend="torch", device=device, dtype=dtype)
+    loader = build_loader(cfg.data, sampler, seed=cfg.run.seed, rank=0, layout=plan.layout,
+                          steps_per_epoch=plan.steps_per_epoch, manifest=plan.manifest, backend="torch",
+                          device=device, dtype=dtype)     # plan: training.plan.RunPlan
     for batch in loader: ...          # endless: epochs follow each other; loader.epoch says which
     state = loader.state_dict()       # resume: a new loader + load_state_dict(state) continues with exactly the
                                       # samples, crops and masks the old one would have produced next
     loader.continue_from(states, world_size, batch_size, step)   # resume on another number of ranks (below)
 
-A source (pipeline/source.py) yields each epoch's images; masks come from the multiblock sampler as a pure function
-of (seed, batch number, rank), so they need no state of their own. An epoch is steps_per_epoch optimizer steps of
+A backend (pipeline/loading/backend.py) yields each epoch's images; masks come from the multiblock sampler as a pure
+function of (seed, batch number, rank), so they need no state of their own. An epoch is steps_per_epoch optimizer steps of
 global_batch = batch_size × world_size × grad_accum samples; every rank runs the same number of batches, so ranks
 stay in lock-step and an epoch ends on an optimizer step.
 
 An epoch's samples are one global order; optimizer step j of the epoch takes its samples [j·G, (j+1)·G). A run that
 resumes on another number of ranks (`continue_from`) starts that epoch at the sample where the old ranks stopped (the
-`offset`): the PyTorch source continues the same global order, so every sample of that epoch is read once; DALI's
+`offset`): the PyTorch backend continues the same global order, so every sample of that epoch is read once; DALI's
 reader cannot start mid-order, so that epoch restarts (docs/training.md, "Elastic resume").
 """
 from __future__ import annotations
@@ -27,12 +27,14 @@ from typing import Iterator
 
 import torch
 
+from model.inputs import imagenet_stats
 from pipeline import DataError
-from pipeline.masks import MultiBlockMaskSampler
-from pipeline.remote import RetryPolicy
-from pipeline.shard_cache import ShardCache, remote_manifest
-from pipeline.shards import Manifest, ManifestError, ShardFile, is_url, list_shards, read_manifest
-from pipeline.source import Source, imagenet_stats
+from pipeline.loading.backend import Backend
+from pipeline.masks.sampler import MultiBlockMaskSampler
+from pipeline.remote.cache import ShardCache
+from pipeline.remote.fetch import RetryPolicy
+from pipeline.shards.format import ManifestError, ShardFile
+from pipeline.shards.manifest import Manifest, is_url, list_shards
 
 logger = logging.getLogger(__name__)
 
@@ -56,36 +58,10 @@ def resolve_backend(name: str) -> str:
     return "dali"
 
 
-@dataclass(frozen=True)
-class BatchLayout:
-    """How one optimizer step is cut: `batch_size` samples per rank and micro step, `grad_accum` micro steps per
-    optimizer step, `world_size` data-parallel ranks. The one place the global batch and the steps per epoch are
-    computed."""
-
-    batch_size: int
-    grad_accum: int
-    world_size: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.grad_accum * self.world_size
-
-    def steps_per_epoch(self, num_samples: int, shards: str) -> int:
-        """Optimizer steps in an epoch of `num_samples` (the last partial global batch is dropped); a DataError
-        naming the `shards` folder when there is not one."""
-        steps = num_samples // self.global_batch
-        if steps < 1:
-            raise DataError(f"data.shards {shards}: {num_samples} samples make no full global batch of "
-                            f"{self.global_batch} (data.batch_size {self.batch_size} x optimization.grad_accum "
-                            f"{self.grad_accum} x {self.world_size} ranks): use more data or a smaller "
-                            f"data.batch_size")
-        return steps
-
-
 class Loader:
-    def __init__(self, source: Source, sampler: MultiBlockMaskSampler, layout: BatchLayout, steps_per_epoch: int,
+    def __init__(self, backend: Backend, sampler: MultiBlockMaskSampler, layout, steps_per_epoch: int,
                  rank: int, device: torch.device, dtype: torch.dtype):
-        self.source, self.sampler, self.rank = source, sampler, rank
+        self.backend, self.sampler, self.rank = backend, sampler, rank
         self.batch_size, self.world_size, self.grad_accum = layout.batch_size, layout.world_size, layout.grad_accum
         self.global_batch = layout.global_batch
         self.steps_per_epoch = steps_per_epoch  # optimizer steps
@@ -102,7 +78,7 @@ class Loader:
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
-            batches = self.source.epoch_batches(self.epoch, self.batch_in_epoch, self.offset, self.batches_in_epoch())
+            batches = self.backend.epoch_batches(self.epoch, self.batch_in_epoch, self.offset, self.batches_in_epoch())
             for images, labels, keys in batches:
                 ctx_idx, tgt_idx = self.sampler.sample(self.batch_size, step=self.batches_seen, rank=self.rank)
                 self.batch_in_epoch += 1
@@ -124,7 +100,7 @@ class Loader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "batches_seen": self.batches_seen,
-                "offset": self.offset, "source": self.source.state_dict()}
+                "offset": self.offset, "source": self.backend.state_dict()}
 
     def position(self) -> tuple[int, int]:
         """(epoch, samples of it read by all ranks) after the batches yielded so far."""
@@ -133,28 +109,28 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.batches_seen, self.offset = state["batches_seen"], state.get("offset", 0)
-        self.source.load_state_dict(state["source"])
+        self.backend.load_state_dict(state["source"])
 
     def continue_from(self, states: list[dict], world_size: int, batch_size: int, step: int) -> str:
         """Takes over from the loaders of another run layout: `states` are their state_dicts (one per old rank, all
         at optimizer step `step`), which had `world_size` ranks and batches of `batch_size`. Returns what it did, for
         the log.
 
-        The epoch goes on at the first sample the old ranks had not read: exactly, with a source that takes an
+        The epoch goes on at the first sample the old ranks had not read: exactly, with a backend that takes an
         offset (PyTorch); otherwise (DALI) the epoch restarts and the samples read in it before are read again.
         Masks continue with the batch number step × grad_accum."""
         epoch, done = saved_position(states, world_size, batch_size)
         if (self.epoch_samples - done) // self.global_batch == 0:  # no whole step of this epoch is left
             epoch, done = epoch + 1, 0
         skipped = sum(state["source"].get("skipped", 0) for state in states) if self.rank == 0 else 0
-        self.source.restart(epoch, skipped)
+        self.backend.restart(epoch, skipped)
         self.epoch, self.batch_in_epoch, self.batches_seen = epoch, 0, step * self.grad_accum
         where = f"epoch {epoch} at sample {done:,} of {self.epoch_samples:,}"
-        if done == 0 or self.source.takes_offset:
+        if done == 0 or self.backend.takes_offset:
             self.offset = done
             return f"data: {where}, the same global sample order (every sample of the epoch once)"
         self.offset = 0
-        return (f"data: {where}: the {type(self.source).__name__} backend cannot start an epoch mid-order on "
+        return (f"data: {where}: the {self.backend.name} backend cannot start an epoch mid-order on "
                 f"another number of ranks, so epoch {epoch} restarts: the {done:,} samples its old ranks had read in "
                 f"it are read a second time, the rest once; later epochs read every sample once")
 
@@ -166,20 +142,6 @@ def saved_position(states: list[dict], world_size: int, batch_size: int) -> tupl
     return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
 
 
-def open_manifest(shards: str, key: str = "data.shards", fetch_timeout_s: float | None = None) -> Manifest:
-    """The manifest of the shard folder `shards` (the config's `key`), or a DataError naming the key and saying what
-    to do. With `fetch_timeout_s` (data.fetch_timeout_s), `shards` may also be the folder's URL, its manifest fetched
-    within that time; without it, a URL is refused (the key's readers read a folder on this machine)."""
-    if not shards:
-        raise DataError(f"{key} is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set {key} to SHARDS")
-    try:
-        if fetch_timeout_s is not None and is_url(shards):
-            return remote_manifest(shards, RetryPolicy(fetch_timeout_s))
-        return read_manifest(shards)
-    except (ManifestError, ValueError) as err:
-        raise DataError(f"{key} {shards}: {err}") from err
-
-
 def shard_files(data, manifest: Manifest) -> tuple[list[ShardFile], ShardCache | None]:
     """data.shards' shards, and the node's cache that holds them when data.shards is a URL (None for a folder)."""
     if not is_url(data.shards):
@@ -189,37 +151,38 @@ def shard_files(data, manifest: Manifest) -> tuple[list[ShardFile], ShardCache |
     return cache.shard_files(), cache
 
 
-def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, layout: BatchLayout, manifest: Manifest,
-                 backend: str, device: torch.device, dtype: torch.dtype) -> Loader:
+def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, layout, steps_per_epoch: int,
+                 manifest: Manifest, backend: str, device: torch.device, dtype: torch.dtype) -> Loader:
     """The loader of `rank`.
 
     Args:
-        data: the config's data section (config.schema.DataConfig): shards, crop and reader settings (its batch_size
-            is not read: `layout` holds the batch this run trains with).
+        data: the config's data section (config.sections.DataConfig): shards, crop and reader settings (its
+            batch_size is not read: `layout` holds the batch this run trains with).
         sampler: the multiblock mask sampler (its seed and geometry are the caller's).
-        seed: the run's seed, from which the source's shuffles and crops are hashed.
+        seed: the run's seed, from which the backend's shuffles and crops are hashed.
         rank: this process's place among the layout's data-parallel ranks.
-        layout: the per-rank batch, grad_accum (an epoch ends on a whole step) and world size.
-        manifest: data.shards' manifest (open_manifest); backend: "dali" or "torch" (resolve_backend).
+        layout: the per-rank batch_size, grad_accum and world_size (training.plan.BatchLayout).
+        steps_per_epoch: optimizer steps per epoch, as the run plan computed them (an epoch ends on a whole step).
+        manifest: data.shards' manifest (pipeline.shards.manifest.read_manifest); backend: "dali" or "torch"
+            (resolve_backend).
         device, dtype: where the batches go, and the images' dtype there.
     """
-    steps = layout.steps_per_epoch(manifest.total_samples, data.shards)
-    batches = steps * layout.grad_accum
+    batches = steps_per_epoch * layout.grad_accum
     world_size = layout.world_size
     try:
         shards, cache = shard_files(data, manifest)
         if backend == "dali":
-            from pipeline.dali_source import DaliSource
+            from pipeline.loading.dali_backend import DaliBackend
 
-            source = DaliSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
-                                dtype=dtype, batch_size=layout.batch_size, cache=cache)
+            reader = DaliBackend(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
+                                 dtype=dtype, batch_size=layout.batch_size, cache=cache)
         else:
-            from pipeline.torch_source import TorchSource
+            from pipeline.loading.torch_backend import TorchBackend
 
-            source = TorchSource(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
-                                 batch_size=layout.batch_size, cache=cache)
+            reader = TorchBackend(data, seed, shards, batches, rank=rank, world_size=world_size, device=device,
+                                  batch_size=layout.batch_size, cache=cache)
     except ManifestError as err:
         raise DataError(f"data.shards {data.shards}: {err}") from err
     logger.info("data: %s backend, %d shard(s), %d samples per rank, %d batches of %d per epoch", backend,
                 len(shards), manifest.total_samples // world_size, batches, layout.batch_size)
-    return Loader(source, sampler, layout, steps, rank, device, dtype)
+    return Loader(reader, sampler, layout, steps_per_epoch, rank, device, dtype)

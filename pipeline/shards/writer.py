@@ -43,10 +43,12 @@ import webdataset as wds
 from tqdm import tqdm
 
 from pipeline import DataError
-from pipeline import shards as fmt
-from pipeline.image_prep import BadInput, prepare_jpeg, read_source
-from pipeline.shard_dest import lock_dest, open_dest
-from pipeline.source_scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source
+from pipeline.shards.dest import lock_dest, open_dest
+from pipeline.shards.format import TAR_BLOCK, format_index, index_name, sample_key, shard_name, tar_member_bytes
+from pipeline.shards.images import BadInput, prepare_jpeg, read_source
+from pipeline.shards.manifest import (MANIFEST_NAME, STATUS_COMPLETE, STATUS_IN_PROGRESS, Manifest, ShardRecord,
+                                      verify_shard, write_manifest)
+from pipeline.shards.scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source
 from util.files import partial_name, write_file_atomic
 from util.processes import forking_workers
 
@@ -98,13 +100,13 @@ class ShardTask:
     planned: PlannedShard
     options: ShardOptions
     classes: list[str] | None
-    previous: fmt.ShardRecord | None  # what the manifest recorded for this shard, if anything
+    previous: ShardRecord | None  # what the manifest recorded for this shard, if anything
     strict: bool
 
 
 @dataclass(frozen=True)
 class ShardResult:
-    record: fmt.ShardRecord
+    record: ShardRecord
     skipped: list[dict]
     kept: bool
     resized: list[dict] = dataclasses.field(default_factory=list)  # {"path", "reason"}: fitted to JPEG's side limit
@@ -118,11 +120,11 @@ def sample_json(file: SourceFile, classes: list[str] | None) -> bytes:
 
 def estimated_sample_bytes(file: SourceFile, options: ShardOptions, classes: list[str] | None) -> int:
     """Tar bytes of this file's sample if its bytes are copied (exact then)."""
-    size = fmt.tar_member_bytes(file.size)
+    size = tar_member_bytes(file.size)
     if file.label is not None:
-        size += fmt.tar_member_bytes(len(str(file.label)))
+        size += tar_member_bytes(len(str(file.label)))
     if options.json:
-        size += fmt.tar_member_bytes(len(sample_json(file, classes)))
+        size += tar_member_bytes(len(sample_json(file, classes)))
     return size
 
 
@@ -184,8 +186,8 @@ def _write_sample(tw: wds.TarWriter, sample: dict) -> list[tuple[str, int, int, 
     key, offset, entries = sample["__key__"], tw.tarstream.offset, []
     for ext in sorted(k for k in sample if k != "__key__"):  # the order TarWriter writes members in
         size = len(sample[ext])
-        entries.append((ext, offset + fmt.TAR_BLOCK, size, f"{key}.{ext}"))
-        offset += fmt.tar_member_bytes(size)
+        entries.append((ext, offset + TAR_BLOCK, size, f"{key}.{ext}"))
+        offset += tar_member_bytes(size)
     tw.write(sample)
     if tw.tarstream.offset != offset:  # e.g. a member name too long for one ustar header
         raise RuntimeError(f"tar member layout of sample {key} differs from its index entries")
@@ -207,7 +209,7 @@ def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict
                                     f"or run without --strict to skip it)") from None
             skipped.append({"path": f.path, "reason": bad.reason, "shard": task.planned.shard})
         else:
-            sample = {"__key__": fmt.sample_key(position), "jpg": jpeg}
+            sample = {"__key__": sample_key(position), "jpg": jpeg}
             if f.label is not None:
                 sample["cls"] = str(f.label).encode("ascii")
             if options.json:
@@ -227,22 +229,22 @@ def write_shard(task: ShardTask) -> ShardResult:
     Neither is fsynced (an fsync per shard stalls the worker on the disk): a resume re-checks every recorded shard
     against its sha256, so one that a machine crash left incomplete is rebuilt. The manifest is fsynced."""
     dest, shard, prefix = Path(task.dest), task.planned.shard, task.options.prefix
-    tar_path, idx_path = dest / fmt.shard_name(prefix, shard), dest / fmt.index_name(prefix, shard)
+    tar_path, idx_path = dest / shard_name(prefix, shard), dest / index_name(prefix, shard)
     tmp = dest / partial_name(tar_path.name)
     try:
         with _output_errors(tar_path), open(tmp, "wb") as raw:
             sink = _HashingFile(raw)
             entries, skipped, converted, resized = _write_samples(sink, task)
         if not entries:
-            record = fmt.ShardRecord(shard, None, None, 0, 0, None, None, task.planned.plan_sha256, 0)
+            record = ShardRecord(shard, None, None, 0, 0, None, None, task.planned.plan_sha256, 0)
             return ShardResult(record, skipped, kept=False, resized=resized)
-        index = fmt.format_index(entries).encode("ascii")
+        index = format_index(entries).encode("ascii")
         with _output_errors(tar_path):
             write_file_atomic(idx_path, index, sync=False)
             os.replace(tmp, tar_path)
     finally:
         tmp.unlink(missing_ok=True)
-    record = fmt.ShardRecord(shard, tar_path.name, idx_path.name, len(entries), sink.size, sink.sha256.hexdigest(),
+    record = ShardRecord(shard, tar_path.name, idx_path.name, len(entries), sink.size, sink.sha256.hexdigest(),
                              hashlib.sha256(index).hexdigest(), task.planned.plan_sha256, converted)
     return ShardResult(record, skipped, kept=False, resized=resized)
 
@@ -267,7 +269,7 @@ def run_shard_task(task: ShardTask) -> ShardResult:
                "a source file in it was modified since it was written")
         logger.warning("rebuilding shard %d: %s", previous.shard, why)
     elif previous is not None:
-        problem = fmt.verify_shard(task.dest, previous, checksum=True)
+        problem = verify_shard(task.dest, previous, checksum=True)
         if problem is None:
             _advance(len(task.planned.members))
             return ShardResult(previous, [], kept=True)
@@ -298,7 +300,7 @@ class _Run:
     """What the manifest records as shards complete; rewritten after each one so a killed run can resume."""
 
     def __init__(self, src: Path, dest: Path, options: ShardOptions, scan: SourceScan, plan: list[PlannedShard],
-                 old: fmt.Manifest | None):
+                 old: Manifest | None):
         self.src, self.dest, self.options, self.scan, self.plan = src, dest, options, scan, plan
         self.digest = plan_digest(plan, scan.classes)
         self.records = {r.shard: r for r in (old.shards if old else [])}
@@ -311,9 +313,9 @@ class _Run:
         self.versions = {"python": platform.python_version(), "pillow": PIL.__version__,
                          "webdataset": metadata.version("webdataset")}
 
-    def manifest(self, status: str) -> fmt.Manifest:
+    def manifest(self, status: str) -> Manifest:
         bad = self.scan.skipped + [e for s in sorted(self.records) for e in self.skipped.get(s, [])]
-        return fmt.Manifest(status, str(self.src), dataclasses.asdict(self.options), self.digest,
+        return Manifest(status, str(self.src), dataclasses.asdict(self.options), self.digest,
                             len(self.scan.files), len(self.plan), self.scan.classes,
                             [self.records[s] for s in sorted(self.records)], sorted(bad, key=lambda e: e["path"]),
                             self.scan.ignored, self.versions)
@@ -325,7 +327,7 @@ class _Run:
             self.counts["converted"] += result.record.converted
             self.resized += result.resized
         self.counts["kept" if result.kept else "written"] += 1
-        fmt.write_manifest(self.dest, self.manifest(fmt.STATUS_IN_PROGRESS))
+        write_manifest(self.dest, self.manifest(STATUS_IN_PROGRESS))
 
 
 def _results(results, on_tick, interval_s: float = 0.5):
@@ -405,14 +407,14 @@ def _dest_errors(dest: Path):
 
 
 def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: ShardOptions,
-                 settings: RunSettings) -> tuple[fmt.Manifest, dict]:
+                 settings: RunSettings) -> tuple[Manifest, dict]:
     """Writes (or resumes writing) SRC as shards in DEST; returns the complete manifest and this run's counts of
     shards written and kept and of images re-encoded, with under "resized" the images it had to resize to fit JPEG's
     side limit ({"path", "reason"}, by path).
 
     Raises:
         DataError: bad paths, nothing usable in SRC, a bad input under --strict, DEST not writable.
-        pipeline.shard_dest.DataError: DEST holds something else (and not --overwrite), or another run holds it.
+        pipeline.shards.dest.DataError: DEST holds something else (and not --overwrite), or another run holds it.
     """
     src, dest = check_paths(src, dest)
     scan = _scan(src, options, settings.strict)
@@ -426,11 +428,11 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
             old = open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
                                 len(scan.files), settings.overwrite)
             run = _Run(src, dest, options, scan, plan, old)
-            fmt.write_manifest(dest, run.manifest(fmt.STATUS_IN_PROGRESS))
+            write_manifest(dest, run.manifest(STATUS_IN_PROGRESS))
             _run_pool(run, settings)
-            manifest = run.manifest(fmt.STATUS_COMPLETE)
+            manifest = run.manifest(STATUS_COMPLETE)
             if manifest.total_samples == 0:
                 raise DataError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a "
-                                    f"usable image: see 'skipped' in {dest / fmt.MANIFEST_NAME}")
-            fmt.write_manifest(dest, manifest)
+                                    f"usable image: see 'skipped' in {dest / MANIFEST_NAME}")
+            write_manifest(dest, manifest)
     return manifest, {**run.counts, "resized": sorted(run.resized, key=lambda e: e["path"])}

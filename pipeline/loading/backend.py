@@ -1,5 +1,5 @@
-"""What the loader asks of a source (a backend: pipeline/dali_source.py, pipeline/torch_source.py), and what both
-sources share: the normalisation constants and the words for a shard that changed under a running job."""
+"""What the loader asks of a backend (pipeline/loading/dali_backend.py, torch_backend.py), and what both share: the
+words for a shard that changed under a running job."""
 from __future__ import annotations
 
 import os
@@ -10,18 +10,7 @@ import torch
 from pipeline import DataError
 
 if TYPE_CHECKING:
-    from pipeline.shard_cache import ShardCache
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def imagenet_stats(device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) as (1, 3, 1, 1) tensors on `device`, scaled to uint8 pixel values: (x - mean) / std normalises."""
-    shape = (1, 3, 1, 1)
-    return (torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255,
-            torch.tensor(IMAGENET_STD, device=device).view(shape) * 255)
-
+    from pipeline.remote.cache import ShardCache
 
 # A shard deleted, moved, truncated or replaced while the run reads it: not a bad sample (data.on_bad_sample does not
 # apply), the run stops, naming it.
@@ -30,7 +19,7 @@ SHARD_CHANGED_TODO = ("restore it (rerunning the same shard_dataset.py command r
 
 
 def shard_sizes(paths) -> dict[str, int]:
-    """{path: size in bytes} of shard files, as the source starts (for `shard_change`)."""
+    """{path: size in bytes} of shard files, as the backend starts (for `shard_change`)."""
     sizes = {}
     for path in paths:
         try:
@@ -41,7 +30,7 @@ def shard_sizes(paths) -> dict[str, int]:
 
 
 def shard_change(path: str, size: int) -> str | None:
-    """How the shard file `path` changed since the source saw it with `size` bytes, as words that follow "the shard";
+    """How the shard file `path` changed since the backend saw it with `size` bytes, as words that follow "the shard";
     None when it did not (still there, the same size)."""
     try:
         now = os.stat(path).st_size
@@ -54,19 +43,20 @@ def shard_change(path: str, size: int) -> str | None:
     return None
 
 
-class Source(Protocol):
-    """A backend, built over ALL shards (pipeline.shards.ShardFile list) as Source(data, seed, shards,
+class Backend(Protocol):
+    """A backend, built over ALL shards (pipeline.shards.format.ShardFile list) as Backend(data, seed, shards,
     batches_per_epoch, rank=, world_size=, device=, batch_size=[, dtype=]) with `data` the config's data section: each rank reads
     its 1/world_size of the samples (an even split of samples, not of shards, so no rank runs short), exactly
     batches_per_epoch batches per epoch, every sample at most once per epoch across ranks, in an order that depends
-    only on (seed, epoch, rank). docs/data-pipeline.md gives each source's arithmetic.
+    only on (seed, epoch, rank). docs/data-pipeline.md gives each backend's arithmetic.
 
     epoch_batches(epoch, start, offset, batches) yields (images, labels, keys) from batch `start` on: images uint8
-    (B, 3, S, S) for the loader to normalise, or already normalised floats. A source that `takes_offset` starts an
+    (B, 3, S, S) for the loader to normalise, or already normalised floats. A backend that `takes_offset` starts an
     epoch at sample `offset` of its global order with `batches` batches (a run continued on another number of
-    ranks); the others only take offset 0 and a whole epoch. restart(epoch, skipped) makes a fresh source continue
+    ranks); the others only take offset 0 and a whole epoch. restart(epoch, skipped) makes a fresh backend continue
     at `epoch` (Loader.continue_from)."""
 
+    name: str  # "DALI", "PyTorch": in the log
     skipped: int  # corrupt samples skipped so far (data.on_bad_sample: skip)
     takes_offset: bool
     cache: "ShardCache | None"  # data.shards a URL: the node's shard cache; its .stats count this rank's use of it

@@ -1,0 +1,252 @@
+"""manifest.json: what a shard folder holds (its schema, `manifest_to_dict`), written by shard_dataset.py and read,
+type-checked and checked against the folder's files by every reader. `read_manifest` is the one way to open one:
+a folder on this machine, or (given a retry policy) the folder's URL. Readers list shards through the manifest
+(`list_shards`), never by globbing: a planned shard whose inputs were all bad has no files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.remote.fetch import RetryPolicy, join, read_json
+from pipeline.shards.format import REBUILD, ManifestError, ShardFile
+from util.files import file_sha256, write_file_atomic
+
+FORMAT_NAME = "ijepa-webdataset-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+STATUS_COMPLETE = "complete"
+STATUS_IN_PROGRESS = "in_progress"
+CHECKS = ("none", "size", "checksum")
+URL_SCHEMES = ("http://", "https://", "s3://")  # data.shards may be one of these (pipeline/remote/)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One planned shard as the manifest records it."""
+
+    shard: int  # position in the plan; names the files
+    name: str | None  # tar file name in DEST; None when every planned input was bad
+    index_name: str | None  # DALI index file name in DEST
+    samples: int
+    bytes: int  # size of the tar file
+    sha256: str | None  # of the tar file
+    index_sha256: str | None
+    plan_sha256: str  # digest of the inputs planned for this shard (see pipeline.shards.writer.shard_plan_digest)
+    converted: int  # samples re-encoded (non-JPEG, CMYK, or resized) rather than copied
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """DEST/manifest.json, parsed and type-checked."""
+
+    status: str  # "complete", or "in_progress" while shard_dataset.py runs (or after it was killed)
+    source: str  # absolute path of SRC
+    options: dict  # the options that decide the output bytes (pipeline.shards.writer.ShardOptions)
+    plan_sha256: str  # the plan's layout, without modification times (pipeline.shards.writer.plan_digest)
+    planned_inputs: int  # image files that entered the shuffle
+    planned_shards: int
+    classes: list[str] | None  # None with --labels none
+    shards: list[ShardRecord]  # in shard order; all planned shards once complete
+    skipped: list[dict]  # {"path", "reason", "shard"}: bad inputs; shard null for those found while scanning
+    ignored: list[dict]  # {"path", "reason"}: files that are not image files by name, or not in a class folder
+    versions: dict
+
+    @property
+    def total_samples(self) -> int:
+        return sum(r.samples for r in self.shards)
+
+
+
+def manifest_to_dict(manifest: Manifest) -> dict:
+    """The JSON schema of manifest.json, field by field (the order written)."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "status": manifest.status,
+        "source": manifest.source,
+        "options": manifest.options,
+        "plan_sha256": manifest.plan_sha256,
+        "planned_inputs": manifest.planned_inputs,
+        "planned_shards": manifest.planned_shards,
+        "classes": manifest.classes,
+        "total_samples": manifest.total_samples,
+        "shards": [dataclasses.asdict(r) for r in manifest.shards],
+        "skipped": manifest.skipped,
+        "ignored": manifest.ignored,
+        "versions": manifest.versions,
+    }
+
+
+def write_manifest(dest: str | os.PathLike, manifest: Manifest) -> None:
+    text = json.dumps(manifest_to_dict(manifest), indent=1) + "\n"  # ASCII escapes: any file name round-trips
+    write_file_atomic(Path(dest) / MANIFEST_NAME, text.encode("ascii"))
+
+
+def _field(obj: dict, key: str, kind: type | tuple, where: str, nullable: bool = False):
+    """obj[key] if present and of `kind` (bool is not an int here); ManifestError naming `where` otherwise."""
+    if key not in obj:
+        raise ManifestError(f"{where}: field {key!r} is missing; {REBUILD}")
+    value = obj[key]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ManifestError(f"{where}: field {key!r} has the wrong type ({type(value).__name__}); {REBUILD}")
+    return value
+
+
+def _record_from_dict(obj: object, where: str) -> ShardRecord:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: is not an object; {REBUILD}")
+    fields = {"shard": (int, False), "name": (str, True), "index_name": (str, True), "samples": (int, False),
+              "bytes": (int, False), "sha256": (str, True), "index_sha256": (str, True),
+              "plan_sha256": (str, False), "converted": (int, False)}
+    values = {key: _field(obj, key, kind, where, nullable) for key, (kind, nullable) in fields.items()}
+    record = ShardRecord(**values)
+    files = (record.name, record.index_name, record.sha256, record.index_sha256)
+    if record.samples < 0 or not all((f is not None) == (record.samples > 0) for f in files):
+        raise ManifestError(f"{where}: a shard has files and checksums exactly when it has samples; {REBUILD}")
+    return record
+
+
+def manifest_from_dict(obj: object, where: str) -> Manifest:
+    """Type-checks a parsed manifest.json; `where` (its path) heads every error message."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: is not a JSON object; {REBUILD}")
+    if obj.get("format") != FORMAT_NAME or obj.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(f"{where}: format {obj.get('format')!r} version {obj.get('format_version')!r}, this code "
+                            f"reads {FORMAT_NAME!r} version {FORMAT_VERSION}; {REBUILD}")
+    shards = [_record_from_dict(r, f"{where}: shards[{i}]") for i, r in enumerate(_field(obj, "shards", list, where))]
+    manifest = Manifest(
+        status=_field(obj, "status", str, where), source=_field(obj, "source", str, where),
+        options=_field(obj, "options", dict, where), plan_sha256=_field(obj, "plan_sha256", str, where),
+        planned_inputs=_field(obj, "planned_inputs", int, where),
+        planned_shards=_field(obj, "planned_shards", int, where),
+        classes=_field(obj, "classes", list, where, nullable=True), shards=shards,
+        skipped=_field(obj, "skipped", list, where), ignored=_field(obj, "ignored", list, where),
+        versions=_field(obj, "versions", dict, where))
+    if not all(isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("reason"), str)
+               for e in manifest.skipped + manifest.ignored):
+        raise ManifestError(f"{where}: an entry of 'skipped' or 'ignored' is not a {{path, reason}} object; {REBUILD}")
+    if manifest.classes is not None and not all(isinstance(c, str) for c in manifest.classes):
+        raise ManifestError(f"{where}: the classes are not all names (strings); {REBUILD}")
+    if manifest.status not in (STATUS_COMPLETE, STATUS_IN_PROGRESS):
+        raise ManifestError(f"{where}: unknown status {manifest.status!r}; {REBUILD}")
+    if [r.shard for r in shards] != sorted({r.shard for r in shards}) or any(
+            not 0 <= r.shard < manifest.planned_shards for r in shards):
+        raise ManifestError(f"{where}: shard numbers are not distinct, sorted and within the plan; {REBUILD}")
+    if _field(obj, "total_samples", int, where) != manifest.total_samples:
+        raise ManifestError(f"{where}: total_samples {obj['total_samples']} is not the sum of the shards' samples "
+                            f"({manifest.total_samples}); {REBUILD}")
+    return manifest
+
+
+def verify_shard(dest: str | os.PathLike, record: ShardRecord, checksum: bool) -> str | None:
+    """What is wrong with the files of one recorded shard (None when nothing): missing, wrong size, or, with
+    `checksum`, a sha256 that differs from the record."""
+    if record.samples == 0:
+        return None
+    tar, idx = Path(dest) / record.name, Path(dest) / record.index_name
+    for path in (tar, idx):
+        if not path.is_file():
+            return f"{path} is missing"
+    if tar.stat().st_size != record.bytes:
+        return f"{tar} has {tar.stat().st_size} bytes, the manifest records {record.bytes}"
+    if checksum:
+        for path, expected in ((tar, record.sha256), (idx, record.index_sha256)):
+            if file_sha256(path) != expected:
+                return f"{path} does not match the sha256 in the manifest (damaged or replaced)"
+    return None
+
+
+def is_url(where: str | os.PathLike) -> bool:
+    return isinstance(where, str) and where.startswith(URL_SCHEMES)
+
+
+def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete: bool = False,
+                  fetch: RetryPolicy | None = None, key: str | None = None) -> Manifest:
+    """Reads and validates DEST/manifest.json: the one way a manifest is opened.
+
+    Args:
+        dest: the shard folder, or its manifest.json; with `fetch`, also the folder's URL.
+        check: what to check of each shard's files here: "none", "size" (tar and index exist, tar size matches;
+            cheap) or "checksum" (also the sha256 of both files; reads every byte). A URL's files are checked as they
+            arrive (pipeline/remote/cache.py).
+        allow_incomplete: accept a manifest whose run has not finished (shard_dataset.py itself, when resuming).
+        fetch: the retry policy of a URL (data.fetch_timeout_s); without it a URL is refused: only data.shards is
+            read from a server, the other readers read a folder on this machine.
+        key: the config key that names `dest` (e.g. data.shards): every error then names it, and an empty `dest` is
+            one line saying how to make a shard folder.
+
+    Raises:
+        ManifestError: naming the file (and `key`), the problem, and what to do about it.
+    """
+    if key is None:
+        return _read_manifest(dest, check, allow_incomplete, fetch)
+    if not dest:
+        raise ManifestError(f"{key} is not set: run `python shard_dataset.py IMAGE_FOLDER SHARDS` and set {key} to "
+                            f"SHARDS")
+    try:
+        return _read_manifest(dest, check, allow_incomplete, fetch)
+    except (ManifestError, ValueError) as err:
+        raise ManifestError(f"{key} {dest}: {err}") from err
+
+
+def _read_manifest(dest, check: str, allow_incomplete: bool, fetch: RetryPolicy | None) -> Manifest:
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if is_url(dest):
+        if fetch is None:
+            raise ManifestError(f"{dest}: a URL, where a shard folder on this machine is read (only data.shards is "
+                                f"read from a server or bucket, through the node's shard cache); copy the folder here "
+                                f"and give its path")
+        return _remote_manifest(dest, fetch)
+    path = Path(dest)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read the manifest ({err.strerror}); is this a folder written by "
+                            f"shard_dataset.py?") from err
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err}); {REBUILD}") from err
+    manifest = manifest_from_dict(obj, str(path))
+    if manifest.status != STATUS_COMPLETE and not allow_incomplete:
+        raise ManifestError(f"{path}: the run that writes this folder has not finished ({len(manifest.shards)} of "
+                            f"{manifest.planned_shards} shards done); rerun the same shard_dataset.py command to "
+                            f"finish it")
+    if check != "none":
+        problems = [p for r in manifest.shards if (p := verify_shard(path.parent, r, check == "checksum"))]
+        if problems:
+            listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ManifestError(f"{path}: {len(problems)} shard(s) do not match the manifest: {listed}. Rerun the "
+                                f"same shard_dataset.py command: it rebuilds exactly those shards")
+    return manifest
+
+
+def _remote_manifest(url: str, fetch: RetryPolicy) -> Manifest:
+    """URL/manifest.json, fetched and type-checked; its shards are checked as they arrive (pipeline/remote/cache.py)."""
+    where = join(url, MANIFEST_NAME)
+    manifest = manifest_from_dict(read_json(where, fetch), where)
+    if manifest.status != STATUS_COMPLETE:
+        raise ManifestError(f"{where}: the shard_dataset.py run that wrote it had not finished ({len(manifest.shards)} "
+                            f"of {manifest.planned_shards} shards); finish it and upload the folder again")
+    return manifest
+
+
+def list_shards(dest: str | os.PathLike, manifest: Manifest | None = None) -> list[ShardFile]:
+    """The shards holding samples, in shard order, with absolute paths (reads the manifest when not given). `dest`
+    is the shard folder or its manifest.json, as for read_manifest."""
+    dest = Path(dest).absolute()
+    if dest.suffix == ".json" and not dest.is_dir():
+        dest = dest.parent
+    if manifest is None:
+        manifest = read_manifest(dest)
+    return [ShardFile(dest / r.name, dest / r.index_name, r.samples, r.index_sha256)
+            for r in manifest.shards if r.samples > 0]
