@@ -76,7 +76,7 @@ def run(cfg=None, n_images: int = 1000, scaling_images: int = 4000, repeat: int 
     run on `scaling_images` in 8 shards, long enough that a run's fixed cost (scan, fork, manifest) does not hide it."""
     from pipeline.shards.writer import RunSettings, ShardOptions, build_shards
 
-    logging.getLogger("pipeline.shard_writer").setLevel(logging.ERROR)  # no summaries or round warnings in the table
+    logging.getLogger("pipeline.shards.writer").setLevel(logging.ERROR)  # no summaries or round warnings in the table
     size = {"shard_samples": max(1, n_images // 4), "shard_bytes": None}
     scaling_size = {"shard_samples": max(1, scaling_images // 8), "shard_bytes": None}
     cases = [("copy, full decode", ShardOptions(verify="full", **size)),

@@ -21,14 +21,13 @@ import torch.nn.functional as F
 
 import kernels
 from benchmarks.common import run_or_error
-from config import ConfigError, training_dtype
+from config import ConfigError, mask_sampler, training_dtype
 from model.jepa import build_jepa
 from pipeline.loading.loader import Batch
 from pipeline.shards.format import ManifestError
 from pipeline.shards.manifest import read_manifest
 from training.distributed import setup_distributed, single_process_env
 from training.engine import build_engine, micro_step, param_groups
-from training.loop import mask_sampler
 from training.metrics import count_flops, peak_tflops
 from training.plan import BatchLayout
 from training.target_ema import target_ema

@@ -1,9 +1,12 @@
-"""Values that follow from the config alone (never written in YAML): the patch grid and the training dtype. What also
-needs the shards or the world size (global batch, steps per epoch, schedule lengths) is the run plan's
-(training/plan.py)."""
+"""Values that follow from the config alone (never written in YAML): the patch grid, the training dtype and the mask
+sampler. What also needs the shards or the world size (global batch, steps per epoch, schedule lengths) is the run
+plan's (training/plan.py)."""
 from __future__ import annotations
 
-from config.schema import Config
+import dataclasses
+
+from config.sections import Config
+from pipeline.masks.sampler import MultiBlockMaskSampler
 
 
 def grid_size(cfg: Config) -> tuple[int, int]:
@@ -17,3 +20,9 @@ def training_dtype(cfg: Config):
     import torch
 
     return torch.bfloat16 if cfg.optimization.precision == "bf16" else torch.float32
+
+
+def mask_sampler(cfg: Config) -> MultiBlockMaskSampler:
+    """The multiblock sampler of a config: the mask section, the crop and patch size, the run's seed."""
+    return MultiBlockMaskSampler(input_size=cfg.data.crop_size, patch_size=cfg.model.patch_size, seed=cfg.run.seed,
+                                 **dataclasses.asdict(cfg.mask))

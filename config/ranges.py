@@ -6,7 +6,7 @@
 
 `section` makes a class of such fields a frozen pydantic dataclass that refuses unknown keys and takes a value only
 strictly of its type (an int is not a float, a bool or a string), finite and within its field's rule;
-config.schema.config_error words pydantic's error as one line, and check_consistency checks the rules between keys.
+config.load.config_error words pydantic's error as one line, and check_consistency checks the rules between keys.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def build_jepa(model, crop_size: int) -> tuple[JEPA, VisionTransformer]:
     """(trainable context encoder + predictor, fp32 target encoder).
 
     Args:
-        model: the config's model section (config.schema.ModelConfig): arch and its overrides, patch size, predictor.
+        model: the config's model section (config.sections.ModelConfig): arch and its overrides, patch size, predictor.
         crop_size: the training crop's side in pixels (the config's data.crop_size).
     """
     dim, depth, heads, mlp_ratio = encoder_size(model)

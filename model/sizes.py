@@ -25,7 +25,7 @@ def encoder_size(model) -> ViTSize:
     """The encoder's (embed_dim, depth, num_heads, mlp_ratio): the arch's values with a model config's overrides.
 
     Args:
-        model: the config's model section (config.schema.ModelConfig): arch, and embed_dim / depth / num_heads, each
+        model: the config's model section (config.sections.ModelConfig): arch, and embed_dim / depth / num_heads, each
             None for the arch's own value.
     """
     size = VIT_SIZES[model.arch]

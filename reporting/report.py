@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from config import grid_size
+from config import grid_size, mask_sampler
 from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
 from pipeline.loading.loader import build_loader, resolve_backend
@@ -29,7 +29,6 @@ from reporting.curves import diagnostics_figure, throughput_figure, training_fig
 from reporting.page import Section, probe_section, write_page
 from reporting.pictures import features_figure, masks_figure, patch_features, pca_rgb
 from reporting.run_folder import RunFolder, open_run
-from training.loop import mask_sampler
 from training.plan import BatchLayout
 from util.files import write_file_atomic
 

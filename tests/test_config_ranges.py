@@ -23,17 +23,16 @@ import torch
 import yaml
 
 import kernels
-from config import ConfigError, config_from_dict, load_config
+from config import ConfigError, config_from_dict, load_config, mask_sampler
+from config.load import SECTIONS
 from config.official import OFFICIAL_KEYS
 from config.ranges import RANGE, TEXT, Range, check_value
-from config.schema import SECTIONS
 from model.ema import ema_update
 from model.jepa import build_jepa, ijepa_loss
 from model.sizes import encoder_size
 from pipeline.loading.torch_backend import crop_box
 from pipeline.seeds import hashed_seed
 from training.engine import deepspeed_config
-from training.loop import mask_sampler
 from training.plan import BatchLayout, schedule_steps
 from training.schedules import lr_at, momentum_at, wd_at
 

@@ -30,10 +30,10 @@ import torch.distributed as dist
 import kernels
 from benchmarks.step import OurStep
 from config import load_config
-from pipeline.loader import BatchLayout
+from training.plan import BatchLayout
 from training import TrainingError
 from training.checkpoints import check_records, weights_record
-from training.loop import mask_sampler
+from config import mask_sampler
 from training.distributed import setup_distributed, single_process_env
 from training.engine import build_engine
 

@@ -124,8 +124,9 @@ def test_imports_form_no_cycle_and_point_down_the_layers():
 @pytest.mark.slow  # starts a process
 def test_a_new_kernel_is_its_module_and_its_lines_in_the_package(tmp_path):
     """Drop one module into a copy of kernels/ and list it in kernels/__init__.py as docs/kernels.md says (its import,
-    its entry in REGISTRY, a function per public op): the config accepts its key and checks its values, the switch
-    runs it, the kernels suite times it, with no other file touched."""
+    its entry in REGISTRY, a function per public op) and its field in config/sections.py's KernelsConfig: the config
+    accepts its key and checks its values, the switch runs it, the kernels suite times it, with no other file
+    touched."""
     repo = tmp_path / "repo"
     for package in [*LAYER, "configs"]:
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -152,6 +153,10 @@ def test_a_new_kernel_is_its_module_and_its_lines_in_the_package(tmp_path):
         assert source.count(old) == 1, f"kernels/__init__.py lost {old!r}: update this test and docs/kernels.md"
         source = source.replace(old, new)
     init.write_text(source + '\n\ndef double(x):\n    return _op("double")(x)\n')
+    sections = repo / "config" / "sections.py"
+    text, field = sections.read_text(), '    gather: Literal["auto", "triton", "reference"] = "auto"\n'
+    assert text.count(field) == 1, "config/sections.py lost KernelsConfig.gather: update this test and docs/kernels.md"
+    sections.write_text(text.replace(field, field + '    double: Literal["auto", "fast", "reference"] = "auto"\n'))
     code = textwrap.dedent("""
         import torch, kernels
         from config import ConfigError, load_config

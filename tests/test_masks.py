@@ -206,7 +206,7 @@ CASES = [({}, 16, 7, 0), ({}, 16, 7, 1), ({"seed": 5, "truncation": "random"}, 8
 def test_deterministic_across_processes():
     child = """
         import hashlib, json, sys
-        from pipeline.masks import MultiBlockMaskSampler
+        from pipeline.masks.sampler import MultiBlockMaskSampler
         for kwargs, batch, step, rank in json.loads(sys.argv[1]):
             ctx, tgt = MultiBlockMaskSampler(input_size=224, patch_size=14, **kwargs).sample(batch, step, rank)
             print(hashlib.sha256(ctx.numpy().tobytes() + b"|" + tgt.numpy().tobytes()).hexdigest())
@@ -231,7 +231,7 @@ def test_pure_function_of_seed_step_rank():
 def test_tiny_grids_never_hang():
     child = """
         import json, time
-        from pipeline.masks import MultiBlockMaskSampler
+        from pipeline.masks.sampler import MultiBlockMaskSampler
         out, start = [], time.perf_counter()
         for input_size, min_keep, edges, extra in [(64, 0, True, {}), (32, 0, True, {}), (64, 0, False, {}),
                                                     (32, 0, False, {}), (64, 0, True, {"nenc": 2}),

@@ -18,10 +18,9 @@ from typing import Callable, Optional
 import torch
 
 import kernels
-from config import Config, ConfigError, config_to_yaml, grid_size, training_dtype
+from config import Config, ConfigError, config_to_yaml, grid_size, mask_sampler, training_dtype
 from pipeline.loading.loader import Loader, build_loader
 from pipeline.masks.pictures import batch_pictures
-from pipeline.masks.sampler import MultiBlockMaskSampler
 from training import TrainingError, slurm
 from training.checkpoints import (checkpoint_bytes, checkpoint_dir, clean_crashed_saves, complete_tags, restore_saved,
                                   save_checkpoint)
@@ -39,12 +38,6 @@ from util.files import write_file_atomic
 logger = logging.getLogger(__name__)
 
 MASK_IMAGES = 4  # images of the batch in each TensorBoard mask picture
-
-
-def mask_sampler(cfg: Config) -> MultiBlockMaskSampler:
-    """The multiblock sampler of a config: the mask section, the crop and patch size, the run's seed."""
-    return MultiBlockMaskSampler(input_size=cfg.data.crop_size, patch_size=cfg.model.patch_size, seed=cfg.run.seed,
-                                 **dataclasses.asdict(cfg.mask))
 
 
 def build_training_loader(cfg: Config, plan: RunPlan, rank: int, device: torch.device,
