@@ -9,12 +9,13 @@ install: $(STAMP)
 
 # The stamp is a copy of the requirements it was installed from: newer requirements.txt → reinstall.
 # DeepSpeed compiles its CPU shared-memory communication op at the first start of a process group (about 50 s); it is
-# built here, as part of the install, so that no run or test pays for it (on a GPU machine there is no such op).
+# built here, into this environment's own cache (.venv/torch_extensions, training.distributed.use_environment_op_cache),
+# so that no run or test pays for it and another checkout's environment never rebuilds it (on a GPU machine there is
+# no such op).
 $(STAMP): requirements.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -c "from deepspeed.accelerator import get_accelerator as a; op = a().create_op_builder('ShareMemCommBuilder'); \
-		op is not None and op.is_compatible() and op.load()"
+	$(PY) -c "from training.distributed import build_ops; build_ops()"
 	cp requirements.txt $(STAMP)
 
 # The whole suite on two workers (this machine's cores; a file's tests stay on one worker, so its module fixtures run

@@ -6,7 +6,7 @@
 
 SRC holds one sub-folder per class (class index = position in the sorted folder names, as torchvision's ImageFolder),
 images found recursively inside; or any image files with --labels none. DEST receives <prefix>-000000.tar, its DALI
-index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards/format.py). Bad inputs are skipped and listed
+index <prefix>-000000.idx, ... and manifest.json (the format: pipeline/shards/). Bad inputs are skipped and listed
 in the manifest with the reason (damaged JPEGs included: see pipeline/shards/images.py). Rerunning the same command
 resumes: complete shards whose checksums match are kept, the rest rebuilt, and so are the shards holding a source file
 modified since (a new modification time); files added, removed or resized make DEST refused unless --overwrite.

@@ -71,14 +71,15 @@ def main(argv=None) -> int:
         if args.print_config:
             sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
             return 0
-        return train(cfg, ResumeRequest(cfg.checkpoint.resume if args.resume is None else args.resume,
-                                        args.accept_changes, args.keep_per_gpu_batch))
+        return run_training(cfg, ResumeRequest(cfg.checkpoint.resume if args.resume is None else args.resume,
+                                               args.accept_changes, args.keep_per_gpu_batch))
     except UserError as err:  # bad input, config, data, a refused resume: one line, no traceback
         logger.error("%s: %s", "config error" if isinstance(err, ConfigError) else "error", err)
         return err.exit_code
 
 
-def train(cfg, request: ResumeRequest) -> int:
+def run_training(cfg, request: ResumeRequest) -> int:
+    """training.loop.fit with rank 0's kNN probe, its log lines printed above the progress bar."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from evaluation.probes import TrainingProbe

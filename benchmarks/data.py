@@ -201,8 +201,8 @@ def best_round(name: str, rounds: list[dict]) -> dict:
 
 
 def dali_stages(shards: Path, device: torch.device, epochs: int) -> dict:
-    """images/s of the DALI pipeline cut after each stage (pipeline/loading/dali_backend.py STAGES), same batch and threads:
-    the first stage whose rate is close to the whole pipeline's is what limits it."""
+    """images/s of the DALI pipeline cut after each stage (pipeline/loading/dali_backend.py STAGES), same batch and
+    threads: the first stage whose rate is close to the whole pipeline's is what limits it."""
     from pipeline.loading.dali_backend import STAGES, stage_pipeline
     from pipeline.shards.manifest import list_shards
 

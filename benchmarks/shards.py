@@ -32,7 +32,7 @@ def make_images(root: Path, n: int, unique: int = 200, seed: int = 0) -> None:
         base = np.asarray(Image.fromarray(field).resize((500, 375), Image.Resampling.BICUBIC), dtype=np.float32)
         buf = io.BytesIO()
         Image.fromarray((base + rng.normal(0, 18, base.shape)).clip(0, 255).astype(np.uint8)).save(buf, "JPEG",
-                                                                                                  quality=90)
+                                                                                                   quality=90)
         images.append(buf.getvalue())
     for i in range(n):
         folder = root / f"n{i % 4:08d}"
@@ -94,7 +94,7 @@ def run(cfg=None, n_images: int = 1000, scaling_images: int = 4000, repeat: int 
         rows = [(name, _rate(src, out, n_images, options, 1, repeat)) for name, options in cases]
         scaling = {name: [_rate(big, out, scaling_images, ShardOptions(verify=verify, **scaling_size), w, repeat)
                           for w in (1, 2)] for name, verify in (("copy, full decode", "full"),
-                                                               ("copy, header check", "header"))}
+                                                                ("copy, header check", "header"))}
     print(f"{n_images} JPEGs 500×375 q90, mean {mean_kb:.0f} kB, page cache; {os.cpu_count()} cores; "
           f"median of {repeat}; a run's fixed cost (scan, fork, manifest; 8 images): {overhead_s * 1e3:.0f} ms")
     print(f"{'case (one worker)':<40} {'img/s':>8} {'× ref':>6}")

@@ -180,7 +180,7 @@ def find_key(mapping: Any, item: Any) -> tuple[int, Any]:
     an int it names by its repr); (the end, item) when none does."""
     keys = list(mapping) if isinstance(mapping, dict) else []
     return next(((at, key) for at, key in enumerate(keys) if item == key or (not isinstance(key, str) and
-                                                                           item == repr(key))), (len(keys), item))
+                                                                             item == repr(key))), (len(keys), item))
 
 
 def check_consistency(cfg: Config) -> Optional[str]:

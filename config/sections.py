@@ -58,8 +58,9 @@ class MaskConfig:
     enc_mask_scale: tuple[float, float] = between(0.0, 1.0, default=(0.85, 1.0), low_open=True, ordered=True)
     pred_mask_scale: tuple[float, float] = between(0.0, 1.0, default=(0.15, 0.2), low_open=True, ordered=True)
     aspect_ratio: tuple[float, float] = between(0.01, 100.0, default=(0.75, 1.5), ordered=True)
-    nenc: int = between(1, 1, default=1, why="the context encoder and predictor take one context block per image, as "
-                                            "every released I-JEPA config; several are not implemented")
+    nenc: int = between(1, 1, default=1,
+                        why="the context encoder and predictor take one context block per image, as every released "
+                            "I-JEPA config; several are not implemented")
     npred: int = between(1, 64, default=4)
     min_keep: int = at_least(0, default=10)  # below the smallest block: checked against the grid
     allow_overlap: bool = False

@@ -19,7 +19,9 @@ from evaluation import EvalError
 from model.jepa import build_jepa
 from model.official import DAMAGED_FILE_ERRORS, first_line, load_encoder_for_eval, load_strict, weights_only_loads
 from model.vit import init_weights
-from training.checkpoints import COMPLETE, TAG, complete_tags, deepspeed_safe_types, load_states_file
+from training.checkpoints import TAG, complete_tags
+from training.integrity import COMPLETE
+from training.states import deepspeed_safe_types, load_states_file
 
 STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 

@@ -274,8 +274,8 @@ CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBacken
 
 def attention_sdpa_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q, k, v (B, H, N, d) → (B, H, N, d). SDPA with cuDNN's backend tried first, then SDPA's usual order (a device or
-    shape cuDNN does not take falls through: the CPU runs SDPA's CPU kernel). On an H200 at N=256, d=80 cuDNN measured
-    291 / 178 TFLOP/s forward / backward against flash's 182 / 100, but SDPA's own pick is flash."""
+    shape cuDNN does not take falls through: the CPU runs SDPA's CPU kernel). On Hopper at ViT-H's shapes cuDNN's
+    kernels are faster than flash, SDPA's own pick (docs/kernels.md)."""
     with sdpa_kernel(CUDNN_FIRST, set_priority=True):
         return F.scaled_dot_product_attention(q, k, v)
 

@@ -10,8 +10,7 @@ from typing import Optional
 from config import Config, load_config
 from reporting import ReportError
 from reporting.steplog import StepLog, read_step_log
-from training.checkpoints import checkpoint_dir, complete_tags
-from training.plan import RunRecord, read_run_record
+from training.checkpoints import CheckpointRecord, checkpoint_dir, complete_tags, read_record
 
 
 @dataclass
@@ -20,7 +19,7 @@ class RunFolder:
     cfg: Config
     summary: Optional[dict]  # summary.json: written when the run reached its last step
     checkpoint: Optional[Path]  # the newest complete checkpoint's tag folder
-    record: Optional[RunRecord]  # its run.json: world size, the backend the run resolved
+    record: Optional[CheckpointRecord]  # its run.json: world size, the backend the run resolved
     log: Optional[StepLog]  # logs/<run.name>/*.csv; None when the run wrote no CSV step log
 
     @property
@@ -63,9 +62,9 @@ def read_summary(path: Path) -> Optional[dict]:
     return summary
 
 
-def newest_checkpoint(path: Path) -> tuple[Optional[Path], Optional[RunRecord]]:
+def newest_checkpoint(path: Path) -> tuple[Optional[Path], Optional[CheckpointRecord]]:
     tags = complete_tags(checkpoint_dir(path))
     if not tags:
         return None, None
     folder = checkpoint_dir(path) / tags[-1]
-    return folder, read_run_record(folder)
+    return folder, read_record(folder)

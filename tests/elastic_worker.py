@@ -1,5 +1,5 @@
 """Launched by tests/test_elastic.py (torchrun): the set-up train.py runs (training.plan.plan_run, then
-training.loop.prepare: the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of
+training.loop.Trainer.build: the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of
 the consolidated states, gathered with DeepSpeed's own API, for the test to compare across world sizes. One launch
 runs each ZeRO stage asked for in turn, each in OUT/stage<S> with its dump OUT/stage<S>.pt (a launch's start-up costs
 more than a tiny engine):
@@ -23,11 +23,13 @@ import torch  # noqa: E402
 
 from config import load_config  # noqa: E402
 from training.distributed import on_rank0, setup_distributed, single_process_env  # noqa: E402
-from training.loop import StopSignal, claim_out_dir, prepare, train  # noqa: E402
+from training.faults import Peers, StopSignal  # noqa: E402
+from training.guard import Guard, claim_out_dir  # noqa: E402
+from training.loop import Trainer, train  # noqa: E402
 from training.plan import ResumeRequest, plan_run  # noqa: E402
 
 
-def dump(run) -> dict:
+def dump(run: Trainer) -> dict:
     """Every trainable parameter's fp32 master, AdamW moments and 16-bit module value, in full, on every rank
     (collectives under ZeRO-3), with the target encoder, the step and this rank's loader state."""
     import deepspeed
@@ -73,11 +75,12 @@ def main() -> int:
             *args.set, f"deepspeed.zero_optimization={{stage: {stage}}}", f"run.out_dir={args.out / f'stage{stage}'}"])
         plan = plan_run(cfg, world_size, ResumeRequest(args.resume))
         torch.distributed.barrier()  # every rank planned (the plan refuses a folder another run holds) before the claim
-        with contextlib.ExitStack() as claim:
-            on_rank0(claim_out_dir, claim, cfg, plan)
-            run = prepare(cfg, plan, device, rank)
+        with contextlib.ExitStack() as held:
+            on_rank0(claim_out_dir, held, cfg, plan)
+            guard = Guard(cfg, device, rank, StopSignal(), Peers.collect(rank))  # its watchdog thread not started
+            run = Trainer.build(cfg, plan, guard)
             if args.train:
-                train(run, StopSignal(), None)
+                train(run)
             states = dump(run)
             if rank == 0:
                 torch.save(states, args.out / f"stage{stage}.pt")

@@ -169,18 +169,18 @@ def train_main(argv: list[str], caplog) -> tuple[int, list[str]]:
     import logging
 
     import train
-    import training.loop
+    import training.guard
 
     def no_further():
         raise AssertionError("train.py got past its run plan: run this case as a subprocess")
 
-    real, training.loop.single_process_env = training.loop.single_process_env, no_further
+    real, training.guard.single_process_env = training.guard.single_process_env, no_further
     try:
         with caplog.at_level(logging.INFO):
             caplog.clear()
             code = train.main(argv)
     finally:
-        training.loop.single_process_env = real
+        training.guard.single_process_env = real
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
     return code, lines

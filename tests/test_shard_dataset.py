@@ -29,7 +29,7 @@ from pipeline.shards.format import ManifestError, tar_member_bytes
 from pipeline.shards.images import prepare_jpeg
 from pipeline.shards.manifest import MANIFEST_NAME, list_shards, read_manifest
 from pipeline.shards.scan import scan_source
-from pipeline.shards.writer import ShardOptions, plan_shards
+from pipeline.shards.writer import ShardOptions, assign_shards
 from util.files import is_partial_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -445,9 +445,9 @@ def test_byte_cap_is_exact_for_copied_jpegs(imagenet):
               and "png_named" not in f.path]
     scan.files = copied
     options = ShardOptions(shard_bytes=6000, shard_samples=None)
-    plan = plan_shards(scan, options)
-    assert len(plan) > 2 and sum(len(p.members) for p in plan) == len(copied)
-    for shard in plan:
+    shards = assign_shards(scan, options)
+    assert len(shards) > 2 and sum(len(s.members) for s in shards) == len(copied)
+    for shard in shards:
         estimate = sum(tar_member_bytes(f.size) + tar_member_bytes(len(str(f.label))) for _, f in shard.members)
         assert estimate <= 6000 or len(shard.members) == 1
 

@@ -1,11 +1,13 @@
 """Distributed set-up and the few collectives the loop uses: the process group (NCCL on GPUs, gloo on the CPU) with
 the run's collective timeout, a world of one without a launcher, all-gathers of Python objects, agreement on flags,
-DeepSpeed's /dev/shm buffers (this rank's removed at exit, dead runs' at the next start)."""
+DeepSpeed's /dev/shm buffers (this rank's removed at exit, dead runs' at the next start), and the one place its
+JIT-built ops are cached (per environment)."""
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,25 @@ SETUP_TIMEOUT_S = 4 * 3600  # rank 0's one-off work the others wait for (a unive
 SHM_PATTERN = "deepspeed_*"  # DeepSpeed's shared-memory all-reduce buffers (deepspeed/ops/csrc/cpu/comm/shm.cpp)
 SHM_MIN_AGE_S = 60  # a buffer younger than this may belong to a run starting now, not yet mapped by it
 _setup_group = None  # a gloo group with SETUP_TIMEOUT_S, for on_rank0
+
+
+def use_environment_op_cache() -> Path:
+    """Points torch's extension cache at this environment (`<venv>/torch_extensions`) unless TORCH_EXTENSIONS_DIR is
+    set; returns it. Set before DeepSpeed loads an op: torch keys ~/.cache/torch_extensions by the op's name only,
+    so two checkouts or venvs sharing it would rebuild DeepSpeed's CPU communication op in turn, each over the
+    other's library."""
+    return Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+
+
+def build_ops() -> None:
+    """`make install`: builds, into this environment's cache, the DeepSpeed ops a CPU run loads at its first start
+    (its shared-memory all-reduce); on a GPU machine there is none to build."""
+    use_environment_op_cache()
+    from deepspeed.accelerator import get_accelerator
+
+    op = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if op is not None and op.is_compatible():
+        op.load()
 
 
 def single_process_env() -> None:
@@ -37,6 +58,7 @@ def setup_distributed(device_kind: str, timeout_s: float = 600.0):
             default is 30 minutes of GPU-hours burned in silence when a rank hangs).
     """
     global _setup_group
+    use_environment_op_cache()
     import deepspeed
     import torch
 
@@ -75,7 +97,7 @@ def gather(obj, group=None):
     return out
 
 
-def agree(flags: tuple[bool, ...], device) -> tuple[bool, ...]:
+def any_rank(flags: tuple[bool, ...], device) -> tuple[bool, ...]:
     """Each flag True on every rank when any rank says True (one small all-reduce, only on check steps)."""
     import torch
     import torch.distributed as dist

@@ -11,9 +11,9 @@ import torch
 from config import Config, ConfigError
 from model.compile import compile_blocks
 from model.jepa import build_jepa, target_features
-from training.checkpoints import deepspeed_safe_types, load_states_file
 from training.plan import BatchLayout
 from training.schedules import Schedules, lr_at, momentum_at, wd_at
+from training.states import deepspeed_safe_types, load_states_file
 
 logger = logging.getLogger(__name__)
 

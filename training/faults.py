@@ -2,9 +2,9 @@
 stalled, a rank that died or hung.
 
     stop = StopSignal("USR1")                 # SIGTERM/SIGINT/SIGUSR1: checkpoint at the next agreed check, exit 0
-    peers = Peers.gather(rank)                # every rank's host and pid, once after the process group exists
+    peers = Peers.collect(rank)               # every rank's host and pid, once after the process group exists
     with Watchdog(stop, timeout_s, rank, on_stall=...) as watchdog:   # on_stall: exit_now(the line)
-        ... watchdog.beat(step) after every step ...
+        ... watchdog.step_done(step) after every step ...
     except RuntimeError as err: if is_comm_failure(err): raise TrainingError(f"{peers.lost()} at step ...")
 
 - A launcher (`deepspeed`, its per-node `deepspeed.launcher.launch`, `torchrun`) that ends while its ranks train
@@ -104,7 +104,7 @@ def is_alive(proc) -> bool:
 
 class Watchdog:
     """A daemon thread: turns a launcher's end into a stop, and (rank 0) ends the process when no step finished
-    within `timeout_s` after `on_stall` logged why. Armed by `beat`; `disarm` before work that is not a step."""
+    within `timeout_s` after `on_stall` logged why. Armed by `step_done`; `disarm` before work that is not a step."""
 
     def __init__(self, stop: StopSignal, timeout_s: float, rank: int, on_stall: Callable[[int, float], None]):
         self.stop, self.timeout_s, self.rank, self.on_stall = stop, timeout_s, rank, on_stall
@@ -120,7 +120,7 @@ class Watchdog:
     def __exit__(self, *exc) -> None:
         self.done.set()
 
-    def beat(self, step: int) -> None:
+    def step_done(self, step: int) -> None:
         """Step `step` is done (or, before the loop, the run stands at it): the clock starts again."""
         self.step, self.since = step, time.monotonic()
 
@@ -146,7 +146,7 @@ class Peers:
         self.ranks, self.rank = ranks, rank
 
     @classmethod
-    def gather(cls, rank: int) -> "Peers":
+    def collect(cls, rank: int) -> "Peers":
         from training.distributed import gather
 
         return cls(gather((socket.gethostname(), os.getpid())), rank)

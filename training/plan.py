@@ -17,7 +17,6 @@ the same epoch. docs/training.md, "Elastic resume".
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,8 @@ from pipeline import DataError
 from pipeline.loading.loader import resolve_backend
 from pipeline.remote.fetch import RetryPolicy
 from pipeline.shards.manifest import Manifest, read_manifest
-from training.checkpoints import RUN_FILE, checkpoint_dir, complete_tags, resolve_resume
-from training.run_dir import check_not_in_use
+from training.checkpoints import Checkpoint, CheckpointRecord, checkpoint_dir, complete_tags, find_checkpoint
+from training.out_dir import check_not_in_use
 from training.schedules import Schedules
 
 logger = logging.getLogger(__name__)
@@ -90,52 +89,6 @@ class ResumeRequest:
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """What a checkpoint's run.json says about the run that wrote it."""
-
-    step: int
-    world_size: int
-    identity: dict[str, Any]  # run_identity: what a resume must keep
-    requested: tuple[int, int]  # (data.batch_size, optimization.grad_accum) its config asked for, before any plan
-    schedule_shift: int  # the schedules' step minus the step count (non-zero after --keep-per-gpu-batch rescaled)
-    position: Optional[tuple[int, int]] = None  # (epoch, samples of it read by all ranks); absent before 2026-12
-
-    @property
-    def trained_global_batch(self) -> int:
-        """The global batch its run trained with, as recorded (BatchLayout.global_batch computed it)."""
-        return int(self.identity["global batch size"])
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> "RunRecord":
-        """Raises KeyError, TypeError, ValueError or IndexError on a damaged file."""
-        meta = json.loads(text)
-        identity = dict(meta["identity"])
-        requested = meta.get("requested") or [identity[key] for key in BATCH_KEYS]  # older checkpoints: as trained
-        position = meta.get("position")
-        return cls(int(meta["step"]), int(meta["world_size"]), identity, (int(requested[0]), int(requested[1])),
-                   int(meta.get("schedule_shift", 0)), (int(position[0]), int(position[1])) if position else None)
-
-    def saved_position(self) -> tuple[int, int]:
-        """(epoch, samples of it read) when saved. Older run.json files lack it: derived from the step, which is
-        exact for a run that never changed its global batch mid-epoch."""
-        if self.position is not None:
-            return self.position
-        step, steps_per_epoch = self.step + self.schedule_shift, int(self.identity["schedule: steps per epoch"])
-        return step // steps_per_epoch, step % steps_per_epoch * self.trained_global_batch
-
-
-@dataclass(frozen=True)
-class SavedRun:
-    """A complete checkpoint to resume: its tag folder and its run.json."""
-
-    folder: Path
-    record: RunRecord
-
-
-@dataclass(frozen=True)
 class RunPlan:
     """Every run value, computed once by plan_run."""
 
@@ -148,7 +101,7 @@ class RunPlan:
     schedule_shift: int  # the schedules run at step + shift (non-zero once --keep-per-gpu-batch rescaled them)
     last_step: int  # the step this run ends at: epochs x steps per epoch (less the shift) or optimization.max_steps
     identity: dict[str, Any]  # what a resume of this run's checkpoints must keep
-    saved: Optional[SavedRun] = None  # the checkpoint this run goes on from; None: a fresh start
+    saved: Optional[Checkpoint] = None  # the checkpoint this run goes on from; None: a fresh start
     elastic: bool = False  # the world size differs from the checkpoint's: DeepSpeed loads a universal conversion
     rescaled: bool = False  # --keep-per-gpu-batch changed the global batch
     notes: tuple[str, ...] = ()  # what the plan decided (plan_run logs them)
@@ -157,16 +110,27 @@ class RunPlan:
     def world_size(self) -> int:
         return self.layout.world_size
 
-    def record(self, step: int, position: tuple[int, int]) -> RunRecord:
+    def as_comments(self) -> str:
+        """The plan's values as YAML comments (config.yaml, beside the config they follow from)."""
+        layout, sched = self.layout, self.schedules
+        lines = [f"world_size: {layout.world_size}", f"global_batch_size: {layout.global_batch} = {layout.batch_size} "
+                 f"per GPU x grad_accum {layout.grad_accum} x {layout.world_size}",
+                 f"data: {self.manifest.total_samples} samples, {self.backend} backend, {self.steps_per_epoch} steps "
+                 f"per epoch", f"schedules: {sched.warmup_steps} warmup, lr and wd over {sched.t_max} steps, momentum "
+                 f"over {sched.momentum_denominator}, {sched.train_steps} training steps"
+                 + (f", shifted {self.schedule_shift:+d}" if self.schedule_shift else "")]
+        return "".join(f"# plan: {line}\n" for line in lines)
+
+    def record(self, step: int, position: tuple[int, int]) -> CheckpointRecord:
         """The run.json of this run's checkpoint at `step`, when the loader stands at `position`."""
-        return RunRecord(step, self.world_size, self.identity, self.requested, self.schedule_shift, position)
+        return CheckpointRecord(step, self.world_size, self.identity, self.requested, self.schedule_shift, position)
 
 
 def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeRequest()) -> RunPlan:
     """The plan of `cfg` on `world_size` ranks; reads data.shards' manifest and the run.json of the checkpoint
     `request.resume` names. Raises DataError (the shards), CheckpointError (the checkpoint, or a resume refused:
     other settings, a world size that cannot split the global batch)."""
-    saved = saved_run(request.resume, Path(cfg.run.out_dir))
+    saved = saved_checkpoint(request.resume, Path(cfg.run.out_dir))
     manifest = read_manifest(cfg.data.shards, fetch=RetryPolicy(cfg.data.fetch_timeout_s), key="data.shards")
     if cfg.logging.probe_every:  # read on rank 0 after the model is built: a typo would cost the whole set-up
         read_manifest(cfg.logging.probe_shards, key="logging.probe_shards")
@@ -177,14 +141,14 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     schedules = schedule_steps(cfg.optimization, steps_per_epoch)
     shift = 0 if saved is None else saved.record.schedule_shift
     if rescaled:  # the same place in the epoch, counted in steps of the new global batch
-        epoch, done = saved.record.saved_position()
+        epoch, done = saved.record.position
         shift = epoch * steps_per_epoch + done // layout.global_batch - saved.record.step
         notes += (f"schedules: step {saved.record.step} was sample {done:,} of epoch {epoch}; with the global batch "
                   f"of {layout.global_batch} ({steps_per_epoch} steps per epoch) the schedules go on from their step "
                   f"{saved.record.step + shift} (shift {shift:+d}; the step count goes on from {saved.record.step})",)
     backend = resolve_backend(cfg.data.backend)
-    identity = run_identity(cfg, layout, backend, manifest, steps_per_epoch, schedules.warmup_steps,
-                            schedules.t_max)
+    identity = resume_identity(cfg, layout, backend, manifest, steps_per_epoch, schedules.warmup_steps,
+                               schedules.t_max)
     for note in notes:
         logger.info(note)
     if saved is not None:
@@ -205,34 +169,20 @@ def schedule_steps(opt, steps_per_epoch: int) -> Schedules:
     return schedules
 
 
-def saved_run(resume: str, out_dir: Path) -> Optional[SavedRun]:
-    """The checkpoint `resume` names ("", "auto" or a tag folder: training.checkpoints.resolve_resume) and its
-    run.json; None for a fresh start. Raises CheckpointError naming a damaged run.json, or when a fresh start would
-    write over the checkpoints of a run already in out_dir; TrainingError when a live run holds out_dir."""
+def saved_checkpoint(resume: str, out_dir: Path) -> Optional[Checkpoint]:
+    """The checkpoint `resume` names ("", "auto" or a tag folder: training.checkpoints.find_checkpoint); None for a
+    fresh start. Raises CheckpointError when a fresh start would write over the checkpoints of a run already in
+    out_dir; TrainingError when a live run holds out_dir."""
     check_not_in_use(out_dir)
     if not resume and (tags := complete_tags(checkpoint_dir(out_dir))):
         raise CheckpointError(f"run.out_dir {out_dir} holds the checkpoints of a run ({len(tags)}, the newest "
                               f"{checkpoint_dir(out_dir) / tags[-1]}); a fresh run would write over them: resume "
                               f"it with --resume auto, or give this run another run.out_dir")
-    found = resolve_resume(resume, out_dir)
-    if found is None:
-        return None
-    folder = found[0] / found[1]
-    return SavedRun(folder, read_run_record(folder))
+    return find_checkpoint(resume, out_dir)
 
 
-def read_run_record(folder: Path) -> RunRecord:
-    """The run.json of the checkpoint `folder`; a CheckpointError naming it when it is damaged."""
-    path = folder / RUN_FILE
-    try:
-        return RunRecord.from_json(path.read_text())
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
-        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); the checkpoint is damaged: "
-                              f"choose another one") from None
-
-
-def run_identity(cfg: Config, layout: BatchLayout, backend: str, manifest: Manifest, steps_per_epoch: int,
-                 warmup: int, total: int) -> dict:
+def resume_identity(cfg: Config, layout: BatchLayout, backend: str, manifest: Manifest, steps_per_epoch: int,
+                    warmup: int, total: int) -> dict:
     """A flat {name: plain value} of everything a resume must keep (lists for pairs, so it survives JSON); the batch
     keys are the ones this run trains with."""
     out = {}
@@ -256,7 +206,7 @@ def run_identity(cfg: Config, layout: BatchLayout, backend: str, manifest: Manif
     return out
 
 
-def differences(saved: dict, current: dict) -> dict[str, str]:
+def identity_changes(saved: dict, current: dict) -> dict[str, str]:
     """{name: 'name: saved → current'} for every entry that differs (an entry only one side has counts as a
     difference), in the saved identity's order."""
     out = {}
@@ -267,10 +217,10 @@ def differences(saved: dict, current: dict) -> dict[str, str]:
     return out
 
 
-def check_resume(saved: SavedRun, identity: dict, accept_changes: bool, expected: frozenset[str]) -> None:
+def check_resume(saved: Checkpoint, identity: dict, accept_changes: bool, expected: frozenset[str]) -> None:
     """Refuses (unless `accept_changes`) a checkpoint written by a run whose data, batch or schedule differ from
     this one's, naming every difference; the `expected` ones (the plan's) are logged instead."""
-    changes = differences(saved.record.identity, identity)
+    changes = identity_changes(saved.record.identity, identity)
     meant = [text for name, text in changes.items() if name in expected]
     others = [text for name, text in changes.items() if name not in expected]
     if others and not accept_changes:
@@ -295,7 +245,7 @@ def split_global_batch(global_batch: int, world_size: int, max_batch: int) -> Op
     return next((per_gpu // a, a) for a in range(1, per_gpu + 1) if per_gpu % a == 0 and per_gpu // a <= max_batch)
 
 
-def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_size: int, keep_per_gpu_batch: bool):
+def resume_layout(requested: tuple[int, int], saved: Optional[Checkpoint], world_size: int, keep_per_gpu_batch: bool):
     """(the layout this run trains with, elastic, rescaled, the identity entries it changes on purpose, notes for the
     log) for the config's `requested` (batch, grad_accum) resuming `saved` (module docstring)."""
     batch, accum = requested
@@ -316,7 +266,7 @@ def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_s
         if split is None:
             raise CheckpointError(no_split_message(saved, world_size, batch * accum))
         batch, accum = split
-    trained = (then.identity["data.batch_size"], then.identity["optimization.grad_accum"])
+    trained = then.trained_batch
     if (batch, accum) != trained:
         expected.update(BATCH_KEYS)
     layout = BatchLayout(batch, accum, world_size)
@@ -333,7 +283,7 @@ def resume_layout(requested: tuple[int, int], saved: Optional[SavedRun], world_s
     return layout, elastic, rescaled, frozenset(expected), tuple(notes)
 
 
-def no_split_message(saved: SavedRun, world_size: int, per_gpu: int) -> str:
+def no_split_message(saved: Checkpoint, world_size: int, per_gpu: int) -> str:
     """`per_gpu`: the configured batch × grad_accum, what --keep-per-gpu-batch would keep."""
     g = saved.record.trained_global_batch
     fits = [str(n) for n in range(1, g + 1) if g % n == 0]

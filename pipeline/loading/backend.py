@@ -45,10 +45,10 @@ def shard_change(path: str, size: int) -> str | None:
 
 class Backend(Protocol):
     """A backend, built over ALL shards (pipeline.shards.format.ShardFile list) as Backend(data, seed, shards,
-    batches_per_epoch, rank=, world_size=, device=, batch_size=[, dtype=]) with `data` the config's data section: each rank reads
-    its 1/world_size of the samples (an even split of samples, not of shards, so no rank runs short), exactly
-    batches_per_epoch batches per epoch, every sample at most once per epoch across ranks, in an order that depends
-    only on (seed, epoch, rank). docs/data-pipeline.md gives each backend's arithmetic.
+    batches_per_epoch, rank=, world_size=, device=, batch_size=[, dtype=]) with `data` the config's data section: each
+    rank reads its 1/world_size of the samples (an even split of samples, not of shards, so no rank runs short), exactly
+    batches_per_epoch batches per epoch, every sample at most once per epoch across ranks, in an order that depends only
+    on (seed, epoch, rank). docs/data-pipeline.md gives each backend's arithmetic.
 
     epoch_batches(epoch, start, offset, batches) yields (images, labels, keys) from batch `start` on: images uint8
     (B, 3, S, S) for the loader to normalise, or already normalised floats. A backend that `takes_offset` starts an

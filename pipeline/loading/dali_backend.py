@@ -155,7 +155,7 @@ def fetch_for_dali(cache: ShardCache, shards: list[ShardFile], rank: int, world_
 
 
 class DaliBackend:
-    """Backend of the loader (pipeline/loading/loader.py): this rank's share of all `shards`, through a DALI pipeline."""
+    """The loader's backend (pipeline/loading/loader.py): this rank's share of all `shards`, through DALI."""
 
     name = "DALI"  # in the log
 

@@ -169,7 +169,7 @@ def decode_crop_on_gpu(jpgs: list[torch.Tensor], boxes, keys: list[str], shard_o
     if not good:
         shards = sorted({shard_of.get(k, "?") for k in keys})
         raise DataError(f"every sample of a batch is undecodable (shards {shards}); rebuild them with "
-                            f"shard_dataset.py")
+                        f"shard_dataset.py")
     picks = list(range(len(images)))
     for n, j in enumerate(bad):  # keep the batch size, as the CPU path does
         picks[j] = good[n % len(good)]

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline import DataError
-from pipeline.remote.fetch import RetryPolicy, fetch_file, join, read_json
-from pipeline.shards.format import ManifestError, ShardFile, read_span
-from pipeline.shards.manifest import MANIFEST_NAME, STATUS_COMPLETE, Manifest, manifest_from_dict
+from pipeline.remote.fetch import RetryPolicy, fetch_file, join
+from pipeline.shards.format import ShardFile, read_span
+from pipeline.shards.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

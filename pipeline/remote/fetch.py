@@ -66,7 +66,7 @@ def filesystem(url: str, policy: RetryPolicy):
     return fsspec.filesystem(url.split("://", 1)[0])
 
 
-def what_happened(err: BaseException, policy: RetryPolicy) -> str:
+def server_said(err: BaseException, policy: RetryPolicy) -> str:
     """What the server did, in words that follow "the server"."""
     import aiohttp
 
@@ -102,9 +102,9 @@ def with_retries(url: str, action: Callable[[], T], policy: RetryPolicy) -> T:
         try:
             return action()
         except (FileNotFoundError, PermissionError) as err:
-            raise RemoteError(f"{url}: the server {what_happened(err, policy)}; check data.shards") from err
+            raise RemoteError(f"{url}: the server {server_said(err, policy)}; check data.shards") from err
         except _retryable() as err:
-            said = what_happened(err, policy)
+            said = server_said(err, policy)
             if time.monotonic() + delay > deadline:
                 raise RemoteError(f"{url}: the server {said}, {tries} tr{'y' if tries == 1 else 'ies'} in "
                                   f"{policy.timeout_s:g} s "

@@ -6,7 +6,7 @@
                  reading one sample's bytes
     scan.py      the source image folder: its class folders, image files and links, walked once
     images.py    each source image checked and turned into the JPEG bytes a shard stores
-    writer.py    the plan (a seeded shuffle cut into shards), the worker pool, resuming a killed run
+    writer.py    the assignment (a seeded shuffle cut into shards), the worker pool, resuming a killed run
     dest.py      who may write DEST: its lock, what a rerun keeps, --overwrite
 
 The readers (pipeline/loading, evaluation, the shard cache) import manifest.py and format.py only.

@@ -1,5 +1,5 @@
 """What DEST holds for shard_dataset.py and who may write it: one writer at a time (a lock), the check that DEST is
-empty or holds a run of the same source, options and plan (then it is resumed), and --overwrite's removal of old
+empty or holds a run of the same source, options and assignment (then it is resumed), and --overwrite's removal of old
 shards (never of other files)."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ LOCK_NAME = ".shard_dataset.lock"  # held by the writer while it runs
 
 def describe_mismatch(manifest: Manifest, source: str, options: dict, plan_sha256: str,
                       planned_inputs: int) -> str | None:
-    """Why `manifest` does not describe a run over `source` with `options` and this plan; None when it does."""
+    """Why `manifest` does not describe a run over `source` with `options` and this assignment; None when it does."""
     if manifest.source != source:
         return f"it holds shards of {manifest.source}, not of {source}"
     changed = [f"{k} {manifest.options.get(k)!r} → {v!r}" for k, v in options.items() if manifest.options.get(k) != v]
@@ -78,7 +78,7 @@ def lock_dest(dest: Path, wait_s: float = 10.0):
 def open_dest(dest: Path, source: str, options: dict, plan_sha256: str, planned_inputs: int,
               overwrite: bool) -> Manifest | None:
     """Makes DEST ready for a writer holding `lock_dest`: returns its manifest when the run resumes it (same source,
-    options and plan), None when DEST is empty or, with `overwrite`, was cleared of its old shards.
+    options and assignment), None when DEST is empty or, with `overwrite`, was cleared of its old shards.
 
     Raises:
         DataError: DEST holds another dataset, other options, or files without a manifest, and not `overwrite`.

@@ -1,7 +1,7 @@
 """manifest.json: what a shard folder holds (its schema, `manifest_to_dict`), written by shard_dataset.py and read,
 type-checked and checked against the folder's files by every reader. `read_manifest` is the one way to open one:
 a folder on this machine, or (given a retry policy) the folder's URL. Readers list shards through the manifest
-(`list_shards`), never by globbing: a planned shard whose inputs were all bad has no files.
+(`list_shards`), never by globbing: a shard whose inputs were all bad has no files.
 """
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ URL_SCHEMES = ("http://", "https://", "s3://")  # data.shards may be one of thes
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """One planned shard as the manifest records it."""
+    """One shard of the assignment as the manifest records it."""
 
-    shard: int  # position in the plan; names the files
-    name: str | None  # tar file name in DEST; None when every planned input was bad
+    shard: int  # position in the assignment; names the files
+    name: str | None  # tar file name in DEST; None when every assigned input was bad
     index_name: str | None  # DALI index file name in DEST
     samples: int
     bytes: int  # size of the tar file
     sha256: str | None  # of the tar file
     index_sha256: str | None
-    plan_sha256: str  # digest of the inputs planned for this shard (see pipeline.shards.writer.shard_plan_digest)
+    plan_sha256: str  # digest of the inputs assigned to this shard (pipeline.shards.writer.inputs_digest)
     converted: int  # samples re-encoded (non-JPEG, CMYK, or resized) rather than copied
 
 
@@ -46,11 +46,11 @@ class Manifest:
     status: str  # "complete", or "in_progress" while shard_dataset.py runs (or after it was killed)
     source: str  # absolute path of SRC
     options: dict  # the options that decide the output bytes (pipeline.shards.writer.ShardOptions)
-    plan_sha256: str  # the plan's layout, without modification times (pipeline.shards.writer.plan_digest)
+    plan_sha256: str  # the assignment of files to shards (pipeline.shards.writer.assignment_digest)
     planned_inputs: int  # image files that entered the shuffle
     planned_shards: int
     classes: list[str] | None  # None with --labels none
-    shards: list[ShardRecord]  # in shard order; all planned shards once complete
+    shards: list[ShardRecord]  # in shard order; all assigned shards once complete
     skipped: list[dict]  # {"path", "reason", "shard"}: bad inputs; shard null for those found while scanning
     ignored: list[dict]  # {"path", "reason"}: files that are not image files by name, or not in a class folder
     versions: dict

@@ -113,7 +113,7 @@ def scan_source(src: Path, labels: str) -> SourceScan:
         for entry in entries:
             if problem := link_problem(entry.path):  # a lost class folder would shift every later class index
                 raise DataError(f"{entry.path}: {problem}. Fix or remove it: the class index of each folder is "
-                                    f"its position among SRC's folders")
+                                f"its position among SRC's folders")
         scan = SourceScan([e.name for e in entries if _is_dir(e)], [], [], [])
         scan.ignored += [{"path": e.name, "reason": "not inside a class folder"} for e in entries if not _is_dir(e)]
         for label, name in enumerate(scan.classes):

@@ -1,17 +1,17 @@
-"""Turns an image folder into WebDataset shards in the pipeline.shards format: scan, plan, verify/convert, write.
+"""Turns an image folder into WebDataset shards in the pipeline.shards format: scan, assign, verify/convert, write.
 
 1. Scan SRC (sorted; symlinked folders followed once) and stat every image file.
-2. Plan before reading any file: shuffle the sorted list with `random.Random(seed)` and cut it into shards by
-   samples and/or bytes, from the sizes on disk. The plan alone decides where each file goes, so the output is the
-   same byte for byte whatever the worker count.
-3. DEST must be empty, or hold a manifest of the same source, options and plan layout (then this run resumes it).
+2. Assign files to shards before reading any: shuffle the sorted list with `random.Random(seed)` and cut it into
+   shards by samples and/or bytes, from the sizes on disk. The assignment alone decides where each file goes, so the
+   output is the same byte for byte whatever the worker count. The manifest records it (its `plan_sha256` fields).
+3. DEST must be empty, or hold a manifest of the same source, options and assignment (then this run resumes it).
 4. Workers build whole shards: a shard the manifest records is kept if its inputs are unchanged and its files still
    match their sha256, others are written under a temporary name and renamed when complete; the main process
    rewrites the manifest after each.
 
-Changed sources. The plan layout (`plan_digest`: class list, and the path, size, label and shuffle position of every
-file) decides whether DEST belongs to this run; files added, removed, renamed or resized change it, and DEST is
-refused unless --overwrite. Each shard's digest (`shard_plan_digest`) also covers its files' modification times
+Changed sources. The assignment (`assignment_digest`: class list, and the path, size, label and shuffle position of
+every file) decides whether DEST belongs to this run; files added, removed, renamed or resized change it, and DEST is
+refused unless --overwrite. Each shard's digest (`inputs_digest`) also covers its files' modification times
 (st_mtime_ns), so a source file replaced by other content of the same size, or edited in place, makes a rerun
 rebuild exactly the shards holding it. Not detected: a change that keeps both size and mtime (a replacement whose
 mtime was set back, e.g. `touch -r` or `cp -p` of a same-size file, or one within the file system's timestamp
@@ -86,10 +86,12 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
-class PlannedShard:
+class ShardInputs:
+    """The files assigned to one shard."""
+
     shard: int
     members: tuple[tuple[int, SourceFile], ...]  # (position in the shuffle, file)
-    plan_sha256: str
+    digest: str  # inputs_digest: the manifest's plan_sha256 of this shard
     estimated_bytes: int  # tar bytes if every member is copied (see estimated_sample_bytes)
 
 
@@ -97,7 +99,7 @@ class PlannedShard:
 class ShardTask:
     src: str
     dest: str
-    planned: PlannedShard
+    inputs: ShardInputs
     options: ShardOptions
     classes: list[str] | None
     previous: ShardRecord | None  # what the manifest recorded for this shard, if anything
@@ -112,7 +114,7 @@ class ShardResult:
     resized: list[dict] = dataclasses.field(default_factory=list)  # {"path", "reason"}: fitted to JPEG's side limit
 
 
-# ---------------------------------------------------------------------------------------------------- scan and plan
+# ---------------------------------------------------------------------------------------------- scan and assignment
 def sample_json(file: SourceFile, classes: list[str] | None) -> bytes:
     meta = {"path": file.path, "class": None if file.label is None else classes[file.label], "label": file.label}
     return json.dumps(meta, sort_keys=True).encode("ascii")  # ASCII escapes: safe for any file name
@@ -128,8 +130,8 @@ def estimated_sample_bytes(file: SourceFile, options: ShardOptions, classes: lis
     return size
 
 
-def shard_plan_digest(members: tuple[tuple[int, SourceFile], ...], mtimes: bool = True) -> str:
-    """Digest of the inputs planned for one shard: shuffle position, label, size and path of each file and, with
+def inputs_digest(members: tuple[tuple[int, SourceFile], ...], mtimes: bool = True) -> str:
+    """Digest of the inputs assigned to one shard: shuffle position, label, size and path of each file and, with
     `mtimes`, its modification time (a shard whose digest differs from the recorded one is rebuilt)."""
     digest = hashlib.sha256()
     for position, f in members:
@@ -138,7 +140,7 @@ def shard_plan_digest(members: tuple[tuple[int, SourceFile], ...], mtimes: bool 
     return digest.hexdigest()
 
 
-def plan_shards(scan: SourceScan, options: ShardOptions) -> list[PlannedShard]:
+def assign_shards(scan: SourceScan, options: ShardOptions) -> list[ShardInputs]:
     """The seeded shuffle of the sorted file list, cut into shards of at most `shard_samples` samples and
     `shard_bytes` estimated bytes (a single larger sample still gets a shard of its own)."""
     order = list(scan.files)
@@ -155,16 +157,16 @@ def plan_shards(scan: SourceScan, options: ShardOptions) -> list[PlannedShard]:
         current_bytes += size
     if current:
         groups.append((tuple(current), current_bytes))
-    return [PlannedShard(i, members, shard_plan_digest(members), size)
+    return [ShardInputs(i, members, inputs_digest(members), size)
             for i, (members, size) in enumerate(groups)]
 
 
-def plan_digest(plan: list[PlannedShard], classes: list[str] | None) -> str:
-    """Digest of the plan's layout: the class list and which file (path, size, label) goes where. Modification
-    times are left out, so a file modified in place keeps DEST resumable and changes only its shard's digest."""
+def assignment_digest(shards: list[ShardInputs], classes: list[str] | None) -> str:
+    """Digest of the assignment: the class list and which file (path, size, label) goes where. Modification times
+    are left out, so a file modified in place keeps DEST resumable and changes only its shard's digest."""
     digest = hashlib.sha256(json.dumps(classes).encode("ascii"))
-    for shard in plan:
-        digest.update(shard_plan_digest(shard.members, mtimes=False).encode("ascii"))
+    for shard in shards:
+        digest.update(inputs_digest(shard.members, mtimes=False).encode("ascii"))
     return digest.hexdigest()
 
 
@@ -195,19 +197,19 @@ def _write_sample(tw: wds.TarWriter, sample: dict) -> list[tuple[str, int, int, 
 
 
 def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict], int, list[dict]]:
-    """Writes the planned samples that pass verification as a tar into `sink`; returns (index entries, skipped,
+    """Writes the shard's samples that pass verification as a tar into `sink`; returns (index entries, skipped,
     converted count, resized to fit JPEG)."""
     options, entries, skipped, converted, resized = task.options, [], [], 0, []
     tw = wds.TarWriter(sink, encoder=False, mtime=_TAR_MTIME)
-    for position, f in task.planned.members:
+    for position, f in task.inputs.members:
         try:
             jpeg, reencoded, note = prepare_jpeg(read_source(Path(task.src) / f.path), options.verify,
-                                                  options.quality, options.max_size)
+                                                 options.quality, options.max_size)
         except BadInput as bad:
             if task.strict:
                 raise DataError(f"{Path(task.src) / f.path}: {bad.reason} (--strict: fix or remove the file, "
-                                    f"or run without --strict to skip it)") from None
-            skipped.append({"path": f.path, "reason": bad.reason, "shard": task.planned.shard})
+                                f"or run without --strict to skip it)") from None
+            skipped.append({"path": f.path, "reason": bad.reason, "shard": task.inputs.shard})
         else:
             sample = {"__key__": sample_key(position), "jpg": jpeg}
             if f.label is not None:
@@ -224,11 +226,11 @@ def _write_samples(sink: _HashingFile, task: ShardTask) -> tuple[list, list[dict
 
 
 def write_shard(task: ShardTask) -> ShardResult:
-    """Writes one planned shard and its DALI index, each under a temporary name renamed when complete.
+    """Writes one shard and its DALI index, each under a temporary name renamed when complete.
 
     Neither is fsynced (an fsync per shard stalls the worker on the disk): a resume re-checks every recorded shard
     against its sha256, so one that a machine crash left incomplete is rebuilt. The manifest is fsynced."""
-    dest, shard, prefix = Path(task.dest), task.planned.shard, task.options.prefix
+    dest, shard, prefix = Path(task.dest), task.inputs.shard, task.options.prefix
     tar_path, idx_path = dest / shard_name(prefix, shard), dest / index_name(prefix, shard)
     tmp = dest / partial_name(tar_path.name)
     try:
@@ -236,7 +238,7 @@ def write_shard(task: ShardTask) -> ShardResult:
             sink = _HashingFile(raw)
             entries, skipped, converted, resized = _write_samples(sink, task)
         if not entries:
-            record = ShardRecord(shard, None, None, 0, 0, None, None, task.planned.plan_sha256, 0)
+            record = ShardRecord(shard, None, None, 0, 0, None, None, task.inputs.digest, 0)
             return ShardResult(record, skipped, kept=False, resized=resized)
         index = format_index(entries).encode("ascii")
         with _output_errors(tar_path):
@@ -245,7 +247,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     finally:
         tmp.unlink(missing_ok=True)
     record = ShardRecord(shard, tar_path.name, idx_path.name, len(entries), sink.size, sink.sha256.hexdigest(),
-                             hashlib.sha256(index).hexdigest(), task.planned.plan_sha256, converted)
+                         hashlib.sha256(index).hexdigest(), task.inputs.digest, converted)
     return ShardResult(record, skipped, kept=False, resized=resized)
 
 
@@ -257,21 +259,21 @@ def _output_errors(path: Path):
         yield
     except OSError as err:
         raise DataError(f"cannot write {path}: {err.strerror or err}. Free space or fix permissions, then rerun "
-                            f"the same command to resume") from err
+                        f"the same command to resume") from err
 
 
 def run_shard_task(task: ShardTask) -> ShardResult:
     """Keeps the recorded shard if its files still match their checksums, else (re)writes it."""
     previous = task.previous
-    if previous is not None and previous.plan_sha256 != task.planned.plan_sha256:
+    if previous is not None and previous.plan_sha256 != task.inputs.digest:
         why = ("it was written by an older shard_dataset.py, which did not record modification times"
-               if previous.plan_sha256 == shard_plan_digest(task.planned.members, mtimes=False) else
+               if previous.plan_sha256 == inputs_digest(task.inputs.members, mtimes=False) else
                "a source file in it was modified since it was written")
         logger.warning("rebuilding shard %d: %s", previous.shard, why)
     elif previous is not None:
         problem = verify_shard(task.dest, previous, checksum=True)
         if problem is None:
-            _advance(len(task.planned.members))
+            _advance(len(task.inputs.members))
             return ShardResult(previous, [], kept=True)
         logger.warning("rebuilding shard %d: %s", previous.shard, problem)
     return write_shard(task)
@@ -295,14 +297,14 @@ def _init_worker(progress, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-# ------------------------------------------------------------------------------------------------------- run
-class _Run:
+# ------------------------------------------------------------------------------------------------------- the run
+class _ManifestInProgress:
     """What the manifest records as shards complete; rewritten after each one so a killed run can resume."""
 
-    def __init__(self, src: Path, dest: Path, options: ShardOptions, scan: SourceScan, plan: list[PlannedShard],
+    def __init__(self, src: Path, dest: Path, options: ShardOptions, scan: SourceScan, shards: list[ShardInputs],
                  old: Manifest | None):
-        self.src, self.dest, self.options, self.scan, self.plan = src, dest, options, scan, plan
-        self.digest = plan_digest(plan, scan.classes)
+        self.src, self.dest, self.options, self.scan, self.shards = src, dest, options, scan, shards
+        self.digest = assignment_digest(shards, scan.classes)
         self.records = {r.shard: r for r in (old.shards if old else [])}
         self.skipped: dict[int, list[dict]] = {}
         for entry in old.skipped if old else []:
@@ -316,9 +318,9 @@ class _Run:
     def manifest(self, status: str) -> Manifest:
         bad = self.scan.skipped + [e for s in sorted(self.records) for e in self.skipped.get(s, [])]
         return Manifest(status, str(self.src), dataclasses.asdict(self.options), self.digest,
-                            len(self.scan.files), len(self.plan), self.scan.classes,
-                            [self.records[s] for s in sorted(self.records)], sorted(bad, key=lambda e: e["path"]),
-                            self.scan.ignored, self.versions)
+                        len(self.scan.files), len(self.shards), self.scan.classes,
+                        [self.records[s] for s in sorted(self.records)], sorted(bad, key=lambda e: e["path"]),
+                        self.scan.ignored, self.versions)
 
     def add(self, result: ShardResult) -> None:
         self.records[result.record.shard] = result.record
@@ -341,10 +343,10 @@ def _results(results, on_tick, interval_s: float = 0.5):
             on_tick()
 
 
-def _run_pool(run: _Run, settings: RunSettings) -> None:
-    """Builds the planned shards on forked workers (fork: no re-import of webdataset and torch per worker)."""
+def _run_pool(run: _ManifestInProgress, settings: RunSettings) -> None:
+    """Builds the shards on forked workers (fork: no re-import of webdataset and torch per worker)."""
     tasks = [ShardTask(str(run.src), str(run.dest), p, run.options, run.scan.classes, run.records.get(p.shard),
-                       settings.strict) for p in run.plan]
+                       settings.strict) for p in run.shards]
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
     workers = max(1, min(settings.workers, len(tasks)))
@@ -360,7 +362,7 @@ def _run_pool(run: _Run, settings: RunSettings) -> None:
 def round_balance(shards: list[tuple[int, int]], workers: int) -> str | None:
     """A warning when whole-shard parallelism leaves cores idle: workers take shards in rounds, and a last round with
     few shards keeps most workers waiting (141 shards of 1 GB on 64 cores: 3 rounds, the last with 13). Suggests the
-    shard size that fills every round. `shards`: (samples, estimated bytes) per planned shard. None when ≥ 90% of
+    shard size that fills every round. `shards`: (samples, estimated bytes) per shard. None when ≥ 90% of
     the worker time is used."""
     n = len(shards)
     if workers < 2 or n == 0:
@@ -403,7 +405,7 @@ def _dest_errors(dest: Path):
         yield
     except OSError as err:
         raise DataError(f"cannot write DEST {dest}: {err.filename or dest}: {err.strerror or err}. Fix "
-                            f"permissions or free space, then rerun the same command to resume") from err
+                        f"permissions or free space, then rerun the same command to resume") from err
 
 
 def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: ShardOptions,
@@ -418,21 +420,21 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
     """
     src, dest = check_paths(src, dest)
     scan = _scan(src, options, settings.strict)
-    plan = plan_shards(scan, options)
-    warning = round_balance([(len(p.members), p.estimated_bytes) for p in plan], settings.workers)
+    shards = assign_shards(scan, options)
+    warning = round_balance([(len(s.members), s.estimated_bytes) for s in shards], settings.workers)
     if warning:
         logger.warning(warning)
     with _dest_errors(dest):
         dest.mkdir(parents=True, exist_ok=True)
         with lock_dest(dest):
-            old = open_dest(dest, str(src), dataclasses.asdict(options), plan_digest(plan, scan.classes),
-                                len(scan.files), settings.overwrite)
-            run = _Run(src, dest, options, scan, plan, old)
+            old = open_dest(dest, str(src), dataclasses.asdict(options), assignment_digest(shards, scan.classes),
+                            len(scan.files), settings.overwrite)
+            run = _ManifestInProgress(src, dest, options, scan, shards, old)
             write_manifest(dest, run.manifest(STATUS_IN_PROGRESS))
             _run_pool(run, settings)
             manifest = run.manifest(STATUS_COMPLETE)
             if manifest.total_samples == 0:
                 raise DataError(f"none of the {len(scan.files) + len(scan.skipped)} image files in {src} is a "
-                                    f"usable image: see 'skipped' in {dest / MANIFEST_NAME}")
+                                f"usable image: see 'skipped' in {dest / MANIFEST_NAME}")
             write_manifest(dest, manifest)
     return manifest, {**run.counts, "resized": sorted(run.resized, key=lambda e: e["path"])}

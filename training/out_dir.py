@@ -1,4 +1,4 @@
-"""The run's out_dir: one run at a time (a lock), space for the next checkpoint, no folders of crashed saves.
+"""run.out_dir: one run at a time (a lock), and room for the next checkpoint.
 
 The lock is an flock on `<out_dir>/.run.lock`, taken by rank 0: the kernel releases it however the process ends
 (SIGKILL included), so a dead run never leaves a stale lock behind. The file holds who took it (host, pid, time), for
@@ -67,18 +67,6 @@ def check_not_in_use(out_dir: Path) -> None:
         except BlockingIOError:
             raise TrainingError(in_use(out_dir, f)) from None
         fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def remove_crashed_saves(ckpt_dir: Path, tag_pattern, complete_name: str) -> list[str]:
-    """Deletes checkpoint folders without a complete marker (a run died or failed while saving them); returns their
-    names. Only called while holding the out_dir lock, so no live run is writing them."""
-    if not ckpt_dir.is_dir():
-        return []
-    crashed = sorted(p.name for p in ckpt_dir.iterdir()
-                     if p.is_dir() and tag_pattern.match(p.name) and not (p / complete_name).is_file())
-    for name in crashed:
-        shutil.rmtree(ckpt_dir / name)
-    return crashed
 
 
 def folder_bytes(path: Path) -> int:

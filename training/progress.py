@@ -1,0 +1,188 @@
+"""What the loop tells: a line and the monitors' scalars every logging.every_steps, rank 0's diagnostics, probe and
+mask pictures on their steps, a progress bar on a terminal, and summary.json at the end. What each figure means:
+docs/training.md, "What a run looks like".
+
+    progress = Progress(cfg, plan, guard, step, make_probe)
+    progress.waited(seconds); progress.add_loss(step, loss)     # per micro step
+    progress.step_done(trainer, batch)                         # per optimizer step (rank 0 draws and probes)
+    progress.log(trainer, sched, batch)                        # on a logging step, after the host sync
+    progress.finish(trainer)                                   # summary.json
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from config import grid_size, training_dtype
+from pipeline.masks.pictures import batch_pictures
+from training.distributed import gather, on_rank0
+from training.engine import build_monitor, write_image
+from training.metrics import IntervalTimer, collapse_diagnostics, format_eta, peak_tflops
+from training.sample_log import SampleLog
+from util.files import write_file_atomic
+
+logger = logging.getLogger(__name__)
+
+MASK_IMAGES = 4  # images of the batch in each TensorBoard mask picture
+
+
+class Losses:
+    """Per-step losses and the first non-finite step, kept on the device until a logging step reads them: no host
+    sync in between."""
+
+    def __init__(self):
+        self.losses, self.first_bad = [], None
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.losses.append((step, loss))
+        bad = torch.where(torch.isfinite(loss), torch.zeros_like(loss), torch.full_like(loss, step))
+        self.first_bad = bad if self.first_bad is None else torch.where(self.first_bad > 0, self.first_bad, bad)
+
+    def bad_step(self) -> int:
+        return 0 if self.first_bad is None else int(self.first_bad.item())
+
+    def pop(self) -> list[tuple[int, float]]:
+        values = torch.stack([v for _, v in self.losses]).float().tolist()
+        out = [(s, v) for (s, _), v in zip(self.losses, values)]
+        self.losses = []
+        return out
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS of this process (KiB → GiB)
+
+
+class Progress:
+    """The loop's log, its monitors (DeepSpeed's TensorBoard and CSV) and its figures, for one launch."""
+
+    def __init__(self, cfg, plan, guard, step: int, make_probe: Optional[Callable[[], Callable]] = None):
+        self.cfg, self.rank, self.device = cfg, guard.rank, guard.device
+        self.every = cfg.logging.every_steps
+        self.monitor = build_monitor(cfg, Path(cfg.run.out_dir))
+        self.losses, self.timer, self.peak = Losses(), IntervalTimer(), peak_tflops(guard.device)
+        self.flops: Optional[float] = None  # per optimizer step, counted on the first
+        self.skipped = 0  # bad samples skipped by all ranks (data.on_bad_sample: skip)
+        self.probe = on_rank0(make_probe) if make_probe is not None and cfg.logging.probe_every else None
+        self.samples = SampleLog(cfg.run.out_dir, guard.rank, plan.world_size) if cfg.logging.sample_log else None
+        self.bar = progress_bar(guard.rank == 0 and sys.stderr.isatty(), total=plan.last_step, initial=step)
+        self.started, self.first_step = time.perf_counter(), step + 1
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def read(self, trainer, batch) -> None:
+        """A micro batch came: its keys into the sample log."""
+        if self.samples is not None:
+            self.samples.write(trainer.step, trainer.loader.epoch, batch.keys)
+
+    def step_done(self, trainer, batch) -> None:
+        """Rank 0, after each optimizer step: the bar, and the diagnostics, probe and pictures of their steps."""
+        if self.rank == 0:
+            self.bar.update(1)
+            self.diagnose(trainer, batch)
+
+    def log(self, trainer, sched: dict, batch) -> None:
+        """A logging step, after the host sync: the line and the scalars of the steps since the last one."""
+        figures = {**self.timer.report(self.flops, self.peak), "peak_gb": peak_memory_gb(self.device)}
+        losses, step, last = self.losses.pop(), trainer.step, trainer.plan.last_step
+        mean_loss = sum(v for _, v in losses) / len(losses)
+        kc, kt = batch.ctx_idx.shape[1], batch.tgt_idx.shape[2]
+        mfu = f"{figures['mfu'] * 100:.1f}%" if figures["mfu"] is not None else "n/a"
+        logger.info(f"step {step}/{last} ep {trainer.loader.epoch} | loss {mean_loss:.4f} | lr {sched['lr']:.2e} "
+                    f"wd {sched['wd']:.3f} m {sched['momentum']:.5f} | K {kc}/{kt} | "
+                    f"{figures['images_per_s']:.1f} img/s/GPU | step {figures['step_time_s']:.3f}s = data "
+                    f"{figures['data_wait_s']:.3f} + compute {figures['compute_s']:.3f} | mem "
+                    f"{figures['peak_gb']:.2f} GiB | MFU {mfu} | {figures['images_per_gpu_hour']:,.0f} img/GPU-h | "
+                    f"ETA {format_eta((last - step) * figures['step_time_s'])}"
+                    + (f" | skipped {self.skipped} bad samples so far" if self.skipped else ""))
+        events = [("Train/loss", v, s) for s, v in losses]
+        events += [(f"Train/{k}", v, step) for k, v in
+                   {**sched, "K_enc": kc, "K_pred": kt, "epoch": trainer.loader.epoch}.items()]
+        events += [(f"Perf/{k}", v, step) for k, v in figures.items() if v is not None]
+        events.append(("Data/skipped_samples", self.skipped, step))
+        self.monitor.write_events(events)
+
+    def count_skipped(self, loader) -> None:
+        """Samples skipped as unreadable by all ranks since the run began (resumes included); a collective, on
+        logging steps, only when data.on_bad_sample is skip (else none can be)."""
+        if self.cfg.data.on_bad_sample == "skip":
+            self.skipped = sum(gather(loader.backend.skipped))
+
+    def diagnose(self, trainer, batch) -> None:
+        """Rank 0, on their steps: collapse diagnostics of the target features, the kNN probe, and a TensorBoard image
+        of the batch's first images with their masks."""
+        cfg, step, events = self.cfg, trainer.step, []
+        diagnostics = cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0
+        probing = self.probe is not None and step % cfg.logging.probe_every == 0
+        if diagnostics or probing:
+            trainer.ema.wait()
+        if diagnostics:
+            dtype = training_dtype(cfg)
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                diag = collapse_diagnostics(trainer.target(batch.images))
+            events += [(f"Diagnostics/{k}", v, step) for k, v in diag.items()]
+            logger.info(f"step {step} diagnostics: feature std {diag['feature_std']:.4f}, effective rank "
+                        f"{diag['effective_rank']:.1f}")
+        if probing:
+            top1 = self.probe(trainer.target, self.device)
+            events.append(("Probe/knn_top1", top1, step))
+            logger.info(f"step {step} probe: kNN top-1 {100 * top1:.1f}% (target encoder, held-out shards)")
+        if events:
+            self.monitor.write_events(events)
+        every = cfg.logging.mask_images_every
+        if every and (step == 1 or step % every == 0):
+            write_image(self.monitor, "Masks/first_images", batch_pictures(
+                batch.images, batch.ctx_idx, batch.tgt_idx, grid_size(cfg), MASK_IMAGES), step)
+
+    def finish(self, trainer) -> None:
+        """The end of the run's steps, on every rank: the shard caches' totals (a collective), then rank 0's
+        summary.json: images/s per GPU and images per GPU-hour over this launch's steps."""
+        self.bar.close()
+        seconds, steps = time.perf_counter() - self.started, trainer.step - self.first_step + 1
+        cache = trainer.loader.backend.cache
+        cached = cache_totals(cache) if cache is not None else None
+        if self.rank == 0 and steps > 0:
+            write_summary(Path(self.cfg.run.out_dir), steps, seconds, trainer.plan.layout, self.skipped, cached)
+
+
+def cache_totals(cache) -> dict:
+    """What the shard caches of all ranks did (data.shards a URL): bytes from the network, bytes read from the
+    cached files, and the share of lookups that found their file cached; a collective."""
+    network, read, lookups, hits = (sum(col) for col in zip(*gather(cache.stats.as_tuple())))
+    return {"data_network_bytes": network, "data_cache_read_bytes": read,
+            "data_cache_hit_rate": hits / lookups if lookups else None}
+
+
+def write_summary(out_dir: Path, steps: int, seconds: float, layout, skipped: int,
+                  cached: Optional[dict] = None) -> None:
+    """Rank 0: run-level throughput over this launch's `steps` (start-up, checkpoints and logging included)."""
+    images, world_size = steps * layout.global_batch, layout.world_size
+    per_gpu = images / seconds / world_size
+    summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
+               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped,
+               **(cached or {})}
+    write_file_atomic(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    logger.info(f"summary: {steps} steps, {images} images in {seconds:.1f} s on {world_size} rank(s): "
+                f"{per_gpu:.1f} images/s per GPU, {per_gpu * 3600:,.0f} images per GPU-hour "
+                f"(includes start-up, checkpoints and logging); {skipped} bad samples skipped")
+    if cached:
+        rate = cached["data_cache_hit_rate"]
+        logger.info(f"shard cache: {cached['data_network_bytes'] / 1e6:,.1f} MB from the network, "
+                    f"{cached['data_cache_read_bytes'] / 1e6:,.1f} MB read from the cache, hit rate "
+                    + ("n/a" if rate is None else f"{100 * rate:.1f}%"))
+
+
+def progress_bar(enabled: bool, total: int, initial: int):
+    """A tqdm bar on rank 0 when stderr is a terminal; a no-op otherwise (logs stay line by line)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
