@@ -26,13 +26,13 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Helper modules whose fixtures tests of both tiers use (each module-scoped one is set up once per test file).
+pytest_plugins = ("export_checks", "image_factories", "index_damage", "shard_runs")
 UNIT, E2E = (Path(__file__).resolve().parent / tier for tier in ("unit", "e2e"))
 
 
 def in_folder(item, folder: Path) -> bool:
     return folder in item.path.resolve().parents
-# Helper modules whose fixtures tests of both tiers use (each module-scoped one is set up once per test file).
-pytest_plugins = ("export_checks", "image_factories", "index_damage", "shard_runs")
 
 
 def pytest_configure(config):
