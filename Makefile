@@ -18,14 +18,16 @@ $(STAMP): requirements.txt
 	$(PY) -c "from training.distributed import build_ops; build_ops()"
 	cp requirements.txt $(STAMP)
 
-# The whole suite on two workers (this machine's cores; a file's tests stay on one worker, so its module fixtures run
-# once; the longest files first, in tests/conftest.py's order, not xdist's by test count), then its 15 slowest tests.
+# The whole suite, tests/unit and tests/e2e, on two workers (this machine's cores; a file's tests stay on one worker,
+# so its module fixtures run once; the longest files first, in tests/conftest.py's order, not xdist's by test count),
+# then its 15 slowest tests.
 test: $(STAMP)
 	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
-# The fast tier for the edit-test loop: every test not marked slow; none starts a process (tests/conftest.py).
+# The fast tier for the edit-test loop: tests/unit, where no test starts a process (tests/conftest.py enforces it;
+# every test that does is in tests/e2e).
 check: $(STAMP)
-	$(PY) -m pytest tests -m "not slow" -q
+	$(PY) -m pytest tests/unit -q
 
 # The main job end to end on real data that ships with scikit-learn (handwritten digits): image folder → shards →
 # 2-process DeepSpeed training (CPU, gloo; the GPUs where there are some) → kNN, linear, attentive and low-shot probes

@@ -2,7 +2,7 @@
 (ms per batch of 128 on one core, 16×16 and 28×28 grids), and the token counts and spatial bias of every length policy
 and quirk switch (docs/masks.md).
 
-`ReferenceMaskCollator` is also the reference of tests/test_masks.py: the official algorithm without the image
+`ReferenceMaskCollator` is also the reference of tests/unit/test_masks.py: the official algorithm without the image
 collation, its generators passed in, and its retry loop capped so that a test can never hang on it.
 """
 from __future__ import annotations

@@ -89,7 +89,7 @@ def _op(name: str) -> Callable:
 
 
 # ------------------------------------------------------------------------------------------------------ public ops
-# One function per public op of REGISTRY, with its reference's signature (tests/test_kernels.py checks both).
+# One function per public op of REGISTRY, with its reference's signature (tests/unit/test_kernels.py checks both).
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q, k, v (B, H, N, d), any strides → softmax(q kᵀ / sqrt(d)) v (B, H, N, d), no mask.
 

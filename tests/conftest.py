@@ -1,4 +1,9 @@
-"""Test-session set-up shared by every test file.
+"""Test-session set-up shared by every test file, and the tier rule.
+
+The tests live in two folders: tests/unit, what `make check` runs (no test there starts a process), and tests/e2e
+(launches, servers, Slurm: every test that starts a process; each is marked slow here, so `-m "not slow"` leaves them
+out). The helpers both use are modules in tests/ (this folder is on sys.path, as pytest puts a conftest's folder
+there); the fixtures of e2e alone are in tests/e2e/conftest.py.
 
 TRITON_INTERPRET must be set before anything defines a @triton.jit function (otherwise Triton finds "0 active
 drivers" on a machine without a GPU), so it is set here, at the top of the first module pytest imports.
@@ -17,14 +22,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import random  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Helper modules whose fixtures tests of both tiers use (each module-scoped one is set up once per test file).
+pytest_plugins = ("export_checks", "image_factories", "index_damage", "shard_runs")
+UNIT, E2E = (Path(__file__).resolve().parent / tier for tier in ("unit", "e2e"))
+
+
+def in_folder(item, folder: Path) -> bool:
+    return folder in item.path.resolve().parents
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped where there is none")
-    config.addinivalue_line("markers", "slow: starts a process or takes more than a few seconds; `make test` runs it, "
-                                       "`make check` does not")
+    config.addinivalue_line("markers", "slow: a test under tests/e2e (it starts a process), marked so by "
+                                       "tests/conftest.py; `make test` runs it, `make check` (tests/unit) does not")
 
 
 # The files that take longest in `make test` (tens of seconds to minutes: they launch training), longest first. They
@@ -32,10 +46,14 @@ def pytest_configure(config):
 # together rather than one idling while the other runs a long file that came last. Order only: a file missing here
 # runs, later.
 LONG_FILES = ("test_elastic.py", "test_train.py", "test_train_hardening.py", "test_faults.py", "test_bench.py",
-              "test_slurm.py", "test_probe.py", "test_kernels_convergence.py", "test_hostile.py")
+              "test_slurm_cluster.py", "test_eval_cli.py", "test_triton_kernels.py", "test_hostile.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a test under tests/e2e is slow however it was selected
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if in_folder(item, E2E):
+            item.add_marker(pytest.mark.slow)
     first = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: first.get(item.path.name, len(LONG_FILES)))  # stable: a file's tests stay in order
     if torch.cuda.is_available():
@@ -47,15 +65,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _only_slow_tests_start_processes(request, monkeypatch):
-    """`make check` (-m "not slow") starts no process: a test that is not marked slow and starts one fails, naming
-    it. (Fixtures of a wider scope are set up before this one: a session fixture that launches is the tests' choice
-    to mark.) Forked workers (the shard writer's pool, DataLoader workers) are not new processes of a program."""
-    if request.node.get_closest_marker("slow"):
+def _the_tier_rule(request, monkeypatch):
+    """`make check` (tests/unit) starts no process: a test under tests/unit that is marked slow, or that starts a
+    process, fails, naming it and saying to move it to tests/e2e; a test file outside both folders fails too. (Fixtures
+    of a wider scope are set up before this one: a session fixture that launches belongs in tests/e2e/conftest.py.)
+    Forked workers (the shard writer's pool, DataLoader workers) are not new processes of a program."""
+    nodeid = request.node.nodeid
+    if in_folder(request.node, E2E):
         return
+    if not in_folder(request.node, UNIT):
+        pytest.fail(f"{nodeid}: a test file lives in tests/unit (it starts no process: make check) or in tests/e2e "
+                    f"(it starts one)", pytrace=False)
+    if request.node.get_closest_marker("slow"):
+        pytest.fail(f"{nodeid} is marked slow: move it to tests/e2e (tests/unit is make check's, whose tests start no "
+                    f"process)", pytrace=False)
 
     def refuse(self, args, *more, **options):
-        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it slow or run it in process")
+        raise AssertionError(f"{nodeid} starts a process ({args!r}): move it to tests/e2e or run it in process")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
@@ -89,7 +115,8 @@ def clean_switch(monkeypatch):
 @pytest.fixture(scope="session")
 def digit_shards(tmp_path_factory):
     """Real handwritten digits (scikit-learn) → class folders → shards by shard_dataset.py's main in this process:
-    {"train": 8 shards of 1,348 images, "val"} (the CLI in a fresh interpreter: test_shard_dataset.py, make demo)."""
+    {"train": 8 shards of 1,348 images, "val"} (the CLI in a fresh interpreter: e2e/test_shard_dataset_cli.py, make
+    demo)."""
     import shard_dataset
     from tools.digits import write_digits
 
@@ -116,15 +143,3 @@ def small_shards(digit_shards, tmp_path_factory):
     assert shard_dataset.main([str(src), str(dest), "--shard-size", "48", "--no-progress"]) == 0
     return dest
 
-
-@pytest.fixture(scope="session")
-def trained_run(digit_shards, tmp_path_factory):
-    """One process of train.py on the digits, 2 steps of 16 images, its checkpoint step00000002 (keep_last 1): the
-    checkpoint the refusal batteries copy, plant and damage (test_train_hardening, test_hostile). Read-only: copy it
-    before changing anything."""
-    from launches import launch, ok, python, train_args
-
-    out = tmp_path_factory.mktemp("trained")
-    ok(launch(python(train_args(digit_shards["train"], out, "optimization.max_steps=2", "checkpoint.every_steps=2",
-                                "checkpoint.keep_last=1"))))
-    return out

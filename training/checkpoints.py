@@ -167,6 +167,12 @@ def read_record(folder: Path) -> CheckpointRecord:
 
 
 def find_checkpoint(resume: str, out_dir: str | Path) -> Optional[Checkpoint]:
+    """The checkpoint `resume` names (choose_checkpoint) with its run.json; None for a fresh start."""
+    folder = choose_checkpoint(resume, out_dir)
+    return None if folder is None else Checkpoint(folder, read_record(folder))
+
+
+def choose_checkpoint(resume: str, out_dir: str | Path) -> Optional[Path]:
     """'' → None (fresh start); 'auto' → the newest complete checkpoint of run.out_dir that verifies, or None when
     it has no complete one; a path (a tag folder) → that checkpoint, which must exist, be complete and verify.
     Raises CheckpointError in one line naming the damaged file.
@@ -177,8 +183,7 @@ def find_checkpoint(resume: str, out_dir: str | Path) -> Optional[Checkpoint]:
     if not resume:
         return None
     if resume == "auto":
-        folder = newest_verified(checkpoint_dir(out_dir))
-        return None if folder is None else Checkpoint(folder, read_record(folder))
+        return newest_verified(checkpoint_dir(out_dir))
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist: give a tag folder such as "
@@ -190,7 +195,7 @@ def find_checkpoint(resume: str, out_dir: str | Path) -> Optional[Checkpoint]:
     if problems:
         raise CheckpointError(f"checkpoint {path} is damaged: {listed(problems)}; it is kept as it is: choose "
                               f"another checkpoint (--resume auto takes the newest one that verifies)")
-    return Checkpoint(path, read_record(path))
+    return path
 
 
 def newest_verified(ckpt_dir: Path) -> Optional[Path]:

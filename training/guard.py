@@ -5,7 +5,7 @@ and the step watchdog, run.out_dir held by rank 0 for the whole run, and what en
         ... the steps, each followed by guard.watchdog.step_done(step) ...
 
 The mechanisms (signals, launchers, the watchdog thread, lost ranks) are training/faults.py's; this module wires them
-for one run. docs/training.md, "Trust and failure".
+for one run. docs/training.md, "Preemption" and "A rank that dies or hangs".
 """
 from __future__ import annotations
 

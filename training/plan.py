@@ -6,7 +6,7 @@ changed: where a resume trains with another per-GPU batch, the plan's `layout` s
     plan.layout.global_batch, plan.steps_per_epoch, plan.schedules, plan.schedule_shift, plan.backend ...
 
 A resume must share the data, the batch and the schedule of the run that wrote its checkpoint: run.json records
-that run's identity (`run_identity`), and plan_run refuses every difference by name, before anything is built,
+that run's identity (`resume_identity`), and plan_run refuses every difference by name, before anything is built,
 unless told the change is meant (`--accept-changes`). On another number of GPUs the global batch is kept: the per-GPU
 batch (at most the configured data.batch_size, which is what fits in memory) and grad_accum are re-chosen so that
 batch × grad_accum × GPUs equals the saved global batch; when no whole split exists the resume is refused, naming

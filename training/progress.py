@@ -1,6 +1,6 @@
 """What the loop tells: a line and the monitors' scalars every logging.every_steps, rank 0's diagnostics, probe and
 mask pictures on their steps, a progress bar on a terminal, and summary.json at the end. What each figure means:
-docs/training.md, "What a run looks like".
+docs/training.md, "Logging".
 
     progress = Progress(cfg, plan, guard, step, make_probe)
     progress.waited(seconds); progress.add_loss(step, loss)     # per micro step

@@ -1,0 +1,63 @@
+"""The node's shard cache (pipeline/remote/cache.py) and the fetches of pipeline/remote/fetch.py without a server, in
+process: a URL with no server, or one that answers nothing, is one line naming it once the bound is spent; a cache
+smaller than two shards is refused naming its key; downloads left by a killed process are removed. (Against a real nginx:
+e2e/test_remote_shards.py.)"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from served import FAST
+
+from pipeline import DataError
+from pipeline.remote.cache import ShardCache
+from pipeline.remote.fetch import RemoteError, RetryPolicy
+from pipeline.shards.manifest import read_manifest
+from util.net import free_port
+
+
+def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
+    url = f"http://127.0.0.1:{free_port()}/shards/"
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        read_manifest(url, fetch=RetryPolicy(1.5))
+    took, message = time.monotonic() - t0, str(err.value)
+    assert took < 4, took
+    assert "\n" not in message and message.startswith(f"{url}manifest.json: the server could not be reached")
+    assert "data.fetch_timeout_s" in message
+
+
+def test_a_server_that_answers_nothing_is_one_line_once_the_bound_is_spent():
+    """A slow server: it takes the connection (the kernel's backlog) and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/shards/"
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as err:
+            read_manifest(url, fetch=RetryPolicy(1.0))
+    assert 1.0 <= time.monotonic() - t0 < 3
+    assert str(err.value).startswith(f"{url}manifest.json: the server sent nothing for 1 s, 1 try in 1 s ")
+
+
+def test_a_cache_smaller_than_two_shards_is_refused_naming_the_key(small_shards, tmp_path):
+    manifest = read_manifest(small_shards)
+    largest = max(r.bytes for r in manifest.shards)
+    with pytest.raises(DataError, match=r"^data.cache_gb .*: the cache must hold at least two shards"):
+        ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, int(1.5 * largest), FAST)
+
+
+def test_downloads_left_by_a_killed_process_are_removed_and_hold_no_room(small_shards, tmp_path):
+    manifest = read_manifest(small_shards)
+    cache = ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, None, FAST)
+    name = manifest.shards[0].name
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this pid
+    (cache.dir / f"{name}.{gone}.7.part").write_bytes(b"cut")
+    (cache.dir / f"{name}.{os.getpid()}.7.part").write_bytes(b"in flight")
+    assert cache.usage() == 2 * manifest.shards[0].bytes  # each held at the shard's size
+    again = ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, None, FAST)
+    assert sorted(p.name for p in again.dir.glob("*.part")) == [f"{name}.{os.getpid()}.7.part"]
+    assert again.usage() == manifest.shards[0].bytes

@@ -1,0 +1,134 @@
+"""Slurm (training/slurm.py), in process: node lists (tests/node_lists.py), an srun task's rank layout, the warning
+signal that checkpoints and requeues. (A real one-node Slurm started on this machine: e2e/test_slurm_cluster.py.)"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+from node_lists import EXPANDED, REFUSED, UNBALANCED
+
+import train
+from training import TrainingError
+from training.distributed import cuda_index
+from training.faults import Peers, StopSignal
+from training.slurm import (HostlistError, adopt_srun_env, hostnames, lone_batch_shell, rendezvous_port, requeue,
+                            srun_env)
+
+# ------------------------------------------------------------------------------------------------ node lists, ranks
+
+@pytest.mark.parametrize("nodelist", sorted(EXPANDED))
+def test_node_lists_expand_as_slurm_expands_them(nodelist):
+    assert hostnames(nodelist) == EXPANDED[nodelist]
+
+
+@pytest.mark.parametrize("nodelist", REFUSED + UNBALANCED)
+def test_a_node_list_slurm_would_refuse_is_refused_naming_it(nodelist):
+    with pytest.raises(HostlistError, match=f"invalid Slurm node list {re.escape(repr(nodelist))}"):
+        hostnames(nodelist)
+
+
+def srun_task(**more) -> dict:
+    """The variables of task 3 of an `srun` step of 8 tasks on gpu007 and gpu008 (node 1, local 1 of 4)."""
+    return {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8",
+            "SLURM_STEP_NODELIST": "gpu[007-008]", "SLURM_JOB_NODELIST": "gpu[007-008]", **more}
+
+
+def test_an_srun_task_takes_its_rank_world_and_rendezvous_from_slurm():
+    env = srun_task()
+    assert adopt_srun_env(env)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "MASTER_ADDR")} == {
+        "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "NODE_RANK": "1", "MASTER_ADDR": "gpu007"}
+    assert env["MASTER_PORT"] == str(rendezvous_port(4242, 0))
+    # every task of a step meets on one port; another step of the job, or another job, on another one
+    ports = {rendezvous_port(job, step) for job in range(4242, 4250) for step in range(4)}
+    assert len(ports) == 32 and all(20000 <= p < 50000 for p in ports)
+    # a step of 2 tasks inside a job of 8: the step's count is the world
+    assert srun_env(srun_task(SLURM_STEP_NUM_TASKS="2", SLURM_PROCID="1"))["WORLD_SIZE"] == "2"
+
+
+def test_variables_a_launcher_set_win_over_slurms():
+    env = srun_task(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")  # torchrun under srun
+    assert not adopt_srun_env(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"]) == ("0", "2", "29500")
+
+
+def test_the_batch_shell_is_one_process_and_says_how_to_use_the_tasks():
+    shell = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}  # no SLURM_STEP_ID: not an srun task
+    assert not adopt_srun_env(dict(shell))
+    assert "batch shell of Slurm job 7, which has 2 tasks: start it with `srun python train.py" in lone_batch_shell(
+        shell)
+    assert lone_batch_shell({**shell, "SLURM_NTASKS": "1"}) is None
+    assert lone_batch_shell(srun_task()) is None
+
+
+def test_a_node_list_without_rank_0s_host_is_one_line(monkeypatch, capsys):
+    for key, value in srun_task(SLURM_STEP_NODELIST="gpu[2-1]").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RANK", raising=False)
+    assert train.main(["--config", "configs/tiny_cpu.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: srun task: cannot tell rank 0's host from SLURM_STEP_NODELIST='gpu[2-1]' (invalid Slurm "
+                   "node list 'gpu[2-1]': range '2-1'); set MASTER_ADDR"]
+
+
+def test_a_rank_uses_the_gpu_slurm_gave_it():
+    assert cuda_index(3, 8) == 3
+    assert cuda_index(3, 1) == 0  # srun --gpus-per-task=1: each task sees its own GPU only
+    with pytest.raises(TrainingError, match=r"LOCAL_RANK 3 but this process sees 2 GPU\(s\).*--gpus-per-task=1"):
+        cuda_index(3, 2)
+
+
+def test_the_start_line_lays_the_ranks_out_by_host():
+    assert Peers([("vm", 10), ("vm", 11)], 0).layout() == "2 ranks on 1 node (vm: ranks 0-1)"
+    assert Peers([("solo", 1)], 0).layout() == "1 rank on 1 node (solo: rank 0)"
+    many = [(f"gpu{n:03d}", n) for n in range(6) for _ in range(8)]
+    assert Peers(many, 0).layout() == ("48 ranks on 6 nodes (gpu000: ranks 0-7, gpu001: ranks 8-15, gpu002: ranks "
+                                       "16-23, gpu003: ranks 24-31, … 2 more)")
+
+
+@pytest.fixture
+def handlers():
+    """The signal handlers as they were, put back after the test."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("first,then,cause,requeue", [
+    (signal.SIGUSR1, signal.SIGTERM, "SIGUSR1", True),  # the warning, then Slurm's SIGTERM as the job is requeued
+    (signal.SIGUSR1, signal.SIGUSR1, "SIGUSR1", True),
+    (signal.SIGTERM, signal.SIGUSR1, "SIGTERM", False),  # a plain stop stays one
+    (signal.SIGINT, signal.SIGTERM, "SIGINT", False),
+])
+def test_the_first_signal_decides_and_a_second_changes_nothing(handlers, first, then, cause, requeue):
+    stop = StopSignal("USR1")
+    os.kill(os.getpid(), first)
+    os.kill(os.getpid(), then)
+    assert (stop.received, stop.requeue) == (cause, requeue)
+
+
+def test_once_the_checkpoint_is_written_further_signals_are_ignored_to_the_end(handlers):
+    stop = StopSignal("USR1")
+    os.kill(os.getpid(), signal.SIGUSR1)
+    stop.ignore_further()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):  # SIG_IGN: kept while Python exits, unlike a handler
+        assert signal.getsignal(sig) == signal.SIG_IGN
+        os.kill(os.getpid(), sig)
+    assert (stop.received, stop.requeue) == ("SIGUSR1", True)
+
+
+def test_the_requeue_signal_is_configurable_or_off(handlers):
+    stop = StopSignal("USR2")
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert (stop.received, stop.requeue) == ("SIGUSR2", True)
+    before = signal.getsignal(signal.SIGUSR1)
+    StopSignal(None)
+    assert signal.getsignal(signal.SIGUSR1) is before  # run.requeue_signal none: USR1 is left alone
+
+
+def test_outside_slurm_nothing_requeues_and_the_line_says_so():
+    assert requeue({}) == "not a Slurm job, so nothing requeues it: start it again with --resume auto"
