@@ -17,7 +17,8 @@ import yaml
 from config import config_from_dict
 from evaluation import EvalError
 from model.jepa import build_jepa
-from model.official import DAMAGED_FILE_ERRORS, first_line, load_encoder_for_eval, load_strict, weights_only_loads
+from model.official import load_encoder_for_eval, load_strict
+from model.safe_load import DAMAGED_FILE_ERRORS, first_line, weights_only_loads
 from model.vit import init_weights
 from training.checkpoints import TAG, complete_tags
 from training.integrity import COMPLETE

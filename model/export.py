@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from model.official import describe_mismatch
-from util.errors import UserError
 from model.sizes import VIT_SIZES
 from model.vit import VisionTransformer
+from util.errors import UserError
 
 # timm's name for a ViT without class token, average-pooled, no fc_norm: used when timm has no I-JEPA name for the size
 TIMM_FALLBACK_ARCH = "vit_base_patch16_gap_224"

@@ -9,98 +9,20 @@ Such files come from elsewhere, so they load with weights_only=True: a pickle th
 from __future__ import annotations
 
 import math
-import os
-import pickle
 import re
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 
 from model.ema import make_target_encoder
 from model.predictor import Predictor
+from model.safe_load import CheckpointError, safe_load
 from model.sizes import VIT_SIZES
 from model.vit import VisionTransformer
-from util.errors import UserError
 
 OFFICIAL_PARTS = ("encoder", "predictor", "target_encoder")
-
-
-# What torch.load raises for truncated or foreign bytes (found by cutting and flipping bytes of a real checkpoint)
-DAMAGED_FILE_ERRORS = (OSError, EOFError, RuntimeError, ValueError, LookupError, TypeError, AttributeError,
-                       ArithmeticError, MemoryError)
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be used (missing, incomplete, damaged, unsafe, not the expected layout, or written by
-    a run a resume must not silently continue); the message is one line naming the folder or file, the part and
-    key, and what is wrong."""
-
-
-def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
-    """torch.load of a file that may come from elsewhere: tensors, plain values and the `allowed` classes only
-    (weights_only=True), never code. Every failure is one CheckpointError line naming the file."""
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "checkpoint not found"
-        raise CheckpointError(f"{path}: {what} (give an official-format file or a checkpoint folder written by "
-                                  f"train.py)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes): an interrupted copy or save? Use a "
-                                  f"complete copy")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
-            warnings.simplefilter("ignore", UserWarning)
-            with allowed_globals(allowed):
-                return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
-        cause = first_line(err.__context__ or err)
-        if cause.startswith("Unsupported operand"):
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({cause}): damaged, or not written "
-                                      f"by torch.save") from None
-        found = re.search(r"GLOBAL (\S+)", cause)
-        raise CheckpointError(f"{path}: holds objects other than tensors and plain values "
-                                  f"({found.group(1) if found else cause}); not loaded, because unpickling them could "
-                                  f"run code. Use a file saved from plain state dicts") from None
-    except DAMAGED_FILE_ERRORS as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
-                                  f"{first_line(err)}): damaged or truncated? Use a complete copy") from None
-
-
-@contextmanager
-def allowed_globals(allowed: Sequence[type]):
-    """Adds `allowed` to torch's weights_only allow-list for the block, and on leaving removes only the classes it
-    added: torch's own safe_globals removes them all, so a nested use would strip the outer block's classes."""
-    added = [c for c in allowed if c not in torch.serialization.get_safe_globals()]
-    torch.serialization.add_safe_globals(added)
-    try:
-        yield
-    finally:
-        kept = [c for c in torch.serialization.get_safe_globals() if c not in added]
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(kept)
-
-
-@contextmanager
-def weights_only_loads(allowed: Sequence[type]):
-    """Every torch.load inside unpickles with weights_only=True and `allowed`, DeepSpeed's own calls included (they
-    pass weights_only=False; torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides that)."""
-    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with allowed_globals(allowed):
-            yield
-    finally:
-        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
-
-
-def first_line(err: BaseException) -> str:
-    """The gist of an exception's message: its first sentence, for a one-line error."""
-    lines = str(err).strip().splitlines()
-    return lines[0].split(". ")[0][:200] if lines else type(err).__name__  # torch adds sentences of advice
 
 
 def strip_prefix(state: dict, prefix: str = "module.") -> dict:

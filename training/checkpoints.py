@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from config import config_to_yaml
-from model.official import CheckpointError, first_line, weights_only_loads
+from model.safe_load import CheckpointError, first_line, weights_only_loads
 from training import TrainingError
 from training.distributed import gather, on_rank0
 from training.integrity import COMPLETE, mark_complete, verify_checkpoint

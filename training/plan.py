@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from config import Config, ConfigError
-from model.official import CheckpointError
+from model.safe_load import CheckpointError
 from pipeline import DataError
 from pipeline.loading.loader import resolve_backend
 from pipeline.remote.fetch import RetryPolicy

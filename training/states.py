@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.official import CheckpointError, safe_load
+from model.safe_load import CheckpointError, safe_load
 
 
 def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = ()) -> dict:

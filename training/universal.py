@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.official import DAMAGED_FILE_ERRORS, CheckpointError, first_line, weights_only_loads
+from model.safe_load import DAMAGED_FILE_ERRORS, CheckpointError, first_line, weights_only_loads
 from training.out_dir import check_space, folder_bytes
 from training.states import deepspeed_safe_types
 from util.files import write_file_atomic

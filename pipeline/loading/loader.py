@@ -108,7 +108,7 @@ class Loader:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.batches_seen, self.offset = state["batches_seen"], state.get("offset", 0)
+        self.batches_seen, self.offset = state["batches_seen"], state["offset"]
         self.backend.load_state_dict(state["source"])
 
     def continue_from(self, states: list[dict], world_size: int, batch_size: int, step: int) -> str:
@@ -139,7 +139,7 @@ def saved_position(states: list[dict], world_size: int, batch_size: int) -> tupl
     """(epoch, samples of it read) of the loaders whose state_dicts are `states` (one per rank, in lock-step), which
     had `world_size` ranks reading batches of `batch_size`."""
     first = states[0]
-    return first["epoch"], first.get("offset", 0) + first["batch_in_epoch"] * world_size * batch_size
+    return first["epoch"], first["offset"] + first["batch_in_epoch"] * world_size * batch_size
 
 
 def shard_files(data, manifest: Manifest) -> tuple[list[ShardFile], ShardCache | None]:

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 import training.engine  # noqa: E402
 from config import load_config  # noqa: E402
-from model.official import load_strict, safe_load, strip_prefix  # noqa: E402
+from model.official import load_strict, strip_prefix  # noqa: E402
+from model.safe_load import safe_load  # noqa: E402
 from pipeline.loading.loader import Batch  # noqa: E402
 from training.distributed import setup_distributed  # noqa: E402
 from training.engine import build_engine, micro_step, set_schedules  # noqa: E402

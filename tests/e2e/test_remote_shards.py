@@ -225,8 +225,8 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
     """The wait for the network is in the loader's next(), which the loop times as data wait."""
     from types import SimpleNamespace
 
-    from pipeline.masks.sampler import MultiBlockMaskSampler
     from pipeline.loading.loader import build_loader
+    from pipeline.masks.sampler import MultiBlockMaskSampler
     from training.plan import BatchLayout
 
     layout = BatchLayout(batch_size=16, grad_accum=1, world_size=1)

@@ -162,7 +162,7 @@ def test_resume_with_other_batch_is_refused_naming_the_changes(trained, shards, 
 def test_a_config_error_a_data_error_and_a_refused_resume_each_print_one_line(trained, shards, tmp_path, caplog):
     """Each is a util.errors.UserError, caught once by train.py's main: one line, its exit code, no traceback."""
     from config import ConfigError, load_config
-    from model.official import CheckpointError
+    from model.safe_load import CheckpointError
     from pipeline import DataError
     #FMT
     from training.plan import ResumeRequest, plan_run

@@ -12,9 +12,8 @@ import os
 import pytest
 from checkpoint_files import damage
 
-from model.official import CheckpointError
-from training import checkpoints
-from training import integrity
+from model.safe_load import CheckpointError
+from training import checkpoints, integrity
 from training.checkpoints import choose_checkpoint, keep_replaced, prune
 from training.integrity import COMPLETE, mark_complete
 

@@ -10,8 +10,9 @@ from checkpoint_files import Planted
 
 from model.ema import make_target_encoder
 from model.export import export_timm, to_timm
-from model.official import CheckpointError, load_encoder_for_eval, load_official_checkpoint
+from model.official import load_encoder_for_eval, load_official_checkpoint
 from model.predictor import Predictor
+from model.safe_load import CheckpointError
 from model.vit import VisionTransformer
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_tiny"
@@ -214,7 +215,7 @@ class _Plain:
 def test_nested_allowances_keep_the_outer_ones(tmp_path):
     """A safe_load inside a weights_only_loads block (DeepSpeed loads universal checkpoints so: its own torch.load
     calls, and our checkpoint engine's) must not strip the outer block's allowed classes on leaving."""
-    from model.official import safe_load, weights_only_loads
+    from model.safe_load import safe_load, weights_only_loads
 
     path = tmp_path / "plain.pt"
     torch.save({"x": _Plain(3)}, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from model.official import CheckpointError
+from model.safe_load import CheckpointError
 from training.checkpoints import RUN_FILE, Checkpoint, CheckpointRecord, read_record
 from training.plan import check_resume, resume_layout, split_global_batch
 
