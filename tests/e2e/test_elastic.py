@@ -15,7 +15,7 @@ import pytest
 import torch
 from checkpoint_checks import assert_target_is_the_ema_of_the_fp32_weights
 from launches import (TRAIN_SETS, launch, launch_all, logged_losses, master_port, no_shm_leftovers, ok,  # noqa: F401
-                      torchrun, train_main)
+                      python, torchrun, train_main)
 
 from training.sample_log import read_sample_log
 
@@ -54,7 +54,8 @@ def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards,
                                                       steps_per_epoch=1348 // 48, log=log)
         before[stage] = torch.load(out / f"stage{stage}.pt", weights_only=False)
     for world, (batch, accum) in ((1, (24, 2)), (3, (16, 1))):
-        logs = ok(launch(torchrun(world, [*worker, str(out), "--resume", "auto", *common]))).split("== ZeRO stage ")
+        launcher = python if world == 1 else lambda args: torchrun(world, args)  # one process needs no launcher
+        logs = ok(launch(launcher([*worker, str(out), "--resume", "auto", *common]))).split("== ZeRO stage ")
         for stage, log in zip(stages, logs[1:]):
             assert "elastic resume" in log  # DeepSpeed converts once; the second resume reuses the conversion
             assert ("converted from" if world == 1 else "kept from an earlier attempt at this resume") in log
@@ -84,11 +85,9 @@ def assert_same_states(after: dict, before: dict, stage: int, world: int, batch:
 def test_an_epoch_spanning_a_change_reads_every_sample_once_and_the_loss_goes_on(small_shards, tmp_path):
     """1 rank (steps 1-6) → 2 ranks (7-10) → 1 rank (11-14), global batch 48 kept, beside an uninterrupted run."""
     def train(nproc, out, last, *extra):
-        cmd = torchrun(nproc, ["train.py", "--config", "configs/tiny_cpu.yaml",
-                               *sets(small_shards, out, 48, f"optimization.max_steps={last}",
-                                     "checkpoint.every_steps=3"),
-                               *extra])
-        return ok(launch(cmd))
+        args = ["train.py", "--config", "configs/tiny_cpu.yaml",
+                *sets(small_shards, out, 48, f"optimization.max_steps={last}", "checkpoint.every_steps=3"), *extra]
+        return ok(launch(python(args) if nproc == 1 else torchrun(nproc, args)))  # one process: no launcher
 
     train(1, tmp_path / "ref", 14)
     first = train(1, tmp_path / "run", 6)
@@ -203,7 +202,7 @@ def test_dali_backend_restarts_the_interrupted_epoch_and_says_which_samples_repe
     run_dir = tmp_path / "run"
     args = ["train.py", "--config", "configs/tiny_cpu.yaml", *sets(small_shards, run_dir, 48, "data.backend=dali",
                                                                    "checkpoint.every_steps=2")]
-    ok(launch(torchrun(1, [*args, "--set", "optimization.max_steps=2"])))
+    ok(launch(python([*args, "--set", "optimization.max_steps=2"])))
     out = ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=6", "--resume", "auto"])))
     assert ("epoch 0 restarts: the 96 samples its old ranks had read in it are read a second time, the rest once"
             in out)
