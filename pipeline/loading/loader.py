@@ -9,8 +9,8 @@
     loader.continue_from(states, world_size, batch_size, step)   # resume on another number of ranks (below)
 
 A backend (pipeline/loading/backend.py) yields each epoch's images; masks come from the multiblock sampler as a pure
-function of (seed, batch number, rank), so they need no state of their own. An epoch is steps_per_epoch optimizer
-steps of global_batch = batch_size × world_size × grad_accum samples; every rank runs the same number of batches, so ranks
+function of (seed, batch number, rank), so they need no state of their own. An epoch is steps_per_epoch optimizer steps
+of global_batch = batch_size × world_size × grad_accum samples; every rank runs the same number of batches, so ranks
 stay in lock-step and an epoch ends on an optimizer step.
 
 An epoch's samples are one global order; optimizer step j of the epoch takes its samples [j·G, (j+1)·G). A run that

@@ -1,6 +1,6 @@
 """Launched by tests/e2e/test_elastic.py (torchrun): the set-up train.py runs (training.plan.plan_run, then
-training.loop.Trainer.build: the engine, the loader, the checkpoint restored), optionally the training loop, then a dump of
-the consolidated states, gathered with DeepSpeed's own API, for the test to compare across world sizes. One launch
+training.loop.Trainer.build: the engine, the loader, the checkpoint restored), optionally the training loop, then a dump
+of the consolidated states, gathered with DeepSpeed's own API, for the test to compare across world sizes. One launch
 runs each ZeRO stage asked for in turn, each in OUT/stage<S> with its dump OUT/stage<S>.pt (a launch's start-up costs
 more than a tiny engine):
 

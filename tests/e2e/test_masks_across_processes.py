@@ -1,4 +1,5 @@
-"""pipeline/masks/sampler.py in other processes: a fresh interpreter draws the same masks for the same seed, step and rank;
+"""pipeline/masks/sampler.py in other processes: a fresh interpreter draws the same masks for the same seed, step and
+rank;
 tiny grids, on which the official collator loops forever, are drawn or refused in one line within seconds (in a child
 process, so that a hang ends at its timeout). (The sampler against the spec, the official numbers and the reference:
 unit/test_masks.py.)"""

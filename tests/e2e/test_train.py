@@ -1,6 +1,6 @@
 """train.py end to end on real handwritten digits: 2 CPU processes through the real deepspeed launcher (gloo), one
-process alone; from shards on an HTTP server; preemption by SIGTERM and SIGKILL, ZeRO without stages, corrupt checkpoints, non-finite losses. ZeRO
-1-3's EMA is checked on the runs of test_elastic.py."""
+process alone; from shards on an HTTP server; preemption by SIGTERM and SIGKILL, ZeRO without stages, corrupt
+checkpoints, non-finite losses. ZeRO 1-3's EMA is checked on the runs of test_elastic.py."""
 import importlib
 import json
 import os

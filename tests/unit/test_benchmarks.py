@@ -106,4 +106,5 @@ def test_a_data_backend_that_fails_is_a_row_that_says_why(tmp_path, caplog, caps
     assert summary.main(["--markdown", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     failed = "failed (RuntimeError: nvjpeg: decode failed: NVJPEG_STATUS_EXECUTION)"
-    assert f"| data: torch gpu decode (nvJPEG) | {failed} |" in table and "| data: dali gpu (mixed) | not measured |" in table
+    assert f"| data: torch gpu decode (nvJPEG) | {failed} |" in table
+    assert "| data: dali gpu (mixed) | not measured |" in table

@@ -1,9 +1,10 @@
-"""Checkpoint integrity (training/integrity.py, training/checkpoints.py): the COMPLETE marker records every file's size
-and sha256; a resume checks them before loading. A checkpoint damaged in place (256 bytes overwritten, size unchanged)
-is skipped by `--resume auto` (the newest one that verifies is taken, the damage logged naming the file) and refused by
-`--resume PATH` in one line naming the file; when none verifies the resume is refused rather than started fresh; a
-marker that is not the one train.py writes is damage like any other. Nothing damaged is ever deleted. Unit tests on fake tag
-folders; train.py's main on a damaged copy of the session's trained checkpoint: e2e/test_train_hardening.py."""
+"""Checkpoint integrity (training/integrity.py, training/checkpoints.py): the COMPLETE marker records every file's
+size and sha256; a resume checks them before loading. A checkpoint damaged in place (256 bytes overwritten, size
+unchanged) is skipped by `--resume auto` (the newest one that verifies is taken, the damage logged naming the file)
+and refused by `--resume PATH` in one line naming the file; when none verifies the resume is refused rather than
+started fresh; a marker that is not the one train.py writes is damage like any other. Nothing damaged is ever
+deleted. Unit tests on fake tag folders; train.py's main on a damaged copy of the session's trained checkpoint:
+e2e/test_train_hardening.py."""
 import hashlib
 import json
 import logging

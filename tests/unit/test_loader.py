@@ -1,4 +1,5 @@
-"""pipeline.loading.loader with both backends (PyTorch, DALI on the CPU) on shards written by the real shard_dataset.py CLI
+"""pipeline.loading.loader with both backends (PyTorch, DALI on the CPU) on shards written by the real shard_dataset.py
+CLI
 from real images (scikit-learn's digits, via tools/digits.py): the batch contract, labels against the source class
 folders, each sample once per epoch across 2 ranks, exact resume (keys, images, masks), bad data named by shard and
 key, and `data.backend: auto`.

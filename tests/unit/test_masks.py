@@ -1,4 +1,5 @@
-"""Tests of pipeline/masks/sampler.py: the multiblock mask sampler against the spec, the official numbers and a per-sample
+"""Tests of pipeline/masks/sampler.py: the multiblock mask sampler against the spec, the official numbers and a
+per-sample
 reference written like the official collator (benchmarks/masks.py). (The same masks in another process, and tiny
 grids that never hang: e2e/test_masks_across_processes.py.)"""
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The node's shard cache (pipeline/remote/cache.py) and the fetches of pipeline/remote/fetch.py without a server, in
 process: a URL with no server, or one that answers nothing, is one line naming it once the bound is spent; a cache
-smaller than two shards is refused naming its key; downloads left by a killed process are removed. (Against a real nginx:
-e2e/test_remote_shards.py.)"""
+smaller than two shards is refused naming its key; downloads left by a killed process are removed. (Against a real
+nginx: e2e/test_remote_shards.py.)"""
 from __future__ import annotations
 
 import os
