@@ -25,9 +25,14 @@ _setup_group = None  # a gloo group with SETUP_TIMEOUT_S, for on_rank0
 
 def use_environment_op_cache() -> Path:
     """Points torch's extension cache at this environment (`<venv>/torch_extensions`) unless TORCH_EXTENSIONS_DIR is
-    set; returns it. Set before DeepSpeed loads an op: torch keys ~/.cache/torch_extensions by the op's name only,
-    so two checkouts or venvs sharing it would rebuild DeepSpeed's CPU communication op in turn, each over the
-    other's library."""
+    set, and builds with this environment's ninja (its bin folder first on PATH, as an activated venv has it); returns
+    the cache. Torch keys ~/.cache/torch_extensions by the op's name only, so two checkouts or venvs sharing it would
+    rebuild DeepSpeed's CPU communication op in turn; and one ninja reads another version's build log as stale, so a
+    start whose PATH finds another ninja (the system's, or the venv's after `make demo`) would rebuild it too."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if (Path(bin_dir) / "ninja").is_file() and path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + path
     return Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
 
 
