@@ -29,11 +29,11 @@ export PYTHONUNBUFFERED=1
 cap() { local left=$(( deadline - $(date +%s) - 10 )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
 # GPU_CHECK_SUITES: "suite:cap ..." in order ("step,loop:200": one bench.py, the loop sees the step's figures);
-# GPU_CHECK_TESTS: the test files run with -m gpu (a file whose library is missing skips itself: test_dali_source.py
+# GPU_CHECK_TESTS: the test files run with -m gpu (a file whose library is missing skips itself: test_dali_backend.py
 # without DALI), or none. The DALI round: GPU_CHECK_SUITES="data:200"
-# GPU_CHECK_TESTS=tests/unit/test_dali_source.py, with DALI from the chunks on PYTHONPATH (docs/benchmarks.md).
+# GPU_CHECK_TESTS=tests/unit/test_dali_backend.py, with DALI from the chunks on PYTHONPATH (docs/benchmarks.md).
 suites=${GPU_CHECK_SUITES:-"step:110 kernels:80 data:45"}
-tests=${GPU_CHECK_TESTS:-"tests/unit/test_kernels.py tests/e2e/test_compile.py tests/unit/test_dali_source.py"}
+tests=${GPU_CHECK_TESTS:-"tests/unit/test_kernels.py tests/e2e/test_compile.py tests/unit/test_dali_backend.py"}
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   cfg=configs/vith14_in1k.yaml
 else
