@@ -110,7 +110,7 @@ class Watchdog:
         self.stop, self.timeout_s, self.rank, self.on_stall = stop, timeout_s, rank, on_stall
         self.launchers = launcher_chain()
         self.step, self.since = 0, None  # the last step done; when (None: not armed)
-        self.done = threading.Event()
+        self.done, self.lock = threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
     def __enter__(self) -> "Watchdog":
@@ -127,12 +127,19 @@ class Watchdog:
     def disarm(self) -> None:
         self.since = None
 
-    def _run(self) -> None:
-        while not self.done.wait(POLL_S):
-            gone = [name for proc, name in self.launchers if not is_alive(proc)]
+    def check_launchers(self) -> None:
+        """A launcher of this process that ended becomes the stop's cause. Called by the thread every POLL_S, and by
+        the check step at which another rank reported a stop first: ranks that share a launcher then name it alike,
+        whichever rank's thread looked first."""
+        gone = [name for proc, name in self.launchers if not is_alive(proc)]
+        with self.lock:
             if gone and self.stop.received is None:
                 self.stop.received = f"the end of its launcher {gone[0]}"
                 logger.warning("the launcher %s ended: checkpointing at the next check and stopping", gone[0])
+
+    def _run(self) -> None:
+        while not self.done.wait(POLL_S):
+            self.check_launchers()
             since = self.since
             if self.rank == 0 and since is not None and time.monotonic() - since > self.timeout_s:
                 self.on_stall(self.step + 1, time.monotonic() - since)

@@ -151,6 +151,8 @@ def check_in(t: Trainer, sched: dict, batch) -> bool:
                                          t.guard.device)
     if gone:  # before anything writes: the monitors would raise mid-write
         raise TrainingError(t.guard.vanished(t.step))
+    if stopping and stop.received is None:  # another rank saw it first: perhaps the end of a launcher both have
+        t.guard.watchdog.check_launchers()
     t.progress.log(t, sched, batch)
     return stopping
 

@@ -1,5 +1,6 @@
 """Slurm (training/slurm.py), in process: node lists (tests/node_lists.py), an srun task's rank layout, the warning
-signal that checkpoints and requeues. (A real one-node Slurm started on this machine: e2e/test_slurm_cluster.py.)"""
+signal that checkpoints and requeues, the launcher whose end stops a rank. (A real one-node Slurm started on this
+machine: e2e/test_slurm_cluster.py.)"""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from node_lists import EXPANDED, REFUSED, UNBALANCED
 import train
 from training import TrainingError
 from training.distributed import cuda_index
-from training.faults import Peers, StopSignal
+from training.faults import Peers, StopSignal, Watchdog
 from training.slurm import (HostlistError, adopt_srun_env, hostnames, lone_batch_shell, rendezvous_port, requeue,
                             srun_env)
 
@@ -132,3 +133,30 @@ def test_the_requeue_signal_is_configurable_or_off(handlers):
 
 def test_outside_slurm_nothing_requeues_and_the_line_says_so():
     assert requeue({}) == "not a Slurm job, so nothing requeues it: start it again with --resume auto"
+
+
+def test_a_rank_told_of_a_stop_names_the_launcher_it_shares(handlers):
+    """Each rank's watchdog thread looks at its launchers once a second; the check step that tells a rank of another
+    rank's stop makes it look at once, so the ranks of a node name the launcher that ended alike (rank 0's line
+    said "a signal on another rank" when rank 1's thread had looked first)."""
+    import psutil
+
+    stop = StopSignal(None)
+    watchdog = Watchdog(stop, timeout_s=60, rank=0, on_stall=lambda step, waited: None)  # its thread never starts
+    read_end, write_end = os.pipe()
+    child = os.fork()  # a stand-in launcher that runs until told to end: forked, so no program starts
+    if child == 0:
+        os.read(read_end, 1)
+        os._exit(0)
+    try:
+        watchdog.launchers = [(psutil.Process(child), f"torchrun (pid {child})")]
+        watchdog.check_launchers()
+        assert stop.received is None  # it runs
+    finally:  # the stand-in ends whatever happened above
+        os.write(write_end, b"x")
+        os.waitpid(child, 0)
+        os.close(read_end), os.close(write_end)
+    watchdog.check_launchers()
+    assert stop.received == f"the end of its launcher torchrun (pid {child})"
+    watchdog.check_launchers()  # a launcher gone stays the first cause, named once
+    assert stop.received == f"the end of its launcher torchrun (pid {child})"
