@@ -126,11 +126,11 @@ def micro_steps(t: Trainer, batches) -> Batch:
         batch = next(batches)
         progress.timer.add_wait(time.perf_counter() - started)
         progress.read(t, batch)
+        step = lambda: progress.losses.add(t.step, micro_step(t.engine, t.ema, t.target, batch, dtype))  # noqa: E731
         if progress.flops is None:  # counted once, on the first micro step (same work as every other)
-            progress.flops = accum * count_flops(
-                lambda: progress.losses.add(t.step, micro_step(t.engine, t.ema, t.target, batch, dtype)))
+            progress.flops = accum * count_flops(step)
         else:
-            progress.losses.add(t.step, micro_step(t.engine, t.ema, t.target, batch, dtype))
+            step()
     progress.timer.add_step(t.plan.layout.batch_size * accum)
     return batch
 

@@ -3,7 +3,7 @@ mask pictures on their steps, a progress bar on a terminal, and summary.json at 
 docs/training.md, "Logging".
 
     progress = Progress(cfg, plan, guard, step, make_probe)
-    progress.waited(seconds); progress.add_loss(step, loss)     # per micro step
+    progress.timer.add_wait(seconds); progress.read(trainer, batch); progress.losses.add(step, loss)  # micro step
     progress.step_done(trainer, batch)                         # per optimizer step (rank 0 draws and probes)
     progress.log(trainer, sched, batch)                        # on a logging step, after the host sync
     progress.finish(trainer)                                   # summary.json

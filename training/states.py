@@ -14,7 +14,7 @@ from model.safe_load import CheckpointError, safe_load
 
 
 def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = ()) -> dict:
-    """A torch checkpoint file as a dict, unpickled with weights_only=True (model.official.safe_load): tensors, plain
+    """A torch checkpoint file as a dict, unpickled with weights_only=True (model.safe_load.safe_load): tensors, plain
     values and the `allowed` classes only. Raises CheckpointError naming the file."""
     state = safe_load(Path(path), map_location, allowed)
     if not isinstance(state, dict):

@@ -25,9 +25,9 @@ def saved(world_size=2, batch=24, accum=1, requested=None, folder="ckpt/step0000
     return Checkpoint(Path(folder), record)
 
 
-def plan_resume(requested, saved_run, world_size, keep_per_gpu_batch):
+def plan_resume(requested, saved, world_size, keep_per_gpu_batch):
     """The plan's batch decision as a record: layout, elastic, rescaled, expected changes, notes."""
-    layout, elastic, rescaled, expected, notes = resume_layout(requested, saved_run, world_size, keep_per_gpu_batch)
+    layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size, keep_per_gpu_batch)
     return argparse.Namespace(batch_size=layout.batch_size, grad_accum=layout.grad_accum, elastic=elastic,
                               rescaled=rescaled, expected=expected, notes=notes)
 
