@@ -35,6 +35,7 @@ from training.integrity import COMPLETE, mark_complete, verify_checkpoint
 from training.out_dir import SPACE_MARGIN, check_space, folder_bytes, is_out_of_space
 from training.states import deepspeed_safe_types, rng_state, set_rng_state
 from training.universal import universal_copy
+from util.errors import listed
 from util.files import fsync_tree, write_file_atomic
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def choose_checkpoint(resume: str, out_dir: str | Path) -> Optional[Path]:
                               f"choose an older one or --resume auto")
     problems = verify_checkpoint(path, tag_step(path.name))
     if problems:
-        raise CheckpointError(f"checkpoint {path} is damaged: {listed(problems)}; it is kept as it is: choose "
+        raise CheckpointError(f"checkpoint {path} is damaged: {listed(problems, SHOWN)}; it is kept as it is: choose "
                               f"another checkpoint (--resume auto takes the newest one that verifies)")
     return path
 
@@ -209,7 +210,8 @@ def newest_verified(ckpt_dir: Path) -> Optional[Path]:
             damaged[tag] = problems
             continue
         for old, found in damaged.items():
-            rank0_warning("checkpoint %s is damaged, skipped (it is kept as it is): %s", ckpt_dir / old, listed(found))
+            rank0_warning("checkpoint %s is damaged, skipped (it is kept as it is): %s", ckpt_dir / old,
+                          listed(found, SHOWN))
         if damaged:
             rank0_warning("--resume auto: resuming from %s, the newest checkpoint that verifies", ckpt_dir / tag)
         return ckpt_dir / tag
@@ -218,11 +220,6 @@ def newest_verified(ckpt_dir: Path) -> Optional[Path]:
         raise CheckpointError(f"no checkpoint in {ckpt_dir} verifies: {named}. They are kept as they are: start "
                               f"afresh in another run.out_dir, or move them away first")
     return None
-
-
-def listed(problems: list[str], shown: int = SHOWN) -> str:
-    more = len(problems) - shown
-    return "; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def rank0_warning(message: str, *args) -> None:

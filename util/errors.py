@@ -13,3 +13,9 @@ class UserError(Exception):
     """A problem the message fully explains: what, which file / key / shard / value, and what to do."""
 
     exit_code = 1
+
+
+def listed(problems: list[str], shown: int) -> str:
+    """The first `shown` problems joined by "; ", and how many more there are: a list that stays one line."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else "")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.remote.fetch import RetryPolicy, join, read_json
 from pipeline.shards.format import REBUILD, ManifestError, ShardFile
+from util.errors import listed
 from util.files import file_sha256, write_file_atomic
 
 FORMAT_NAME = "ijepa-webdataset-shards"
@@ -224,9 +225,9 @@ def _read_manifest(dest, check: str, allow_incomplete: bool, fetch: RetryPolicy 
     if check != "none":
         problems = [p for r in manifest.shards if (p := verify_shard(path.parent, r, check == "checksum"))]
         if problems:
-            listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise ManifestError(f"{path}: {len(problems)} shard(s) do not match the manifest: {listed}. Rerun the "
-                                f"same shard_dataset.py command: it rebuilds exactly those shards")
+            raise ManifestError(f"{path}: {len(problems)} shard(s) do not match the manifest: "
+                                f"{listed(problems, 5)}. Rerun the same shard_dataset.py command: it rebuilds exactly "
+                                f"those shards")
     return manifest
 
 
