@@ -2,7 +2,7 @@
 training device) beside webdataset + PIL + torchvision in a 2-worker DataLoader, measured in the same run.
 
 Fixed settings whatever the config (crop 224, batch 32, 2 workers or threads, prefetch 2) on 640 generated
-ImageNet-like JPEGs sharded by the real shard_dataset.py; one warm-up epoch, then 2 timed; the cases take turns for 2
+ImageNet-like JPEGs sharded by shard_dataset.py's writer; one warm-up epoch, then 2 timed; the cases take turns for 2
 rounds and each keeps its best. The same shards served over HTTP on 127.0.0.1 (nginx where installed) make one more
 row, the PyTorch backend reading them through the node's shard cache (filled in the warm-up epoch), and the cache's
 prefetcher is timed filling an empty cache (MB/s). Targets and measured figures: docs/benchmarks.md.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +23,6 @@ from PIL import Image
 
 from benchmarks.common import run_or_error
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH, CROP, WORKERS, PREFETCH = 32, 224, 2, 2
 IMAGES, UNIQUE, SHARDS = 640, 160, 4
 EPOCHS = 2  # timed, after one warm-up epoch
@@ -54,13 +51,13 @@ def make_images(root: Path, n: int = IMAGES, unique: int = UNIQUE, seed: int = 0
 
 
 def make_shards(tmp: Path, n: int = IMAGES) -> Path:
-    """`n` ImageNet-like JPEGs (make_images) sharded by shard_dataset.py into SHARDS shards under tmp/shards."""
+    """`n` ImageNet-like JPEGs (make_images) sharded into SHARDS shards under tmp/shards by shard_dataset.py's
+    writer, in this process (set-up, not what a suite times)."""
+    from pipeline.shards.writer import RunSettings, ShardOptions, build_shards
+
     src, dest = tmp / "images", tmp / "shards"
     make_images(src, n=n)
-    proc = subprocess.run([sys.executable, str(ROOT / "shard_dataset.py"), str(src), str(dest), "--no-progress",
-                           "--shard-size", str(-(-n // SHARDS))], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"shard_dataset.py failed: {proc.stderr}")
+    build_shards(src, dest, ShardOptions(shard_samples=-(-n // SHARDS)), RunSettings(progress=False))
     return dest
 
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import error_line, run_train
-from benchmarks.data import IMAGES, make_shards
+from benchmarks.data import make_shards
 from benchmarks.step import OurStep, time_path, try_path
 from config import config_to_yaml
 from training.distributed import setup_distributed, single_process_env
@@ -64,7 +64,7 @@ def run(cfg, earlier: dict | None = None) -> dict:
         bench, source = try_path(lambda: time_path(OurStep, cfg, device, world_size, ours), device), "ours, timed here"
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as tmp:
         # one epoch holds every step: an epoch boundary every few steps would charge the loader's restarts to the log
-        shards = make_shards(Path(tmp), n=max(IMAGES, steps * cfg.data.batch_size))
+        shards = make_shards(Path(tmp), n=steps * cfg.data.batch_size)
         try:
             launch(cfg, shards, Path(tmp) / "run", steps, every)
         except RuntimeError as err:  # train.py failed on this device: its output's tail, and a row that says so

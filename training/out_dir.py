@@ -54,9 +54,14 @@ def in_use(out_dir: Path, f) -> str:
             f"end or give this run another run.out_dir")
 
 
-def check_not_in_use(out_dir: Path) -> None:
-    """Raises TrainingError naming the holder when a live run holds `out_dir`'s lock: before a new run reads or
-    judges its checkpoints. A shared lock, at once released: the ranks of one starting run never block each other."""
+def check_out_dir(out_dir: Path) -> None:
+    """Raises TrainingError when `out_dir` cannot hold a run (it, or the nearest of its parents that exists, is not
+    a folder) or when a live run holds its lock, naming the holder: before a new run reads or judges its checkpoints.
+    A shared lock, at once released: the ranks of one starting run never block each other."""
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), out_dir)
+    if existing.exists() and not existing.is_dir():
+        raise TrainingError(f"run.out_dir {out_dir} cannot hold a run ({existing} is a file, not a folder): give a "
+                            f"folder that can be created and written")
     try:
         f = open(out_dir / LOCK_NAME)
     except OSError:  # no lock file: no run has used out_dir

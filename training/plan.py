@@ -29,7 +29,7 @@ from pipeline.loading.loader import resolve_backend
 from pipeline.remote.fetch import RetryPolicy
 from pipeline.shards.manifest import Manifest, read_manifest
 from training.checkpoints import Checkpoint, CheckpointRecord, checkpoint_dir, complete_tags, find_checkpoint
-from training.out_dir import check_not_in_use
+from training.out_dir import check_out_dir
 from training.schedules import Schedules
 
 logger = logging.getLogger(__name__)
@@ -172,8 +172,8 @@ def schedule_steps(opt, steps_per_epoch: int) -> Schedules:
 def saved_checkpoint(resume: str, out_dir: Path) -> Optional[Checkpoint]:
     """The checkpoint `resume` names ("", "auto" or a tag folder: training.checkpoints.find_checkpoint); None for a
     fresh start. Raises CheckpointError when a fresh start would write over the checkpoints of a run already in
-    out_dir; TrainingError when a live run holds out_dir."""
-    check_not_in_use(out_dir)
+    out_dir; TrainingError when out_dir cannot hold a run or a live run holds it."""
+    check_out_dir(out_dir)
     if not resume and (tags := complete_tags(checkpoint_dir(out_dir))):
         raise CheckpointError(f"run.out_dir {out_dir} holds the checkpoints of a run ({len(tags)}, the newest "
                               f"{checkpoint_dir(out_dir) / tags[-1]}); a fresh run would write over them: resume "

@@ -82,10 +82,10 @@ def cases(tmp: Path, shards: Path, trained: Path) -> dict:
     }
 
 
-# Cases refused only once train.py has its process group (the out_dir lock, the checkpoint's states, the probe's
-# shards): real subprocesses. Every other case is refused before any process group or work, so it runs the entry
-# script's main(argv) in this process.
-SUBPROCESS = {"out_dir is a file", "resume truncated states", "resume without optimizer", "probe shards missing"}
+# Cases refused only once train.py has its process group (the checkpoint's states, which DeepSpeed loads): real
+# subprocesses. Every other case is refused before any process group or work, so it runs the entry script's
+# main(argv) in this process.
+SUBPROCESS = {"resume truncated states", "resume without optimizer"}
 
 
 def run(argv):
