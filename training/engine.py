@@ -70,6 +70,7 @@ def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_un
     `load_universal`: the checkpoint to load is a universal conversion (a resume on another world size)."""
     import deepspeed
 
+    import_muon_uncompiled()
     with torch.device(device):  # initialised where it trains: ViT-H's 650 M parameters take ~10 s on a host CPU
         model, target = build_jepa(cfg.model, cfg.data.crop_size)
     if cfg.model.compile:  # before DeepSpeed wraps the model; the blocks' token dim stays dynamic (model/compile.py)
@@ -90,6 +91,25 @@ def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_un
     engine, optimizer, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, config=ds_config)
     engine.checkpoint_engine = safe_checkpoint_engine(engine.checkpoint_engine)
     return engine, optimizer, target.to(device)
+
+
+def import_muon_uncompiled() -> None:
+    """deepspeed.initialize imports DeepSpeed's Muon optimizer to recognise it among ZeRO's optimizers, and that
+    module decorates its functions with torch.compile, which loads TorchInductor as it decorates: about 1.2 s of
+    every rank's start (CPU time), for an optimizer this project never builds. Imported here first with torch's own
+    switch TORCHDYNAMO_DISABLE=1, read when a function is decorated, those functions stay plain; the switch is put
+    back at once, so model.compile and everything after are as before."""
+    import importlib
+    import os
+
+    if "TORCHDYNAMO_DISABLE" in os.environ:  # the user's own setting decides
+        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+        return
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+    finally:
+        del os.environ["TORCHDYNAMO_DISABLE"]
 
 
 def mark_cuda_graph_step(*_) -> None:

@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # On the tiny config, in one process group of one rank, one JSON object with a part per variant:
 #   default, clipping (deepspeed.gradient_clipping=1.0): train.py's engine, two steps; what DeepSpeed made of the
 #     config, every collective the second step issued (the real torch.distributed functions, counted on the way
-#     through, put back after), and for the default one what the save's check says of weights made non-finite;
+#     through, put back after), and for the default one what the save's check says of weights made non-finite and
+#     whether TorchInductor was loaded (nothing asked to compile);
 #   compile_default, compile_reduce-overhead (model.compile=true, model.compile_mode=...): the engine only
 #     (torch.compile is lazy: nothing compiles), the trained module's forward pre-hooks and how many blocks' forwards
 #     were replaced by compiled ones.
 ENGINE_VARIANTS = r"""
-import collections, contextlib, gc, json
+import collections, contextlib, gc, json, os, sys
 import torch
 import torch.distributed as dist
 import kernels
@@ -95,6 +96,8 @@ kernels.configure(device=device)
 tiny = lambda *sets: load_config("configs/tiny_cpu.yaml", overrides=list(sets))
 got = {}
 step, got["default"] = two_steps(tiny(), device, world)
+got["default"]["inductor_loaded"] = "torch._inductor.compile_fx" in sys.modules  # DeepSpeed's Muon decorators
+got["default"]["dynamo_switch_left"] = "TORCHDYNAMO_DISABLE" in os.environ
 got["default"]["refusals"] = refusals(step)
 del step
 gc.collect()  # one engine at a time
@@ -124,6 +127,9 @@ def test_one_rank_zero2_step_neither_clips_nor_syncs_and_issues_one_collective(e
     # What is left is DeepSpeed's gradient all-reduce (it runs one even on one rank); before: 3 more scalar
     # all-reduces (overflow flag, two group norms, the flag read back by a host sync) and 2 target all-gathers.
     assert got["collectives"] == {"all_reduce": 1}, got
+    # deepspeed.initialize imported DeepSpeed's Muon module, its torch.compile decorators without TorchInductor
+    # (training.engine.import_muon_uncompiled), and torch's switch is back as it was
+    assert not got["inductor_loaded"] and not got["dynamo_switch_left"]
 
 
 def test_non_finite_weights_are_never_saved(engine_variants):
