@@ -1,5 +1,5 @@
 """The Triton kernels beyond their unit checks (unit/test_kernels.py): training with the Triton ops follows training
-with the reference ops (20 steps of a tiny I-JEPA, same losses), and the kernels compile for Hopper without a GPU.
+with the reference ops (10 steps of a tiny I-JEPA, same losses), and the kernels compile for Hopper without a GPU.
 
 On the CPU the Triton kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1); on a GPU host
 on the GPU. fp32 throughout.
@@ -16,7 +16,7 @@ from model.predictor import Predictor
 from model.vit import VisionTransformer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-STEPS = 20
+STEPS = 10
 # Per-step loss tolerance between the two runs: both compute in fp32 and differ only in summation order (online vs
 # explicit softmax, atomics vs index_add); seen: at most 3e-7 relative over 50 steps (torch 2.14, triton 3.8
 # interpreter, 2-core dev machine).
