@@ -137,7 +137,8 @@ def check_ranks(rows, steps, world, nproc_per_node, accum=1):
 
 
 def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
-    """2 torchrun launchers as 2 nodes × 2 processes train and checkpoint; one node of 3 processes goes on."""
+    """2 torchrun launchers as 2 nodes × 2 processes train and checkpoint; one node of 2 processes goes on, each
+    accumulating 2 micro batches."""
     run_dir, master = tmp_path / "run", master_port()
     args = ["train.py", "--config", "configs/tiny_cpu.yaml",
             *sets(small_shards, run_dir, 12, "optimization.max_steps=3", "checkpoint.every_steps=3")]
@@ -148,12 +149,12 @@ def test_two_nodes_by_torchrun_then_one_node(small_shards, tmp_path):
     more = ["train.py", "--config", "configs/tiny_cpu.yaml",
             *sets(small_shards, run_dir, 12, "optimization.max_steps=5", "checkpoint.every_steps=3"),
             "--resume", "auto"]
-    out = ok(launch(torchrun(3, more)))
-    assert "written by 4 rank(s), this run has 3" in out
-    assert "global batch 48 kept = 8 per GPU × grad_accum 2 × 3 GPU(s) (was 12 × 1 × 4)" in out
+    out = ok(launch(torchrun(2, more)))
+    assert "written by 4 rank(s), this run has 2" in out
+    assert "global batch 48 kept = 12 per GPU × grad_accum 2 × 2 GPU(s) (was 12 × 1 × 4)" in out
     rows = read_sample_log(run_dir)
-    check_ranks([r for r in rows if r["world_size"] == 3], (4, 5), world=3, nproc_per_node=3, accum=2)
-    epoch0 = [k for r in rows if r["step"] <= 4 for k in r["keys"]]  # steps 1-3 on 4 ranks, step 4 on 3
+    check_ranks([r for r in rows if r["world_size"] == 2], (4, 5), world=2, nproc_per_node=2, accum=2)
+    epoch0 = [k for r in rows if r["step"] <= 4 for k in r["keys"]]  # steps 1-3 on 4 ranks, step 4 on 2
     assert len(epoch0) == len(set(epoch0)) == SMALL
 
 
