@@ -32,8 +32,8 @@ def eval_cli(pool: str, argv: list[str], capsys) -> subprocess.CompletedProcess:
 def test_eval_cli_on_an_official_checkpoint_prints_both_rows(digit_shards, tmp_path, capsys, pool):
     out = tmp_path / "probe.json"
     proc = eval_cli(pool, ["--checkpoint", str(OFFICIAL), "--train-shards", str(digit_shards["train"]),
-                           "--val-shards", str(digit_shards["val"]), "--limit", "150", "--epochs", "5",
-                           "--attentive-epochs", "3", "--pool", pool, "--json", str(out)], capsys)
+                           "--val-shards", str(digit_shards["val"]), "--limit", "150", "--epochs", "2",
+                           "--attentive-epochs", "1", "--pool", pool, "--json", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
     rows = {line.split("  ")[0]: line for line in proc.stdout.splitlines()}
