@@ -58,6 +58,8 @@ def test_weights_moments_and_target_survive_a_change_of_world_size(digit_shards,
         logs = ok(launch(launcher([*worker, str(out), "--resume", "auto", *common]))).split("== ZeRO stage ")
         for stage, log in zip(stages, logs[1:]):
             assert "elastic resume" in log  # DeepSpeed converts once; the second resume reuses the conversion
+            assert (f"global batch 48 kept = {batch} per GPU × grad_accum {accum} × {world} GPU(s) (was 24 × 1 × 2)"
+                    in log)
             assert ("converted from" if world == 1 else "kept from an earlier attempt at this resume") in log
             after = torch.load(out / f"stage{stage}.pt", weights_only=False)
             assert_same_states(after, before[stage], stage, world, batch, accum)
