@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -95,21 +96,17 @@ def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_un
 
 def import_muon_uncompiled() -> None:
     """deepspeed.initialize imports DeepSpeed's Muon optimizer to recognise it among ZeRO's optimizers, and that
-    module decorates its functions with torch.compile, which loads TorchInductor as it decorates: about 1.2 s of
-    every rank's start (CPU time), for an optimizer this project never builds. Imported here first with torch's own
+    module decorates its functions with torch.compile, which loads TorchInductor as it decorates: most of a second
+    of every rank's start, for an optimizer this project never builds. Imported here first with torch's own
     switch TORCHDYNAMO_DISABLE=1, read when a function is decorated, those functions stay plain; the switch is put
     back at once, so model.compile and everything after are as before."""
-    import importlib
-    import os
-
-    if "TORCHDYNAMO_DISABLE" in os.environ:  # the user's own setting decides
-        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
-        return
-    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    ours = "TORCHDYNAMO_DISABLE" not in os.environ  # else the user's own setting decides
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     try:
-        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+        import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
     finally:
-        del os.environ["TORCHDYNAMO_DISABLE"]
+        if ours:
+            del os.environ["TORCHDYNAMO_DISABLE"]
 
 
 def mark_cuda_graph_step(*_) -> None:
