@@ -33,8 +33,7 @@ def locked_out_dir(out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+")
     except OSError as err:
-        raise TrainingError(f"run.out_dir {out_dir} cannot hold a run ({err.strerror}: {err.filename}): give a "
-                            f"folder that can be created and written") from None
+        raise cannot_hold(out_dir, f"{err.strerror}: {err.filename}") from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -45,6 +44,11 @@ def locked_out_dir(out_dir: Path):
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         yield
+
+
+def cannot_hold(out_dir: Path, why: str) -> TrainingError:
+    return TrainingError(f"run.out_dir {out_dir} cannot hold a run ({why}): give a folder that can be created and "
+                         f"written")
 
 
 def in_use(out_dir: Path, f) -> str:
@@ -58,10 +62,9 @@ def check_out_dir(out_dir: Path) -> None:
     """Raises TrainingError when `out_dir` cannot hold a run (it, or the nearest of its parents that exists, is not
     a folder) or when a live run holds its lock, naming the holder: before a new run reads or judges its checkpoints.
     A shared lock, at once released: the ranks of one starting run never block each other."""
-    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), out_dir)
-    if existing.exists() and not existing.is_dir():
-        raise TrainingError(f"run.out_dir {out_dir} cannot hold a run ({existing} is a file, not a folder): give a "
-                            f"folder that can be created and written")
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise cannot_hold(out_dir, f"{existing} is a file, not a folder")
     try:
         f = open(out_dir / LOCK_NAME)
     except OSError:  # no lock file: no run has used out_dir
