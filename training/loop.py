@@ -164,6 +164,7 @@ def save(t: Trainer) -> None:
 def stop_here(t: Trainer) -> int:
     """A stop signal reached a rank: checkpoint, then exit 0 (after the requeue signal, the job requeues itself)."""
     save(t)
+    t.progress.finish(t, stopped=True)  # the launch's figures into summary.json: the run's next launch adds its own
     stop = t.guard.stop
     stop.ignore_further()
     mixed = " (the requeue signal reached another rank)" if t.requeue and not stop.requeue else ""

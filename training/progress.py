@@ -1,12 +1,13 @@
 """What the loop tells: a line and the monitors' scalars every logging.every_steps, rank 0's diagnostics, probe and
-mask pictures on their steps, a progress bar on a terminal, and summary.json at the end. What each figure means:
+mask pictures on their steps, a progress bar on a terminal, and summary.json (the whole run's figures and each
+launch's) when a launch ends its steps or stops on a signal. What each figure means:
 docs/training.md, "Logging".
 
     progress = Progress(cfg, plan, guard, step, make_probe)
     progress.timer.add_wait(seconds); progress.read(trainer, batch); progress.losses.add(step, loss)  # micro step
     progress.step_done(trainer, batch)                         # per optimizer step (rank 0 draws and probes)
     progress.log(trainer, sched, batch)                        # on a logging step, after the host sync
-    progress.finish(trainer)                                   # summary.json
+    progress.finish(trainer, stopped=False)                    # summary.json
 """
 from __future__ import annotations
 
@@ -143,15 +144,27 @@ class Progress:
             write_image(self.monitor, "Masks/first_images", batch_pictures(
                 batch.images, batch.ctx_idx, batch.tgt_idx, grid_size(cfg), MASK_IMAGES), step)
 
-    def finish(self, trainer) -> None:
-        """The end of the run's steps, on every rank: the shard caches' totals (a collective), then rank 0's
-        summary.json: images/s per GPU and images per GPU-hour over this launch's steps."""
+    def finish(self, trainer, stopped: bool = False) -> None:
+        """The end of this launch's steps (the run's last step, or a stop signal: `stopped`), on every rank: the shard
+        caches' totals (a collective), then rank 0's summary.json."""
         self.bar.close()
-        seconds, steps = time.perf_counter() - self.started, trainer.step - self.first_step + 1
+        steps = trainer.step - self.first_step + 1
         cache = trainer.loader.backend.cache
         cached = cache_totals(cache) if cache is not None else None
         if self.rank == 0 and steps > 0:
-            write_summary(Path(self.cfg.run.out_dir), steps, seconds, trainer.plan.layout, self.skipped, cached)
+            layout = trainer.plan.layout
+            launch = {"first_step": self.first_step, "last_step": trainer.step, "world_size": layout.world_size,
+                      "images": steps * layout.global_batch, "seconds": process_seconds(),
+                      "loop_seconds": time.perf_counter() - self.started,
+                      "ended": "stop signal" if stopped else "last step", **(cached or {})}
+            write_summary(Path(self.cfg.run.out_dir), launch, self.skipped)
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process started: the interpreter, the imports and DeepSpeed's set-up included."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def cache_totals(cache) -> dict:
@@ -162,23 +175,62 @@ def cache_totals(cache) -> dict:
             "data_cache_hit_rate": hits / lookups if lookups else None}
 
 
-def write_summary(out_dir: Path, steps: int, seconds: float, layout, skipped: int,
-                  cached: Optional[dict] = None) -> None:
-    """Rank 0: run-level throughput over this launch's `steps` (start-up, checkpoints and logging included)."""
-    images, world_size = steps * layout.global_batch, layout.world_size
-    per_gpu = images / seconds / world_size
-    summary = {"steps": steps, "seconds": seconds, "world_size": world_size, "images": images,
-               "images_per_s_per_gpu": per_gpu, "images_per_gpu_hour": per_gpu * 3600, "skipped_samples": skipped,
-               **(cached or {})}
-    write_file_atomic(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
-    logger.info(f"summary: {steps} steps, {images} images in {seconds:.1f} s on {world_size} rank(s): "
-                f"{per_gpu:.1f} images/s per GPU, {per_gpu * 3600:,.0f} images per GPU-hour "
-                f"(includes start-up, checkpoints and logging); {skipped} bad samples skipped")
-    if cached:
-        rate = cached["data_cache_hit_rate"]
-        logger.info(f"shard cache: {cached['data_network_bytes'] / 1e6:,.1f} MB from the network, "
-                    f"{cached['data_cache_read_bytes'] / 1e6:,.1f} MB read from the cache, hit rate "
+def write_summary(out_dir: Path, launch: dict, skipped: int) -> None:
+    """Rank 0: summary.json of the whole run, this `launch` (first_step, last_step, world_size, images, seconds from
+    process start, loop_seconds, ended, the cache figures) appended to the launches the previous summary.json
+    recorded before it; `skipped` counts since the run began."""
+    path = out_dir / "summary.json"
+    launches = [*earlier_launches(path, launch["first_step"]), per_gpu(launch)]
+    summary = {**per_gpu(run_totals(launches)), "skipped_samples": skipped, "launches": launches}
+    write_file_atomic(path, json.dumps(summary, indent=2).encode())
+    logger.info(f"summary: {summary['steps']} steps of the run in {len(launches)} launch(es), {summary['images']} "
+                f"images in {summary['seconds']:.1f} s (from each process's start): "
+                f"{summary['images_per_s_per_gpu']:.1f} images/s per GPU, {summary['images_per_gpu_hour']:,.0f} "
+                f"images per GPU-hour; this launch: steps {launch['first_step']}..{launch['last_step']} in "
+                f"{launch['seconds']:.1f} s, {launch['seconds'] - launch['loop_seconds']:.1f} s of it start-up; "
+                f"{skipped} bad samples skipped")
+    if "data_network_bytes" in launch:
+        rate = launch["data_cache_hit_rate"]
+        logger.info(f"shard cache: {launch['data_network_bytes'] / 1e6:,.1f} MB from the network, "
+                    f"{launch['data_cache_read_bytes'] / 1e6:,.1f} MB read from the cache, hit rate "
                     + ("n/a" if rate is None else f"{100 * rate:.1f}%"))
+
+
+def earlier_launches(path: Path, first_step: int) -> list[dict]:
+    """The launches the run's previous summary.json recorded that ended before `first_step`: each counted once. A
+    launch resumed from an earlier checkpoint replaces those after it (their steps are done again); a summary that
+    is not of this form starts the list anew, saying so."""
+    if not path.is_file():
+        return []
+    try:
+        launches = json.loads(path.read_text())["launches"]
+        kept = [dict(x) for x in launches if int(x["last_step"]) < first_step]
+        for x in kept:
+            int(x["first_step"]), int(x["world_size"]), int(x["images"]), float(x["seconds"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning(f"{path}: not a summary of launches ({type(err).__name__}: {err}); summary.json counts this "
+                       f"launch alone")
+        return []
+    if len(kept) < len(launches):
+        logger.info(f"{path}: {len(launches) - len(kept)} launch(es) that went past step {first_step - 1}, where "
+                    f"this launch resumed, are replaced by it")
+    return kept
+
+
+def run_totals(launches: list[dict]) -> dict:
+    """The whole run's figures from its launches: steps, images and seconds summed; the world size of the last."""
+    return {"first_step": launches[0]["first_step"], "last_step": launches[-1]["last_step"],
+            "steps": sum(x["last_step"] - x["first_step"] + 1 for x in launches),
+            "images": sum(x["images"] for x in launches), "seconds": sum(x["seconds"] for x in launches),
+            "gpu_seconds": sum(x["seconds"] * x["world_size"] for x in launches),
+            "world_size": launches[-1]["world_size"]}
+
+
+def per_gpu(figures: dict) -> dict:
+    """`figures` with images/s per GPU and images per GPU-hour over their wall seconds (start-up included)."""
+    gpu_seconds = figures.get("gpu_seconds", figures["seconds"] * figures["world_size"])
+    rate = figures["images"] / gpu_seconds if gpu_seconds > 0 else 0.0
+    return {**figures, "images_per_s_per_gpu": rate, "images_per_gpu_hour": rate * 3600}
 
 
 def progress_bar(enabled: bool, total: int, initial: int):

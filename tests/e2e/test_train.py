@@ -93,13 +93,13 @@ def test_two_ranks_from_an_http_server_equal_the_local_run_and_a_resume_goes_on_
         args = train_args(url, tmp_path / "run", cache, "data.num_workers=1", "checkpoint.every_steps=10")
         ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=10"])))
         files = [p for p in shards.iterdir() if p.suffix in (".tar", ".idx")]
-        assert summary(tmp_path / "run")["data_network_bytes"] == sum(p.stat().st_size for p in files)
+        assert summary(tmp_path / "run")["launches"][-1]["data_network_bytes"] == sum(p.stat().st_size for p in files)
         assert sorted(len(server.requests(p.name)) for p in files) == [1] * len(files)  # once by one of 2 ranks
         out = ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=20", "--resume", "auto"])))
     finally:
         server.stop()
     assert "resumed from" in out and "shard cache: 0.0 MB from the network" in out
-    second = summary(tmp_path / "run")
+    second = summary(tmp_path / "run")["launches"][-1]  # the resumed launch's own cache figures
     assert (second["data_network_bytes"], second["data_cache_hit_rate"]) == (0, 1.0)
     want, got = logged_losses(reference_run[0]), logged_losses(tmp_path / "run")
     print("local:", [f"{want[s]:.6f}" for s in range(1, 21)])
