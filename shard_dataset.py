@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.remote.fetch import RetryPolicy
 from pipeline.remote.upload import upload_shards
-from pipeline.shards.manifest import MANIFEST_NAME, Manifest, is_url
+from pipeline.shards.manifest import MANIFEST_NAME, Manifest, is_url, scheme_problem
 from pipeline.shards.writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
 from util.errors import UserError
 from util.processes import exit_without_teardown
@@ -74,7 +74,8 @@ def _prefix(text: str) -> str:
 
 def _url(text: str) -> str:
     if not is_url(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or s3:// URL")
+        raise argparse.ArgumentTypeError(scheme_problem(text, folder=False) or
+                                         f"{text!r} is not an http://, https:// or s3:// URL")
     return text
 
 

@@ -147,6 +147,8 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
                            f"{cls.__dataclass_fields__[key].metadata[RANGE].describe(integer, pair)}")
     if kind == "text":
         return ConfigError(f"{where} is {shown(value)}; allowed: {error['ctx']['problem']}")
+    if kind == "scheme":  # its problem names the value
+        return ConfigError(f"{where}: {error['ctx']['problem']}")
     if kind == "literal_error":
         return ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(repr, typing.get_args(hint)))}")
     if kind in PAIR_ERRORS:

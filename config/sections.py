@@ -12,6 +12,15 @@ from pydantic_core import PydanticCustomError
 
 from config.errors import shown
 from config.ranges import INT64_MAX, at_least, between, section, text
+from pipeline.shards.manifest import scheme_problem
+
+
+def known_scheme(value: str) -> str:
+    """A shard folder's path or URL (data.shards, logging.probe_shards): a scheme this does not read (htps://) is
+    refused here, where it would otherwise be read as a local path that does not exist."""
+    if problem := scheme_problem(value):
+        raise PydanticCustomError("scheme", "{problem}", {"problem": problem})
+    return value
 
 
 # Each numeric field declares its allowed range and each string its rule (config/ranges.py); pydantic checks them.
@@ -49,6 +58,8 @@ class DataConfig:
     cache_dir: str = text("~/.cache/ijepa/shards")
     cache_gb: float = at_least(0.0, default=0.0)
     fetch_timeout_s: float = between(1.0, 86400.0, default=300.0)
+
+    _shards_scheme = pydantic.field_validator("shards")(known_scheme)
 
 
 @section
@@ -149,6 +160,8 @@ class LoggingConfig:
     probe_shards: str = text("")
     # each rank appends the keys of every batch it reads to run.out_dir/samples/rank<r>.tsv (training/sample_log.py)
     sample_log: bool = False
+
+    _probe_shards_scheme = pydantic.field_validator("probe_shards")(known_scheme)
 
 
 # DeepSpeed keys derived from our sections: setting them in the deepspeed section would say the same thing twice.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ STATUS_COMPLETE = "complete"
 STATUS_IN_PROGRESS = "in_progress"
 CHECKS = ("none", "size", "checksum")
 URL_SCHEMES = ("http://", "https://", "s3://")  # data.shards may be one of these (pipeline/remote/)
+SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")  # RFC 3986's scheme, then "//"
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,17 @@ def is_url(where: str | os.PathLike) -> bool:
     return isinstance(where, str) and where.startswith(URL_SCHEMES)
 
 
+def scheme_problem(where: str | os.PathLike, folder: bool = True) -> str | None:
+    """Why `where` is neither a folder on this machine (unless not `folder`: a URL is wanted) nor a URL this reads: a
+    scheme other than those of URL_SCHEMES (a typo such as htps://, or file://), which would otherwise be read as a
+    local path that does not exist. None when it is either."""
+    match = SCHEME.match(where) if isinstance(where, str) else None
+    if match is None or is_url(where):
+        return None
+    return (f"{where} has the scheme {match[1]!r}, which is not one this reads: use "
+            f"{'a folder on this machine, ' if folder else ''}{', '.join(URL_SCHEMES[:-1])} or {URL_SCHEMES[-1]}")
+
+
 def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete: bool = False,
                   fetch: RetryPolicy | None = None, key: str | None = None) -> Manifest:
     """Reads and validates DEST/manifest.json: the one way a manifest is opened.
@@ -178,13 +191,16 @@ def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete
             arrive (pipeline/remote/cache.py).
         allow_incomplete: accept a manifest whose run has not finished (shard_dataset.py itself, when resuming).
         fetch: the retry policy of a URL (data.fetch_timeout_s); without it a URL is refused: only data.shards is
-            read from a server, the other readers read a folder on this machine.
+            read from a server, the other readers read a folder on this machine. A scheme other than URL_SCHEMES
+            (htps://) is refused either way (`scheme_problem`).
         key: the config key that names `dest` (e.g. data.shards): every error then names it, and an empty `dest` is
             one line saying how to make a shard folder.
 
     Raises:
         ManifestError: naming the file (and `key`), the problem, and what to do about it.
     """
+    if problem := scheme_problem(dest):
+        raise ManifestError(f"{key}: {problem}" if key else problem)
     if key is None:
         return _read_manifest(dest, check, allow_incomplete, fetch)
     if not dest:

@@ -228,6 +228,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     ({"data": None}, "x.yaml: section 'data' must be a mapping of keys, got None"),
     ({"deepspeed": {"zero_optimization": 3}}, "x.yaml: deepspeed.zero_optimization is 3; allowed: a mapping, e.g. "
                                               "{stage: 2}"),
+    ({"data": {"shards": "htps://host/x/"}}, "x.yaml: data.shards: htps://host/x/ has the scheme 'htps', which is "
+                                             "not one this reads: use a folder on this machine, http://, https:// or "
+                                             "s3://"),
+    ({"logging": {"probe_shards": "file:///data/val"}}, "x.yaml: logging.probe_shards: file:///data/val has the "
+                                                        "scheme 'file', which is not one this reads: use a folder on "
+                                                        "this machine, http://, https:// or s3://"),
 ])
 def test_pydantic_errors_are_worded_as_one_line(raw, message):
     """pydantic checks the tree; the user reads our line, never pydantic's multi-line report."""
@@ -333,6 +339,27 @@ def test_a_mistyped_probe_folder_fails_before_any_model_is_built(where, digit_sh
     if where == "url":
         assert "a URL, where a shard folder on this machine is read" in lines[0] and "copy the folder" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_url_scheme_is_refused_on_load_and_by_the_manifest_opener(tmp_path):
+    """data.shards=htps://host/x/ was read as the local path htps:/host/x ("cannot read the manifest"): a scheme this
+    does not read is refused by --print-config already, naming the --set item, and by read_manifest, the one opener
+    behind every reader (eval.py's and report.py's shard options); URLs and folders, even with a ':', still load."""
+    from pipeline.shards.format import ManifestError
+    from pipeline.shards.manifest import read_manifest
+
+    said = ("htps://host/x/ has the scheme 'htps', which is not one this reads: use a folder on this machine, http://, "
+            "https:// or s3://")
+    code, out, log = print_config(ROOT / "configs" / "tiny_cpu.yaml", "data.shards=htps://host/x/")
+    assert code == 2 and out == "" and log.splitlines() == [
+        f"config error: --set data.shards=htps://host/x/: data.shards: {said}"]
+    for good in ("https://host/x/", "s3://bucket/x/", "http://127.0.0.1:8000/x", "shards/a:b", "C:shards"):
+        assert config_from_dict({"data": {"shards": good}}).data.shards == good
+    with pytest.raises(ManifestError) as err:
+        read_manifest("htps://host/x/", key="--val-shards")
+    assert str(err.value) == f"--val-shards: {said}"
+    with pytest.raises(ManifestError, match=r"^HTTP://host/x has the scheme 'HTTP'"):
+        read_manifest("HTTP://host/x")
 
 
 DUPLICATES = "run:\n  name: a\ndata:\n  batch_size: 8\n  crop_size: 112\n  batch_size: 16\n"
