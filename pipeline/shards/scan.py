@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,9 @@ from pipeline import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 MAX_SOURCE_BYTES = 2**30  # a larger "image" (a sparse file, a disk image named .jpg) is skipped, not read into memory
+# A folder named like a dataset split (train, val, test2017 ...): as class folders, most likely a folder of splits.
+SPLIT_NAME = re.compile(r"(train|training|trainval|val|valid|validation|test|testing|eval|evaluation|dev|holdout)"
+                        r"([_-]?\d+)?", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True)  # slots: a million of these stay small
 class SourceFile:
@@ -122,6 +126,27 @@ def scan_source(src: Path, labels: str) -> SourceScan:
             _walk(src, name, label, scan, seen)
     scan.files.sort(key=lambda f: f.path)
     return scan
+
+
+def classes_in_words(classes: list[str] | None, shown: int = 6) -> str:
+    """"10 classes: digit_0, digit_1, … digit_9": the count, and the names (the first two and the last of many)."""
+    if classes is None:
+        return "no classes (--labels none)"
+    names = ", ".join(classes) if len(classes) <= shown else f"{classes[0]}, {classes[1]}, … {classes[-1]}"
+    return f"{len(classes):,} class{'' if len(classes) == 1 else 'es'}: {names}"
+
+
+def split_folders(scan: SourceScan) -> list[str]:
+    """The top folders of SRC named like splits (train, val ...), when they look like a folder of splits rather than
+    classes: two or more of them, or the only class folder. A class may be called "test": one among others is no
+    sign."""
+    if scan.classes is not None:
+        names = scan.classes
+    else:  # --labels none: the top folders that hold images
+        names = sorted({f.path.split("/", 1)[0] for f in scan.files if "/" in f.path})
+    splits = [name for name in names if SPLIT_NAME.fullmatch(name)]
+    alone = scan.classes is not None and len(names) == 1
+    return splits if len(splits) >= 2 or (splits and alone) else []
 
 
 def folder_problem(path: Path) -> str | None:

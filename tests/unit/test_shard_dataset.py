@@ -146,6 +146,52 @@ def test_prepare_jpeg_detects_the_format_from_content():
     assert abs(np.asarray(Image.open(io.BytesIO(deep_bytes))).mean() - 128) < 3  # scaled, not clipped to white
 
 
+def test_folders_named_like_splits_are_a_warning_and_the_classes_are_named(tmp_path, run_main):
+    """Issue 44: `shard_dataset.py mydata shards/x` on a folder of train/ and val/ made two classes, "train" and
+    "val", without a word. The start line names the class count and classes (the first two and the last of many);
+    top folders named like splits are a warning with the command for one split, also under --labels none (one set
+    of both). A single class named "test" among others is no sign of splits."""
+    jpeg = jpeg_bytes(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+
+    def write(root, folders):
+        for folder in folders:
+            (root / folder).mkdir(parents=True)
+            (root / folder / "a.jpg").write_bytes(jpeg)
+
+    mydata = tmp_path / "mydata"
+    write(mydata, ["train/cat", "train/dog", "val/cat", "val/dog"])
+    proc = run_main(mydata, tmp_path / "shards" / "x", "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert f"{mydata}: 4 images in 2 classes: train, val" in lines, lines
+    assert (f"warning: {mydata} holds class folders named like splits (train, val): shard each split on its own: "
+            f"shard_dataset.py {mydata / 'train'} {tmp_path / 'shards' / 'x' / 'train'}") in lines, lines
+    proc = run_main(mydata, tmp_path / "flat", "--labels", "none", "--workers", 1)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 0 and f"{mydata}: 4 images in no classes (--labels none)" in lines, lines
+    assert (f"warning: {mydata} holds folders named like splits (train, val), whose images --labels none puts in one "
+            f"set: shard each split on its own: shard_dataset.py {mydata / 'train'} {tmp_path / 'flat' / 'train'} "
+            f"--labels none") in lines, lines
+    write(tmp_path / "many", [f"n{i:08d}" for i in range(11)] + ["test"])
+    proc = run_main(tmp_path / "many", tmp_path / "m", "--workers", 1)
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert f"{tmp_path / 'many'}: 12 images in 12 classes: n00000000, n00000001, … test" in proc.stderr.splitlines()
+    write(tmp_path / "one", ["train/cat"])
+    assert "holds class folders named like splits (train)" in run_main(tmp_path / "one", tmp_path / "o").stderr
+
+
+def test_upload_to_an_unknown_scheme_is_refused_naming_the_schemes(capsys):
+    """A typo in --upload's scheme is refused as the arguments are read, before any shard is written."""
+    import shard_dataset
+
+    with pytest.raises(SystemExit) as exit_:
+        shard_dataset.parse_args(["src", "dest", "--upload", "htps://host/x/"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(  # after the program's name, which pytest sets
+        ": error: argument --upload: htps://host/x/ has the scheme 'htps', which is not one this reads: use http://, "
+        "https:// or s3://")
+
+
 def test_shard_size_flag_takes_samples_bytes_or_both():
     import argparse
 
