@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 # A shard deleted, moved, truncated or replaced while the run reads it: not a bad sample (data.on_bad_sample does not
 # apply), the run stops, naming it.
 SHARD_CHANGED_TODO = ("restore it (rerunning the same shard_dataset.py command rebuilds the shards whose files do not "
-                      "match the manifest) and resume from the last checkpoint")
+                      "match the manifest)")
 
 
 def shard_sizes(paths) -> dict[str, int]:

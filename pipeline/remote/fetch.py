@@ -3,8 +3,9 @@ and s3fs for buckets, which takes its credentials from the usual AWS environment
 
 Every request is retried with exponential backoff within a bounded total wait (`RetryPolicy`); a file is fetched
 to a local path while its sha256 is computed, and is good only when its size and sha256 are the manifest's. What
-the server did, when the wait runs out, is one line naming the URL (`RemoteError`). The local cache that uses this
-is pipeline/remote/cache.py.
+the server did, when the wait runs out, is one line naming the URL (`RemoteError`). A missing file, refused access
+and a host name the DNS does not know (a typo) are not retried: waiting would not change them. The local cache that
+uses this is pipeline/remote/cache.py.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
+from urllib.parse import urlsplit
 
 from pipeline import DataError
 
@@ -25,6 +28,9 @@ HTTP = ("http://", "https://")
 CHUNK = 1 << 20  # bytes read per call while a file streams in
 MAX_UNSIZED = 1 << 30  # the most a file of no recorded size (an index) may have
 T = TypeVar("T")
+# getaddrinfo's "this name does not exist" (EAI_NODATA: it exists without an address); EAI_AGAIN, a resolver that did
+# not answer, is retried like any connection failure
+NAME_NOT_KNOWN = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 def join(base: str, name: str) -> str:
@@ -87,6 +93,19 @@ def server_said(err: BaseException, policy: RetryPolicy) -> str:
     return f"failed: {type(err).__name__}: {err}"
 
 
+def unknown_host(err: BaseException, url: str) -> str | None:
+    """The host that the DNS says does not exist, when that is why `err` happened (aiohttp's ClientConnectorDNSError
+    over a socket.gaierror, found through the exception's causes); None otherwise."""
+    seen, host = set(), None
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        host = host or getattr(err, "host", None)  # aiohttp's connection errors name the host they tried
+        if isinstance(err, socket.gaierror) and err.errno in NAME_NOT_KNOWN:
+            return host or urlsplit(url).hostname
+        err = getattr(err, "os_error", None) or err.__cause__ or err.__context__
+    return None
+
+
 def _retryable() -> tuple[type[BaseException], ...]:
     import aiohttp
 
@@ -95,7 +114,7 @@ def _retryable() -> tuple[type[BaseException], ...]:
 
 def with_retries(url: str, action: Callable[[], T], policy: RetryPolicy) -> T:
     """action() until it succeeds, with backoff, for at most policy.timeout_s; then a RemoteError naming `url` and
-    what the server did the last time. A missing file or refused access is not retried."""
+    what the server did the last time. A missing file, refused access or an unknown host is not retried."""
     deadline, delay, tries = time.monotonic() + policy.timeout_s, policy.first_delay_s, 0
     while True:
         tries += 1
@@ -104,12 +123,12 @@ def with_retries(url: str, action: Callable[[], T], policy: RetryPolicy) -> T:
         except (FileNotFoundError, PermissionError) as err:
             raise RemoteError(f"{url}: the server {server_said(err, policy)}; check data.shards") from err
         except _retryable() as err:
+            if host := unknown_host(err, url):
+                raise RemoteError(f"{url}: the host {host} is not known (DNS); check the URL") from err
             said = server_said(err, policy)
             if time.monotonic() + delay > deadline:
                 raise RemoteError(f"{url}: the server {said}, {tries} tr{'y' if tries == 1 else 'ies'} in "
-                                  f"{policy.timeout_s:g} s "
-                                  f"(data.fetch_timeout_s); check the server, then resume from the last "
-                                  f"checkpoint") from err
+                                  f"{policy.timeout_s:g} s (data.fetch_timeout_s); check the server") from err
             logger.warning(f"{url}: the server {said}; try {tries + 1} in {delay:g} s")
             time.sleep(delay)
             delay = min(2 * delay, policy.max_delay_s)

@@ -1,5 +1,6 @@
 """The node's shard cache (pipeline/remote/cache.py) and the fetches of pipeline/remote/fetch.py without a server, in
-process: a URL with no server, or one that answers nothing, is one line naming it once the bound is spent; a cache
+process: a URL with no server, or one that answers nothing, is one line naming it once the bound is spent, a host
+the DNS does not know one line at once; a cache
 smaller than two shards is refused naming its key; downloads left by a killed process are removed. (Against a real
 nginx: e2e/test_remote_shards.py.)"""
 from __future__ import annotations
@@ -14,7 +15,7 @@ from served import FAST
 
 from pipeline import DataError
 from pipeline.remote.cache import ShardCache
-from pipeline.remote.fetch import RemoteError, RetryPolicy
+from pipeline.remote.fetch import RemoteError, RetryPolicy, unknown_host
 from pipeline.shards.manifest import read_manifest
 from util.net import free_port
 
@@ -27,7 +28,29 @@ def test_a_url_with_no_server_is_one_line_naming_it_within_the_bound():
     took, message = time.monotonic() - t0, str(err.value)
     assert took < 4, took
     assert "\n" not in message and message.startswith(f"{url}manifest.json: the server could not be reached")
-    assert "data.fetch_timeout_s" in message
+    # a refused connection is retried (a server restarts); the line ends at what to check: a fresh run has no
+    # checkpoint to resume from (the run's guard adds that advice where one exists)
+    assert message.endswith(" tries in 1.5 s (data.fetch_timeout_s); check the server"), message
+
+
+def test_a_host_the_dns_does_not_know_fails_at_once_naming_it():
+    """A typo in the host was retried for data.fetch_timeout_s (five minutes by default). A .invalid name never
+    resolves (RFC 2606), here without a network; a resolver that could not answer (EAI_AGAIN) is retried."""
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+        resolver = "resolves every name"
+    except socket.gaierror as err:
+        resolver = "does not answer" if err.errno == socket.EAI_AGAIN else None
+    if resolver:
+        pytest.skip(f"this machine's resolver {resolver}: an unknown host cannot be told apart here")
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        read_manifest("http://no-such-host.invalid/x/", fetch=RetryPolicy(300.0), key="data.shards")
+    assert time.monotonic() - t0 < 5
+    assert str(err.value) == ("http://no-such-host.invalid/x/manifest.json: the host no-such-host.invalid is not known "
+                              "(DNS); check the URL")
+    assert unknown_host(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "http://h/") is None
+    assert unknown_host(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "http://h:8/x") == "h"
 
 
 def test_a_server_that_answers_nothing_is_one_line_once_the_bound_is_spent():
