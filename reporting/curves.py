@@ -59,13 +59,29 @@ def label_axis(ax, title: str, ylabel: str = "") -> None:
         ax.legend(fontsize=8)
 
 
+def step_axes(axes: list, log: StepLog) -> None:
+    """One step range on every panel (the log's first step to its last, so a curve logged only on logging steps
+    lines up with the loss of every step), and a dotted line labelled "resumed" where each later launch began."""
+    first = min((int(s.steps[0]) for s in log.series.values() if len(s.steps)), default=0)
+    last = max(log.last_step, first + 1)
+    pad = 0.02 * (last - first)
+    for ax in axes:
+        for step in log.resumed:
+            ax.axvline(step, color="grey", ls=":", lw=1, gid="resumed")
+            ax.text(step, 0.98, "resumed ", transform=ax.get_xaxis_transform(), rotation=90, ha="right", va="top",
+                    fontsize=7, color="grey")
+        ax.set_xlim(first - pad, last + pad)
+
+
 def training_figure(log: StepLog) -> Figure:
-    """The loss (every step, and its running mean) and the schedules applied at each logging step."""
+    """The loss (every step, and its running mean when there are enough steps to smooth) and the schedules applied
+    at each logging step."""
     fig, (loss, lr, wd, momentum) = new_figure(2, 2, "loss and schedules")
-    if plot(loss, log, "Train_loss", "loss", alpha=0.35, lw=0.8):
-        series = log.get("Train_loss")
-        window = loss_window(len(series.values))
-        loss.plot(series.steps, smooth(series.values, window), label=f"mean of {window} steps", gid="smoothed", lw=1.6)
+    series = log.get("Train_loss")
+    window = loss_window(len(series.values)) if series is not None else 1
+    if plot(loss, log, "Train_loss", "loss", alpha=0.35 if window > 1 else 1.0, lw=0.8) and window > 1:
+        loss.plot(series.steps, smooth(series.values, window), label=f"running mean of {window} steps",
+                  gid="smoothed", lw=1.6)
     loss.set_yscale("log")
     label_axis(loss, "loss (smooth L1 to the target features), log scale")
     plot(lr, log, "Train_lr", "lr")
@@ -73,7 +89,9 @@ def training_figure(log: StepLog) -> Figure:
     plot(wd, log, "Train_wd", "weight decay")
     label_axis(wd, "weight decay")
     plot(momentum, log, "Train_momentum", "EMA momentum")
+    momentum.ticklabel_format(axis="y", useOffset=False, style="plain")  # 0.9985, not 1e-5 + 9.98e-1
     label_axis(momentum, "target-encoder EMA momentum")
+    step_axes([loss, lr, wd, momentum], log)
     return fig
 
 
@@ -82,8 +100,10 @@ def throughput_figure(log: StepLog, summary: Optional[dict]) -> Figure:
     into data wait and compute, and peak memory; each over the logging steps of rank 0."""
     title = "throughput"
     if summary:
+        launches = len(summary.get("launches", [])) or 1
         title += (f": {summary['images_per_s_per_gpu']:.1f} images/s per GPU, {summary['images_per_gpu_hour']:,.0f} "
-                  f"images per GPU-hour ({summary['steps']} steps on {summary['world_size']} rank(s))")
+                  f"images per GPU-hour ({summary['steps']} steps in {launches} launch{'es' if launches > 1 else ''} "
+                  f"on {summary['world_size']} rank(s))")
     fig, (speed, mfu, split, memory) = new_figure(2, 2, title)
     plot(speed, log, "Perf_images_per_s", "between logging steps")
     if summary:
@@ -100,21 +120,48 @@ def throughput_figure(log: StepLog, summary: Optional[dict]) -> Figure:
         label_axis(mfu, "TFLOP/s per GPU (no MFU: not a GPU of known peak)", "TFLOP/s")
     plot(split, log, "Perf_compute_s", "compute")
     plot(split, log, "Perf_data_wait_s", "waiting for data")
+    split.set_ylim(bottom=0)
     label_axis(split, "time per step", "s")
     plot(memory, log, "Perf_peak_gb", "peak")
+    memory.set_ylim(bottom=0)  # from zero: a change of a few MiB is not drawn as a cliff
     label_axis(memory, "peak memory (GPU, or the process's RSS on the CPU)", "GiB")
+    step_axes([speed, mfu, split, memory], log)
     return fig
 
 
-def diagnostics_figure(log: StepLog) -> Figure:
+DIAGNOSTICS = (("Diagnostics_feature_std", "feature std", "mean per-dimension std (0 = collapsed)", ""),
+               ("Diagnostics_effective_rank", "effective rank", "effective rank of the pooled features (1 = collapsed)",
+                ""),
+               ("Probe_knn_top1", "kNN top-1", "kNN top-1 on held-out shards", "%"))
+
+
+def diagnostics_figure(log: StepLog, diagnostics_every: int, probe_every: int) -> tuple[Optional[Figure], list[str]]:
     """The collapse diagnostics of the target features (logging.diagnostics_every) and the in-training kNN probe
-    (logging.probe_every)."""
-    fig, (std, rank, probe) = new_figure(1, 3, "collapse diagnostics of the target encoder's features")
-    plot(std, log, "Diagnostics_feature_std", "feature std", missing="logging.diagnostics_every turns it on")
-    label_axis(std, "mean per-dimension std (0 = collapsed)")
-    plot(rank, log, "Diagnostics_effective_rank", "effective rank", missing="logging.diagnostics_every turns it on")
-    label_axis(rank, "effective rank of the pooled features (1 = collapsed)")
-    plot(probe, log, "Probe_knn_top1", "kNN top-1", scale=100.0,
-         missing="logging.probe_every and logging.probe_shards turn it on")
-    label_axis(probe, "kNN top-1 on held-out shards", "%")
-    return fig
+    (logging.probe_every): a panel for each the log holds, and why each other one is not drawn (an empty panel
+    tells nothing). No figure when the log holds none of them."""
+    drawn = [d for d in DIAGNOSTICS if d[0] in log and len(log.get(d[0]).steps)]
+    missing = []
+    if not any(d[0].startswith("Diagnostics_") for d in drawn):
+        missing.append(not_yet("diagnostics", "logging.diagnostics_every", diagnostics_every, log))
+    if not any(d[0].startswith("Probe_") for d in drawn):
+        missing.append(not_yet("kNN probe during training", "logging.probe_every", probe_every, log))
+    if not drawn:
+        return None, missing
+    fig, axes = new_figure(1, len(drawn), "collapse diagnostics of the target encoder's features")
+    for ax, (name, label, title, unit) in zip(axes, drawn):
+        plot(ax, log, name, label, scale=100.0 if unit == "%" else 1.0)
+        if name != "Diagnostics_effective_rank":
+            ax.set_ylim(bottom=0)  # from zero: a small change of the std is not drawn as a collapse
+        label_axis(ax, title, unit)
+    step_axes(axes, log)
+    return fig, missing
+
+
+def not_yet(what: str, key: str, every: int, log: StepLog) -> str:
+    """Why the step log holds none of `what`, logged every `every` steps (`key`)."""
+    if not every:
+        return f"no {what}: {key} is 0 (off)"
+    if log.last_step < every:
+        return (f"no {what} yet: the step log ends at step {log.last_step}, before the first at step {every} "
+                f"({key})")
+    return f"no {what} in the step log {log.folder}, although {key} is {every}"

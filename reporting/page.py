@@ -68,16 +68,31 @@ def run_facts(run) -> list[tuple[str, str]]:
              ("data.shards", cfg.data.shards)]
     facts += [("plan", line.removeprefix("# plan: ")) for line in plan_lines(run.path / "config.yaml")]
     if run.summary:
-        s = run.summary
-        facts += [("steps (this process)", f"{s['steps']} in {float(s['seconds']):.1f} s on {s['world_size']} rank(s)"),
-                  ("images/s per GPU", f"{float(s['images_per_s_per_gpu']):.1f}"),
-                  ("images per GPU-hour", f"{float(s['images_per_gpu_hour']):,.0f}"),
-                  ("bad samples skipped", str(s.get("skipped_samples", 0)))]
+        facts += summary_facts(run.summary)
     else:
-        facts.append(("summary.json", "none: the run has not reached its last step"))
+        facts.append(("summary.json", "none yet: no launch of the run has ended (one killed without a signal writes "
+                                      "none)"))
     if run.log is not None and (loss := run.log.get("Train_loss")) is not None and len(loss.steps):
         facts.append(("last logged loss", f"{loss.values[-1]:.4f} at step {loss.steps[-1]}"))
     facts.append(("newest checkpoint", str(run.checkpoint) if run.checkpoint else "none"))
+    return facts
+
+
+def summary_facts(s: dict) -> list[tuple[str, str]]:
+    """The rows of summary.json: the whole run (every launch, each from its process start), then each launch."""
+    launches = s.get("launches", [])
+    span = f" (steps {s['first_step']}–{s['last_step']})" if "first_step" in s else ""
+    count = f" in {len(launches)} launch{'es' if len(launches) > 1 else ''}" if launches else ""
+    facts = [("steps", f"{s['steps']}{span}{count}, {float(s['seconds']):.1f} s from process start, on "
+                       f"{s['world_size']} rank(s)"),
+             ("images/s per GPU", f"{float(s['images_per_s_per_gpu']):.1f} (the whole run, start-up included)"),
+             ("images per GPU-hour", f"{float(s['images_per_gpu_hour']):,.0f}"),
+             ("bad samples skipped", str(s.get("skipped_samples", 0)))]
+    for i, x in enumerate(launches, start=1):
+        facts.append((f"launch {i}", f"steps {x['first_step']}–{x['last_step']} on {x['world_size']} rank(s): "
+                                     f"{x['seconds']:.1f} s, of it {x['seconds'] - x['loop_seconds']:.1f} s start-up; "
+                                     f"{x['images_per_s_per_gpu']:.1f} images/s per GPU; ended at "
+                                     f"{'its last step' if x['ended'] == 'last step' else 'a stop signal'}"))
     return facts
 
 

@@ -12,14 +12,14 @@ from reporting.curves import new_figure
 PCA_CLIP = (0.01, 0.99)  # each component is stretched between these quantiles onto [0, 1]
 
 
-def masks_figure(pictures: list[np.ndarray], keys: list[str], targets: int, title: str):
-    """A row of mask pictures (pipeline.masks.pictures.mask_picture), each titled with its sample key, and the legend
-    of the colours."""
+def masks_figure(pictures: list[np.ndarray], titles: list[str], targets: int, title: str):
+    """A row of mask pictures (pipeline.masks.pictures.mask_picture), each with its title (which image, its class,
+    its patch counts), and the legend of the colours."""
     fig, axes = new_figure(1, len(pictures), title)
-    fig.set_size_inches(2.4 * len(pictures), 3.2)
-    for ax, picture, key in zip(axes, pictures, keys):
+    fig.set_size_inches(2.4 * len(pictures), 3.5)
+    for ax, picture, text in zip(axes, pictures, titles):
         ax.imshow(picture, interpolation="nearest")
-        ax.set_title(key, fontsize=8)
+        ax.set_title(text, fontsize=8)
         ax.set_axis_off()
     legend = [Patch(facecolor="white", edgecolor="black", label="context (as it is)"),
               Patch(facecolor=(DIM, DIM, DIM), label="neither (dimmed)")]

@@ -44,6 +44,8 @@ class MaskBatch:
     tgt_idx: np.ndarray  # (M, n, K_pred)
     keys: list[str]
     grid: tuple[int, int]
+    labels: list[int]  # -1 for unlabeled data
+    classes: Optional[list[str]]  # the shards' class names, when they have labels
 
 
 @dataclasses.dataclass
@@ -75,14 +77,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
     report = Report(folder, [], {}, None)
     train_shards = str(shards or run.cfg.data.shards)  # a folder, or the URL of one
     report.masks = add_masks(report, run, train_shards, count)
-    for name, title, draw in (("training", "Loss and schedules", lambda: training_figure(run.log)),
-                              ("throughput", "Throughput", lambda: throughput_figure(run.log, run.summary)),
-                              ("diagnostics", "Collapse diagnostics", lambda: diagnostics_figure(run.log))):
-        if run.log is None:
-            report.sections.append(Section(name, title, note=f"no step log in {run.path / 'logs' / run.cfg.run.name} "
-                                                             f"(logging.csv was off, or no logging step was reached)"))
-        else:
-            add_figure(report, Section(name, title, caption=CAPTIONS[name]), draw())
+    add_curves(report, run)
     add_features(report, run, train_shards, val_shards, count, device)
     probe_path = Path(probe) if probe else run.path / "probe.json"
     report.sections.append(probe_section(probe_path, explicit=probe is not None))
@@ -94,13 +89,36 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
 
 
 CAPTIONS = {
-    "training": "The loss of every step (faint) and its running mean; the learning rate, weight decay and EMA momentum "
-                "the schedules set, at each logging step.",
+    "training": "The loss of every step (faint, with its running mean on a longer run); the learning rate, weight "
+                "decay and EMA momentum the schedules set, at each logging step. A dotted line marks where a launch "
+                "resumed.",
     "throughput": "Rank 0's figures between logging steps. The dashed line and the title are the whole run's "
-                  "figures (summary.json), start-up, checkpoints and logging included.",
+                  "figures (summary.json: every launch, each from its process start, so start-up, checkpoints and "
+                  "logging are included).",
     "diagnostics": "The target encoder's features on rank 0's batch, pooled over patches: a collapsing encoder drives "
                    "both towards their floor (std 0, rank 1).",
 }
+
+
+def add_curves(report: Report, run: RunFolder) -> None:
+    """The step log's sections: loss and schedules, throughput, and the diagnostics the log holds (the others named
+    with why they are not drawn)."""
+    titles = {"training": "Loss and schedules", "throughput": "Throughput", "diagnostics": "Collapse diagnostics"}
+    if run.log is None:
+        note = (f"no step log in {run.path / 'logs' / run.cfg.run.name} (logging.csv was off, or no logging step was "
+                f"reached)")
+        report.sections += [Section(name, title, note=note) for name, title in titles.items()]
+        return
+    add_figure(report, Section("training", titles["training"], caption=CAPTIONS["training"]), training_figure(run.log))
+    add_figure(report, Section("throughput", titles["throughput"], caption=CAPTIONS["throughput"]),
+               throughput_figure(run.log, run.summary))
+    logs = run.cfg.logging
+    fig, missing = diagnostics_figure(run.log, logs.diagnostics_every, logs.probe_every)
+    if fig is None:
+        report.sections.append(Section("diagnostics", titles["diagnostics"], note="; ".join(missing)))
+        return
+    caption = CAPTIONS["diagnostics"] + "".join(f" Not drawn: {m}." for m in missing)
+    add_figure(report, Section("diagnostics", titles["diagnostics"], caption=caption), fig)
 
 
 def add_figure(report: Report, section: Section, fig) -> None:
@@ -121,9 +139,21 @@ def add_masks(report: Report, run: RunFolder, shards: str, count: int) -> Option
         report.sections.append(Section("masks", title, note=str(err)))
         return None
     pictures = mask_pictures(masks.images, masks.ctx_idx, masks.tgt_idx, masks.grid)
-    fig = masks_figure(pictures, masks.keys, run.cfg.mask.npred, "the multiblock masks of rank 0's first batch")
+    titles = [mask_title(masks, i) for i in range(len(pictures))]
+    fig = masks_figure(pictures, titles, run.cfg.mask.npred, "the multiblock masks of rank 0's first batch")
     add_figure(report, Section("masks", title, caption=caption), fig)
     return masks
+
+
+def mask_title(masks: MaskBatch, i: int) -> str:
+    """What a picture shows, e.g. "image 1 · class 3 / 52 context, 4×6 target patches / key 000123"."""
+    label = masks.labels[i]
+    name = masks.classes[label] if masks.classes and 0 <= label < len(masks.classes) else str(label)
+    blocks = masks.ctx_idx.shape[:-2]  # (nenc,) when there are several context blocks
+    ctx = "×".join(str(n) for n in (*blocks, masks.ctx_idx.shape[-1]))
+    targets = f"{masks.tgt_idx.shape[0]}×{masks.tgt_idx.shape[-1]}"
+    return (f"image {i + 1}" + (f" · class {name}" if label >= 0 else "")
+            + f"\n{ctx} context, {targets} target patches\nkey {masks.keys[i]}")
 
 
 def first_batch(run: RunFolder, shards: str, count: int) -> tuple[MaskBatch, str]:
@@ -143,7 +173,8 @@ def first_batch(run: RunFolder, shards: str, count: int) -> tuple[MaskBatch, str
     n = min(count, len(batch.keys))
     ctx = batch.ctx_idx[..., :n, :].numpy()
     grid = grid_size(cfg)
-    masks = MaskBatch(to_uint8(batch.images[:n]), ctx, batch.tgt_idx[:, :n].numpy(), list(batch.keys[:n]), grid)
+    masks = MaskBatch(to_uint8(batch.images[:n]), ctx, batch.tgt_idx[:, :n].numpy(), list(batch.keys[:n]), grid,
+                      batch.labels[:n].tolist(), manifest.classes)
     m = cfg.mask
     caption = (f"Rank 0's first batch (step 1) of a run on {run.world_size} rank(s), cropped by the {backend} "
                f"backend as the run's loader does (seed {cfg.run.seed}). The sampler: {m.npred} target blocks of "

@@ -17,7 +17,7 @@ from training.checkpoints import CheckpointRecord, checkpoint_dir, complete_tags
 class RunFolder:
     path: Path
     cfg: Config
-    summary: Optional[dict]  # summary.json: written when the run reached its last step
+    summary: Optional[dict]  # summary.json: the run's launches that ended (at the last step or a signal)
     checkpoint: Optional[Path]  # the newest complete checkpoint's tag folder
     record: Optional[CheckpointRecord]  # its run.json: world size, the backend the run resolved
     log: Optional[StepLog]  # logs/<run.name>/*.csv; None when the run wrote no CSV step log
@@ -56,6 +56,9 @@ def read_summary(path: Path) -> Optional[dict]:
     try:
         summary = json.loads(path.read_text())
         float(summary["images_per_s_per_gpu"]), int(summary["steps"]), int(summary["world_size"])
+        for x in summary.get("launches", []):
+            int(x["first_step"]), int(x["last_step"]), int(x["world_size"]), float(x["seconds"])
+            float(x["loop_seconds"]), float(x["images_per_s_per_gpu"]), str(x["ended"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ReportError(f"{path}: not a summary written by train.py ({type(err).__name__}: {err}); move it away "
                           f"to draw the report without it") from None

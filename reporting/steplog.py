@@ -1,6 +1,7 @@
 """The step log a run leaves: DeepSpeed's CSV monitor writes one file per logged name (logs/<run.name>/Train_loss.csv:
-`step,loss` rows), appended by every start of the run, header included. A resumed run logs again the steps after
-its checkpoint; the last row of a step is the one that counts (the run that went on)."""
+`step,loss` rows), appended by every start of the run, header included: a header after the first marks a launch
+that resumed. A resumed run logs again the steps after its checkpoint; the last row of a step is the one that counts
+(the run that went on)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from reporting import ReportError
 class Series:
     steps: np.ndarray  # int64, ascending, each once
     values: np.ndarray  # float64
+    resumed: tuple[int, ...] = ()  # the first step each launch after the first logged here
 
 
 class StepLog:
@@ -29,6 +31,13 @@ class StepLog:
 
     def __contains__(self, name: str) -> bool:
         return name in self.series
+
+    @property
+    def resumed(self) -> tuple[int, ...]:
+        """The first step of each launch after the first, from the loss (logged for every step): found in the log
+        itself, so a launch killed without writing summary.json is marked too."""
+        loss = self.get("Train_loss")
+        return loss.resumed if loss is not None else ()
 
     @property
     def last_step(self) -> int:
@@ -51,15 +60,18 @@ def read_series(path: Path) -> Series:
         lines.pop()
     elif lines:
         lines.pop()  # the last row was being written when the run died
-    by_step = {}
+    by_step, headers, resumed = {}, 0, []
     for number, line in enumerate(lines, start=1):
         if line.startswith("step,"):  # the header, e.g. "step,loss", written again by every start of the run
+            headers += 1
             continue
         try:
             step, value = line.rstrip("\r").split(",")
             by_step[int(step)] = float(value)  # a later row of the same step wins
+            if headers > 1 and len(resumed) < headers - 1:  # the first row of a launch after the first
+                resumed.append(int(step))
         except ValueError:
             raise ReportError(f"{path}:{number}: {line[:80]!r} is not a 'step,value' row; the step log is damaged: "
                               f"move the file away to draw the report without it") from None
     steps = np.array(sorted(by_step), dtype=np.int64)
-    return Series(steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64))
+    return Series(steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64), tuple(resumed))

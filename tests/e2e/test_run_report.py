@@ -43,14 +43,15 @@ def line_data(fig, gid: str) -> tuple[list[int], list[float]]:
 
 @pytest.fixture(scope="module")
 def tiny_run(small_shards, tmp_path_factory):
-    """12 steps of train.py alone (one process): logging every 2 steps, diagnostics every 4, mask images at steps 1,
-    5 and 10, a checkpoint at 6 and 12, the sample log."""
+    """12 steps of train.py alone (one process) in two launches, steps 1-6 and a resume for 7-12: logging every 2
+    steps, diagnostics every 4, mask images at steps 1, 5 and 10, a checkpoint at 6 and 12, the sample log."""
     from launches import launch, ok, python, train_args
 
     out = tmp_path_factory.mktemp("tiny") / "run"
-    ok(launch(python(train_args(small_shards, out, "optimization.max_steps=12", "logging.every_steps=2",
-                                "logging.diagnostics_every=4", "logging.mask_images_every=5",
-                                "checkpoint.every_steps=6", "checkpoint.keep_last=1", "logging.sample_log=true"))))
+    sets = ("logging.every_steps=2", "logging.diagnostics_every=4", "logging.mask_images_every=5",
+            "checkpoint.every_steps=6", "checkpoint.keep_last=1", "logging.sample_log=true")
+    ok(launch(python(train_args(small_shards, out, *sets, "optimization.max_steps=6"))))
+    ok(launch(python(train_args(small_shards, out, *sets, "optimization.max_steps=12") + ["--resume", "auto"])))
     return out
 
 
@@ -84,6 +85,23 @@ def test_a_tiny_run_and_its_report(tiny_run, small_shards, tmp_path):
             assert line_data(report.figures[figure], gid) == pytest.approx(csv_series(logs / f"{gid}.csv")), gid
     assert line_data(report.figures["training"], "Train_loss")[0] == list(range(1, 13))
     assert line_data(report.figures["diagnostics"], "Diagnostics_effective_rank")[0] == [4, 8, 12]
+    # the resume is marked on every panel, and every panel of a figure spans the same steps
+    for name in ("training", "throughput", "diagnostics"):
+        axes = report.figures[name].axes
+        assert len({ax.get_xlim() for ax in axes}) == 1, name
+        assert [int(line.get_xdata()[0]) for ax in axes for line in ax.lines if line.get_gid() == "resumed"] == \
+            [7] * len(axes), name
+    assert len(report.figures["diagnostics"].axes) == 2  # no empty kNN panel: logging.probe_every is 0
+    assert "Not drawn: no kNN probe during training: logging.probe_every is 0 (off)." in \
+        next(sec for sec in report.sections if sec.name == "diagnostics").caption
+
+    # summary.json: the whole run in its two launches, each timed from its process's start
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert (summary["steps"], summary["first_step"], summary["last_step"]) == (12, 1, 12)
+    assert [(x["first_step"], x["last_step"], x["ended"]) for x in summary["launches"]] == [
+        (1, 6, "last step"), (7, 12, "last step")]
+    assert all(x["seconds"] > x["loop_seconds"] + 1.0 for x in summary["launches"])  # the imports, DeepSpeed's set-up
+    assert summary["seconds"] == pytest.approx(sum(x["seconds"] for x in summary["launches"]))
 
     # the masks are the sampler's for rank 0's first batch, and the picture is drawn from them
     cfg = load_config(tiny_run / "config.yaml")
@@ -97,6 +115,10 @@ def test_a_tiny_run_and_its_report(tiny_run, small_shards, tmp_path):
         assert np.array_equal(np.asarray(picture), want), i
     first = next(row for row in read_sample_log(tiny_run) if row["step"] == 1 and row["rank"] == 0)
     assert report.masks.keys == first["keys"][:5]  # the images are the run's own first batch
+    titles = [ax.get_title() for ax in report.figures["masks"].axes if ax.images]
+    label = report.masks.classes[report.masks.labels[0]]
+    assert titles[0] == (f"image 1 · class {label}\n{ctx_idx.shape[1]} context, "
+                         f"{tgt_idx.shape[0]}×{tgt_idx.shape[2]} target patches\nkey {report.masks.keys[0]}")
 
     # the page names only files that exist, and shows every picture and the probe figures
     page = (report.folder / "index.html").read_text()
