@@ -20,7 +20,7 @@ from model.jepa import build_jepa
 from model.official import load_encoder_for_eval, load_strict
 from model.safe_load import DAMAGED_FILE_ERRORS, first_line, weights_only_loads
 from model.vit import init_weights
-from training.checkpoints import TAG, complete_tags
+from training.checkpoints import not_a_checkpoint
 from training.integrity import COMPLETE
 from training.states import deepspeed_safe_types, load_states_file
 
@@ -62,16 +62,7 @@ def find_tag_dir(folder: Path) -> Path:
     """`folder` itself when it is a complete checkpoint of train.py; else one line saying which folder to give."""
     if (folder / COMPLETE).is_file():
         return folder
-    for ckpt_dir in (folder, folder / "checkpoints"):  # a run's checkpoints/ folder, or the run's out_dir
-        tags = complete_tags(ckpt_dir)
-        if tags:
-            raise EvalError(f"{folder}: holds checkpoints, it is not one; give a tag folder, e.g. the newest "
-                            f"complete one: --checkpoint {ckpt_dir / tags[-1]}")
-    if TAG.match(folder.name):
-        raise EvalError(f"{folder}: incomplete checkpoint (no {COMPLETE} marker: its run died while saving); "
-                        f"evaluate an older one")
-    raise EvalError(f"{folder}: not a checkpoint of train.py (no {COMPLETE} marker, no complete checkpoints in it); "
-                    f"give a tag folder such as <out_dir>/checkpoints/step00000500, or an official-format file")
+    raise EvalError(not_a_checkpoint(folder, "--checkpoint", ", or an official-format file"))
 
 
 def _load_ours(folder: Path, which: str):

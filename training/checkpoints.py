@@ -184,19 +184,35 @@ def choose_checkpoint(resume: str, out_dir: str | Path) -> Optional[Path]:
     if not resume:
         return None
     if resume == "auto":
-        return newest_verified(checkpoint_dir(out_dir))
+        found = newest_verified(checkpoint_dir(out_dir))
+        if found is None:
+            logger.info("--resume auto: no complete checkpoint in %s (%s): starting fresh", checkpoint_dir(out_dir),
+                        "it holds none" if checkpoint_dir(out_dir).is_dir() else "no such folder")
+        return found
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist: give a tag folder such as "
                               f"{checkpoint_dir(out_dir) / tag_for(1000)}, or --resume auto")
     if not (path / COMPLETE).is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete (no {COMPLETE} marker: its run died while saving); "
-                              f"choose an older one or --resume auto")
+        raise CheckpointError(not_a_checkpoint(path, "--resume", ", or --resume auto (run.out_dir's newest)"))
     problems = verify_checkpoint(path, tag_step(path.name))
     if problems:
         raise CheckpointError(f"checkpoint {path} is damaged: {listed(problems, SHOWN)}; it is kept as it is: choose "
                               f"another checkpoint (--resume auto takes the newest one that verifies)")
     return path
+
+
+def not_a_checkpoint(path: Path, flag: str, other: str = "") -> str:
+    """Why the folder `path` (no COMPLETE marker) is not a checkpoint to give `flag`, naming the one to give when it
+    holds some: a run folder (run.out_dir) or its checkpoints/ folder; `other` names what else the flag takes."""
+    for ckpt_dir, what in ((checkpoint_dir(path), "a run folder"), (path, "a run's checkpoints folder")):
+        if tags := complete_tags(ckpt_dir):
+            return (f"{path} is {what}, not a checkpoint: give one of its {len(tags)} checkpoint(s), e.g. the "
+                    f"newest: {flag} {ckpt_dir / tags[-1]}")
+    if tag_step(path.name) is not None:
+        return f"checkpoint {path} is incomplete (no {COMPLETE} marker: its run died while saving); choose an older one"
+    return (f"{path} is not a checkpoint of train.py (no {COMPLETE} marker, no complete checkpoints in it): give a "
+            f"tag folder such as <run.out_dir>/checkpoints/{tag_for(1000)}{other}")
 
 
 def newest_verified(ckpt_dir: Path) -> Optional[Path]:
@@ -340,8 +356,7 @@ class Checkpointer:
             raise CheckpointError(f"the ranks chose different checkpoints to resume ({', '.join(map(str, chosen))}): "
                                   f"their nodes see different files in {self.dir}; every node must see the same "
                                   f"run.out_dir")
-        if saved is None:
-            logger.info("starting fresh (no checkpoint to resume)")
+        if saved is None:  # the run plan said why (no --resume, or none found)
             return 0
         folder = saved.folder
         if elastic:  # rank 0 converts it while the others wait

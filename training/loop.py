@@ -38,6 +38,9 @@ def fit(cfg: Config, request: ResumeRequest, make_probe: Optional[Callable[[], C
     unusable shards cost nothing. `make_probe` builds, on rank 0, the kNN probe logged every logging.probe_every
     steps (a callable (encoder, device) → top-1)."""
     plan = plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")), request)
+    if done := plan.finished():  # every rank returns before any process group exists
+        logger.info(done)
+        return 0
     with guarded(cfg, plan) as guard:
         return train(Trainer.build(cfg, plan, guard, make_probe))
 

@@ -121,6 +121,19 @@ class RunPlan:
                  + (f", shifted {self.schedule_shift:+d}" if self.schedule_shift else "")]
         return "".join(f"# plan: {line}\n" for line in lines)
 
+    def finished(self) -> Optional[str]:
+        """The line saying there is nothing to train when the checkpoint resumed is at the plan's last step already;
+        None otherwise."""
+        step = 0 if self.saved is None else self.saved.record.step
+        if step < self.last_step:
+            return None
+        end = self.schedules.train_steps - self.schedule_shift
+        if self.last_step < end:
+            return (f"nothing to do: the run is at step {step} and optimization.max_steps is {self.last_step} (the "
+                    f"schedule has {end}); raise optimization.max_steps to train on")
+        return (f"nothing to do: the run is at step {step} of {end}, its schedule's last; evaluate its newest "
+                f"checkpoint, or train longer in another run.out_dir")
+
     def record(self, step: int, position: tuple[int, int]) -> CheckpointRecord:
         """The run.json of this run's checkpoint at `step`, when the loader stands at `position`."""
         return CheckpointRecord(step, self.world_size, self.identity, self.requested, self.schedule_shift, position)
@@ -158,6 +171,26 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
                    min(end, cfg.optimization.max_steps or end), identity, saved, elastic, rescaled, notes)
 
 
+def preview(cfg: Config, world_size: int) -> list[str]:
+    """What a fresh run of `cfg` on `world_size` ranks would train, for --print-config: the global batch and, when
+    data.shards can be read, the samples, steps per epoch, warmup and total steps (else why they are not known)."""
+    layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size)
+    lines = [f"global_batch_size: {layout.global_batch} = {layout.batch_size} per GPU x grad_accum "
+             f"{layout.grad_accum} x {world_size} GPU(s) (WORLD_SIZE=8 before the command shows 8)"]
+    try:
+        manifest = read_manifest(cfg.data.shards, fetch=RetryPolicy(min(cfg.data.fetch_timeout_s, 30)),
+                                 key="data.shards")
+        steps_per_epoch = layout.steps_per_epoch(manifest.total_samples, cfg.data.shards)
+        sched = schedule_steps(cfg.optimization, steps_per_epoch)
+    except (DataError, ConfigError) as err:
+        return lines + [f"steps: not known until data.shards can be read ({err})"]
+    last = min(sched.train_steps, cfg.optimization.max_steps or sched.train_steps)
+    return lines + [f"data: {manifest.total_samples:,} samples in {len(manifest.shards)} shard(s)",
+                    f"steps_per_epoch: {steps_per_epoch}", f"warmup_steps: {sched.warmup_steps}",
+                    f"total_steps: {sched.train_steps} ({cfg.optimization.epochs} epochs)"
+                    + (f"; this run stops at {last} (optimization.max_steps)" if last < sched.train_steps else "")]
+
+
 def schedule_steps(opt, steps_per_epoch: int) -> Schedules:
     """The lengths of the lr, weight-decay and momentum schedules of the optimization section `opt`, and the steps
     the run trains, by the official arithmetic (training/schedules.py)."""
@@ -178,6 +211,8 @@ def saved_checkpoint(resume: str, out_dir: Path) -> Optional[Checkpoint]:
         raise CheckpointError(f"run.out_dir {out_dir} holds the checkpoints of a run ({len(tags)}, the newest "
                               f"{checkpoint_dir(out_dir) / tags[-1]}); a fresh run would write over them: resume "
                               f"it with --resume auto, or give this run another run.out_dir")
+    if not resume:
+        logger.info("starting fresh in %s (no --resume)", out_dir)
     return find_checkpoint(resume, out_dir)
 
 

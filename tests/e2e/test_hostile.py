@@ -60,6 +60,8 @@ def cases(tmp: Path, shards: Path, trained: Path) -> dict:
         "out_dir is a file": ([*TRAIN, *data, "--set", f"run.out_dir={tmp / 'a_file'}"], "a_file"),
         "resume missing": ([*TRAIN, *data, *out("r5"), "--resume", str(tmp / "nope")], str(tmp / "nope")),
         "resume incomplete": ([*TRAIN, *data, *out("r6"), "--resume", str(incomplete)], "incomplete"),
+        "resume the run folder": ([*TRAIN, *data, *out("r11"), "--resume", str(trained)],
+                                  f"{trained} is a run folder, not a checkpoint: give one of its"),
         "resume bad run.json": ([*TRAIN, *data, *out("r7"), "--resume", str(bad_json)], "run.json"),
         "resume truncated states": ([*TRAIN, *data, *out("r8"), "--resume", str(truncated)], "mp_rank_00"),
         "resume without optimizer": ([*TRAIN, *data, *out("r9"), "--resume", str(no_optim)], "step00000002"),
@@ -123,7 +125,7 @@ def launched(table):
 CASES = ["config missing", "config is a folder", "config is binary", "config is a list", "config has tabs",
          "override without =", "override unknown key", "override bad type", "shards missing", "shards is a file",
          "shards folder empty", "batch bigger than data", "out_dir is a file", "resume missing", "resume incomplete",
-         "resume bad run.json", "resume truncated states", "resume without optimizer", "probe shards missing",
+         "resume the run folder", "resume bad run.json", "resume truncated states", "resume without optimizer", "probe shards missing",
          "bench unknown suite", "bench out folder missing", "bench config missing", "eval checkpoint missing",
          "eval shards missing", "shard_dataset source missing", "shard_dataset dest is a file"]
 
@@ -148,3 +150,15 @@ def test_every_case_is_listed(tmp_path):
         (trained / "checkpoints" / "step00000002" / name).write_bytes(b"x" * 6000)
     (tmp_path / "h").mkdir()
     assert sorted(cases(tmp_path / "h", tmp_path, trained)) == sorted(CASES)
+
+
+def test_a_resume_with_nothing_left_to_train_says_so_and_exits_0(digit_shards, trained_run, tmp_path, caplog):
+    """The session's run is at step 2; a resume of it with optimization.max_steps 1 has nothing to train: one line
+    that says so, exit 0, nothing built or written."""
+    argv = [*TRAIN[2:], "--set", f"data.shards={digit_shards['train']}", "--set", f"run.out_dir={tmp_path / 'r'}",
+            "--resume", str(trained_run / "checkpoints" / "step00000002")]
+    code, errors = train_main(argv, caplog)
+    lines = caplog.messages
+    assert code == 0 and not errors and lines[-1] == ("nothing to do: the run is at step 2 and optimization.max_steps is 1 (the "
+                                       "schedule has 1680); raise optimization.max_steps to train on"), lines
+    assert not (tmp_path / "r").exists()

@@ -130,3 +130,38 @@ def test_a_save_at_the_step_of_an_existing_checkpoint_sets_it_aside(tmp_path):
     assert not folder.exists() and kept.name.startswith("step00000004.replaced-")
     assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before
     assert checkpoints.complete_tags(folder.parent) == [] and keep_replaced(folder) is None
+
+
+def test_a_run_folder_given_as_the_checkpoint_is_named_with_its_newest_checkpoint(tmp_path):
+    """--resume runs/my (the run folder) or runs/my/checkpoints: what it is, and the tag folder to give instead."""
+    run = tmp_path / "my"
+    make_tag(run, 6)
+    newest = make_tag(run, 12)
+    for given, what in ((run, "a run folder"), (run / "checkpoints", "a run's checkpoints folder")):
+        with pytest.raises(CheckpointError) as err:
+            choose_checkpoint(str(given), tmp_path / "elsewhere")
+        assert str(err.value).startswith(f"{given} is {what}, not a checkpoint: give one of its 2 checkpoint(s), e.g. "
+                                         f"the newest: --resume {newest}")
+    (newest / COMPLETE).unlink()  # a save that died is still called what it is
+    with pytest.raises(CheckpointError, match="is incomplete .no COMPLETE marker: its run died while saving"):
+        choose_checkpoint(str(newest), run)
+
+
+def test_resume_auto_that_finds_nothing_names_the_folder_it_searched(tmp_path, caplog):
+    """A mistyped run.out_dir with --resume auto starts fresh, saying where it looked and that nothing was there."""
+    caplog.set_level(logging.INFO, logger="training.checkpoints")
+    assert choose_checkpoint("auto", tmp_path / "my-typo") is None
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    assert choose_checkpoint("auto", tmp_path / "empty") is None
+    assert caplog.messages == [
+        f"--resume auto: no complete checkpoint in {tmp_path / 'my-typo' / 'checkpoints'} (no such folder): starting "
+        f"fresh", f"--resume auto: no complete checkpoint in {tmp_path / 'empty' / 'checkpoints'} (it holds none): "
+                  f"starting fresh"]
+
+
+def test_a_line_that_stops_a_run_advises_a_resume_only_when_there_is_a_checkpoint(tmp_path):
+    from training.guard import restart_line
+
+    assert restart_line(tmp_path) == "no complete checkpoint yet: run the same command again to start over"
+    newest = make_tag(tmp_path, 20)
+    assert restart_line(tmp_path) == f"last complete checkpoint {newest}; resume with --resume auto"

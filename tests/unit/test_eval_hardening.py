@@ -143,7 +143,7 @@ def garbage_states(tmp_path: Path) -> Path:
 
 
 OURS_DAMAGE = {  # name → (make the folder under tmp_path and return the path to give, what the error must say)
-    "no_complete_marker": (lambda t: tag_folder(t, our_client(), complete=False), "incomplete checkpoint"),
+    "no_complete_marker": (lambda t: tag_folder(t, our_client(), complete=False), "is incomplete"),
     "garbage_folder": (garbage_folder, "not a checkpoint of train.py"),
     "the_checkpoints_folder": (lambda t: tag_folder(t, our_client()).parent, "--checkpoint "),
     "the_run_folder": (lambda t: tag_folder(t, our_client()).parent.parent, "step00000010"),

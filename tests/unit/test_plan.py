@@ -7,6 +7,7 @@ N ranks going on on M under real launchers: e2e/test_elastic.py.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 
 from model.safe_load import CheckpointError
 from training.checkpoints import RUN_FILE, Checkpoint, CheckpointRecord, read_record
-from training.plan import check_resume, resume_layout, split_global_batch
+from training.plan import BatchLayout, RunPlan, check_resume, resume_layout, split_global_batch
+from training.schedules import Schedules
 
 
 def saved(world_size=2, batch=24, accum=1, requested=None, folder="ckpt/step00000010") -> Checkpoint:
@@ -106,3 +108,22 @@ def test_planned_changes_are_logged_not_refused(caplog):
     with caplog.at_level(logging.INFO):
         check_resume(saved(), current, False, frozenset({"world size", "data.batch_size"}))
     assert "planned change: world size: 2 → 3" in caplog.text and "data.batch_size: 24 → 16" in caplog.text
+
+
+def plan_at(saved_step, max_steps, epochs=20, steps_per_epoch=42) -> RunPlan:
+    """A plan resuming a checkpoint of `saved_step` (None: a fresh start) with optimization.max_steps `max_steps`."""
+    schedules = Schedules.official(epochs, 2, 1.0, steps_per_epoch)
+    checkpoint = None
+    if saved_step is not None:
+        checkpoint = saved()
+        checkpoint = Checkpoint(checkpoint.folder, dataclasses.replace(checkpoint.record, step=saved_step))
+    return RunPlan(BatchLayout(24, 1, 2), (24, 1), "torch", None, steps_per_epoch, schedules, 0,
+                   min(schedules.train_steps, max_steps or schedules.train_steps), {}, checkpoint)
+
+
+def test_a_resume_with_nothing_left_to_train_says_so_and_what_to_raise():
+    assert plan_at(None, 6).finished() is None and plan_at(5, 6).finished() is None
+    assert plan_at(6, 6).finished() == ("nothing to do: the run is at step 6 and optimization.max_steps is 6 (the "
+                                        "schedule has 840); raise optimization.max_steps to train on")
+    assert plan_at(840, None).finished() == ("nothing to do: the run is at step 840 of 840, its schedule's last; "
+                                             "evaluate its newest checkpoint, or train longer in another run.out_dir")
