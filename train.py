@@ -18,8 +18,9 @@ import sys
 
 from config import ConfigError, config_to_yaml, grid_size, load_config
 from model.sizes import encoder_size
-from training.plan import BatchLayout, ResumeRequest
+from training.plan import ResumeRequest, preview
 from training.slurm import HostlistError, adopt_srun_env
+from util.cli import HelpFormatter
 from util.errors import UserError
 from util.processes import exit_without_teardown
 
@@ -27,7 +28,7 @@ logger = logging.getLogger("train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="YAML config: this project's schema or an official I-JEPA one")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key (repeatable), e.g. --set optimization.lr=5e-4")
@@ -46,13 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def derived_summary(cfg, world_size: int) -> str:
-    """Values computed from the config (never written in YAML), as YAML comments; the rest of the plan needs the
-    shards (train.py writes it into run.out_dir/config.yaml)."""
+    """Values computed from the config and the shards' manifest (never written in YAML), as YAML comments."""
     dim, depth, heads, _ = encoder_size(cfg.model)
     h, w = grid_size(cfg)
-    layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size)
-    lines = [f"world_size: {world_size}", f"global_batch_size: {layout.global_batch}",
-             f"patch_grid: {h}x{w}", f"encoder: {cfg.model.arch} dim {dim}, depth {depth}, heads {heads}"]
+    lines = [f"world_size: {world_size}", *preview(cfg, world_size), f"patch_grid: {h}x{w}",
+             f"encoder: {cfg.model.arch} dim {dim}, depth {depth}, heads {heads}"]
     return "".join(f"# derived: {line}\n" for line in lines)
 
 

@@ -403,3 +403,19 @@ def test_duplicates_in_an_override_and_safe_load_kept():
     assert read_yaml(text, "x.yaml") == yaml.safe_load(text)
     with pytest.raises(ConfigError, match="x.yaml: not valid YAML: could not determine a constructor"):
         read_yaml("run: !!python/object/apply:os.system ['echo unsafe']\n", "x.yaml")
+
+
+def test_print_config_shows_the_steps_a_user_checks(small_shards, tmp_path):
+    """--print-config: the global batch, and from the shards' manifest the steps per epoch, warmup and total steps
+    (192 samples at a global batch of 24: 8 steps an epoch); without readable shards, why they are not known."""
+    code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", f"data.shards={small_shards}",
+                                  "data.batch_size=24", "optimization.epochs=5", "optimization.warmup_epochs=1",
+                                  "optimization.max_steps=30")
+    assert code == 0, err
+    derived = [line.removeprefix("# derived: ") for line in out.splitlines() if line.startswith("# derived: ")]
+    assert derived[1:6] == ["global_batch_size: 24 = 24 per GPU x grad_accum 1 x 1 GPU(s) (WORLD_SIZE=8 before the "
+                            "command shows 8)", "data: 192 samples in 4 shard(s)", "steps_per_epoch: 8",
+                            "warmup_steps: 8", "total_steps: 40 (5 epochs); this run stops at 30 "
+                                               "(optimization.max_steps)"]
+    code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", f"data.shards={tmp_path / 'none'}")
+    assert code == 0 and f"# derived: steps: not known until data.shards can be read (data.shards {tmp_path / 'none'}" in out
