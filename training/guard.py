@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from config import config_to_yaml
+from pipeline import DataError
 from training import TrainingError, slurm
 from training.checkpoints import checkpoint_dir, clean_crashed_saves, complete_tags
 from training.distributed import (on_rank0, release_shm_buffers, remove_dead_shm_buffers, setup_distributed,
@@ -54,7 +55,7 @@ class Guard:
             return TrainingError(self.vanished(step))
         if isinstance(err, RuntimeError) and is_comm_failure(err):
             return TrainingError(f"{self.peers.lost() or 'a rank not responding'} at step {step}; "
-                                 f"{self.last_checkpoint()}; resume with --resume auto (the collective said: "
+                                 f"{self.restart()} (the collective said: "
                                  f"{str(err).splitlines()[0][:200]})")
         return err
 
@@ -64,13 +65,19 @@ class Guard:
         who = (self.peers.lost()
                or "no rank on this host is gone or stopped: a rank elsewhere, a collective or the data hung")
         exit_now(f"step {step} stalled: not finished after {waited:.0f} s (run.timeout_s {self.cfg.run.timeout_s:g}); "
-                 f"{who}; the run stops; {self.last_checkpoint()}; resume with --resume auto")
+                 f"{who}; the run stops; {self.restart()}")
 
-    def last_checkpoint(self) -> str:
-        tags = complete_tags(checkpoint_dir(self.out_dir))
-        if not tags:
-            return "no complete checkpoint yet"
-        return f"last complete checkpoint {checkpoint_dir(self.out_dir) / tags[-1]}"
+    def restart(self) -> str:
+        return restart_line(self.out_dir)
+
+
+def restart_line(out_dir: Path) -> str:
+    """How a run goes on, the end of the line that stops it: from its last complete checkpoint, or, when it saved
+    none, from the start."""
+    tags = complete_tags(checkpoint_dir(out_dir))
+    if not tags:
+        return "no complete checkpoint yet: run the same command again to start over"
+    return f"last complete checkpoint {checkpoint_dir(out_dir) / tags[-1]}; resume with --resume auto"
 
 
 @contextlib.contextmanager
@@ -99,6 +106,8 @@ def guarded(cfg, plan):
                 yield guard
             except (RuntimeError, OSError) as err:  # one line, not a collective's or a write's traceback
                 raise guard.failure(err) from None
+            except DataError as err:  # the data's own line says what to fix; then how the run goes on
+                raise TrainingError(f"{err}; then: {guard.restart()}") from None
         # Every rank is past the last collective: tear the group down before the interpreter exits, so that no
         # rank's communication threads are destroyed mid-flight ("terminate called without an active exception").
         torch.distributed.destroy_process_group()

@@ -34,5 +34,5 @@ def test_torch_shard_gone_mid_run_is_one_line_naming_it(digit_shards, tmp_path, 
     message = str(err.value)
     assert message.startswith(f"shard {tar}, sample ") and "\n" not in message, message
     assert message.split(", sample ")[1].split(":")[0] in lost, message
-    assert ("deleted" if how == "delete" else "truncated") in message and "resume" in message, message
+    assert ("deleted" if how == "delete" else "truncated") in message and "restore it" in message, message
     assert loader.backend.skipped == 0
