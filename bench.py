@@ -16,6 +16,7 @@ from pathlib import Path
 import benchmarks
 from benchmarks.common import device_info
 from config import load_config
+from util.cli import HelpFormatter
 from util.errors import UserError
 from util.processes import exit_without_teardown
 
@@ -31,7 +32,7 @@ def available_suites() -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="configs/tiny_cpu.yaml", help="YAML config (this project's or official)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     p.add_argument("--suite", default=None, help=f"comma-separated suites (default: all of {available_suites()})")

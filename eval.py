@@ -26,6 +26,7 @@ from evaluation import EvalError
 from evaluation.encoders import check_device
 from evaluation.report import evaluate, print_table
 from evaluation.sweep import parse_low_shot
+from util.cli import HelpFormatter
 from util.errors import UserError
 from util.files import write_file_atomic
 from util.processes import exit_without_teardown
@@ -62,12 +63,13 @@ def low_shot_labels(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="train.py checkpoint folder, or an official-format file")
     p.add_argument("--train-shards", required=True, help="labeled shards the probes are fitted on")
     p.add_argument("--val-shards", required=True, help="labeled shards the probes are scored on")
-    p.add_argument("--encoder", choices=("target", "context"), default="target")
-    p.add_argument("--pool", choices=("avg", "last4"), default="avg")
+    p.add_argument("--encoder", choices=("target", "context"), default="target", help="which encoder to probe")
+    p.add_argument("--pool", choices=("avg", "last4"), default="avg",
+                   help="features: the last block's tokens averaged, or the last 4 blocks' averages joined")
     p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images per split")
     p.add_argument("--epochs", type=positive_int, default=100, help="linear and low-shot probe epochs")
     p.add_argument("--attentive-epochs", type=positive_int, default=20, help="attentive-probe epochs")

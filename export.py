@@ -26,8 +26,9 @@ import warnings
 from pathlib import Path
 
 from evaluation.encoders import load_encoder
-from model.export import ExportError
+from model.export import TIMM_FALLBACK_ARCH, ExportError
 from model.inputs import IMAGENET_MEAN, IMAGENET_STD
+from util.cli import HelpFormatter
 from util.errors import UserError
 from util.files import fsync_dir, fsync_tree, partial_name
 from util.processes import exit_without_teardown
@@ -38,7 +39,7 @@ TIMM_SUBFOLDER = "timm"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="train.py checkpoint folder, or an official-format file")
     p.add_argument("--out", required=True, help="new (or empty) folder the model folders are written to")
     p.add_argument("--encoder", choices=("target", "context"), default="target")
@@ -108,6 +109,15 @@ def describe(encoder) -> dict:
             "in_chans": encoder.patch_embed.proj.in_channels}
 
 
+def model_name(result: dict, arch: dict) -> str:
+    """The timm architecture when it is timm's own name for this size; else the sizes (the folder's config.json
+    builds timm's generic ViT with them)."""
+    if result["architecture"] != TIMM_FALLBACK_ARCH:
+        return result["architecture"]
+    return (f"ViT {arch['embed_dim']} wide, {arch['depth']} deep, {arch['num_heads']} heads, patch "
+            f"{arch['patch_size']} at {arch['img_size']} px")
+
+
 def run(checkpoint: str, out: str, which: str) -> dict:
     """Loads, writes under a temporary name beside OUT, verifies, renames; returns what export.json holds."""
     path = check_out(out, checkpoint)
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     for name, result in record["formats"].items():
-        label = f"{name} ({result['architecture']})" if "architecture" in result else name
+        label = f"{name} ({model_name(result, record['architecture'])})" if "architecture" in result else name
         print(f"{label}: max |Δ| {result['max_abs_diff']:.2e} vs our {args.encoder} encoder (≤ {TOLERANCE:g})  "
               f"→  {result['load']}")
     print(f"wrote {args.out} (export.json records the source and these figures)")

@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from util.cli import HelpFormatter
 from util.errors import UserError
 from util.processes import exit_without_teardown
 
@@ -28,7 +29,7 @@ def image_count(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("run_dir", help="train.py's run.out_dir")
     p.add_argument("--out", default=None, help="where the report goes (default RUN_DIR/report)")
     p.add_argument("--val-shards", default=None,

@@ -28,6 +28,7 @@ from pipeline.remote.fetch import RetryPolicy
 from pipeline.remote.upload import upload_shards
 from pipeline.shards.manifest import MANIFEST_NAME, Manifest, is_url, scheme_problem
 from pipeline.shards.writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
+from util.cli import HelpFormatter
 from util.errors import UserError
 from util.processes import exit_without_teardown
 
@@ -80,7 +81,7 @@ def _url(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("src", metavar="SRC", help="image folder (one sub-folder per class, unless --labels none)")
     p.add_argument("dest", metavar="DEST", help="output folder for shards, index files and manifest.json")
     p.add_argument("--labels", choices=LABEL_MODES, default="folders",

@@ -4,7 +4,9 @@ DeepSpeed's /dev/shm buffers (this rank's removed at exit, dead runs' at the nex
 JIT-built ops are cached (per environment)."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import logging
 import os
 import sys
@@ -36,10 +38,35 @@ def use_environment_op_cache() -> Path:
     return Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
 
 
+def quiet_cpu_start() -> None:
+    """Without a GPU, a normal start says nothing about not finding one: DeepSpeed is told the accelerator
+    (DS_ACCELERATOR=cpu, unless the user set it) instead of warning that it fell back to the CPU, and torch's note
+    that no CUDA runtime goes with CUDA_HOME is not shown. With a GPU nothing changes."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def without_op_notes():
+    """Holds back what DeepSpeed prints on stdout while it sets up (its "<op> built successfully" on the CPU) and
+    passes on every other line."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield
+    kept = [line for line in out.getvalue().splitlines() if not line.endswith("built successfully")]
+    if kept:
+        print("\n".join(kept))
+
+
 def build_ops() -> None:
     """`make install`: builds, into this environment's cache, the DeepSpeed ops a CPU run loads at its first start
     (its shared-memory all-reduce); on a GPU machine there is none to build."""
     use_environment_op_cache()
+    quiet_cpu_start()
     from deepspeed.accelerator import get_accelerator
 
     op = get_accelerator().create_op_builder("ShareMemCommBuilder")
@@ -64,6 +91,7 @@ def setup_distributed(device_kind: str, timeout_s: float = 600.0):
     """
     global _setup_group
     use_environment_op_cache()
+    quiet_cpu_start()
     import deepspeed
     import torch
 
@@ -74,8 +102,9 @@ def setup_distributed(device_kind: str, timeout_s: float = 600.0):
     if use_cuda:
         local_rank = cuda_index(local_rank, torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo",
-                               timeout=datetime.timedelta(seconds=timeout_s))
+    with without_op_notes():
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo",
+                                   timeout=datetime.timedelta(seconds=timeout_s))
     _setup_group = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SETUP_TIMEOUT_S))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return device, torch.distributed.get_rank(), torch.distributed.get_world_size()
