@@ -10,11 +10,19 @@ from typing import Optional
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from reporting.steplog import StepLog
 
 DPI = 100
 PANEL = (5.0, 3.0)  # inches of one panel; a figure is a grid of them
+
+
+class PlainLogFormatter(LogFormatter):
+    """A log axis's tick labels as plain numbers (0.42, not 4.2 × 10⁻¹) on the ticks matplotlib would label."""
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:.3g}" if super().__call__(x, pos) else ""
 
 
 def new_figure(rows: int, cols: int, title: str) -> tuple[Figure, list]:
@@ -83,6 +91,8 @@ def training_figure(log: StepLog) -> Figure:
         loss.plot(series.steps, smooth(series.values, window), label=f"running mean of {window} steps",
                   gid="smoothed", lw=1.6)
     loss.set_yscale("log")
+    loss.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=True))
+    loss.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
     label_axis(loss, "loss (smooth L1 to the target features), log scale")
     plot(lr, log, "Train_lr", "lr")
     label_axis(lr, "learning rate")

@@ -211,7 +211,7 @@ def resumed_log_from(series: dict) -> StepLog:
                                   for name, rows in series.items()})
 
 
-def test_the_momentum_ticks_are_plain_numbers_and_memory_and_std_start_at_zero(tmp_path):
+def test_the_momentum_and_loss_ticks_are_plain_numbers_and_memory_and_std_start_at_zero(tmp_path):
     log = resumed_log(tmp_path / "logs")
     training = training_figure(log)
     training.canvas.draw()
@@ -219,6 +219,8 @@ def test_the_momentum_ticks_are_plain_numbers_and_memory_and_std_start_at_zero(t
     labels = [t.get_text() for t in momentum.get_yticklabels() if t.get_text()]
     assert momentum.yaxis.get_offset_text().get_text() == "" and labels, labels
     assert all(re.fullmatch(r"0\.99\d+|1\.0+", label.replace("−", "-")) for label in labels), labels
+    loss = [t.get_text() for t in training.axes[0].get_yticklabels(which="both") if t.get_text()]
+    assert "0.1" in loss and all(re.fullmatch(r"\d+(\.\d+)?", label) for label in loss), loss  # not 10⁻¹
     memory = throughput_figure(log, None).axes[3]
     assert memory.get_title().startswith("peak memory") and memory.get_ylim()[0] == 0
     std = diagnostics_figure(log, 4, 0)[0].axes[0]
