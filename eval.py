@@ -26,6 +26,7 @@ from evaluation import EvalError
 from evaluation.encoders import check_device
 from evaluation.report import evaluate, print_table
 from evaluation.sweep import parse_low_shot
+from pipeline.shards.manifest import scheme_problem
 from util.cli import HelpFormatter
 from util.errors import UserError
 from util.files import write_file_atomic
@@ -110,6 +111,8 @@ def run(settings: dict, json_path: str | None) -> None:
     for option in ("checkpoint", "train_shards", "val_shards"):
         if not settings[option].strip():  # Path("") is the current folder: say what was given instead
             raise EvalError(f"--{option.replace('_', '-')} is empty; give a path")
+        if option != "checkpoint" and (problem := scheme_problem(settings[option])):
+            raise EvalError(f"--{option.replace('_', '-')}: {problem}")
     check_device(settings["device"])
     path = check_json_path(json_path, settings) if json_path else None
     if Path(settings["train_shards"]).resolve() == Path(settings["val_shards"]).resolve():

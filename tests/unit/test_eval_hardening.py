@@ -258,4 +258,6 @@ def test_devices_and_json_paths_are_checked_before_any_work(digit_shards, tmp_pa
     for extra, message in cases:
         assert message in main_error(capsys, OFFICIAL, *shards, *extra), extra
     assert "--checkpoint is empty; give a path" in main_error(capsys, "", *shards)
+    assert "--val-shards: htps://host/val has the scheme 'htps'" in main_error(capsys, OFFICIAL, shards[0],
+                                                                                "htps://host/val")
     assert json.loads((digit_shards["val"] / "manifest.json").read_text())["classes"]  # not overwritten
