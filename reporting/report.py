@@ -23,7 +23,7 @@ from evaluation.encoders import load_encoder
 from evaluation.features import first_images, normalize
 from pipeline.loading.loader import build_loader, resolve_backend
 from pipeline.masks.pictures import mask_pictures, to_uint8
-from pipeline.shards.manifest import is_url, read_manifest
+from pipeline.shards.manifest import is_url, read_manifest, scheme_problem
 from reporting import ReportError
 from reporting.curves import diagnostics_figure, throughput_figure, training_figure
 from reporting.page import Section, probe_section, write_page
@@ -71,6 +71,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
             what the caller named; what the run folder lacks (a step log, a checkpoint) leaves its section out,
             saying why.
     """
+    for option, given in (("--val-shards", val_shards), ("--shards", shards)):
+        if given is not None and (problem := scheme_problem(str(given))):
+            raise ReportError(f"{option}: {problem}")
     run = open_run(run_dir)
     folder = Path(out) if out is not None else run.path / "report"
     folder.mkdir(parents=True, exist_ok=True)

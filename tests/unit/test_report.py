@@ -132,6 +132,7 @@ def test_a_run_folder_without_shards_or_checkpoint_gets_the_sections_it_can(tmp_
     ("missing probe", "--probe {run}/p.json: no such file"),
     ("bad log", "{run}/logs/tiny_cpu/Train_lr.csv:2: '2;0.0002' is not a 'step,value' row"),
     ("device", "--device cuda:7: no CUDA device is available here; use --device cpu"),
+    ("scheme typo", "--val-shards: htps://host/val has the scheme 'htps', which is not one this reads"),
 ])
 def test_what_cannot_be_reported_is_one_line(tmp_path, capsys, case, message):
     if case == "device" and torch.cuda.is_available():
@@ -148,6 +149,8 @@ def test_what_cannot_be_reported_is_one_line(tmp_path, capsys, case, message):
         argv += ["--probe", str(run / "p.json")]
     if case == "device":
         argv += ["--device", "cuda:7"]
+    if case == "scheme typo":
+        argv += ["--val-shards", "htps://host/val"]
     if case == "bad log":
         (run / "logs" / "tiny_cpu" / "Train_lr.csv").write_text("step,lr\n2;0.0002\n")
     assert report_cli.main(argv) == 1
