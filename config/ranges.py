@@ -133,11 +133,13 @@ def typed(hint: Any, rule: Range | Text | None) -> Any:
 
 
 def section(cls: type) -> type:
-    """`cls` as the frozen pydantic dataclass of a YAML section: unknown keys refused, each field `typed`."""
+    """`cls` as the frozen pydantic dataclass of a YAML section: unknown keys refused, each field `typed`, the
+    docstring under a field its description (what docs/config.md says it means)."""
     for name, hint in typing.get_type_hints(cls).items():
         metadata = getattr(vars(cls).get(name), "metadata", {})
         cls.__annotations__[name] = typed(hint, metadata.get(RANGE) or metadata.get(TEXT))
-    return pydantic.dataclasses.dataclass(cls, frozen=True, config=pydantic.ConfigDict(extra="forbid"))
+    return pydantic.dataclasses.dataclass(cls, frozen=True, config=pydantic.ConfigDict(extra="forbid",
+                                                                                       use_attribute_docstrings=True))
 
 
 def check_value(value: Any, spec: dataclasses.Field, where: str) -> None:

@@ -1,5 +1,6 @@
 """What a config is: one frozen pydantic dataclass per YAML section, each field with its type, default and allowed
-range (config/ranges.py), and `Config`, the tree of them. How a file becomes one (loading, overrides, the one-line
+range (config/ranges.py), what it means (the docstring under it, which docs/config.md is generated from:
+config/reference.py), and `Config`, the tree of them. How a file becomes one (loading, overrides, the one-line
 messages, the checks between keys) is config/load.py.
 """
 from __future__ import annotations
@@ -25,39 +26,59 @@ def known_scheme(value: str) -> str:
 
 # Each numeric field declares its allowed range and each string its rule (config/ranges.py); pydantic checks them.
 # The upper bounds of sizes and counts are resource limits: far beyond the recipes, short of what exhausts a machine.
+# The docstring under a field says what it means (pydantic's use_attribute_docstrings: the field's description).
 @section
 class RunConfig:
+    """Where a run writes, its seed and device, and how it stops."""
+
     name: str = text("ijepa", required=True, name=True)
-    out_dir: str = text("runs/ijepa", required=True)  # logs, the resolved config and checkpoints go here
+    """the run's name: its logs go to run.out_dir/logs/<name>"""
+    out_dir: str = text("runs/ijepa", required=True)
+    """the run folder: logs, the resolved config and checkpoints go here"""
     seed: int = between(0, INT64_MAX, default=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
-    # how long a rank waits for the others (a collective) and rank 0 for a step to finish (the watchdog) before the
-    # run stops naming the stalled step: well under the libraries' 30 minutes, above a ViT-H checkpoint save
+    """seeds the initial weights, the masks and the data order and augmentation"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available"""
+    # well under the libraries' 30 minutes, above a ViT-H checkpoint save
     timeout_s: float = between(5.0, 86400.0, default=600.0)
-    # the signal that checkpoints, stops and requeues the Slurm job (sbatch --signal=USR1@300: the time limit's
-    # warning); SIGTERM and SIGINT checkpoint and stop without a requeue
+    """how long a rank waits for the others (a collective) and rank 0 for a step to finish (the watchdog) before the
+    run stops naming the stalled step"""
     requeue_signal: Literal["USR1", "USR2", "none"] = "USR1"
+    """the signal that checkpoints, stops and requeues the Slurm job (sbatch --signal=USR1@300: the time limit's
+    warning); SIGTERM and SIGINT checkpoint and stop without a requeue"""
 
 
 @section
 class DataConfig:
-    # folder written by shard_dataset.py (holds manifest.json), or its http(s):// or s3:// URL (docs/data-pipeline.md)
+    """The shards and the loader that reads them (docs/data-pipeline.md)."""
+
     shards: str = text("")
-    backend: Literal["auto", "dali", "torch"] = "auto"  # auto = DALI when importable
-    batch_size: int = between(1, 65536, default=128)  # per GPU, per micro step
+    """folder written by shard_dataset.py (holds manifest.json), or its http(s):// or s3:// URL"""
+    backend: Literal["auto", "dali", "torch"] = "auto"
+    """auto = DALI when importable"""
+    batch_size: int = between(1, 65536, default=128)
+    """images per GPU per micro step"""
     crop_size: int = between(1, 4096, default=224)
-    # RandomResizedCrop's area and aspect ranges; beyond 1:10 the crop of a small image is under one pixel wide
+    """side of the square training crop in pixels; a multiple of model.patch_size"""
     crop_scale: tuple[float, float] = between(0.0, 1.0, default=(0.3, 1.0), low_open=True, ordered=True)
+    """RandomResizedCrop's range of the crop's area, as a fraction of the image's"""
+    # beyond 1:10 the crop of a small image is under one pixel wide
     crop_ratio: tuple[float, float] = between(0.1, 10.0, default=(3 / 4, 4 / 3), ordered=True)
-    num_workers: int = between(0, 64, default=2)  # DALI CPU threads / DataLoader workers per GPU (0: in process)
-    prefetch: int = between(1, 16, default=2)  # batches queued ahead of the training step
-    shuffle_buffer: int = between(0, 65536, default=2048)  # samples held for shuffling
-    on_bad_sample: Literal["raise", "skip"] = "raise"  # skip = drop and count corrupt samples
-    # shards from a URL: each node's verified cache of them (local disk), its bound in GB (0: no bound, every shard),
-    # and the most one file may take to arrive, retries and backoff included
+    """RandomResizedCrop's range of the crop's aspect ratio (width / height)"""
+    num_workers: int = between(0, 64, default=2)
+    """DALI CPU threads / DataLoader workers per GPU (0: in process)"""
+    prefetch: int = between(1, 16, default=2)
+    """batches queued ahead of the training step"""
+    shuffle_buffer: int = between(0, 65536, default=2048)
+    """samples held for shuffling"""
+    on_bad_sample: Literal["raise", "skip"] = "raise"
+    """a corrupt sample at training time: raise = an error naming its shard and key; skip = drop and count it"""
     cache_dir: str = text("~/.cache/ijepa/shards")
+    """shards from a URL: each node's verified cache of them, on local disk"""
     cache_gb: float = at_least(0.0, default=0.0)
+    """shards from a URL: the cache's bound in GB (0: no bound, every shard)"""
     fetch_timeout_s: float = between(1.0, 86400.0, default=300.0)
+    """shards from a URL: the most one file may take to arrive, retries and backoff included"""
 
     _shards_scheme = pydantic.field_validator("shards")(known_scheme)
 
@@ -67,39 +88,65 @@ class MaskConfig:
     """Multiblock masking; keyword names of the official collator, plus a switch per official quirk."""
 
     enc_mask_scale: tuple[float, float] = between(0.0, 1.0, default=(0.85, 1.0), low_open=True, ordered=True)
+    """the context block's area, as a fraction of the patch grid (min, max)"""
     pred_mask_scale: tuple[float, float] = between(0.0, 1.0, default=(0.15, 0.2), low_open=True, ordered=True)
+    """each target block's area, as a fraction of the patch grid (min, max)"""
     aspect_ratio: tuple[float, float] = between(0.01, 100.0, default=(0.75, 1.5), ordered=True)
+    """each target block's aspect ratio (min, max)"""
     nenc: int = between(1, 1, default=1,
                         why="the context encoder and predictor take one context block per image, as every released "
                             "I-JEPA config; several are not implemented")
+    """context blocks per image"""
     npred: int = between(1, 64, default=4)
-    min_keep: int = at_least(0, default=10)  # below the smallest block: checked against the grid
+    """target blocks per image"""
+    min_keep: int = at_least(0, default=10)
+    """the fewest patches a context or target keeps; below the smallest block: checked against the grid"""
     allow_overlap: bool = False
-    tie_aspect_to_scale: bool = True  # official: target aspect drawn with the same r as its scale
-    exclude_edges: bool = True  # official: last patch row and column never covered; (H-1)x(W-1) context
-    truncation: Literal["raster", "random"] = "raster"  # official: keep the lowest raster indices
-    length_policy: Literal["batch_min", "fixed"] = "batch_min"  # fixed = static shapes
-    fixed_enc_len: Optional[int] = at_least(1, default=None, null="derived by the sampler")  # with length_policy fixed
+    """false: the context excludes every target's patches"""
+    tie_aspect_to_scale: bool = True
+    """official: a target's aspect drawn with the same random number as its scale (the mask switches below)"""
+    exclude_edges: bool = True
+    """official: the last patch row and column never covered; (H−1)×(W−1) context (the mask switches below)"""
+    truncation: Literal["raster", "random"] = "raster"
+    """official raster: contexts cut to the batch's shortest keep their lowest raster indices; random: a random
+    subset (the mask switches below)"""
+    length_policy: Literal["batch_min", "fixed"] = "batch_min"
+    """official batch_min: the batch's shortest context and target set the lengths; fixed = static shapes (the mask
+    switches below)"""
+    fixed_enc_len: Optional[int] = at_least(1, default=None, null="derived by the sampler")
+    """K_enc with length_policy fixed (null: the 1% quantile of context lengths)"""
     fixed_pred_len: Optional[int] = at_least(1, default=None, null="derived by the sampler")
+    """K_pred with length_policy fixed (null: the smallest target area)"""
 
 
 @section
 class ModelConfig:
-    arch: str = "vit_huge"  # one of model.sizes.VIT_SIZES
+    """The encoder (an official ViT size, optionally resized) and the predictor."""
+
+    arch: str = "vit_huge"
+    """the encoder's size preset (model/sizes.py)"""
     patch_size: int = between(1, 4096, default=14)
-    # None = the arch's value; set to shrink or grow a preset
+    """patch side in pixels; the patch grid is data.crop_size / patch_size per side"""
     embed_dim: Optional[int] = between(1, 16384, default=None, null="the arch's value")
+    """the encoder's width; set to shrink or grow a preset"""
     depth: Optional[int] = between(1, 256, default=None, null="the arch's value")
+    """the encoder's blocks; set to shrink or grow a preset"""
     num_heads: Optional[int] = between(1, 16384, default=None, null="the arch's value")
+    """the encoder's attention heads; set to shrink or grow a preset"""
     pred_depth: int = between(1, 256, default=12)
+    """the predictor's blocks"""
     pred_emb_dim: int = between(1, 16384, default=384)
-    # None = the encoder's heads, as the official code does
+    """the predictor's width"""
     pred_num_heads: Optional[int] = between(1, 16384, default=None, null="the encoder's heads")
+    """the predictor's attention heads (null: the encoder's, as the official code does)"""
     activation_checkpointing: bool = False
-    compile: bool = False  # torch.compile each block, token dim dynamic (model/compile.py)
-    # torch.compile's mode for the blocks; reduce-overhead = CUDA graphs (with mask.length_policy: fixed, one
-    # graph per block shape)
+    """recompute every block in the backward pass: less memory, more compute"""
+    compile: bool = False
+    """torch.compile each transformer block, the token dimension dynamic: one graph per block type, no recompilation
+    as K_enc / K_pred change (model/compile.py)"""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile's mode for the blocks; reduce-overhead = CUDA graphs (with mask.length_policy: fixed, one graph
+    per block shape)"""
 
 
 @section
@@ -108,62 +155,88 @@ class KernelsConfig:
     field per group of kernels.REGISTRY, its values the group's implementations (a test checks they match)."""
 
     attention: Literal["auto", "triton", "sdpa", "sdpa-cudnn", "reference"] = "auto"
+    """the attention implementation, decided once (the IJEPA_ATTENTION variable overrides; docs/kernels.md)"""
     gather: Literal["auto", "triton", "reference"] = "auto"
+    """the masked-gather implementation, decided once (the IJEPA_GATHER variable overrides; docs/kernels.md)"""
 
 
 @section
 class OptimizationConfig:
+    """AdamW and its schedules, functions of the step (the official arithmetic: training/schedules.py)."""
+
     epochs: int = between(1, 10**6, default=300)
-    warmup_epochs: float = at_least(0.0, default=40)  # at most epochs
-    # lr and wd run over int(ipe_scale * epochs * ipe) steps, momentum over ipe * epochs * ipe_scale (the official
-    # arithmetic, training/schedules.py); training runs epochs * ipe steps
+    """passes over the shards: training runs epochs × steps per epoch optimizer steps"""
+    warmup_epochs: float = at_least(0.0, default=40)
+    """the lr's linear warmup from start_lr to lr, in epochs; at most epochs"""
     ipe_scale: float = between(0.0, 1000.0, default=1.0, low_open=True)
+    """stretches the schedules' horizon: lr and wd run over int(ipe_scale × epochs × steps per epoch) steps, momentum
+    over steps per epoch × epochs × ipe_scale (not truncated); training still runs epochs × steps per epoch steps"""
     # A huge lr is allowed (it diverges, and the run stops naming the step) as long as AdamW can compute with it:
-    # check_optimizer. Weight decay: decoupled, lr * wd per step.
+    # check_optimizer.
     start_lr: float = at_least(0.0, default=2e-4)
+    """the lr at step 0, where the warmup starts"""
     lr: float = at_least(0.0, default=1e-3)
+    """the peak lr, reached at the end of the warmup; cosine to final_lr after it"""
     final_lr: float = at_least(0.0, default=1e-6)
+    """the lr at the end of the schedule"""
     weight_decay: float = at_least(0.0, default=0.04)
+    """AdamW's decoupled weight decay (lr × wd per step) at step 0; cosine to final_weight_decay"""
     final_weight_decay: float = at_least(0.0, default=0.4)
-    betas: tuple[float, float] = between(0.0, 1.0, default=(0.9, 0.999), high_open=True)  # AdamW's, in [0, 1)
+    """the weight decay at the end of the schedule"""
+    betas: tuple[float, float] = between(0.0, 1.0, default=(0.9, 0.999), high_open=True)
+    """AdamW's betas"""
     eps: float = between(0.0, 1.0, default=1e-8, low_open=True)
-    grad_accum: int = between(1, 4096, default=1)  # micro steps per optimizer step
+    """AdamW's eps"""
+    grad_accum: int = between(1, 4096, default=1)
+    """micro steps per optimizer step"""
     precision: Literal["bf16", "fp32"] = "bf16"
-    # stop after this many optimizer steps (schedules keep their length)
+    """the dtype of the weights, activations and batches"""
     max_steps: Optional[int] = at_least(1, default=None, null="the whole schedule")
+    """stop after this many optimizer steps (the schedules keep their length)"""
 
 
 @section
 class EMAConfig:
-    # linear from the first to the second over the schedule
+    """The target encoder, an exponential moving average of the context encoder."""
+
     momentum: tuple[float, float] = between(0.0, 1.0, default=(0.996, 1.0), ordered=True)
+    """the EMA momentum, linear from the first to the second over the schedule"""
 
 
 @section
 class CheckpointConfig:
+    """When a run saves, how many saves it keeps, and where it resumes from."""
+
     every_steps: int = at_least(1, default=1000)
+    """save every N optimizer steps and at the run's last step (a stopping signal saves too: run.requeue_signal)"""
     keep_last: int = at_least(1, default=3)
-    resume: str = text("")  # "" = fresh start, "auto" = latest complete checkpoint in run.out_dir, or a path
+    """complete checkpoints kept in run.out_dir; older ones are removed"""
+    resume: str = text("")
+    """empty = a fresh start; auto = the latest complete checkpoint in run.out_dir; or a checkpoint's path"""
 
 
 @section
 class LoggingConfig:
+    """What a run logs, how often, and the probes it runs as it trains."""
+
     every_steps: int = at_least(1, default=10)
+    """a log line and the monitors' scalars (loss, schedules, throughput, memory) every N optimizer steps"""
     tensorboard: bool = True
+    """write TensorBoard event files"""
     csv: bool = True
-    diagnostics_every: int = at_least(0, default=500)  # collapse diagnostics of the target features; 0 = off
-    # TensorBoard image of the first images of rank 0's batch with their masks at step 1 and every N steps; 0 = off
+    """write the CSV step log (what report.py reads)"""
+    diagnostics_every: int = at_least(0, default=500)
+    """collapse diagnostics of the target features every N steps; 0 = off"""
     mask_images_every: int = at_least(0, default=5000)
-    # kNN probe of the target encoder on probe_shards every N steps (rank 0); 0 = off
+    """TensorBoard image of the first images of rank 0's batch with their masks, at step 1 and every N steps; 0 = off"""
     probe_every: int = at_least(0, default=0)
-    # small labeled held-out shards: the first half fits the kNN, the second half scores it
+    """kNN probe of the target encoder on probe_shards every N steps (rank 0), logged beside the loss; 0 = off"""
     probe_shards: str = text("")
-    # each rank appends the keys of every batch it reads to run.out_dir/samples/rank<r>.tsv (training/sample_log.py)
+    """small labeled held-out shards: the first half fits the kNN, the second half scores it"""
     sample_log: bool = False
+    """each rank appends the keys of every batch it reads to run.out_dir/samples/rank<r>.tsv (training/sample_log.py)"""
 
     _probe_shards_scheme = pydantic.field_validator("probe_shards")(known_scheme)
-
-
 # DeepSpeed keys derived from our sections: setting them in the deepspeed section would say the same thing twice.
 DERIVED_DEEPSPEED_KEYS = {
     "train_batch_size": "data.batch_size and optimization.grad_accum (global batch = micro x accum x world size)",
@@ -193,7 +266,7 @@ def check_deepspeed(values: dict) -> dict:
     return values
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=pydantic.ConfigDict(extra="forbid"))
+@pydantic.dataclasses.dataclass(frozen=True, config=pydantic.ConfigDict(extra="forbid", use_attribute_docstrings=True))
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -204,7 +277,7 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    # Passed through to DeepSpeed (zero_optimization, communication, monitors' extras ...), merged over the values
-    # that deepspeed_config() derives from the sections above.
     deepspeed: Annotated[dict, pydantic.AfterValidator(check_deepspeed)] = field(
         default_factory=lambda: {"zero_optimization": {"stage": 2}})
+    """Passed through to DeepSpeed (zero_optimization, communication, monitors' extras ...), merged over the values
+    that deepspeed_config() derives from the sections above."""

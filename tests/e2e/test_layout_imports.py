@@ -4,6 +4,7 @@ check read the registry). (The import graph read from the source: unit/test_layo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,9 +63,11 @@ def test_a_new_kernel_is_its_module_and_its_lines_in_the_package(tmp_path):
         source = source.replace(old, new)
     init.write_text(source + '\n\ndef double(x):\n    return _op("double")(x)\n')
     sections = repo / "config" / "sections.py"
-    text, field = sections.read_text(), '    gather: Literal["auto", "triton", "reference"] = "auto"\n'
-    assert text.count(field) == 1, "config/sections.py lost KernelsConfig.gather: update this test and docs/kernels.md"
-    sections.write_text(text.replace(field, field + '    double: Literal["auto", "fast", "reference"] = "auto"\n'))
+    text = sections.read_text()
+    field = re.search(r'    gather: Literal\["auto", "triton", "reference"\] = "auto"\n    """.*"""\n', text)
+    assert field, "config/sections.py lost KernelsConfig.gather and its docstring: update this test and docs/kernels.md"
+    sections.write_text(text.replace(field[0], field[0] + '    double: Literal["auto", "fast", "reference"] = "auto"\n'
+                                                          '    """the doubling implementation"""\n'))
     code = textwrap.dedent("""
         import torch, kernels
         from config import ConfigError, load_config
