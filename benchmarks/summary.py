@@ -1,8 +1,8 @@
-"""The summary of a benchmark results folder (the bench_<suite>.json files of benchmarks/gpu_check.sh), and README's
+"""The summary of a benchmark results folder (the bench_<suite>.json files of benchmarks/gpu_check.sh), and the GPU
 figures table generated from the committed results.
 
     python benchmarks/summary.py OUT_DIR                     # the table gpu_check.sh prints last
-    python benchmarks/summary.py --markdown RESULTS_DIR...   # README's figures table; a figure never measured is
+    python benchmarks/summary.py --markdown RESULTS_DIR...   # results.md's GPU table; a figure never measured is
                                                              # written "not measured"
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def data_cell(r: dict | None) -> str:
 
 
 def markdown(folders: list[Path]) -> str:
-    """README's figures table: one column per results folder (card and date), every row named even if not measured."""
+    """results.md's GPU figures table: a column per results folder (card and date), every row named, measured or not."""
     columns = [load(f) for f in folders]
     head = [f"{d.get('device', '?')}, {d.get('date', '?')[:10]}" for d, _ in columns]
     rows = []
@@ -146,7 +146,7 @@ def markdown(folders: list[Path]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", type=Path)
-    p.add_argument("--markdown", action="store_true", help="README's figures table instead of the summary")
+    p.add_argument("--markdown", action="store_true", help="benchmarks/results.md's GPU table instead of the summary")
     args = p.parse_args(argv)
     absent = [str(f) for f in args.folders if not f.is_dir()]
     if absent:
