@@ -37,12 +37,14 @@ DEMO   := runs/demo
 # the run's newest checkpoint, looked up when a recipe line uses it
 LAST_CKPT = $$(ls -d $(DEMO)/train/checkpoints/step* | tail -1)
 NPROC  ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
+# without a GPU, DeepSpeed's launcher is told so rather than warning that it found none
+ACCEL  := $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 demo: $(STAMP)
 	$(PY) -m tools.digits $(DEMO)/digits --size 32
 	$(PY) shard_dataset.py $(DEMO)/digits/train $(DEMO)/shards --shard-size 170 --no-progress
 	$(PY) shard_dataset.py $(DEMO)/digits/val $(DEMO)/shards-val --shard-size 170 --no-progress
 	rm -rf $(DEMO)/train
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH deepspeed --num_gpus $(NPROC) train.py --config configs/tiny_cpu.yaml \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH DS_ACCELERATOR=$(ACCEL) deepspeed --num_gpus $(NPROC) train.py --config configs/tiny_cpu.yaml \
 		--set data.shards=$(DEMO)/shards --set run.out_dir=$(DEMO)/train
 	$(PY) eval.py --checkpoint $(LAST_CKPT) \
 		--train-shards $(DEMO)/shards --val-shards $(DEMO)/shards-val --attentive-epochs 40 --json $(DEMO)/probe.json

@@ -17,6 +17,9 @@ from model.ema import ema_update
 
 logger = logging.getLogger(__name__)
 
+# torch 2.14 renamed all_gather_into_tensor (and warns at its first call); the GPU host's torch has only the old name
+ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 class _TargetEMA:
     """What train.py calls: update(momentum) after each optimizer step; wait() before reading the target; loaded()
@@ -105,8 +108,7 @@ class ShardedTargetEMA(_TargetEMA):
     def update(self, momentum: float) -> None:
         self.wait()
         ema_update([mine for mine, _ in self.groups], [masters for _, masters in self.groups], momentum)
-        self.pending = [dist.all_gather_into_tensor(full, mine, group=group, async_op=True)
-                        for mine, full, group, _ in self.gathered]
+        self.pending = [ALL_GATHER(full, mine, group=group, async_op=True) for mine, full, group, _ in self.gathered]
 
     def wait(self) -> None:
         """Blocks (on the GPU: makes the current stream wait) until the target holds the last update everywhere."""
