@@ -166,6 +166,8 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
         logger.info(note)
     if saved is not None:
         check_resume(saved, identity, request.accept_changes, expected)
+    elif not request.resume:
+        logger.info("starting fresh in %s (no --resume)", cfg.run.out_dir)
     end = schedules.train_steps - shift  # the official loop's last step, in the step count
     return RunPlan(layout, requested, backend, manifest, steps_per_epoch, schedules, shift,
                    min(end, cfg.optimization.max_steps or end), identity, saved, elastic, rescaled, notes)
@@ -211,8 +213,6 @@ def saved_checkpoint(resume: str, out_dir: Path) -> Optional[Checkpoint]:
         raise CheckpointError(f"run.out_dir {out_dir} holds the checkpoints of a run ({len(tags)}, the newest "
                               f"{checkpoint_dir(out_dir) / tags[-1]}); a fresh run would write over them: resume "
                               f"it with --resume auto, or give this run another run.out_dir")
-    if not resume:
-        logger.info("starting fresh in %s (no --resume)", out_dir)
     return find_checkpoint(resume, out_dir)
 
 
