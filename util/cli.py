@@ -12,6 +12,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "default" in text.lower():
+        if default in (None, False, argparse.SUPPRESS) or default == [] or "%(default)" in text \
+                or "default" in text.lower():
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"

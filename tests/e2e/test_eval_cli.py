@@ -1,6 +1,7 @@
-"""eval.py through its real CLI: a checkpoint and its random init through one path on the official-format fixture (the
-avg pool in a fresh interpreter, last4 through the same main() in this process), and the tiny limits still give
-figures. (The probes in process: unit/test_probe.py; eval.py's refusals: unit/test_eval_hardening.py.)"""
+"""eval.py through its real CLI: a checkpoint and its random init through one path on the official-format fixture
+(both pools through main() in this process: README's quick start runs eval.py in a fresh interpreter,
+e2e/test_quick_start.py), and the tiny limits still give figures. (The probes in process: unit/test_probe.py;
+eval.py's refusals: unit/test_eval_hardening.py.)"""
 import importlib
 import json
 import subprocess
@@ -17,12 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 eval_main = importlib.import_module("eval")  # the entry script (its name shadows the builtin, hence not `import eval`)
 
 
-def eval_cli(pool: str, argv: list[str], capsys) -> subprocess.CompletedProcess:
-    """eval.py with `argv`: the avg pool (the default) through the real CLI in a fresh interpreter, as a user runs it;
-    the last4 pool through the same main() in this process (one interpreter start fewer)."""
-    if pool == "avg":
-        return subprocess.run([sys.executable, "eval.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=600)
+def eval_cli(argv: list[str], capsys) -> subprocess.CompletedProcess:
+    """eval.py's main() with `argv` in this process: (exit code, what it printed)."""
     code = eval_main.main(argv)
     printed = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, printed.out, printed.err)
@@ -31,7 +28,7 @@ def eval_cli(pool: str, argv: list[str], capsys) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("pool", ["avg", "last4"])
 def test_eval_cli_on_an_official_checkpoint_prints_both_rows(digit_shards, tmp_path, capsys, pool):
     out = tmp_path / "probe.json"
-    proc = eval_cli(pool, ["--checkpoint", str(OFFICIAL), "--train-shards", str(digit_shards["train"]),
+    proc = eval_cli(["--checkpoint", str(OFFICIAL), "--train-shards", str(digit_shards["train"]),
                            "--val-shards", str(digit_shards["val"]), "--limit", "150", "--epochs", "2",
                            "--attentive-epochs", "1", "--pool", pool, "--json", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
