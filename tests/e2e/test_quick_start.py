@@ -74,4 +74,5 @@ def test_the_quick_start_runs_as_written_and_writes_what_readme_says(ran):
     assert re.search(r"^checkpoint\s+\d+\.\d%", probes.stdout, re.M), probes.stdout
     assert re.search(r"^random init\s+\d+\.\d%", probes.stdout, re.M), probes.stdout
     assert (run / "export" / "export.json").is_file() and (run / "export" / "timm" / "model.safetensors").is_file()
-    assert (run / "report" / "index.html").is_file() and (run / "report" / "masks.png").is_file()
+    page = (run / "report" / "index.html").read_text()
+    assert (run / "report" / "masks.png").is_file() and "<tr><th>checkpoint</th>" in page  # eval.py's probe.json
