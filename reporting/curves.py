@@ -45,13 +45,12 @@ def loss_window(count: int) -> int:
     return max(1, count // 50)
 
 
-def plot(ax, log: StepLog, name: str, label: str, scale: float = 1.0, missing: str = "", **style) -> bool:
-    """Draws the series `name` on `ax` (times `scale`); says so on the axis (and `missing`: how to get it) when the
-    run did not log it."""
+def plot(ax, log: StepLog, name: str, label: str, scale: float = 1.0, **style) -> bool:
+    """Draws the series `name` on `ax` (times `scale`); says so on the axis when the run did not log it."""
     series = log.get(name)
     if series is None or not len(series.steps):
-        ax.text(0.5, 0.5, f"not logged ({name})" + (f"\n{missing}" if missing else ""), ha="center", va="center",
-                transform=ax.transAxes, color="grey", fontsize=9)
+        ax.text(0.5, 0.5, f"not logged ({name})", ha="center", va="center", transform=ax.transAxes, color="grey",
+                fontsize=9)
         return False
     ax.plot(series.steps, series.values * scale, label=label, gid=name, **style)
     return True
