@@ -95,7 +95,7 @@ def train(t: Trainer) -> int:
     shift = t.plan.schedule_shift
     logger.info(f"training {t.cfg.run.name}: {t.plan.world_size} rank(s) on {t.guard.device.type}, global batch "
                 f"{t.plan.layout.global_batch}, {t.plan.steps_per_epoch} steps/epoch, steps {t.step + 1}.."
-                f"{t.plan.last_step} of {t.plan.schedules.train_steps - shift}"
+                f"{t.plan.last_step} of {t.plan.schedule_end}"
                 + (f" (the schedules run {shift:+d} steps from the count)" if shift else ""))
     batches = iter(t.loader)
     t.guard.watchdog.step_done(t.step)

@@ -121,13 +121,18 @@ class RunPlan:
                  + (f", shifted {self.schedule_shift:+d}" if self.schedule_shift else "")]
         return "".join(f"# plan: {line}\n" for line in lines)
 
+    @property
+    def schedule_end(self) -> int:
+        """The official loop's last step (epochs x steps per epoch), in the step count."""
+        return self.schedules.train_steps - self.schedule_shift
+
     def finished(self) -> Optional[str]:
         """The line saying there is nothing to train when the checkpoint resumed is at the plan's last step already;
         None otherwise."""
         step = 0 if self.saved is None else self.saved.record.step
         if step < self.last_step:
             return None
-        end = self.schedules.train_steps - self.schedule_shift
+        end = self.schedule_end
         if self.last_step < end:
             return (f"nothing to do: the run is at step {step} and optimization.max_steps is {self.last_step} (the "
                     f"schedule has {end}); raise optimization.max_steps to train on")
@@ -168,9 +173,9 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
         check_resume(saved, identity, request.accept_changes, expected)
     elif not request.resume:
         logger.info("starting fresh in %s (no --resume)", cfg.run.out_dir)
-    end = schedules.train_steps - shift  # the official loop's last step, in the step count
-    return RunPlan(layout, requested, backend, manifest, steps_per_epoch, schedules, shift,
-                   min(end, cfg.optimization.max_steps or end), identity, saved, elastic, rescaled, notes)
+    last = last_step(schedules.train_steps - shift, cfg.optimization)
+    return RunPlan(layout, requested, backend, manifest, steps_per_epoch, schedules, shift, last, identity, saved,
+                   elastic, rescaled, notes)
 
 
 def preview(cfg: Config, world_size: int) -> list[str]:
@@ -186,11 +191,16 @@ def preview(cfg: Config, world_size: int) -> list[str]:
         sched = schedule_steps(cfg.optimization, steps_per_epoch)
     except (DataError, ConfigError) as err:
         return lines + [f"steps: not known until data.shards can be read ({err})"]
-    last = min(sched.train_steps, cfg.optimization.max_steps or sched.train_steps)
+    last = last_step(sched.train_steps, cfg.optimization)
     return lines + [f"data: {manifest.total_samples:,} samples in {len(manifest.shards)} shard(s)",
                     f"steps_per_epoch: {steps_per_epoch}", f"warmup_steps: {sched.warmup_steps}",
                     f"total_steps: {sched.train_steps} ({cfg.optimization.epochs} epochs)"
                     + (f"; this run stops at {last} (optimization.max_steps)" if last < sched.train_steps else "")]
+
+
+def last_step(schedule_end: int, opt) -> int:
+    """The step a run ends at: the schedule's end, or optimization.max_steps (of `opt`) when it comes first."""
+    return min(schedule_end, opt.max_steps or schedule_end)
 
 
 def schedule_steps(opt, steps_per_epoch: int) -> Schedules:
