@@ -149,6 +149,22 @@ def split_folders(scan: SourceScan) -> list[str]:
     return splits if len(splits) >= 2 or (splits and alone) else []
 
 
+def source_lines(scan: SourceScan, src: str, dest: str) -> tuple[str, str | None]:
+    """shard_dataset.py's start line, SRC's image and class count with a few class names; and the warning when SRC's
+    top folders are named like splits (None otherwise): train/ and val/ would otherwise become two classes (or, with
+    --labels none, one set) without a word. A warning, not an error: a class may be called "test"."""
+    images = len(scan.files)
+    start = f"{src}: {images:,} image{'' if images == 1 else 's'} in {classes_in_words(scan.classes)}"
+    splits = split_folders(scan)
+    if not splits:
+        return start, None
+    what, flag = ("class folders", "") if scan.classes is not None else ("folders", " --labels none")
+    unlabeled = "" if scan.classes is not None else ", whose images --labels none puts in one set"
+    return start, (f"warning: {src} holds {what} named like splits ({', '.join(splits)}){unlabeled}: shard each split "
+                   f"on its own: shard_dataset.py {os.path.join(src, splits[0])} {os.path.join(dest, splits[0])}"
+                   f"{flag}")
+
+
 def folder_problem(path: Path) -> str | None:
     """Why `path` cannot be (or become, by mkdir) a folder; None when it can."""
     for at in (path, *path.parents):

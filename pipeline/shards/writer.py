@@ -48,8 +48,7 @@ from pipeline.shards.format import TAR_BLOCK, format_index, index_name, sample_k
 from pipeline.shards.images import BadInput, prepare_jpeg, read_source
 from pipeline.shards.manifest import (MANIFEST_NAME, STATUS_COMPLETE, STATUS_IN_PROGRESS, Manifest, ShardRecord,
                                       verify_shard, write_manifest)
-from pipeline.shards.scan import (IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, classes_in_words, scan_source,
-                                  split_folders)
+from pipeline.shards.scan import IMAGE_EXTENSIONS, SourceFile, SourceScan, check_paths, scan_source, source_lines
 from util.files import partial_name, write_file_atomic
 from util.processes import forking_workers
 
@@ -399,22 +398,6 @@ def _scan(src: Path, options: ShardOptions, strict: bool) -> SourceScan:
     return scan
 
 
-def _announce(scan: SourceScan, src: str, dest: str) -> None:
-    """The start line, SRC's image and class count with a few class names; and a warning when SRC's top folders are
-    named like splits: train/ and val/ would otherwise become two classes (or, with --labels none, one set) without a
-    word. A warning, not an error: a class may be called "test"."""
-    images = len(scan.files)
-    logger.info("%s: %s image%s in %s", src, f"{images:,}", "" if images == 1 else "s", classes_in_words(scan.classes))
-    splits = split_folders(scan)
-    if not splits:
-        return
-    what, flag = ("class folders", "") if scan.classes is not None else ("folders", " --labels none")
-    unlabeled = "" if scan.classes is not None else ", whose images --labels none puts in one set"
-    logger.warning("warning: %s holds %s named like splits (%s)%s: shard each split on its own: shard_dataset.py %s "
-                   "%s%s", src, what, ", ".join(splits), unlabeled, os.path.join(src, splits[0]),
-                   os.path.join(dest, splits[0]), flag)
-
-
 @contextlib.contextmanager
 def _dest_errors(dest: Path):
     """A failure to create, lock or write DEST (permissions, a read-only or full disk) as one clear error."""
@@ -438,7 +421,10 @@ def build_shards(src: str | os.PathLike, dest: str | os.PathLike, options: Shard
     given = str(src), str(dest)  # as the user wrote them, for the start line and its advice
     src, dest = check_paths(src, dest)
     scan = _scan(src, options, settings.strict)
-    _announce(scan, *given)
+    start, splits = source_lines(scan, *given)
+    logger.info(start)
+    if splits:
+        logger.warning(splits)
     shards = assign_shards(scan, options)
     warning = round_balance([(len(s.members), s.estimated_bytes) for s in shards], settings.workers)
     if warning:
