@@ -7,11 +7,13 @@
     torchrun --nproc_per_node 8 train.py --config ...
     srun --ntasks-per-node 8 python train.py --config ...          # under Slurm: tools/slurm/train.sbatch
     python train.py --config configs/tiny_cpu.yaml                 # one process
-    python train.py --config FILE --print-config                   # resolved config as YAML, then exit
+    python train.py --config FILE --init-from FILE_OR_FOLDER       # a warm start (official .pth.tar, checkpoint, export)
+    python train.py --config FILE --print-config [--world-size 8]  # resolved config as YAML, then exit
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,7 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="resuming on another number of GPUs: keep data.batch_size per GPU and let the global batch "
                         "change (the schedules are laid out for it, logged); by default the global batch is kept and "
                         "the per-GPU batch and grad_accum adjusted")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="a warm start: the weights of an official I-JEPA .pth.tar, a checkpoint tag folder or an "
+                        "export folder, then a fresh optimizer and schedules (sets checkpoint.init_from; a run that "
+                        "has a checkpoint of its own resumes from it instead)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and the run's batch layout and steps, then exit")
+    p.add_argument("--world-size", type=int, default=None, metavar="N",
+                   help="--print-config: the number of ranks to lay the batch out for (default: WORLD_SIZE as the "
+                        "launchers set it, else 1)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     return p.parse_args(argv)
 
@@ -66,9 +76,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
     try:
-        cfg = load_config(args.config, overrides=args.set)
+        init = [] if args.init_from is None else [f"checkpoint.init_from={json.dumps(args.init_from)}"]  # a YAML string
+        cfg = load_config(args.config, overrides=[*args.set, *init])
         if args.print_config:
-            sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            world_size = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+            sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, world_size))
             return 0
         return run_training(cfg, ResumeRequest(cfg.checkpoint.resume if args.resume is None else args.resume,
                                                args.accept_changes, args.keep_per_gpu_batch))

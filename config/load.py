@@ -140,6 +140,10 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
         return ConfigError(f"{where}: {unknown_key(section, key)}")
     where, value, cls = f"{where}: {section}.{key}", raw[section][key], SECTIONS[section]
     hint = typing.get_type_hints(cls)[key]
+    if words := [w for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal for w in typing.get_args(a)]:
+        rule = cls.__dataclass_fields__[key].metadata[RANGE]  # a number or a word (data.batch_size: auto)
+        return ConfigError(f"{where} is {shown(value)}; allowed: an integer {rule.describe(True, False)}, or "
+                           f"{' or '.join(words)}")
     if kind in RANGE_ERRORS:
         integer, pair = int in (hint, *typing.get_args(hint)), typing.get_origin(hint) is tuple
         loaded = value if integer else [float(yaml_number(v)) for v in value] if pair else float(yaml_number(value))
@@ -239,6 +243,17 @@ def check_consistency(cfg: Config) -> Optional[str]:
                 f"fp32's range ({FP32_MAX:.3g}): lower one of them")
     if cfg.logging.probe_every and not cfg.logging.probe_shards:
         return "logging.probe_every is set but logging.probe_shards is empty: give a small labeled shard folder"
+    if cfg.data.batch_size == "auto" and not opt.global_batch:
+        return ("data.batch_size auto needs optimization.global_batch (the batch it keeps while it finds the per-GPU "
+                "micro batch that fits): set it, e.g. --set optimization.global_batch=2048")
+    if opt.global_batch and opt.grad_accum != 1:
+        return (f"optimization.grad_accum {opt.grad_accum} is derived when optimization.global_batch is set "
+                f"({opt.global_batch}): remove grad_accum (data.batch_size bounds the micro batch)")
+    if cfg.checkpoint.keep_best and not cfg.logging.probe_every:
+        return ("checkpoint.keep_best needs the in-training kNN probe that ranks the checkpoints: set "
+                "logging.probe_every and logging.probe_shards, or remove keep_best")
+    if cfg.checkpoint.init_continue and not cfg.checkpoint.init_from:
+        return "checkpoint.init_continue is true but checkpoint.init_from is empty: give the file to start from"
     if opt.warmup_epochs > opt.epochs:
         return f"optimization.warmup_epochs {opt.warmup_epochs} exceeds optimization.epochs {opt.epochs}"
     return None

@@ -15,7 +15,7 @@ import math
 import typing
 import unicodedata
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import pydantic
 from pydantic import AfterValidator, BeforeValidator, Field, Strict
@@ -120,8 +120,9 @@ def typed(hint: Any, rule: Range | Text | None) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:  # compared with each choice: nothing to coerce
         return hint
-    if origin is typing.Union:  # Optional[X]: null, or an X
-        return Optional[typed(args[0], rule)]
+    if origin is typing.Union:  # Optional[X]: null, or an X; Union[X, Literal[...]]: an X or one of the words
+        words = [a for a in args if typing.get_origin(a) is Literal]
+        return Union[typed(args[0], rule), *words] if words else Optional[typed(args[0], rule)]
     if origin is tuple:  # a pair, which YAML writes as a list
         return Annotated[tuple[tuple(typed(a, rule) for a in args)], Strict(), AfterValidator(rule.check_order),
                          BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]

@@ -103,7 +103,9 @@ def allowed(section: str, spec: dataclasses.Field, hint: Any) -> str:
         pair = typing.get_origin(base) is tuple
         kind = "int" if base is int else "float" if base is float else "pair"
         # an int without an upper bound of its own is shown without the 64-bit one every int has
-        return (kind + ": " if not pair else "") + rule.describe(base is int and rule.high is not None, pair)
+        words = [w for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal for w in typing.get_args(a)]
+        return ((kind + ": " if not pair else "") + rule.describe(base is int and rule.high is not None, pair)
+                + "".join(f", or `{w}`" for w in words))
     if isinstance(rule, Text):
         return "text" + (", not empty" if rule.required else "") + (", a plain name (no `/`)" if rule.name else "")
     raise ValueError(f"{section}.{spec.name}: no rule for its type {hint!r}; declare one (config/ranges.py)")

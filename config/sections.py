@@ -6,7 +6,7 @@ messages, the checks between keys) is config/load.py.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import pydantic
 from pydantic_core import PydanticCustomError
@@ -56,8 +56,10 @@ class DataConfig:
     """folder written by shard_dataset.py (holds manifest.json), or its http(s):// or s3:// URL"""
     backend: Literal["auto", "dali", "torch"] = "auto"
     """auto = DALI when importable"""
-    batch_size: int = between(1, 65536, default=128)
-    """images per GPU per micro step"""
+    batch_size: Union[int, Literal["auto"]] = between(1, 65536, default=128)
+    """images per GPU per micro step; with optimization.global_batch set, the most per micro step (grad_accum makes up
+    the rest); auto (needs optimization.global_batch) = the largest that fits the GPU's memory, found at the start of
+    each launch: an out-of-memory error in the first step halves it on every rank and doubles the accumulation"""
     crop_size: int = between(1, 4096, default=224)
     """side of the square training crop in pixels; a multiple of model.patch_size"""
     crop_scale: tuple[float, float] = between(0.0, 1.0, default=(0.3, 1.0), low_open=True, ordered=True)
@@ -188,7 +190,11 @@ class OptimizationConfig:
     eps: float = between(0.0, 1.0, default=1e-8, low_open=True)
     """AdamW's eps"""
     grad_accum: int = between(1, 4096, default=1)
-    """micro steps per optimizer step"""
+    """micro steps per optimizer step (derived when global_batch is set: leave it 1)"""
+    global_batch: int = between(0, 2**24, default=0)
+    """images per optimizer step over all ranks, the recipe's batch (the paper: 2048), kept on any number of GPUs: the
+    per-GPU micro batch (at most data.batch_size) and grad_accum are derived; 0 = data.batch_size × grad_accum ×
+    ranks"""
     precision: Literal["bf16", "fp32"] = "bf16"
     """the dtype of the weights, activations and batches"""
     max_steps: Optional[int] = at_least(1, default=None, null="the whole schedule")
@@ -213,6 +219,16 @@ class CheckpointConfig:
     """complete checkpoints kept in run.out_dir; older ones are removed"""
     resume: str = text("")
     """empty = a fresh start; auto = the latest complete checkpoint in run.out_dir; or a checkpoint's path"""
+    init_from: str = text("")
+    """a warm start (train.py --init-from): the weights of an official .pth.tar, a checkpoint tag folder or an export
+    folder, then a fresh optimizer and schedules from step 0; ignored once the run has a checkpoint of its own (a
+    resume goes on from it)"""
+    init_continue: bool = False
+    """with init_from an official .pth.tar: the step count and schedules go on from the epoch the file records, as the
+    official meta.load_checkpoint does (the AdamW moments cannot be carried)"""
+    keep_best: bool = False
+    """keep the checkpoint with the best in-training kNN probe (logging.probe_every) as checkpoints/best, never
+    pruned by keep_last"""
 
 
 @section
@@ -233,6 +249,18 @@ class LoggingConfig:
     """kNN probe of the target encoder on probe_shards every N steps (rank 0), logged beside the loss; 0 = off"""
     probe_shards: str = text("")
     """small labeled held-out shards: the first half fits the kNN, the second half scores it"""
+    collapse: Literal["warn", "stop", "off"] = "warn"
+    """the collapse alarm on the diagnostics (docs/training.md, "Collapse"): warn = one line and a TensorBoard event;
+    stop = a checkpoint, then a non-zero exit with one line"""
+    wandb: Literal["off", "offline", "online"] = "off"
+    """Weights & Biases logging from rank 0 (the TensorBoard scalars and mask pictures); offline writes under
+    run.out_dir/wandb; the run id lives in the checkpoints, so a resume continues the same W&B run"""
+    wandb_project: str = text("ijepa")
+    """the W&B project"""
+    wandb_entity: str = text("")
+    """the W&B entity (team or user); empty = the account's default"""
+    wandb_name: str = text("")
+    """the W&B run's display name; empty = run.name"""
     sample_log: bool = False
     """each rank appends the keys of every batch it reads to run.out_dir/samples/rank<r>.tsv (training/sample_log.py)"""
 

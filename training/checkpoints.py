@@ -123,9 +123,11 @@ class CheckpointRecord:
     step: int
     world_size: int
     identity: dict[str, Any]  # training.plan.resume_identity: what a resume must keep
-    requested: tuple[int, int]  # (data.batch_size, optimization.grad_accum) its config asked for, before any plan
+    requested: tuple[int | str, int]  # (data.batch_size, optimization.grad_accum) its config asked for (batch: or auto)
     schedule_shift: int  # the schedules' step minus the step count (non-zero after --keep-per-gpu-batch rescaled)
     position: tuple[int, int]  # (epoch, samples of it read by all ranks)
+    run_id: str = ""  # the run's id, kept across its launches (the W&B run id); "" in checkpoints older than it
+    init: Optional[dict] = None  # the warm start the run began from (training/warm_start.py), None: none
 
     @property
     def trained_global_batch(self) -> int:
@@ -143,10 +145,11 @@ class CheckpointRecord:
     def from_json(cls, text: str) -> "CheckpointRecord":
         """Raises KeyError, TypeError, ValueError or IndexError on a damaged file."""
         meta = json.loads(text)
-        requested, position = meta["requested"], meta["position"]
+        requested, position, init = meta["requested"], meta["position"], meta.get("init")
         return cls(int(meta["step"]), int(meta["world_size"]), dict(meta["identity"]),
-                   (int(requested[0]), int(requested[1])), int(meta["schedule_shift"]),
-                   (int(position[0]), int(position[1])))
+                   (requested[0] if requested[0] == "auto" else int(requested[0]), int(requested[1])),
+                   int(meta["schedule_shift"]), (int(position[0]), int(position[1])), str(meta.get("run_id", "")),
+                   None if init is None else dict(init))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """The DeepSpeed engine and one training step: AdamW's parameter groups, the engine over the context encoder and
-predictor (the one place the model is wrapped), the schedules applied to the optimizer, a micro step, the monitors."""
+predictor (the one place the model is wrapped), the schedules applied to the optimizer, a micro step."""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -15,6 +15,7 @@ from model.jepa import build_jepa, target_features
 from training.plan import BatchLayout
 from training.schedules import Schedules, lr_at, momentum_at, wd_at
 from training.states import deepspeed_safe_types, load_states_file
+from training.warm_start import load_init
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +65,19 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_universal: bool = False):
+def build_engine(cfg: Config, layout: BatchLayout, device: torch.device, load_universal: bool = False,
+                 init: Optional[dict] = None):
     """(DeepSpeed engine over context encoder + predictor, the torch AdamW inside it, the fp32 target encoder on
     `device`; its EMA is training.target_ema.target_ema(engine, target)). The one place the model is wrapped:
     torch.compile of the blocks when asked, then DeepSpeed. `layout`: the run's batch (training.plan.RunPlan);
-    `load_universal`: the checkpoint to load is a universal conversion (a resume on another world size)."""
+    `load_universal`: the checkpoint to load is a universal conversion (a resume on another world size); `init`: the
+    warm start to load before DeepSpeed copies the weights into its optimizer (training/warm_start.py)."""
     import deepspeed
 
     import_muon_uncompiled()
     with torch.device(device):  # initialised where it trains: ViT-H's 650 M parameters take ~10 s on a host CPU
         model, target = build_jepa(cfg.model, cfg.data.crop_size)
+    load_init(init, model, target)
     if cfg.model.compile:  # before DeepSpeed wraps the model; the blocks' token dim stays dynamic (model/compile.py)
         mode = cfg.model.compile_mode
         logger.info("torch.compile (mode %s): %d blocks (context encoder + predictor), %d (target encoder)", mode,
@@ -154,23 +158,3 @@ def micro_step(engine, ema, target, batch, dtype):
     engine.backward(loss)
     engine.step()
     return loss.detach()
-
-
-def build_monitor(cfg, out_dir: Path):
-    """DeepSpeed's TensorBoard and CSV monitors, driven by train.py (the engine's own monitor would read the loss
-    back to the host every step)."""
-    from deepspeed.monitor.config import get_monitor_config
-    from deepspeed.monitor.monitor import MonitorMaster
-
-    where = {"output_path": str(out_dir / "logs"), "job_name": cfg.run.name}
-    return MonitorMaster(get_monitor_config({"tensorboard": {"enabled": cfg.logging.tensorboard, **where},
-                                             "csv_monitor": {"enabled": cfg.logging.csv, **where}}))
-
-
-def write_image(monitor, tag: str, picture, step: int) -> None:
-    """An (H, W, 3) uint8 picture into the run's TensorBoard log beside the scalars (rank 0; nothing when
-    logging.tensorboard is off: DeepSpeed's CSV monitor takes scalars only)."""
-    writer = monitor.tb_monitor.summary_writer if monitor.tb_monitor is not None else None
-    if writer is not None:
-        writer.add_image(tag, picture, step, dataformats="HWC")
-        writer.flush()

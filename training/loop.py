@@ -76,7 +76,8 @@ class Trainer(TrainState):
         except ValueError as err:  # e.g. a Triton kernel asked for with run.device auto on a machine without CUDA
             raise ConfigError(f"kernels: {err}") from None
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-        engine, _, target = build_engine(cfg, plan.layout, guard.device, load_universal=plan.elastic)
+        engine, _, target = build_engine(cfg, plan.layout, guard.device, load_universal=plan.elastic,
+                                         init=plan.init if plan.saved is None else None)
         loader = build_training_loader(cfg, plan, guard.rank, guard.device)
         ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
         checkpointer = Checkpointer(cfg, guard.out_dir, plan.last_step)
@@ -150,13 +151,16 @@ def check_in(t: Trainer, sched: dict, batch) -> bool:
                             f"kept in {t.checkpointer.dir}")
     t.progress.count_skipped(t.loader)  # the last step always logs: summary.json takes the count from here
     stop = t.guard.stop
-    stopping, gone, t.requeue = any_rank((stop.received is not None, t.guard.out_dir_gone(), stop.requeue),
-                                         t.guard.device)
+    stopping, gone, t.requeue, collapsed = any_rank((stop.received is not None, t.guard.out_dir_gone(),
+                                                     stop.requeue, t.progress.alarm is not None), t.guard.device)
     if gone:  # before anything writes: the monitors would raise mid-write
         raise TrainingError(t.guard.vanished(t.step))
     if stopping and stop.received is None:  # another rank saw it first: perhaps the end of a launcher both have
         t.guard.watchdog.check_launchers()
     t.progress.log(t, sched, batch)
+    if collapsed:  # logging.collapse stop: rank 0's alarm fired (training/collapse.py)
+        save(t)
+        raise TrainingError(t.progress.alarm or "the collapse alarm fired on rank 0 (logging.collapse stop)")
     return stopping
 
 

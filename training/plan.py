@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +32,7 @@ from pipeline.shards.manifest import Manifest, read_manifest
 from training.checkpoints import Checkpoint, CheckpointRecord, checkpoint_dir, complete_tags, find_checkpoint
 from training.out_dir import check_out_dir
 from training.schedules import Schedules
+from training.warm_start import plan_init
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class RunPlan:
     elastic: bool = False  # the world size differs from the checkpoint's: DeepSpeed loads a universal conversion
     rescaled: bool = False  # --keep-per-gpu-batch changed the global batch
     notes: tuple[str, ...] = ()  # what the plan decided (plan_run logs them)
+    run_id: str = ""  # the run's id across its launches: the resumed checkpoint's, or a new one (the W&B run id)
+    init: Optional[dict] = None  # the warm start a fresh run loads (training/warm_start.py), None: none
 
     @property
     def world_size(self) -> int:
@@ -141,7 +145,8 @@ class RunPlan:
 
     def record(self, step: int, position: tuple[int, int]) -> CheckpointRecord:
         """The run.json of this run's checkpoint at `step`, when the loader stands at `position`."""
-        return CheckpointRecord(step, self.world_size, self.identity, self.requested, self.schedule_shift, position)
+        return CheckpointRecord(step, self.world_size, self.identity, self.requested, self.schedule_shift, position,
+                                self.run_id, self.init)
 
 
 def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeRequest()) -> RunPlan:
@@ -174,8 +179,16 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     elif not request.resume:
         logger.info("starting fresh in %s (no --resume)", cfg.run.out_dir)
     last = last_step(schedules.train_steps - shift, cfg.optimization)
+    run_id = saved.record.run_id if saved is not None and saved.record.run_id else new_run_id()
+    init = plan_init(cfg, saved) if saved is None else saved.record.init
     return RunPlan(layout, requested, backend, manifest, steps_per_epoch, schedules, shift, last, identity, saved,
-                   elastic, rescaled, notes)
+                   elastic, rescaled, notes, run_id, init)
+
+
+def new_run_id() -> str:
+    """A new run's id: 12 random lowercase letters and digits (what W&B takes as a run id). Every rank draws one;
+    rank 0's is the one used and recorded."""
+    return secrets.token_hex(6)
 
 
 def preview(cfg: Config, world_size: int) -> list[str]:

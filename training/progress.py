@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -24,7 +25,7 @@ import torch
 from config import grid_size, training_dtype
 from pipeline.masks.pictures import batch_pictures
 from training.distributed import gather, on_rank0
-from training.engine import build_monitor, write_image
+from training.monitors import build_monitor, write_image
 from training.metrics import IntervalTimer, collapse_diagnostics, format_eta, peak_tflops
 from training.sample_log import SampleLog
 from util.files import write_file_atomic
@@ -68,10 +69,11 @@ class Progress:
     def __init__(self, cfg, plan, guard, step: int, make_probe: Optional[Callable[[], Callable]] = None):
         self.cfg, self.rank, self.device = cfg, guard.rank, guard.device
         self.every = cfg.logging.every_steps
-        self.monitor = build_monitor(cfg, Path(cfg.run.out_dir))
+        self.monitor = build_monitor(cfg, plan)
         self.losses, self.timer, self.peak = Losses(), IntervalTimer(), peak_tflops(guard.device)
         self.flops: Optional[float] = None  # per optimizer step, counted on the first
         self.skipped = 0  # bad samples skipped by all ranks (data.on_bad_sample: skip)
+        self.alarm: Optional[str] = None  # rank 0: the line of a collapse alarm that stops the run (logging.collapse)
         self.probe = on_rank0(make_probe) if make_probe is not None and cfg.logging.probe_every else None
         self.samples = SampleLog(cfg.run.out_dir, guard.rank, plan.world_size) if cfg.logging.sample_log else None
         self.bar = progress_bar(guard.rank == 0 and sys.stderr.isatty(), total=plan.last_step, initial=step)
@@ -161,10 +163,16 @@ class Progress:
 
 
 def process_seconds() -> float:
-    """Wall seconds since this process started: the interpreter, the imports and DeepSpeed's set-up included."""
-    import psutil
+    """Wall seconds since this process started: the interpreter, the imports and DeepSpeed's set-up included. On
+    Linux from the kernel's own clock (the start in ticks since boot, /proc/self/stat field 22, against
+    /proc/uptime); psutil's start time elsewhere, which counts from a boot time rounded to the second."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return float(Path("/proc/uptime").read_text().split()[0]) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        import psutil
 
-    return time.time() - psutil.Process().create_time()
+        return time.time() - psutil.Process().create_time()
 
 
 def cache_totals(cache) -> dict:

@@ -107,8 +107,15 @@ def test_wrong_type_names_key_section_file(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("data", "batch_size", True, "expected an integer"),
-    ("data", "batch_size", 12.5, "expected an integer"),
+    ("data", "crop_size", True, "expected an integer"),
+    ("data", "crop_size", 12.5, "expected an integer"),
+    ("data", "batch_size", True, r"data.batch_size is True; allowed: an integer >= 1 and <= 65536, or auto"),
+    ("data", "batch_size", 12.5, r"data.batch_size is 12.5; allowed: an integer >= 1 and <= 65536, or auto"),
+    ("data", "batch_size", "automatic", r"data.batch_size is 'automatic'; allowed: an integer"),
+    ("data", "batch_size", "auto", r"data.batch_size auto needs optimization.global_batch"),
+    ("optimization", "grad_accum", 2, None),
+    ("checkpoint", "keep_best", True, "checkpoint.keep_best needs the in-training kNN probe"),
+    ("checkpoint", "init_continue", True, "checkpoint.init_continue is true but checkpoint.init_from is empty"),
     ("optimization", "lr", "fast", "expected a number"),
     ("mask", "allow_overlap", "no", "expected true or false"),
     ("data", "crop_scale", [0.3], "list of 2"),
@@ -120,6 +127,11 @@ def test_wrong_type_names_key_section_file(tmp_path):
                                             r"and <= 1, the first <= the second"),
 ])
 def test_bad_values_rejected(section, key, value, message):
+    if message is None:  # refused only beside another key: grad_accum with global_batch
+        config_from_dict({section: {key: value}}, "x.yaml")
+        with pytest.raises(ConfigError, match=f"{section}.{key} {value} is derived when optimization.global_batch"):
+            config_from_dict({section: {key: value}, "optimization": {key: value, "global_batch": 64}}, "x.yaml")
+        return
     with pytest.raises(ConfigError, match=message) as err:
         config_from_dict({section: {key: value}}, "x.yaml")
     assert "x.yaml" in str(err.value)
@@ -205,7 +217,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"data": {"batch_size": 12.5}}, "x.yaml: data.batch_size: expected an integer, got 12.5 (float)"),
+    ({"data": {"crop_size": 12.5}}, "x.yaml: data.crop_size: expected an integer, got 12.5 (float)"),
     ({"run": {"seed": 2**63}}, "x.yaml: run.seed is 9223372036854775808; allowed: >= 0 and <= 2**63 - 1"),
     ({"optimization": {"lr": "-1e-3"}}, "x.yaml: optimization.lr is -0.001; allowed: >= 0"),
     ({"optimization": {"lr": 10**400}}, "x.yaml: optimization.lr: expected a finite number, got <an integer of 401 "
@@ -245,7 +257,7 @@ def test_pydantic_errors_are_worded_as_one_line(raw, message):
 
 @pytest.mark.parametrize("raw, message", [
     ({"optimization": {"lr": -1}, "data": {"batch_size": "x"}}, "optimization.lr is -1.0"),
-    ({"data": {"batch_size": "x"}, "optimization": {"lr": -1}}, "data.batch_size: expected an integer"),
+    ({"data": {"batch_size": "x"}, "optimization": {"lr": -1}}, "data.batch_size is 'x'; allowed: an integer"),
     ({"data": {"crop_size": -1, "batchsize": 1}}, "data.crop_size is -1"),
     ({"data": {"batchsize": 1, "crop_size": -1}}, "has no key 'batchsize'"),
     ({"data": {"crop_scale": [-1, "x"]}}, r"data.crop_scale\[1\]: expected a number"),  # a pair's types, then range
