@@ -25,7 +25,7 @@ import torch
 from config import grid_size, training_dtype
 from pipeline.masks.pictures import batch_pictures
 from training.distributed import gather, on_rank0
-from training.monitors import build_monitor, write_image
+from training.monitors import build_monitor
 from training.metrics import IntervalTimer, collapse_diagnostics, format_eta, peak_tflops
 from training.sample_log import SampleLog
 from util.files import write_file_atomic
@@ -143,13 +143,14 @@ class Progress:
             self.monitor.write_events(events)
         every = cfg.logging.mask_images_every
         if every and (step == 1 or step % every == 0):
-            write_image(self.monitor, "Masks/first_images", batch_pictures(
+            self.monitor.write_image("Masks/first_images", batch_pictures(
                 batch.images, batch.ctx_idx, batch.tgt_idx, grid_size(cfg), MASK_IMAGES), step)
 
     def finish(self, trainer, stopped: bool = False) -> None:
         """The end of this launch's steps (the run's last step, or a stop signal: `stopped`), on every rank: the shard
         caches' totals (a collective), then rank 0's summary.json."""
         self.bar.close()
+        self.monitor.close()
         steps = trainer.step - self.first_step + 1
         cache = trainer.loader.backend.cache
         cached = cache_totals(cache) if cache is not None else None
