@@ -7,6 +7,7 @@ what to set instead (DROPPED_KEYS). An unknown key is an error, as in our own sc
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 from config.errors import ConfigError, plain, shown, suggest
@@ -41,7 +42,7 @@ DROPPED_KEYS = {
     ("data", "pin_mem"): "batches are always moved through pinned memory",
     ("meta", "copy_data"): "shards are read in place; nothing is copied",
 }
-# meta.load_checkpoint (+ meta.read_checkpoint) → checkpoint.resume: the given path, or "auto" without one.
+# meta.load_checkpoint (+ meta.read_checkpoint) → a warm start that continues the file's epochs (official_start).
 CHECKPOINT_KEYS = {("meta", "load_checkpoint"), ("meta", "read_checkpoint")}
 OFFICIAL_SECTIONS = {"data", "mask", "meta", "optimization", "logging"}
 
@@ -85,8 +86,38 @@ def map_official(raw: dict, source: str) -> tuple[dict, dict]:
                 known = [k for s, k in [*OFFICIAL_KEYS, *AUGMENTATION_KEYS, *DROPPED_KEYS, *CHECKPOINT_KEYS]
                          if s == section]
                 raise ConfigError(f"{where}: unknown key{suggest(key, known)}")
-    meta = raw.get("meta", {})
-    if meta.get("load_checkpoint"):
-        out.setdefault("checkpoint", {})["resume"] = meta.get("read_checkpoint") or "auto"
-        sources[("checkpoint", "resume")] = f"{source}: meta.read_checkpoint (official schema)"
+    start = official_start(raw, source)
+    if start:
+        out["checkpoint"] = {**out.get("checkpoint", {}), **start}
+        sources.update({("checkpoint", key): f"{source}: meta.load_checkpoint (official schema)" for key in start})
     return out, sources
+
+
+def official_start(raw: dict, source: str) -> dict:
+    """Our checkpoint keys for the official meta.load_checkpoint / read_checkpoint: {} when load_checkpoint is false;
+    else a warm start from the file the official code reads, os.path.join(logging.folder, read_checkpoint), or
+    {logging.folder}/{logging.write_tag}-latest.pth.tar without one (checkpoint.init_from), going on from the epoch it
+    records (init_continue), and resume auto: a relaunch goes on from the run's own checkpoints, not the file."""
+    meta, logs = raw.get("meta") or {}, raw.get("logging") or {}
+    load, read = meta.get("load_checkpoint", False), meta.get("read_checkpoint")
+    if not isinstance(load, bool):
+        raise ConfigError(f"{source}: meta.load_checkpoint (official schema) is {shown(load)}: expected true or false")
+    if not load:
+        return {}
+    if read is not None and (not isinstance(read, str) or not read.strip()):
+        raise ConfigError(f"{source}: meta.read_checkpoint (official schema) is {shown(read)}: expected the file's "
+                          f"name in logging.folder, a path, or null")
+    tag = logs.get("write_tag")
+    if read is None and not (isinstance(tag, str) and tag and not tag.startswith("$replace")):
+        raise ConfigError(f"{source}: meta.load_checkpoint is true without meta.read_checkpoint, so the official code "
+                          f"reads {{logging.folder}}/{{logging.write_tag}}-latest.pth.tar, but logging.write_tag is "
+                          f"{shown(tag)}: set meta.read_checkpoint to the file")
+    name = read if read is not None else f"{tag}-latest.pth.tar"
+    if not os.path.isabs(name):  # os.path.join(folder, name), as the official code reads it
+        folder = logs.get("folder")
+        if not isinstance(folder, str) or not folder or folder.startswith("$replace"):
+            raise ConfigError(f"{source}: meta.load_checkpoint is true and the file ({name}) is read from "
+                              f"logging.folder, which is {shown(folder)}: set logging.folder, or give "
+                              f"meta.read_checkpoint as an absolute path")
+        name = os.path.join(folder, name)
+    return {"init_from": name, "init_continue": True, "resume": "auto"}

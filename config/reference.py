@@ -146,8 +146,12 @@ def official_table() -> str:
     """How an official I-JEPA YAML file maps onto these sections (config/official.py)."""
     same = [".".join(key) for key, (section, name, _) in OFFICIAL_KEYS.items() if key == (section, name)]
     rows = [f"| `{ours}` | `{official}` |" for official, ours in RENAMED.items()]
-    rows.append(f"| `checkpoint.resume` | `{'` + `'.join('.'.join(k) for k in sorted(CHECKPOINT_KEYS))}` (when "
-                f"load_checkpoint is true: the path read_checkpoint names, or `auto` without one) |")
+    rows.append(f"| `checkpoint.init_from`, `checkpoint.init_continue`, `checkpoint.resume` | "
+                f"`{'` + `'.join('.'.join(k) for k in sorted(CHECKPOINT_KEYS))}` (when load_checkpoint is true: a "
+                f"warm start from the file the official code reads, `logging.folder/read_checkpoint`, or "
+                f"`logging.folder/{{write_tag}}-latest.pth.tar` without one, that goes on from the epoch it records "
+                f"(init_continue true; its AdamW moments are not carried); resume `auto`, so a relaunch goes on from "
+                f"the run's own checkpoints) |")
     dropped = [f"| `{'.'.join(key)}` | {cell(note)} |" for key, note in DROPPED_KEYS.items()]
     return "\n".join([
         "## Official I-JEPA configs", "",

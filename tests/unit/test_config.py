@@ -202,9 +202,11 @@ def test_official_file_with_augmentation_or_unknown_key_is_rejected(tmp_path):
     typo.write_text(text.replace("pred_depth:", "pred_dept:"))
     with pytest.raises(ConfigError, match="typo.yaml: meta.pred_dept .*did you mean 'pred_depth'"):
         load_config(typo)
-    resume = tmp_path / "resume.yaml"
+    resume = tmp_path / "resume.yaml"  # load_checkpoint is a warm start from a file in logging.folder: the placeholder
     resume.write_text(text.replace("load_checkpoint: false", "load_checkpoint: true"))
-    assert load_config(resume).checkpoint.resume == "auto"
+    with pytest.raises(ConfigError, match=r"resume.yaml: meta.load_checkpoint is true and the file "
+                                          r"\(jepa-latest.pth.tar\) is read from logging.folder, which is '\$replace"):
+        load_config(resume)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
