@@ -28,6 +28,7 @@ from training.out_dir import SPACE_MARGIN, check_space
 from training.plan import ResumeRequest, RunPlan, plan_run
 from training.progress import Progress
 from training.target_ema import target_ema
+from training.warm_start import init_step
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Trainer(TrainState):
         checkpointer = Checkpointer(cfg, guard.out_dir, plan.last_step)
         state = TrainState(engine, target, ema, loader)
         step = checkpointer.restore(state, plan.saved, plan.layout, plan.elastic)
+        if plan.saved is None:  # 0, or where a warm start with checkpoint.init_continue goes on (its epoch's start)
+            step = init_step(plan, loader)
         ema.loaded()
         on_rank0(check_space, guard.out_dir, int(checkpointer.next_size(state) * SPACE_MARGIN),
                  "one checkpoint")  # now, rather than after hours of training

@@ -7,6 +7,7 @@
     state = loader.state_dict()       # resume: a new loader + load_state_dict(state) continues with exactly the
                                       # samples, crops and masks the old one would have produced next
     loader.continue_from(states, world_size, batch_size, step)   # resume on another number of ranks (below)
+    step = loader.start_at_epoch(epoch)   # a fresh run that goes on from an epoch (training/warm_start.py)
 
 A backend (pipeline/loading/backend.py) yields each epoch's images; masks come from the multiblock sampler as a pure
 function of (seed, batch number, rank), so they need no state of their own. An epoch is steps_per_epoch optimizer steps
@@ -110,6 +111,15 @@ class Loader:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.batches_seen, self.offset = state["batches_seen"], state["offset"]
         self.backend.load_state_dict(state["source"])
+
+    def start_at_epoch(self, epoch: int) -> int:
+        """Places a fresh loader at the start of `epoch`, as if it had read the epochs before (the masks go on with
+        the batch number); returns their optimizer steps, the step the run goes on from (a warm start that continues
+        an official run's epochs)."""
+        self.backend.restart(epoch, 0)
+        self.epoch, self.batch_in_epoch, self.offset = epoch, 0, 0
+        self.batches_seen = epoch * self.batches_per_epoch
+        return epoch * self.steps_per_epoch
 
     def continue_from(self, states: list[dict], world_size: int, batch_size: int, step: int) -> str:
         """Takes over from the loaders of another run layout: `states` are their state_dicts (one per old rank, all
