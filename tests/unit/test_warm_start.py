@@ -227,30 +227,33 @@ def test_an_export_folder_loads_its_encoder_as_context_and_target(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ init_continue
 
-def test_init_continue_starts_at_the_epoch_with_the_loader_of_a_run_that_read_it(small_shards):
-    """epoch 3 of the fixture × 12 steps per epoch (192 samples, 16 per step): step 36, and the next batches are those
-    a loader gives after reading 3 epochs: the same samples, crops and masks."""
+def test_init_continue_starts_at_the_epoch_with_the_loader_of_a_run_that_read_it(small_shards, tmp_path):
+    """The fixture's file at epoch 1 × 12 steps per epoch (192 samples, 16 per step): step 12, and the next batches
+    are those a loader gives after reading epoch 0: the same samples, crops and masks."""
+    ckpt = torch.load(OFFICIAL, weights_only=True)
+    path = tmp_path / "epoch1.pth.tar"
+    torch.save({**ckpt, "epoch": 1}, path)
     sets = (f"data.shards={small_shards}", "data.batch_size=16", "data.num_workers=0", "data.backend=torch",
             "checkpoint.init_continue=true")
-    cfg = fixture_cfg(OFFICIAL, *sets)
+    cfg = fixture_cfg(path, *sets)
     plan = plan_run(cfg, 1)
-    assert plan.init["epoch"] == 3 and plan.steps_per_epoch == 12
+    assert plan.init["epoch"] == 1 and plan.steps_per_epoch == 12
     started = build_training_loader(cfg, plan, 0, torch.device("cpu"), torch.float32)
-    assert init_step(plan, started) == 36
+    assert init_step(plan, started) == 12
     read = build_training_loader(cfg, plan, 0, torch.device("cpu"), torch.float32)
     it = iter(read)
-    for _ in range(36):
+    for _ in range(12):
         next(it)
     batches = iter(started)
     for got, want in [(next(batches), next(it)) for _ in range(2)]:
         assert got.keys == want.keys and torch.equal(got.images, want.images)
         assert torch.equal(got.ctx_idx, want.ctx_idx) and torch.equal(got.tgt_idx, want.tgt_idx)
-    assert started.position() == (3, 32)
-    short = plan_run(fixture_cfg(OFFICIAL, *sets, "optimization.max_steps=36"), 1)
-    with pytest.raises(WarmStartError, match="nothing to do: the warm start goes on from step 36 .* "
-                                             "optimization.max_steps is 36"):
+    assert started.position() == (1, 32)
+    short = plan_run(fixture_cfg(path, *sets, "optimization.max_steps=12"), 1)
+    with pytest.raises(WarmStartError, match="nothing to do: the warm start goes on from step 12 .* "
+                                             "optimization.max_steps is 12"):
         init_step(short, build_training_loader(cfg, short, 0, torch.device("cpu"), torch.float32))
-    assert init_step(plan_run(fixture_cfg(OFFICIAL, *sets[:-1]), 1), None) == 0  # without init_continue: step 0
+    assert init_step(plan_run(fixture_cfg(path, *sets[:-1]), 1), None) == 0  # without init_continue: step 0
 
 
 # ------------------------------------------------------------------------------------------------ the official keys
