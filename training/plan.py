@@ -158,8 +158,7 @@ def plan_run(cfg: Config, world_size: int, request: ResumeRequest = ResumeReques
     if cfg.logging.probe_every:  # read on rank 0 after the model is built: a typo would cost the whole set-up
         read_manifest(cfg.logging.probe_shards, key="logging.probe_shards")
     requested = (cfg.data.batch_size, cfg.optimization.grad_accum)
-    layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size,
-                                                               request.keep_per_gpu_batch)
+    layout, elastic, rescaled, expected, notes = resume_layout(cfg, saved, world_size, request.keep_per_gpu_batch)
     steps_per_epoch = layout.steps_per_epoch(manifest.total_samples, cfg.data.shards)
     schedules = schedule_steps(cfg.optimization, steps_per_epoch)
     shift = 0 if saved is None else saved.record.schedule_shift
@@ -192,11 +191,18 @@ def new_run_id() -> str:
 
 
 def preview(cfg: Config, world_size: int) -> list[str]:
-    """What a fresh run of `cfg` on `world_size` ranks would train, for --print-config: the global batch and, when
-    data.shards can be read, the samples, steps per epoch, warmup and total steps (else why they are not known)."""
-    layout = BatchLayout(cfg.data.batch_size, cfg.optimization.grad_accum, world_size)
+    """What a fresh run of `cfg` on `world_size` ranks would train, for --print-config: the batch layout and, when
+    data.shards can be read, the samples, steps per epoch, warmup and total steps (else why they are not known).
+    Raises ConfigError when the ranks cannot split optimization.global_batch."""
+    layout = fresh_layout(cfg, world_size)
+    how = ("optimization.global_batch, split by the plan" if cfg.optimization.global_batch else
+           "data.batch_size x optimization.grad_accum x ranks")
     lines = [f"global_batch_size: {layout.global_batch} = {layout.batch_size} per GPU x grad_accum "
-             f"{layout.grad_accum} x {world_size} GPU(s) (WORLD_SIZE=8 before the command shows 8)"]
+             f"{layout.grad_accum} x {world_size} GPU(s) ({how}; the GPUs: --world-size, or WORLD_SIZE as the "
+             f"launchers set it)"]
+    if cfg.data.batch_size == "auto":
+        lines.append(f"micro_batch: auto: the first step tries {layout.batch_size} per GPU and halves it on every "
+                     f"rank until it fits (the accumulation makes up the rest)")
     try:
         manifest = read_manifest(cfg.data.shards, fetch=RetryPolicy(min(cfg.data.fetch_timeout_s, 30)),
                                  key="data.shards")
@@ -303,12 +309,15 @@ def split_global_batch(global_batch: int, world_size: int, max_batch: int) -> Op
     return next((per_gpu // a, a) for a in range(1, per_gpu + 1) if per_gpu % a == 0 and per_gpu // a <= max_batch)
 
 
-def resume_layout(requested: tuple[int, int], saved: Optional[Checkpoint], world_size: int, keep_per_gpu_batch: bool):
+def resume_layout(cfg: Config, saved: Optional[Checkpoint], world_size: int, keep_per_gpu_batch: bool):
     """(the layout this run trains with, elastic, rescaled, the identity entries it changes on purpose, notes for the
-    log) for the config's `requested` (batch, grad_accum) resuming `saved` (module docstring)."""
-    batch, accum = requested
+    log) for the config's batch keys resuming `saved`, or starting fresh when it is None (module docstring)."""
+    batch, accum, wanted = cfg.data.batch_size, cfg.optimization.grad_accum, cfg.optimization.global_batch
+    if wanted and keep_per_gpu_batch:
+        raise ConfigError(f"--keep-per-gpu-batch lets the global batch change, optimization.global_batch "
+                          f"{wanted} keeps it: drop one of them")
     if saved is None:
-        return BatchLayout(batch, accum, world_size), False, False, frozenset(), ()
+        return fresh_layout(cfg, world_size), False, False, frozenset(), ()
     then = saved.record
     elastic = world_size != then.world_size
     expected, notes = set(), []
@@ -317,9 +326,16 @@ def resume_layout(requested: tuple[int, int], saved: Optional[Checkpoint], world
         notes.append(f"elastic resume: checkpoint {saved.folder} was written by {then.world_size} rank(s), this run "
                      f"has {world_size}; DeepSpeed's universal checkpoint re-partitions the fp32 weights and AdamW "
                      f"moments")
-    if requested != then.requested:  # the config asks for another batch: a change like any other
+    if wanted:  # the recipe's global batch: the split is the plan's (a change of it, the identity's to refuse)
+        most = then.trained_batch[0] if batch == "auto" else batch  # auto: what fitted before is the start
+        split = split_global_batch(wanted, world_size, most)
+        if split is None:
+            raise ConfigError(no_split_line(wanted, world_size))
+        batch, accum = split
+        expected.update(BATCH_KEYS)
+    elif (batch, accum) != then.requested:  # the config asks for another batch: a change like any other
         return BatchLayout(batch, accum, world_size), elastic, False, frozenset(expected), tuple(notes)
-    if not keep_per_gpu_batch:
+    elif not keep_per_gpu_batch:
         split = split_global_batch(then.trained_global_batch, world_size, batch)
         if split is None:
             raise CheckpointError(no_split_message(saved, world_size, batch * accum))
@@ -328,17 +344,44 @@ def resume_layout(requested: tuple[int, int], saved: Optional[Checkpoint], world
     if (batch, accum) != trained:
         expected.update(BATCH_KEYS)
     layout = BatchLayout(batch, accum, world_size)
-    rescaled = layout.global_batch != then.trained_global_batch
+    rescaled = not wanted and layout.global_batch != then.trained_global_batch
     if rescaled:
         expected.update(SCHEDULE_KEYS)
         notes.append(f"batch: per-GPU batch {batch} kept (--keep-per-gpu-batch): global batch "
                      f"{then.trained_global_batch} → {layout.global_batch}; the schedules are laid out for the new "
                      f"steps per epoch and go on from the same sample of the same epoch (the learning rates are not "
                      f"scaled with the batch)")
-    elif (batch, accum, world_size) != (*trained, then.world_size):
+    elif (batch, accum, world_size) != (*trained, then.world_size) and layout.global_batch == then.trained_global_batch:
         notes.append(f"batch: global batch {layout.global_batch} kept = {batch} per GPU × grad_accum {accum} × "
                      f"{world_size} GPU(s) (was {trained[0]} × {trained[1]} × {then.world_size})")
     return layout, elastic, rescaled, frozenset(expected), tuple(notes)
+
+
+def fresh_layout(cfg: Config, world_size: int) -> BatchLayout:
+    """The layout of a fresh run of `cfg` on `world_size` ranks: data.batch_size × grad_accum per rank, or, with
+    optimization.global_batch set, its split with the largest micro batch up to data.batch_size (auto: the whole
+    per-GPU share, which the first step halves until it fits). Raises ConfigError when the ranks cannot split it."""
+    wanted, batch = cfg.optimization.global_batch, cfg.data.batch_size
+    if not wanted:
+        return BatchLayout(batch, cfg.optimization.grad_accum, world_size)
+    split = split_global_batch(wanted, world_size, wanted if batch == "auto" else batch)
+    if split is None:
+        raise ConfigError(no_split_line(wanted, world_size))
+    return BatchLayout(*split, world_size)
+
+
+def no_split_line(global_batch: int, world_size: int) -> str:
+    """Why `world_size` ranks cannot train at `global_batch`, with the nearest rank counts and global batches that
+    work."""
+    below = max(n for n in range(1, world_size) if global_batch % n == 0)
+    above = next(n for n in range(world_size + 1, global_batch + 1) if global_batch % n == 0) \
+        if world_size < global_batch else None
+    low, high = global_batch // world_size * world_size, (global_batch // world_size + 1) * world_size
+    ranks = f"{below} or {above}" if above else f"{below}"
+    batches = f"{low} or {high}" if low else f"{high}"
+    return (f"optimization.global_batch {global_batch} cannot be split over {world_size} ranks ({global_batch} / "
+            f"{world_size} is not whole): train on {ranks} ranks (the nearest that divide it), or set "
+            f"optimization.global_batch to {batches} (the nearest multiples of {world_size})")
 
 
 def no_split_message(saved: Checkpoint, world_size: int, per_gpu: int) -> str:

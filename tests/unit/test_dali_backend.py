@@ -61,7 +61,8 @@ def folder_labels(shards: Path) -> dict[str, int]:
 def loader(shards: Path, device: str, dtype: torch.dtype = torch.float32):
     sets = {"shards": shards, "backend": "dali", "batch_size": BATCH, "crop_size": CROP, "num_workers": 2,
             "shuffle_buffer": 64, "prefetch": 2}
-    cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=[f"data.{k}={v}" for k, v in sets.items()])
+    cfg = load_config(ROOT / "configs" / "vith14_in1k.yaml", overrides=[f"data.{k}={v}" for k, v in sets.items()]
+                      + ["optimization.global_batch=0"])  # the batch as set, on one rank
     return training_loader(cfg, rank=0, world_size=1, device=torch.device(device), dtype=dtype)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from config import ConfigError, config_from_dict
 from model.safe_load import CheckpointError
 from training.checkpoints import RUN_FILE, Checkpoint, CheckpointRecord, read_record
 from training.plan import BatchLayout, RunPlan, check_resume, resume_layout, split_global_batch
@@ -27,15 +28,17 @@ def saved(world_size=2, batch=24, accum=1, requested=None, folder="ckpt/step0000
     return Checkpoint(Path(folder), record)
 
 
-def plan_resume(requested, saved, world_size, keep_per_gpu_batch):
+def plan_resume(cfg, saved, world_size, keep_per_gpu_batch=False):
     """The plan's batch decision as a record: layout, elastic, rescaled, expected changes, notes."""
-    layout, elastic, rescaled, expected, notes = resume_layout(requested, saved, world_size, keep_per_gpu_batch)
+    layout, elastic, rescaled, expected, notes = resume_layout(cfg, saved, world_size, keep_per_gpu_batch)
     return argparse.Namespace(batch_size=layout.batch_size, grad_accum=layout.grad_accum, elastic=elastic,
                               rescaled=rescaled, expected=expected, notes=notes)
 
 
-def cfg_with(batch=24, accum=1):
-    return (batch, accum)  # what the config asks for: data.batch_size, optimization.grad_accum
+def cfg_with(batch=24, accum=1, global_batch=0):
+    """A config asking for data.batch_size `batch`, optimization.grad_accum `accum` and global_batch."""
+    return config_from_dict({"data": {"batch_size": batch},
+                             "optimization": {"grad_accum": accum, "global_batch": global_batch}})
 
 
 def test_a_run_record_survives_its_json_and_one_without_a_field_is_damage(tmp_path):
@@ -127,3 +130,26 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_what_to_raise():
                                         "schedule has 840); raise optimization.max_steps to train on")
     assert plan_at(840, None).finished() == ("nothing to do: the run is at step 840 of 840, its schedule's last; "
                                              "evaluate its newest checkpoint, or train longer in another run.out_dir")
+
+
+def test_the_recipes_global_batch_is_laid_out_afresh_on_every_world_size_and_on_resume():
+    """optimization.global_batch: a fresh run on any ranks trains at that batch (micro batch ≤ data.batch_size, the
+    fewest accumulation steps); a resume re-splits it as planned (not a change to refuse); auto starts from what fitted
+    before; --keep-per-gpu-batch, which would change it, is refused."""
+    from training.plan import fresh_layout
+
+    assert fresh_layout(cfg_with(16, 1, 64), 2) == BatchLayout(16, 2, 2)
+    assert fresh_layout(cfg_with(32, 1, 64), 2) == BatchLayout(32, 1, 2)
+    assert fresh_layout(cfg_with("auto", 1, 64), 2) == BatchLayout(32, 1, 2)  # auto: the whole share first
+    with pytest.raises(ConfigError, match=r"^optimization.global_batch 64 cannot be split over 3 ranks \(64 / 3 is "
+                                          r"not whole\): train on 2 or 4 ranks .* to 63 or 66 "):
+        fresh_layout(cfg_with(16, 1, 64), 3)
+    then = saved(world_size=2, batch=32, accum=1, requested=(32, 1))
+    got = plan_resume(cfg_with(16, 1, 64), then, 2)  # the config's micro batch changed: the plan re-splits
+    assert (got.batch_size, got.grad_accum, got.elastic, got.rescaled) == (16, 2, False, False)
+    assert {"data.batch_size", "optimization.grad_accum"} <= got.expected
+    auto = saved(world_size=2, batch=8, accum=4, requested=("auto", 1))  # a launch found 8 to fit
+    got = plan_resume(cfg_with("auto", 1, 64), auto, 4)
+    assert (got.batch_size, got.grad_accum, got.elastic) == (8, 2, True)
+    with pytest.raises(ConfigError, match="--keep-per-gpu-batch lets the global batch change"):
+        plan_resume(cfg_with(16, 1, 64), then, 4, keep_per_gpu_batch=True)
