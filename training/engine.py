@@ -146,15 +146,21 @@ def set_schedules(optimizer, step: int, cfg, schedules: Schedules) -> dict:
     return values
 
 
-def micro_step(engine, ema, target, batch, dtype):
-    """Forward (context encoder + predictor, then the targets without grad) and backward of one micro batch; returns
-    the loss. The targets come last so that the target encoder's all-gather (target_ema.py) overlaps the rest."""
+def forward(engine, ema, target, batch, dtype) -> torch.Tensor:
+    """The loss of one micro batch: the context encoder and predictor, then the targets without grad. The targets
+    come last so that the target encoder's all-gather (target_ema.py) overlaps the rest."""
     def targets():
         ema.wait()
         with torch.autocast(batch.images.device.type, dtype=dtype, enabled=dtype != torch.float32):
             return target_features(target, batch.images, batch.tgt_idx)
 
-    loss = engine(batch.images.to(dtype), batch.ctx_idx, batch.tgt_idx, targets)
+    return engine(batch.images.to(dtype), batch.ctx_idx, batch.tgt_idx, targets)
+
+
+def micro_step(engine, ema, target, batch, dtype):
+    """Forward, backward and DeepSpeed's step (the optimizer's on the last micro step) of one micro batch; returns
+    the loss."""
+    loss = forward(engine, ema, target, batch, dtype)
     engine.backward(loss)
     engine.step()
     return loss.detach()

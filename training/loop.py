@@ -11,14 +11,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 import kernels
 from config import Config, ConfigError, mask_sampler, training_dtype
 from pipeline.loading.loader import Batch, Loader, build_loader
-from training import TrainingError, slurm
+from training import TrainingError, micro_batch, slurm
 from training.checkpoints import Checkpointer, TrainState
 from training.distributed import any_rank, on_rank0
 from training.engine import build_engine, micro_step, set_schedules
@@ -68,6 +68,9 @@ class Trainer(TrainState):
     step: int
     requeue: bool = False  # the requeue signal reached a rank (agreed at the check that stops the run)
 
+    batches: Any = None  # the loader's iterator
+    trial: bool = False  # the launch's first step tries the micro batch (data.batch_size auto)
+
     @classmethod
     def build(cls, cfg: Config, plan: RunPlan, guard: Guard, make_probe=None) -> "Trainer":
         """On every rank, once rank 0 holds run.out_dir: the kernels, the engine, the loader and the EMA, and the
@@ -76,21 +79,32 @@ class Trainer(TrainState):
             kernels.configure(**dataclasses.asdict(cfg.kernels), device=guard.device)
         except ValueError as err:  # e.g. a Triton kernel asked for with run.device auto on a machine without CUDA
             raise ConfigError(f"kernels: {err}") from None
-        torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-        engine, _, target = build_engine(cfg, plan.layout, guard.device, load_universal=plan.elastic,
-                                         init=plan.init if plan.saved is None else None)
-        loader = build_training_loader(cfg, plan, guard.rank, guard.device)
-        ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
+        auto = cfg.data.batch_size == "auto"
+        if auto:  # a launch whose ranks ran out of memory without agreeing on it starts below that micro batch
+            plan = micro_batch.below_note(plan, guard.out_dir)
         checkpointer = Checkpointer(cfg, guard.out_dir, plan.last_step)
-        state = TrainState(engine, target, ema, loader)
-        step = checkpointer.restore(state, plan.saved, plan.layout, plan.elastic)
-        if plan.saved is None:  # 0, or where a warm start with checkpoint.init_continue goes on (its epoch's start)
-            step = init_step(plan, loader)
-        ema.loaded()
+        state, step = build_state(cfg, plan, guard, checkpointer)
         on_rank0(check_space, guard.out_dir, int(checkpointer.next_size(state) * SPACE_MARGIN),
                  "one checkpoint")  # now, rather than after hours of training
-        return cls(engine, target, ema, loader, cfg, plan, guard, checkpointer,
-                   Progress(cfg, plan, guard, step, make_probe), step)
+        return cls(state.engine, state.target, state.ema, state.loader, cfg, plan, guard, checkpointer,
+                   Progress(cfg, plan, guard, step, make_probe), step, trial=auto)
+
+
+def build_state(cfg: Config, plan: RunPlan, guard: Guard, checkpointer: Checkpointer) -> tuple[TrainState, int]:
+    """The engine, target encoder, EMA and loader of `plan` on this rank, with the checkpoint the plan resumes (or
+    the warm start) in them; and the step the run goes on from. Called again by data.batch_size auto with another
+    layout of the same plan, which gives the same weights and position."""
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+    engine, _, target = build_engine(cfg, plan.layout, guard.device, load_universal=plan.elastic,
+                                     init=plan.init if plan.saved is None else None)
+    loader = build_training_loader(cfg, plan, guard.rank, guard.device)
+    ema = target_ema(engine, target)  # after deepspeed.initialize: it reads the optimizer's layout
+    state = TrainState(engine, target, ema, loader)
+    step = checkpointer.restore(state, plan.saved, plan.layout, plan.elastic)
+    if plan.saved is None:  # 0, or where a warm start with checkpoint.init_continue goes on (its epoch's start)
+        step = init_step(plan, loader)
+    ema.loaded()
+    return state, step
 
 
 def train(t: Trainer) -> int:
@@ -101,14 +115,18 @@ def train(t: Trainer) -> int:
                 f"{t.plan.layout.global_batch}, {t.plan.steps_per_epoch} steps/epoch, steps {t.step + 1}.."
                 f"{t.plan.last_step} of {t.plan.schedule_end}"
                 + (f" (the schedules run {shift:+d} steps from the count)" if shift else ""))
-    batches = iter(t.loader)
+    t.batches = iter(t.loader)
     t.guard.watchdog.step_done(t.step)
-    with t.ema:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
+    try:
         while t.step < t.plan.last_step:
             t.step += 1
-            # 1. the schedules of this step, then its micro steps (forward, backward, optimizer step)
+            # 1. the schedules of this step, then its micro steps (forward, backward, optimizer step); with
+            # data.batch_size auto, the launch's first step finds the micro batch that fits
             sched = set_schedules(t.engine.optimizer, t.step + shift, t.cfg, t.plan.schedules)
-            batch = micro_steps(t, batches)
+            if t.trial:
+                batch, t.trial = micro_batch.settle(t, t.step + shift, build_state), False
+            else:
+                batch = micro_steps(t)
             # 2. the target encoder's EMA: its all-gather runs while the next batch is fetched and the context forward
             t.ema.update(sched["momentum"])
             t.progress.step_done(t, batch)
@@ -119,27 +137,45 @@ def train(t: Trainer) -> int:
             if t.checkpointer.due(t.step):
                 save(t)
             t.guard.watchdog.step_done(t.step)
+    finally:  # nothing left in flight when the loop ends or raises: gloo aborts a process exiting with a gather
+        t.ema.wait()
     t.guard.watchdog.disarm()
     t.progress.finish(t)
     return 0
 
 
-def micro_steps(t: Trainer, batches) -> Batch:
+def micro_steps(t: Trainer) -> Batch:
     """The optimizer step's grad_accum micro steps: each its batch (the wait counted as data time), forward,
     backward and DeepSpeed's step; their losses stay on the device. Returns the last batch."""
     accum, dtype, progress = t.plan.layout.grad_accum, training_dtype(t.cfg), t.progress
     for _ in range(accum):
         started = time.perf_counter()
-        batch = next(batches)
+        batch = next(t.batches)
         progress.timer.add_wait(time.perf_counter() - started)
         progress.read(t, batch)
         step = lambda: progress.losses.add(t.step, micro_step(t.engine, t.ema, t.target, batch, dtype))  # noqa: E731
-        if progress.flops is None:  # counted once, on the first micro step (same work as every other)
-            progress.flops = accum * count_flops(step)
-        else:
-            step()
+        try:
+            if progress.flops is None:  # counted once, on the first micro step (same work as every other)
+                progress.flops = accum * count_flops(step)
+            else:
+                step()
+        except Exception as err:
+            if not micro_batch.is_out_of_memory(err):
+                raise
+            raise TrainingError(out_of_memory(t)) from None
     progress.timer.add_step(t.plan.layout.batch_size * accum)
     return batch
+
+
+def out_of_memory(t: Trainer) -> str:
+    """The line of an out-of-memory error in a step that is not the trial; with data.batch_size auto it is noted in
+    run.out_dir, so that the next launch (--resume auto) tries a smaller micro batch."""
+    line = micro_batch.out_of_memory_line(t)
+    if t.cfg.data.batch_size == "auto":
+        micro_batch.note_failure(t.guard.out_dir, t.plan.layout.batch_size)
+        line += (f"; data.batch_size auto noted it in {t.guard.out_dir / micro_batch.NOTE}: resume with --resume auto "
+                 f"and the next launch tries a smaller micro batch")
+    return line
 
 
 def check_in(t: Trainer, sched: dict, batch) -> bool:

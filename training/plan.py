@@ -130,6 +130,12 @@ class RunPlan:
         """The official loop's last step (epochs x steps per epoch), in the step count."""
         return self.schedules.train_steps - self.schedule_shift
 
+    def with_layout(self, layout: BatchLayout) -> "RunPlan":
+        """This plan with another split of the same global batch (data.batch_size auto: training/micro_batch.py)."""
+        assert layout.global_batch == self.layout.global_batch and layout.world_size == self.layout.world_size
+        identity = {**self.identity, "data.batch_size": layout.batch_size, "optimization.grad_accum": layout.grad_accum}
+        return dataclasses.replace(self, layout=layout, identity=identity)
+
     def finished(self) -> Optional[str]:
         """The line saying there is nothing to train when the checkpoint resumed is at the plan's last step already;
         None otherwise."""
