@@ -242,16 +242,24 @@ class LoggingConfig:
     csv: bool = True
     """write the CSV step log (what report.py reads)"""
     diagnostics_every: int = at_least(0, default=500)
-    """collapse diagnostics of the target features every N steps; 0 = off"""
+    """collapse diagnostics of the target features on a fixed set of images (logging.probe_shards, else data.shards),
+    at step 1 and every N steps; 0 = off"""
     mask_images_every: int = at_least(0, default=5000)
     """TensorBoard image of the first images of rank 0's batch with their masks, at step 1 and every N steps; 0 = off"""
     probe_every: int = at_least(0, default=0)
-    """kNN probe of the target encoder on probe_shards every N steps (rank 0), logged beside the loss; 0 = off"""
+    """kNN probe of the target encoder on probe_shards at step 1 and every N steps (and at every save with
+    checkpoint.keep_best), on rank 0, logged beside the loss; 0 = off"""
     probe_shards: str = text("")
     """small labeled held-out shards: the first half fits the kNN, the second half scores it"""
     collapse: Literal["warn", "stop", "off"] = "warn"
     """the collapse alarm on the diagnostics (docs/training.md, "Collapse"): warn = one line and a TensorBoard event;
     stop = a checkpoint, then a non-zero exit with one line"""
+    collapse_fraction: float = between(0.0, 1.0, default=0.5, low_open=True, high_open=True)
+    """the collapse alarm fires when the effective rank of the target features (diagnostics_every: of the patch tokens
+    or of the pooled features) or the kNN top-1 (probe_every) stays under this fraction of its own peak so far for
+    collapse_patience checks in a row"""
+    collapse_patience: int = between(1, 1000, default=3)
+    """consecutive checks under collapse_fraction of the peak that fire the collapse alarm"""
     wandb: Literal["off", "offline", "online"] = "off"
     """Weights & Biases logging from rank 0 (the TensorBoard scalars and mask pictures); offline writes under
     run.out_dir/wandb; the run id lives in the checkpoints, so a resume continues the same W&B run"""
