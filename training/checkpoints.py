@@ -3,7 +3,9 @@
 A checkpoint is DeepSpeed's tag folder `<run.out_dir>/checkpoints/step00000050/` with run.json (the run that wrote
 it: CheckpointRecord) and the COMPLETE marker, written last by rank 0 once every rank finished saving
 (training/integrity.py). A folder without the marker is a save that died: `--resume auto` skips it, an explicit
-`--resume PATH` refuses it, and the next run's start removes it.
+`--resume PATH` refuses it, and the next run's start removes it. With checkpoint.keep_best, the checkpoint of the best
+in-training kNN probe is also kept as `checkpoints/best` (hard links to its files, its step in its run.json, its
+probe in checkpoints/best.json): keep_last never prunes it, `--resume auto` never takes it.
 
     saved = find_checkpoint("auto", out_dir)        # the run plan: the newest complete one that verifies, or None
     checkpointer = Checkpointer(cfg, out_dir, last_step)
@@ -31,6 +33,7 @@ from config import config_to_yaml
 from model.safe_load import CheckpointError, first_line, weights_only_loads
 from training import TrainingError
 from training.distributed import gather, on_rank0
+from training.best_checkpoint import BEST, offer_best, settle_best
 from training.integrity import COMPLETE, mark_complete, verify_checkpoint
 from training.out_dir import SPACE_MARGIN, check_space, folder_bytes, is_out_of_space
 from training.states import deepspeed_safe_types, rng_state, set_rng_state
@@ -74,7 +77,7 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 
 def clean_crashed_saves(out_dir: str | Path) -> None:
     """Rank 0, holding run.out_dir's lock (no live run writes there): removes the tag folders without a COMPLETE
-    marker, saves that died before completing (logged)."""
+    marker, saves that died before completing (logged), and what a death while replacing checkpoints/best left."""
     ckpt_dir = checkpoint_dir(out_dir)
     if not ckpt_dir.is_dir():
         return
@@ -82,6 +85,7 @@ def clean_crashed_saves(out_dir: str | Path) -> None:
         if not (path / COMPLETE).is_file():
             shutil.rmtree(path)
             logger.warning("removed %s: a save that did not complete (the run died or failed while writing it)", path)
+    settle_best(ckpt_dir)
 
 
 def prune(ckpt_dir: Path, keep_last: int, newest: str) -> list[str]:
@@ -198,11 +202,18 @@ def choose_checkpoint(resume: str, out_dir: str | Path) -> Optional[Path]:
                               f"{checkpoint_dir(out_dir) / tag_for(1000)}, or --resume auto")
     if not (path / COMPLETE).is_file():
         raise CheckpointError(not_a_checkpoint(path, "--resume", ", or --resume auto (run.out_dir's newest)"))
-    problems = verify_checkpoint(path, tag_step(path.name))
+    problems = verify_checkpoint(path, folder_step(path))
     if problems:
         raise CheckpointError(f"checkpoint {path} is damaged: {listed(problems, SHOWN)}; it is kept as it is: choose "
                               f"another checkpoint (--resume auto takes the newest one that verifies)")
     return path
+
+
+def folder_step(folder: Path) -> int:
+    """The step of a complete checkpoint folder: its tag's, or for one without a step in its name (checkpoints/best)
+    its run.json's."""
+    step = tag_step(folder.name)
+    return step if step is not None else read_record(folder).step
 
 
 def not_a_checkpoint(path: Path, flag: str, other: str = "") -> str:
@@ -210,8 +221,10 @@ def not_a_checkpoint(path: Path, flag: str, other: str = "") -> str:
     holds some: a run folder (run.out_dir) or its checkpoints/ folder; `other` names what else the flag takes."""
     for ckpt_dir, what in ((checkpoint_dir(path), "a run folder"), (path, "a run's checkpoints folder")):
         if tags := complete_tags(ckpt_dir):
+            best = (f", or the best by the in-training kNN probe: {flag} {ckpt_dir / BEST}"
+                    if (ckpt_dir / BEST / COMPLETE).is_file() else "")
             return (f"{path} is {what}, not a checkpoint: give one of its {len(tags)} checkpoint(s), e.g. the "
-                    f"newest: {flag} {ckpt_dir / tags[-1]}")
+                    f"newest: {flag} {ckpt_dir / tags[-1]}{best}")
     if tag_step(path.name) is not None:
         return f"checkpoint {path} is incomplete (no {COMPLETE} marker: its run died while saving); choose an older one"
     return (f"{path} is not a checkpoint of train.py (no {COMPLETE} marker, no complete checkpoints in it): give a "
@@ -262,12 +275,20 @@ class TrainState:
 
 class Checkpointer:
     """Saves the run's checkpoints when they are due (every checkpoint.every_steps and at the run's last step), keeps
-    the newest checkpoint.keep_last, and restores the one the run plan chose."""
+    the newest checkpoint.keep_last (and the best by the kNN probe: checkpoint.keep_best), and restores the one the
+    run plan chose."""
 
     def __init__(self, cfg, out_dir: Path, last_step: int):
         self.dir, self.out_dir, self.last_step = checkpoint_dir(out_dir), Path(out_dir), last_step
         self.every, self.keep_last = cfg.checkpoint.every_steps, cfg.checkpoint.keep_last
+        self.keep_best, self.probe = cfg.checkpoint.keep_best, None  # rank 0: (step, kNN top-1), the latest
         self.config_yaml = config_to_yaml(cfg)  # in every checkpoint's client state
+
+    def probed(self, step: int, top1: float) -> None:
+        """Rank 0: the in-training kNN probe of `step` (progress.py; with keep_best it runs at every due save), which
+        the save of that step is ranked by."""
+        if self.keep_best:
+            self.probe = (step, top1)
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last_step
@@ -308,6 +329,8 @@ class Checkpointer:
             hashed = mark_complete(folder, step)
             for old in prune(self.dir, self.keep_last, tag):
                 logger.info("removed old checkpoint %s", old)
+            if self.probe is not None and self.probe[0] == step:
+                offer_best(folder, step, self.probe[1])
             if universal_root(self.out_dir).is_dir():  # the run has a checkpoint of its own now
                 shutil.rmtree(universal_root(self.out_dir))
                 logger.info("removed %s: the universal conversion this run resumed from", universal_root(self.out_dir))
