@@ -329,12 +329,12 @@ class Checkpointer:
             hashed = mark_complete(folder, step)
             for old in prune(self.dir, self.keep_last, tag):
                 logger.info("removed old checkpoint %s", old)
-            if self.probe is not None and self.probe[0] == step:
-                offer_best(folder, step, self.probe[1])
             if universal_root(self.out_dir).is_dir():  # the run has a checkpoint of its own now
                 shutil.rmtree(universal_root(self.out_dir))
                 logger.info("removed %s: the universal conversion this run resumed from", universal_root(self.out_dir))
             logger.info("saved checkpoint %s (ranks agree: target encoder digest %s; %s)", folder, digest, hashed)
+            if self.probe is not None and self.probe[0] == step:
+                offer_best(folder, step, self.probe[1])
         return folder
 
     def _no_room(self, folder: Path, need: int) -> Optional[str]:

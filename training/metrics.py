@@ -77,16 +77,48 @@ class IntervalTimer:
         return out
 
 
-@torch.no_grad()
+@dataclass
+class FeatureMoments:
+    """Sums of features (n, D) that add up across chunks and ranks: count, sum and sum of outer products (float64:
+    the spread of pooled features can be a percent of their mean, which fp32 sums would lose). From them the
+    per-dimension std and the spectrum of the features' covariance, so nothing but a D x D matrix is gathered."""
+
+    count: int = 0
+    total: Optional[torch.Tensor] = None  # (D,)
+    outer: Optional[torch.Tensor] = None  # (D, D)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double()  # (n, D)
+        total, outer = x.sum(0).cpu(), (x.T @ x).cpu()
+        self.count += len(x)
+        self.total = total if self.total is None else self.total + total
+        self.outer = outer if self.outer is None else self.outer + outer
+
+    def __add__(self, other: "FeatureMoments") -> "FeatureMoments":
+        if other.total is None or self.total is None:
+            return self if other.total is None else other
+        return FeatureMoments(self.count + other.count, self.total + other.total, self.outer + other.outer)
+
+    def diagnostics(self) -> dict:
+        """The mean per-dimension std, the effective rank (exp of the entropy of the normalised singular values of
+        the centred features; 1 = fully collapsed) and its ceiling, min(n - 1, D): n centred rows span at most n - 1
+        directions, so the rank is read against the room it had."""
+        n, dim = self.count, len(self.total)
+        mean = self.total / n
+        cov = self.outer / n - torch.outer(mean, mean)  # (D, D), biased
+        std = (cov.diagonal().clamp_min(0) * n / max(n - 1, 1)).sqrt().mean().item()
+        s = torch.linalg.eigvalsh(cov).clamp_min(0).sqrt()  # the centred features' singular values / sqrt(n)
+        p = s / s.sum().clamp_min(1e-300)
+        rank = torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum()).item()
+        return {"feature_std": std, "effective_rank": rank, "effective_rank_ceiling": float(min(n - 1, dim))}
+
+
 def collapse_diagnostics(features: torch.Tensor) -> dict:
-    """features (B, N, D) → pooled over tokens: mean per-dimension std and effective rank (exp of the entropy of the
-    normalised singular values; 1 = fully collapsed, min(B, D) = spread evenly)."""
-    pooled = features.float().mean(dim=1)  # (B, D)
-    std = pooled.std(dim=0).mean().item()
-    s = torch.linalg.svdvals(pooled - pooled.mean(dim=0))
-    p = s / s.sum().clamp_min(1e-12)
-    rank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
-    return {"feature_std": std, "effective_rank": rank}
+    """features (N, D), one row per image (or token) → FeatureMoments.diagnostics."""
+    moments = FeatureMoments()
+    moments.add(features)
+    return moments.diagnostics()
 
 
 def format_eta(seconds: float) -> str:

@@ -1,11 +1,11 @@
-"""What the loop tells: a line and the monitors' scalars every logging.every_steps, rank 0's diagnostics, probe and
-mask pictures on their steps, a progress bar on a terminal, and summary.json (the whole run's figures and each
-launch's) when a launch ends its steps or stops on a signal. What each figure means:
-docs/training.md, "Logging".
+"""What the loop tells: a line and the monitors' scalars every logging.every_steps; the collapse diagnostics of a fixed
+set of images, which every rank takes part in, and the alarm they feed (training/collapse.py); rank 0's probe and mask
+pictures on their steps; a progress bar on a terminal; summary.json (the whole run's figures and each launch's) when
+a launch ends its steps or stops on a signal. What each figure means: docs/training.md, "Logging".
 
     progress = Progress(cfg, plan, guard, step, make_probe)
     progress.timer.add_wait(seconds); progress.read(trainer, batch); progress.losses.add(step, loss)  # micro step
-    progress.step_done(trainer, batch)                         # per optimizer step (rank 0 draws and probes)
+    progress.step_done(trainer, batch)                         # per optimizer step, every rank (diagnostics)
     progress.log(trainer, sched, batch)                        # on a logging step, after the host sync
     progress.finish(trainer, stopped=False)                    # summary.json
 """
@@ -22,11 +22,12 @@ from typing import Callable, Optional
 
 import torch
 
-from config import grid_size, training_dtype
+from config import grid_size
 from pipeline.masks.pictures import batch_pictures
+from training.collapse import CollapseRule, FixedSet, History, alarm_line
 from training.distributed import gather, on_rank0
 from training.monitors import build_monitor
-from training.metrics import IntervalTimer, collapse_diagnostics, format_eta, peak_tflops
+from training.metrics import IntervalTimer, format_eta, peak_tflops
 from training.sample_log import SampleLog
 from util.files import write_file_atomic
 
@@ -75,6 +76,11 @@ class Progress:
         self.skipped = 0  # bad samples skipped by all ranks (data.on_bad_sample: skip)
         self.alarm: Optional[str] = None  # rank 0: the line of a collapse alarm that stops the run (logging.collapse)
         self.probe = on_rank0(make_probe) if make_probe is not None and cfg.logging.probe_every else None
+        self.fixed = FixedSet(cfg, guard.rank, plan.world_size) if cfg.logging.diagnostics_every else None
+        self.rule = CollapseRule(cfg.logging.collapse_fraction, cfg.logging.collapse_patience)
+        self.history = History(cfg.run.out_dir, step) if guard.rank == 0 else None
+        if self.history is not None:
+            self.history.replay(self.rule)  # the peaks of the steps before this launch's first
         self.samples = SampleLog(cfg.run.out_dir, guard.rank, plan.world_size) if cfg.logging.sample_log else None
         self.bar = progress_bar(guard.rank == 0 and sys.stderr.isatty(), total=plan.last_step, initial=step)
         self.started, self.first_step = time.perf_counter(), step + 1
@@ -88,10 +94,19 @@ class Progress:
             self.samples.write(trainer.step, trainer.loader.epoch, batch.keys)
 
     def step_done(self, trainer, batch) -> None:
-        """Rank 0, after each optimizer step: the bar, and the diagnostics, probe and pictures of their steps."""
+        """Every rank, after each optimizer step: on a diagnostics step each encodes its share of the fixed set (a
+        collective); then rank 0 the bar, the figures and the alarm, the probe and the pictures of their steps."""
+        step, log = trainer.step, self.cfg.logging
+        # step 1 too: the figures of the encoder as it starts are the peaks a collapse that comes early falls from
+        diagnostics = self.fixed is not None and (step % log.diagnostics_every == 0 or step == 1)
+        probing = self.probe is not None and (step % log.probe_every == 0 or step == 1 or (
+            self.cfg.checkpoint.keep_best and trainer.checkpointer.due(step)))  # a probe ranks each save
+        if diagnostics or probing:
+            trainer.ema.wait()
+        figures = self.fixed.measure(trainer) if diagnostics else None
         if self.rank == 0:
             self.bar.update(1)
-            self.diagnose(trainer, batch)
+            self.diagnose(trainer, batch, figures, probing)
 
     def log(self, trainer, sched: dict, batch) -> None:
         """A logging step, after the host sync: the line and the scalars of the steps since the last one."""
@@ -120,31 +135,47 @@ class Progress:
         if self.cfg.data.on_bad_sample == "skip":
             self.skipped = sum(gather(loader.backend.skipped))
 
-    def diagnose(self, trainer, batch) -> None:
-        """Rank 0, on their steps: collapse diagnostics of the target features, the kNN probe, and a TensorBoard image
-        of the batch's first images with their masks."""
-        cfg, step, events = self.cfg, trainer.step, []
-        diagnostics = cfg.logging.diagnostics_every and step % cfg.logging.diagnostics_every == 0
-        probing = self.probe is not None and step % cfg.logging.probe_every == 0
-        if diagnostics or probing:
-            trainer.ema.wait()
-        if diagnostics:
-            dtype = training_dtype(cfg)
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                diag = collapse_diagnostics(trainer.target(batch.images))
-            events += [(f"Diagnostics/{k}", v, step) for k, v in diag.items()]
-            logger.info(f"step {step} diagnostics: feature std {diag['feature_std']:.4f}, effective rank "
-                        f"{diag['effective_rank']:.1f}")
+    def diagnose(self, trainer, batch, figures: Optional[dict], probing: bool) -> None:
+        """Rank 0: the fixed set's `figures` (None off their steps) and the kNN probe (when `probing`), each logged
+        and judged by the collapse rule; the probe's value to the checkpointer (checkpoint.keep_best); a TensorBoard
+        image of the batch's first images with their masks."""
+        step, events = trainer.step, []
+        if figures is not None:
+            events += [(f"Diagnostics/{k}", v, step) for k, v in figures.items() if k != "images"]
+            logger.info(f"step {step} diagnostics on {figures['images']} fixed images of {self.fixed.source}: feature "
+                        f"std {figures['feature_std']:.4f}, effective rank {figures['effective_rank']:.1f} of at most "
+                        f"{figures['effective_rank_ceiling']:.0f}, of the patch tokens {figures['token_rank']:.1f} of "
+                        f"at most {figures['token_rank_ceiling']:.0f}")
+            self.judge(step, figures)
         if probing:
             top1 = self.probe(trainer.target, self.device)
             events.append(("Probe/knn_top1", top1, step))
             logger.info(f"step {step} probe: kNN top-1 {100 * top1:.1f}% (target encoder, held-out shards)")
+            trainer.checkpointer.probed(step, top1)
+            self.judge(step, {"knn_top1": top1})
+        if events and self.cfg.logging.collapse != "off":
+            events.append(("Diagnostics/collapse_alarm", float(self.rule.firing), step))  # 1 while a figure is down
         if events:
             self.monitor.write_events(events)
-        every = cfg.logging.mask_images_every
+        every = self.cfg.logging.mask_images_every
         if every and (step == 1 or step % every == 0):
             self.monitor.write_image("Masks/first_images", batch_pictures(
-                batch.images, batch.ctx_idx, batch.tgt_idx, grid_size(cfg), MASK_IMAGES), step)
+                batch.images, batch.ctx_idx, batch.tgt_idx, grid_size(self.cfg), MASK_IMAGES), step)
+
+    def judge(self, step: int, figures: dict) -> None:
+        """Rank 0: a check's figures into collapse.json and, unless logging.collapse is off, through the rule: when
+        it fires, warn = one line, stop = the line the loop stops with at its next check."""
+        self.history.add(step, figures)
+        mode = self.cfg.logging.collapse
+        if mode == "off":
+            return
+        fired = self.rule.check(step, figures)
+        if fired is not None:
+            line = alarm_line(fired, self.cfg.logging.collapse_fraction, Path(self.cfg.run.out_dir))
+            if mode == "stop":
+                self.alarm = self.alarm or line
+            else:
+                logger.warning(line)
 
     def finish(self, trainer, stopped: bool = False) -> None:
         """The end of this launch's steps (the run's last step, or a stop signal: `stopped`), on every rank: the shard
