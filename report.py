@@ -4,7 +4,9 @@ PNGs and one index.html (no server, nothing fetched: open it in a browser).
 
     python report.py runs/demo/train [--val-shards runs/demo/shards-val] [--probe runs/demo/probe.json] [--out DIR]
 
-RUN_DIR is train.py's run.out_dir. What the folder lacks (a step log, a checkpoint) leaves its section out, saying why.
+RUN_DIR is train.py's run.out_dir, or one of its checkpoint folders (RUN_DIR/checkpoints/best: the feature picture
+then shows that checkpoint's encoder instead of the newest). What the folder lacks (a step log, a checkpoint) leaves
+its section out, saying why.
 The report is written to RUN_DIR/report unless --out says otherwise; a live run's folder can be reported on.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ def image_count(text: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("run_dir", help="train.py's run.out_dir")
+    p.add_argument("run_dir", help="train.py's run.out_dir, or one of its checkpoints (e.g. checkpoints/best)")
     p.add_argument("--out", default=None, help="where the report goes (default RUN_DIR/report)")
     p.add_argument("--val-shards", default=None,
                    help="images of the feature picture (default: logging.probe_shards, else the training shards)")

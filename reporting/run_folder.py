@@ -1,5 +1,6 @@
 """What a run folder (train.py's run.out_dir) holds for its report: the config it ran with, its summary, its newest
-complete checkpoint and that checkpoint's run record, its step log. Read only; a live run's folder reads as well."""
+complete checkpoint (or the one of its checkpoints given instead of the folder: checkpoints/best) and that checkpoint's
+run record, its step log. Read only; a live run's folder reads as well."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from config import Config, load_config
 from reporting import ReportError
 from reporting.steplog import StepLog, read_step_log
 from training.checkpoints import CheckpointRecord, checkpoint_dir, complete_tags, read_record
+from training.integrity import COMPLETE
 
 
 @dataclass
@@ -18,7 +20,7 @@ class RunFolder:
     path: Path
     cfg: Config
     summary: Optional[dict]  # summary.json: the run's launches that ended (at the last step or a signal)
-    checkpoint: Optional[Path]  # the newest complete checkpoint's tag folder
+    checkpoint: Optional[Path]  # the newest complete checkpoint's tag folder, or the checkpoint given
     record: Optional[CheckpointRecord]  # its run.json: world size, the backend the run resolved
     log: Optional[StepLog]  # logs/<run.name>/*.csv; None when the run wrote no CSV step log
 
@@ -35,16 +37,22 @@ class RunFolder:
 
 
 def open_run(path: str | Path) -> RunFolder:
-    """Raises ReportError (config.ConfigError for its config.yaml, CheckpointError for a damaged run.json) naming the
-    folder or file and what to do."""
-    path = Path(path)
+    """The run folder `path`, or the run of the checkpoint folder `path` (e.g. checkpoints/best), whose encoder the
+    report then draws instead of the newest. Raises ReportError (config.ConfigError for its config.yaml,
+    CheckpointError for a damaged run.json) naming the folder or file and what to do."""
+    path, chosen = Path(path), None
+    if (path / COMPLETE).is_file():  # a checkpoint: <run.out_dir>/checkpoints/<tag or best>
+        if path.parent.name != "checkpoints" or not (path.parent.parent / "config.yaml").is_file():
+            raise ReportError(f"{path}: a checkpoint outside a run folder of train.py (no config.yaml in "
+                              f"{path.parent.parent}); give its run.out_dir, or a checkpoint inside one")
+        path, chosen = path.parent.parent, path
     if not path.is_dir():
         raise ReportError(f"{path}: no such folder; give the run.out_dir of a train.py run")
     if not (path / "config.yaml").is_file():
         raise ReportError(f"{path}: not a run folder of train.py (no config.yaml in it); give the run.out_dir of a "
                           f"train.py run, e.g. runs/demo/train")
     cfg = load_config(path / "config.yaml")
-    checkpoint, record = newest_checkpoint(path)
+    checkpoint, record = (chosen, read_record(chosen)) if chosen else newest_checkpoint(path)
     logs = path / "logs" / cfg.run.name
     log = read_step_log(logs) if any(logs.glob("*.csv")) else None
     return RunFolder(path, cfg, read_summary(path / "summary.json"), checkpoint, record, log)

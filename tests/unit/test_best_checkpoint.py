@@ -106,3 +106,22 @@ def test_the_checkpointer_offers_only_a_save_probed_at_its_own_step(tmp_path):
     off = checkpoints.Checkpointer(load_config("configs/tiny_cpu.yaml"), tmp_path, 100)
     off.probed(5, 0.3)
     assert off.probe is None
+
+
+def test_report_takes_a_checkpoint_folder_for_its_run_and_draws_that_checkpoint(tmp_path):
+    from config import config_to_yaml, load_config
+    from reporting import ReportError
+    from reporting.run_folder import open_run
+
+    (tmp_path / "config.yaml").write_text(config_to_yaml(load_config("configs/tiny_cpu.yaml")))
+    offer_best(make_tag(tmp_path, 2), 2, 0.9)
+    make_tag(tmp_path, 4)
+    best = checkpoint_dir(tmp_path) / BEST
+    run = open_run(best)
+    assert (run.path, run.checkpoint, run.record.step) == (tmp_path, best, 2)
+    assert open_run(tmp_path).checkpoint == checkpoint_dir(tmp_path) / tag_for(4)  # the folder: the newest
+    lone = tmp_path / "elsewhere" / BEST
+    lone.parent.mkdir()
+    best.rename(lone)
+    with pytest.raises(ReportError, match="a checkpoint outside a run folder of train.py"):
+        open_run(lone)
