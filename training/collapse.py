@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import center_crop, resize
 
@@ -40,7 +41,7 @@ from util.files import write_file_atomic
 logger = logging.getLogger(__name__)
 
 FIXED_IMAGES = 1024  # the effective rank's ceiling is min(1023, dim): a ViT-H's 1280 dims are mostly in reach
-CHUNK = 256  # images per forward of the fixed set
+CHUNK = 64  # images per forward of the fixed set: beside the training step's memory, in fp32
 HISTORY = "collapse.json"  # run.out_dir: every check's figures, so that a resumed run keeps its peaks
 WATCHED = {"token_rank": "effective rank of the patch tokens", "effective_rank": "effective rank",
            "knn_top1": "kNN top-1"}
@@ -122,6 +123,18 @@ def encode(target: torch.nn.Module, images: torch.Tensor, device: torch.device) 
     return pooled, tokens
 
 
+def summed(moments: FeatureMoments, dim: int, device: torch.device) -> FeatureMoments:
+    """The moments of every rank added up (an all-reduce; a rank with no image of the set adds zeros)."""
+    flat = torch.zeros(1 + dim + dim * dim, dtype=torch.float64)
+    if moments.count:
+        flat = torch.cat([torch.tensor([float(moments.count)], dtype=torch.float64), moments.total,
+                          moments.outer.flatten()])
+    flat = flat.to(device)
+    dist.all_reduce(flat)
+    flat = flat.cpu()
+    return FeatureMoments(int(flat[0].item()), flat[1:1 + dim], flat[1 + dim:].view(dim, dim))
+
+
 class FixedSet:
     """The fixed images of one rank and their diagnostics; read at the first check (the loader's cache exists then)."""
 
@@ -132,15 +145,16 @@ class FixedSet:
 
     def measure(self, trainer) -> Optional[dict]:
         """Every rank, on a diagnostics step, after the target's EMA landed: its share encoded, the moments of all
-        gathered (a D x D matrix per rank); rank 0 gets the figures, the others None: of the images' pooled
-        features the std, the effective rank and its ceiling; of their patch tokens the effective rank
+        ranks summed (one all-reduce of two D x D matrices); rank 0 gets the figures, the others None: of the images'
+        pooled features the std, the effective rank and its ceiling; of their patch tokens the effective rank
         (token_rank) and its ceiling; `images`, the count."""
         if self.images is None:
             self.images = agreed(read_share, self.cfg, trainer.loader.backend.cache, self.rank, self.world_size)
-        shares = gather(encode(trainer.target, self.images, trainer.guard.device))
+        device = trainer.guard.device
+        pooled, tokens = (summed(m, trainer.target.embed_dim, device) for m in encode(trainer.target, self.images,
+                                                                                       device))
         if self.rank != 0:
             return None
-        pooled, tokens = (sum((share[i] for share in shares), FeatureMoments()) for i in (0, 1))
         token = tokens.diagnostics()
         return {**pooled.diagnostics(), "token_rank": token["effective_rank"],
                 "token_rank_ceiling": token["effective_rank_ceiling"], "images": pooled.count}
