@@ -67,7 +67,8 @@ def eval_view(ref: SampleRef, jpg: bytes, crop_size: int) -> torch.Tensor:
         image = decode_jpeg(torch.frombuffer(bytearray(jpg), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as err:
         raise DataError(f"{ref.shard}: sample {ref.key}: its JPEG cannot be decoded ({str(err).strip()[:120]}); it is "
-                        f"among the collapse diagnostics' fixed images: rebuild the folder with shard_dataset.py")
+                        f"among the collapse diagnostics' fixed images: rebuild the folder with shard_dataset.py") \
+            from None
     image = resize(image, [round(crop_size / 0.875)], antialias=True)
     return center_crop(image, [crop_size, crop_size])
 
@@ -145,15 +146,15 @@ class FixedSet:
 
     def measure(self, trainer) -> Optional[dict]:
         """Every rank, on a diagnostics step, after the target's EMA landed: its share encoded, the moments of all
-        ranks summed (one all-reduce of two D x D matrices); rank 0 gets the figures, the others None: of the images'
+        ranks summed (two all-reduces of a D x D matrix); rank 0 gets the figures, the others None: of the images'
         pooled features the std, the effective rank and its ceiling; of their patch tokens the effective rank
-        (token_rank) and its ceiling; `images`, the count."""
+        (token_rank) and its ceiling; `images`, the count. None as well when fewer than 2 images could be read."""
         if self.images is None:
             self.images = agreed(read_share, self.cfg, trainer.loader.backend.cache, self.rank, self.world_size)
         device = trainer.guard.device
-        pooled, tokens = (summed(m, trainer.target.embed_dim, device) for m in encode(trainer.target, self.images,
-                                                                                       device))
-        if self.rank != 0:
+        mine = encode(trainer.target, self.images, device)
+        pooled, tokens = (summed(m, trainer.target.embed_dim, device) for m in mine)
+        if self.rank != 0 or pooled.count < 2:
             return None
         token = tokens.diagnostics()
         return {**pooled.diagnostics(), "token_rank": token["effective_rank"],
