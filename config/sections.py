@@ -242,13 +242,13 @@ class LoggingConfig:
     csv: bool = True
     """write the CSV step log (what report.py reads)"""
     diagnostics_every: int = at_least(0, default=500)
-    """collapse diagnostics of the target features on a fixed set of images (logging.probe_shards, else data.shards),
-    at step 1 and every N steps; 0 = off"""
+    """collapse diagnostics of the target features on a fixed set of images (logging.probe_shards, else data.shards)
+    every N steps; 0 = off"""
     mask_images_every: int = at_least(0, default=5000)
     """TensorBoard image of the first images of rank 0's batch with their masks, at step 1 and every N steps; 0 = off"""
     probe_every: int = at_least(0, default=0)
-    """kNN probe of the target encoder on probe_shards at step 1 and every N steps (and at every save with
-    checkpoint.keep_best), on rank 0, logged beside the loss; 0 = off"""
+    """kNN probe of the target encoder on probe_shards every N steps (and at every save with checkpoint.keep_best), on
+    rank 0, logged beside the loss; 0 = off"""
     probe_shards: str = text("")
     """small labeled held-out shards: the first half fits the kNN, the second half scores it"""
     collapse: Literal["warn", "stop", "off"] = "warn"

@@ -97,9 +97,8 @@ class Progress:
         """Every rank, after each optimizer step: on a diagnostics step each encodes its share of the fixed set (a
         collective); then rank 0 the bar, the figures and the alarm, the probe and the pictures of their steps."""
         step, log = trainer.step, self.cfg.logging
-        # step 1 too: the figures of the encoder as it starts are the peaks a collapse that comes early falls from
-        diagnostics = self.fixed is not None and (step % log.diagnostics_every == 0 or step == 1)
-        probing = self.probe is not None and (step % log.probe_every == 0 or step == 1 or (
+        diagnostics = self.fixed is not None and step % log.diagnostics_every == 0
+        probing = self.probe is not None and (step % log.probe_every == 0 or (
             self.cfg.checkpoint.keep_best and trainer.checkpointer.due(step)))  # a probe ranks each save
         if diagnostics or probing:
             trainer.ema.wait()
