@@ -8,7 +8,7 @@ effective rank is 8.4 at step 2, then 1.2-1.3 of 96 from step 4 on, the pooled f
 the kNN top-1 from 31% to 12-16% (chance: 10%), while the loss goes on as in a healthy run; under 0.5 x the peak for
 the checks of steps 4, 6 and 8, the alarm fires at step 8. The same run length on the recipe's settings keeps the
 tokens' rank within a few percent of its peak (no alarm). Unit tests of the rule, the moments and the best's files:
-unit/test_collapse.py, unit/test_best_checkpoint.py."""
+unit/test_collapse_rule.py, unit/test_best_checkpoint.py."""
 import csv
 import importlib
 import json
