@@ -118,8 +118,9 @@ def typed(hint: Any, rule: Range | Text | None) -> Any:
     """`hint` as pydantic checks it: strictly (no int from a float, a bool or a string), floats finite, YAML's
     spellings accepted (a pair as a list, 1e-3 as PyYAML's string), each number within `rule`, a string by it."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:  # compared with each choice: nothing to coerce
-        return hint
+    if origin is Literal:  # compared with each choice; YAML 1.1 reads a bare off / on as a boolean
+        words = {False: "off", True: "on"}
+        return Annotated[hint, BeforeValidator(lambda v: words[v] if type(v) is bool and words[v] in args else v)]
     if origin is typing.Union:  # Optional[X]: null, or an X; Union[X, Literal[...]]: an X or one of the words
         words = [a for a in args if typing.get_origin(a) is Literal]
         return Union[typed(args[0], rule), *words] if words else Optional[typed(args[0], rule)]

@@ -305,12 +305,13 @@ class Checkpointer:
             total += numel * (p.element_size() + 12)
         return total + sum(p.numel() * 4 for p in state.target.parameters())
 
-    def save(self, state: TrainState, step: int, record: CheckpointRecord) -> Path:
+    def save(self, state: TrainState, step: int, record: CheckpointRecord, prune_old: bool = True) -> Path:
         """Saves `step` from every rank: DeepSpeed's files with the target encoder, every rank's loader and RNG state
         and the config as client state; then rank 0 writes `record` (run.json) and the COMPLETE marker, and prunes.
         One gather before the write (each rank's weights check, room on disk, loader and RNG state), so all stop
         together and none waits inside the write for a rank that gave up; one after it (the write's outcome). A
-        save that fails leaves no folder behind and raises on every rank; the last good checkpoint is kept."""
+        save that fails leaves no folder behind and raises on every rank; the last good checkpoint is kept.
+        `prune_old` false keeps every older checkpoint (a save of weights that may be worse: the collapse alarm's)."""
         state.ema.wait()
         tag = tag_for(step)
         folder, need = self.dir / tag, int(self.next_size(state) * SPACE_MARGIN)
@@ -327,7 +328,7 @@ class Checkpointer:
         if dist.get_rank() == 0:
             write_file_atomic(folder / RUN_FILE, record.to_json().encode())
             hashed = mark_complete(folder, step)
-            for old in prune(self.dir, self.keep_last, tag):
+            for old in prune(self.dir, self.keep_last, tag) if prune_old else ():
                 logger.info("removed old checkpoint %s", old)
             if universal_root(self.out_dir).is_dir():  # the run has a checkpoint of its own now
                 shutil.rmtree(universal_root(self.out_dir))

@@ -197,8 +197,8 @@ def check_in(t: Trainer, sched: dict, batch) -> bool:
     if stopping and stop.received is None:  # another rank saw it first: perhaps the end of a launcher both have
         t.guard.watchdog.check_launchers()
     t.progress.log(t, sched, batch)
-    if collapsed:  # logging.collapse stop: rank 0's alarm fired (training/collapse.py)
-        save(t)
+    if collapsed:  # logging.collapse stop: rank 0's alarm fired (training/collapse.py); the checkpoints before it stay
+        t.checkpointer.save(t, t.step, t.plan.record(t.step, t.loader.position()), prune_old=False)
         raise TrainingError(t.progress.alarm or "the collapse alarm fired on rank 0 (logging.collapse stop)")
     return stopping
 

@@ -467,3 +467,14 @@ def test_print_config_shows_the_steps_a_user_checks(small_shards, tmp_path):
                                                "(optimization.max_steps)"]
     code, out, err = print_config(ROOT / "configs" / "tiny_cpu.yaml", f"data.shards={tmp_path / 'none'}")
     assert code == 0 and f"# derived: steps: not known until data.shards can be read (data.shards {tmp_path / 'none'}" in out
+
+
+def test_a_bare_off_in_yaml_is_the_word_off_where_a_key_takes_it():
+    """YAML 1.1 reads `off` as false: logging.collapse and logging.wandb take it as their word `off`; a key without
+    the word (data.backend), or `on`, is still refused naming the value."""
+    cfg = config_from_dict({"logging": {"collapse": False, "wandb": False}}, "x.yaml")
+    assert (cfg.logging.collapse, cfg.logging.wandb) == ("off", "off")
+    with pytest.raises(ConfigError, match="logging.collapse: True is not one of"):
+        config_from_dict({"logging": {"collapse": True}}, "x.yaml")
+    with pytest.raises(ConfigError, match="data.backend: False is not one of"):
+        config_from_dict({"data": {"backend": False}}, "x.yaml")
