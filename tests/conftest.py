@@ -45,9 +45,9 @@ def pytest_configure(config):
 # are queued before the others, so that the two xdist workers (--dist loadfile --no-loadscope-reorder) finish
 # together rather than one idling while the other runs a long file that came last. Order only: a file missing here
 # runs, later. test_compile.py by its cost on a new environment (inductor compiles: 38 s; 13 s once cached).
-LONG_FILES = ("test_elastic.py", "test_train.py", "test_train_hardening.py", "test_faults.py", "test_bench.py",
-              "test_slurm_cluster.py", "test_compile.py", "test_quick_start.py", "test_triton_kernels.py",
-              "test_hostile.py")
+LONG_FILES = ("test_elastic.py", "test_train.py", "test_train_hardening.py", "test_faults.py", "test_micro_batch.py",
+              "test_bench.py", "test_slurm_cluster.py", "test_compile.py", "test_quick_start.py", "test_collapse.py",
+              "test_warm_start.py", "test_triton_kernels.py", "test_hostile.py", "test_wandb.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a test under tests/e2e is slow however it was selected
