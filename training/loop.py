@@ -110,11 +110,13 @@ def build_state(cfg: Config, plan: RunPlan, guard: Guard, checkpointer: Checkpoi
 def train(t: Trainer) -> int:
     """The steps, on every rank, from the one after t.step to the plan's last; returns the exit code. The host syncs
     only on logging and checkpoint steps; the watchdog hears of every step."""
-    shift = t.plan.schedule_shift
+    shift, layout = t.plan.schedule_shift, t.plan.layout
     logger.info(f"training {t.cfg.run.name}: {t.plan.world_size} rank(s) on {t.guard.device.type}, global batch "
                 f"{t.plan.layout.global_batch}, {t.plan.steps_per_epoch} steps/epoch, steps {t.step + 1}.."
                 f"{t.plan.last_step} of {t.plan.schedule_end}"
-                + (f" (the schedules run {shift:+d} steps from the count)" if shift else ""))
+                + (f" (the schedules run {shift:+d} steps from the count)" if shift else "")
+                + f"; {layout.batch_size} per GPU x grad_accum {layout.grad_accum} x {layout.world_size}"
+                + (" (data.batch_size auto: the first step tries it)" if t.trial else ""))
     t.batches = iter(t.loader)
     t.guard.watchdog.step_done(t.step)
     try:

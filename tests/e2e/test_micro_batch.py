@@ -45,7 +45,8 @@ def test_the_global_batch_is_kept_with_a_smaller_micro_batch(small_shards, tmp_p
 
     ref, ref_log = run("ref", 32)
     split, split_log = run("split", 16)
-    assert "global batch 64" in ref_log and "global batch 64" in split_log
+    assert "global batch 64, 3 steps/epoch" in ref_log and "; 32 per GPU x grad_accum 1 x 2" in ref_log
+    assert "global batch 64, 3 steps/epoch" in split_log and "; 16 per GPU x grad_accum 2 x 2" in split_log
     assert run_record(ref / "checkpoints" / "step00000006")["identity"]["optimization.grad_accum"] == 1
     identity = run_record(split / "checkpoints" / "step00000006")["identity"]
     assert (identity["data.batch_size"], identity["optimization.grad_accum"], identity["global batch size"]) == (
@@ -65,6 +66,7 @@ def test_auto_finds_the_micro_batch_that_fits_under_a_memory_limit(digit_shards,
                                                              "data.batch_size=auto")[1:]]), env=MALLOC)
     log = ok(proc)
     assert log.count("memory limit: ") == 2  # each rank's
+    assert "; 512 per GPU x grad_accum 1 x 2 (data.batch_size auto: the first step tries it)" in log
     assert ("data.batch_size auto: step 1 ran out of memory with a micro batch of 512 per GPU; every rank goes on "
             "with 256 x grad_accum 2 (global batch 1024 kept), from the launch's start") in log
     assert "data.batch_size auto: a micro batch of 256 per GPU x grad_accum 2 fits" in log
