@@ -3,7 +3,7 @@ official fixture keeps its target encoder's outputs to 1e-5 after a step at lr 0
 loads in transformers with the same outputs; a warm start from one of our checkpoints (bf16: the context encoder
 enters DeepSpeed's masters rounded, the target stays exact) and from an export folder; --resume auto goes on from the
 run's own checkpoint and keeps the init record; an official config with meta.load_checkpoint goes on from the epoch
-the file records and says what is not carried; another model is one line. (The plan's checks: unit/test_warm_start.py.)
+the file records and says what is not carried; another model is one line. (The plan's checks: unit/test_warm_start_checks.py.)
 """
 import hashlib
 import re

@@ -78,3 +78,11 @@ def test_imports_form_no_cycle_and_point_down_the_layers():
     assert not upward, "\n".join(sorted(upward))
     assert not any(t.split(".")[0] == "config" for m, ts in graph.items() for t in ts
                    if m.split(".")[0] in ("pipeline", "model", "kernels"))
+
+
+def test_no_test_file_name_is_in_both_tiers():
+    """tests/ has no packages, so pytest imports each test file by its basename: one name in tests/unit and
+    tests/e2e makes `make test` (both folders) fail to collect ('import file mismatch'), while each tier alone
+    passes."""
+    names = [{p.name for p in (ROOT / "tests" / tier).glob("test_*.py")} for tier in ("unit", "e2e")]
+    assert names[0] and names[1] and not names[0] & names[1], names[0] & names[1]
