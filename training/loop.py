@@ -112,7 +112,7 @@ def train(t: Trainer) -> int:
     only on logging and checkpoint steps; the watchdog hears of every step."""
     shift, layout = t.plan.schedule_shift, t.plan.layout
     logger.info(f"training {t.cfg.run.name}: {t.plan.world_size} rank(s) on {t.guard.device.type}, global batch "
-                f"{t.plan.layout.global_batch}, {t.plan.steps_per_epoch} steps/epoch, steps {t.step + 1}.."
+                f"{layout.global_batch}, {t.plan.steps_per_epoch} steps/epoch, steps {t.step + 1}.."
                 f"{t.plan.last_step} of {t.plan.schedule_end}"
                 + (f" (the schedules run {shift:+d} steps from the count)" if shift else "")
                 + f"; {layout.batch_size} per GPU x grad_accum {layout.grad_accum} x {layout.world_size}"
@@ -164,20 +164,9 @@ def micro_steps(t: Trainer) -> Batch:
         except Exception as err:
             if not micro_batch.is_out_of_memory(err):
                 raise
-            raise TrainingError(out_of_memory(t)) from None
+            raise TrainingError(micro_batch.out_of_memory_line(t)) from None
     progress.timer.add_step(t.plan.layout.batch_size * accum)
     return batch
-
-
-def out_of_memory(t: Trainer) -> str:
-    """The line of an out-of-memory error in a step that is not the trial; with data.batch_size auto it is noted in
-    run.out_dir, so that the next launch (--resume auto) tries a smaller micro batch."""
-    line = micro_batch.out_of_memory_line(t)
-    if t.cfg.data.batch_size == "auto":
-        micro_batch.note_failure(t.guard.out_dir, t.plan.layout.batch_size)
-        line += (f"; data.batch_size auto noted it in {t.guard.out_dir / micro_batch.NOTE}: resume with --resume auto "
-                 f"and the next launch tries a smaller micro batch")
-    return line
 
 
 def check_in(t: Trainer, sched: dict, batch) -> bool:
@@ -200,13 +189,13 @@ def check_in(t: Trainer, sched: dict, batch) -> bool:
         t.guard.watchdog.check_launchers()
     t.progress.log(t, sched, batch)
     if collapsed:  # logging.collapse stop: rank 0's alarm fired (training/collapse.py); the checkpoints before it stay
-        t.checkpointer.save(t, t.step, t.plan.record(t.step, t.loader.position()), prune_old=False)
+        save(t, prune_old=False)
         raise TrainingError(t.progress.alarm or "the collapse alarm fired on rank 0 (logging.collapse stop)")
     return stopping
 
 
-def save(t: Trainer) -> None:
-    t.checkpointer.save(t, t.step, t.plan.record(t.step, t.loader.position()))
+def save(t: Trainer, prune_old: bool = True) -> None:
+    t.checkpointer.save(t, t.step, t.plan.record(t.step, t.loader.position()), prune_old)
 
 
 def stop_here(t: Trainer) -> int:

@@ -1,4 +1,5 @@
-"""Throughput, MFU and collapse diagnostics: the figures train.py logs and bench.py reports."""
+"""Throughput, MFU, memory and the collapse diagnostics' feature moments: the figures train.py logs and bench.py
+reports."""
 from __future__ import annotations
 
 import functools
@@ -114,11 +115,13 @@ class FeatureMoments:
         return {"feature_std": std, "effective_rank": rank, "effective_rank_ceiling": float(min(n - 1, dim))}
 
 
-def collapse_diagnostics(features: torch.Tensor) -> dict:
-    """features (N, D), one row per image (or token) → FeatureMoments.diagnostics."""
-    moments = FeatureMoments()
-    moments.add(features)
-    return moments.diagnostics()
+def peak_memory_gb(device: torch.device) -> float:
+    """The peak memory of this process on `device`: the CUDA allocator's, or on the CPU the peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
 
 
 def format_eta(seconds: float) -> str:

@@ -31,6 +31,7 @@ from config import training_dtype
 from training import TrainingError
 from training.distributed import any_rank
 from training.engine import forward, set_schedules
+from training.metrics import peak_memory_gb
 from training.plan import BatchLayout, RunPlan
 from util.files import write_file_atomic
 
@@ -55,9 +56,8 @@ def smaller(layout: BatchLayout) -> Optional[BatchLayout]:
 def below_note(plan: RunPlan, out_dir: Path) -> RunPlan:
     """`plan` with a micro batch below the one micro_batch.json in `out_dir` says ran out of memory (a launch whose
     ranks could not agree on it), when the plan's is not below it already."""
-    try:
-        failed = int(json.loads((out_dir / NOTE).read_text())["out_of_memory_at"])
-    except (OSError, ValueError, KeyError, TypeError):
+    failed = noted_failure(out_dir)
+    if failed is None:
         return plan
     layout = plan.layout
     while layout is not None and layout.batch_size >= failed:
@@ -79,8 +79,8 @@ def settle(t, sched_step: int, build_state):
         layout = t.plan.layout
         if batch is not None:
             logger.info(f"data.batch_size auto: a micro batch of {layout.batch_size} per GPU x grad_accum "
-                        f"{layout.grad_accum} fits (peak {peak_gb(t.guard.device):.2f} GiB); the run's checkpoints "
-                        f"record it")
+                        f"{layout.grad_accum} fits (peak {peak_memory_gb(t.guard.device):.2f} GiB); the run's "
+                        f"checkpoints record it")
             return batch
         less = smaller(layout)
         if less is None:
@@ -97,7 +97,7 @@ def settle(t, sched_step: int, build_state):
 def tried_step(t):
     """The step's micro steps, every rank agreeing after each forward and backward whether any ran out of memory;
     the step's last batch, or None when one did (nothing of the step is kept then)."""
-    dtype, device, progress = training_dtype(t.cfg), t.guard.device, t.progress
+    dtype, progress = training_dtype(t.cfg), t.progress
     done = []
     for _ in range(t.plan.layout.grad_accum):
         started = time.perf_counter()
@@ -131,19 +131,23 @@ def attempt(t, fn):
             raise
         failed = True
         note_failure(t.guard.out_dir, t.plan.layout.batch_size)
-        del err  # its traceback holds the failed step's tensors
     (anyone,) = any_rank((failed,), t.guard.device)
     return None if anyone else result
 
 
+def noted_failure(out_dir: Path) -> Optional[int]:
+    """The micro batch micro_batch.json in `out_dir` says ran out of memory; None without a readable one."""
+    try:
+        return int(json.loads((out_dir / NOTE).read_text())["out_of_memory_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def note_failure(out_dir: Path, batch: int) -> None:
     """Records in run.out_dir that a micro batch of `batch` ran out of memory (the smallest so far is kept)."""
-    path = out_dir / NOTE
-    try:
-        batch = min(batch, int(json.loads(path.read_text())["out_of_memory_at"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    write_file_atomic(path, json.dumps({"out_of_memory_at": batch}).encode())
+    earlier = noted_failure(out_dir)
+    batch = batch if earlier is None else min(batch, earlier)
+    write_file_atomic(out_dir / NOTE, json.dumps({"out_of_memory_at": batch}).encode())
 
 
 def rebuild(t, layout: BatchLayout, build_state) -> None:
@@ -164,14 +168,6 @@ def rebuild(t, layout: BatchLayout, build_state) -> None:
         raise TrainingError(f"data.batch_size auto: the rebuilt run stands at step {step}, not {t.step - 1}")
 
 
-def peak_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def total_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -181,7 +177,8 @@ def total_gb(device: torch.device) -> float:
 
 
 def out_of_memory_line(t) -> str:
-    """The one line of an out-of-memory error in step t.step: the micro batch, the peak, and what to set."""
+    """The one line of an out-of-memory error in step t.step (not the trial's): the micro batch, the peak, and what
+    to set; with data.batch_size auto it is noted in run.out_dir, so the next launch (--resume auto) tries less."""
     layout, device, cfg = t.plan.layout, t.guard.device, t.cfg
     half = max(1, layout.batch_size // 2)
     if cfg.optimization.global_batch:
@@ -190,6 +187,11 @@ def out_of_memory_line(t) -> str:
     else:
         fix = (f"set optimization.global_batch {layout.global_batch} with data.batch_size {half} or auto (the "
                f"global batch kept), or halve data.batch_size")
-    return (f"out of memory in step {t.step} with a micro batch of {layout.batch_size} per GPU: peak "
-            f"{peak_gb(device):.2f} GiB of the {device.type} device's {total_gb(device):.2f} GiB; {fix}, or set "
+    line = (f"out of memory in step {t.step} with a micro batch of {layout.batch_size} per GPU: peak "
+            f"{peak_memory_gb(device):.2f} GiB of the {device.type} device's {total_gb(device):.2f} GiB; {fix}, or set "
             f"model.activation_checkpointing true")
+    if cfg.data.batch_size == "auto":
+        note_failure(t.guard.out_dir, layout.batch_size)
+        line += (f"; data.batch_size auto noted it in {t.guard.out_dir / NOTE}: resume with --resume auto and the "
+                 f"next launch tries a smaller micro batch")
+    return line

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pipeline.masks.pictures import batch_pictures
 from training.collapse import CollapseRule, FixedSet, History, alarm_line
 from training.distributed import gather, on_rank0
 from training.monitors import build_monitor
-from training.metrics import IntervalTimer, format_eta, peak_tflops
+from training.metrics import IntervalTimer, format_eta, peak_memory_gb, peak_tflops
 from training.sample_log import SampleLog
 from util.files import write_file_atomic
 
@@ -58,19 +57,13 @@ class Losses:
         return out
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS of this process (KiB → GiB)
-
-
 class Progress:
     """The loop's log, its monitors (DeepSpeed's TensorBoard and CSV) and its figures, for one launch."""
 
     def __init__(self, cfg, plan, guard, step: int, make_probe: Optional[Callable[[], Callable]] = None):
         self.cfg, self.rank, self.device = cfg, guard.rank, guard.device
         self.every = cfg.logging.every_steps
-        self.monitor = build_monitor(cfg, plan)
+        self.monitor = build_monitor(cfg, plan, guard.rank)
         self.losses, self.timer, self.peak = Losses(), IntervalTimer(), peak_tflops(guard.device)
         self.flops: Optional[float] = None  # per optimizer step, counted on the first
         self.skipped = 0  # bad samples skipped by all ranks (data.on_bad_sample: skip)
