@@ -334,10 +334,7 @@ def resume_layout(cfg: Config, saved: Optional[Checkpoint], world_size: int, kee
                      f"moments")
     if wanted:  # the recipe's global batch: the split is the plan's (a change of it, the identity's to refuse)
         most = then.trained_batch[0] if batch == "auto" else batch  # auto: what fitted before is the start
-        split = split_global_batch(wanted, world_size, most)
-        if split is None:
-            raise ConfigError(no_split_line(wanted, world_size))
-        batch, accum = split
+        batch, accum = recipe_split(wanted, world_size, most)
         expected.update(BATCH_KEYS)
     elif (batch, accum) != then.requested:  # the config asks for another batch: a change like any other
         return BatchLayout(batch, accum, world_size), elastic, False, frozenset(expected), tuple(notes)
@@ -370,10 +367,16 @@ def fresh_layout(cfg: Config, world_size: int) -> BatchLayout:
     wanted, batch = cfg.optimization.global_batch, cfg.data.batch_size
     if not wanted:
         return BatchLayout(batch, cfg.optimization.grad_accum, world_size)
-    split = split_global_batch(wanted, world_size, wanted if batch == "auto" else batch)
+    return BatchLayout(*recipe_split(wanted, world_size, wanted if batch == "auto" else batch), world_size)
+
+
+def recipe_split(global_batch: int, world_size: int, most: int) -> tuple[int, int]:
+    """(micro batch ≤ `most`, grad_accum) of optimization.global_batch on `world_size` ranks (split_global_batch);
+    ConfigError in one line when the ranks cannot split it."""
+    split = split_global_batch(global_batch, world_size, most)
     if split is None:
-        raise ConfigError(no_split_line(wanted, world_size))
-    return BatchLayout(*split, world_size)
+        raise ConfigError(no_split_line(global_batch, world_size))
+    return split
 
 
 def no_split_line(global_batch: int, world_size: int) -> str:
