@@ -6,16 +6,12 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2.functional import center_crop, resize
 
 from model.inputs import imagenet_stats
 from pipeline import DataError
+from pipeline.loading.eval_view import REBUILD, eval_view
 from pipeline.shards.format import SampleRef, read_samples, read_span
 from pipeline.shards.manifest import Manifest, list_shards, read_manifest
-
-REBUILD = "rebuild the folder with shard_dataset.py"
-
 
 def shard_classes(shards: str | Path, manifest: Optional[Manifest] = None) -> list[str]:
     """The class names of a labeled shard folder, in label order (label i is classes[i]), from its manifest.
@@ -59,7 +55,7 @@ def _read(shards: str | Path, manifest: Manifest, crop_size: int, limit: Optiona
     images, labels, files = [], [], {}
     try:
         for ref in refs:
-            images.append(_image(ref, read_span(ref.shard, ref.jpg, files), crop_size))
+            images.append(eval_view(ref, read_span(ref.shard, ref.jpg, files), crop_size))
             if num_classes is not None:
                 labels.append(_label(ref, files, num_classes))
     except OSError as err:  # a shard shorter than its index says (read_span names it)
@@ -68,17 +64,6 @@ def _read(shards: str | Path, manifest: Manifest, crop_size: int, limit: Optiona
         for f in files.values():
             f.close()
     return torch.stack(images), labels, [ref.key for ref in refs]
-
-
-def _image(ref: SampleRef, jpg: bytes, crop_size: int) -> torch.Tensor:
-    """(3, S, S) uint8: the JPEG, its short side resized to S/0.875, center-cropped."""
-    try:
-        image = decode_jpeg(torch.frombuffer(bytearray(jpg), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as err:  # torchvision's error for bytes that are no (complete) JPEG
-        raise DataError(f"{ref.shard}: sample {ref.key}: its JPEG cannot be decoded ({str(err).strip()[:120]}); "
-                        f"{REBUILD}") from None
-    image = resize(image, [round(crop_size / 0.875)], antialias=True)
-    return center_crop(image, [crop_size, crop_size])
 
 
 def _label(ref: SampleRef, files: dict, num_classes: int) -> int:

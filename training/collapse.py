@@ -23,11 +23,10 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2.functional import center_crop, resize
 
 from model.inputs import imagenet_stats
 from pipeline import DataError
+from pipeline.loading.eval_view import eval_view
 from pipeline.shards.format import SampleRef, read_index, read_span
 from pipeline.shards.manifest import list_shards
 from training import TrainingError
@@ -42,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 FIXED_IMAGES = 1024  # the effective rank's ceiling is min(1023, dim): a ViT-H's 1280 dims are mostly in reach
 CHUNK = 64  # images per forward of the fixed set: beside the training step's memory, in fp32
+FIXED_FIX = "it is among the collapse diagnostics' fixed images: rebuild the folder with shard_dataset.py"
 HISTORY = "collapse.json"  # run.out_dir: every check's figures, so that a resumed run keeps its peaks
 WATCHED = {"token_rank": "effective rank of the patch tokens", "effective_rank": "effective rank",
            "knn_top1": "kNN top-1"}
@@ -60,19 +60,6 @@ def first_refs(files, count: int) -> list[SampleRef]:
     return refs[:count]
 
 
-def eval_view(ref: SampleRef, jpg: bytes, crop_size: int) -> torch.Tensor:
-    """(3, S, S) uint8: the JPEG's short side resized to S/0.875, centre-cropped; the probes' transform
-    (evaluation/features.py, a layer above training: repeated here, not imported)."""
-    try:
-        image = decode_jpeg(torch.frombuffer(bytearray(jpg), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as err:
-        raise DataError(f"{ref.shard}: sample {ref.key}: its JPEG cannot be decoded ({str(err).strip()[:120]}); it is "
-                        f"among the collapse diagnostics' fixed images: rebuild the folder with shard_dataset.py") \
-            from None
-    image = resize(image, [round(crop_size / 0.875)], antialias=True)
-    return center_crop(image, [crop_size, crop_size])
-
-
 def read_share(cfg, cache, rank: int, world_size: int) -> torch.Tensor:
     """This rank's share of the fixed set, uint8 (n, 3, S, S): every world_size-th of the first FIXED_IMAGES samples
     of logging.probe_shards, else data.shards (`cache`: the loader's node cache when data.shards is a URL). With
@@ -86,7 +73,7 @@ def read_share(cfg, cache, rank: int, world_size: int) -> torch.Tensor:
     images = []
     for ref in first_refs(files, FIXED_IMAGES)[rank::world_size]:
         try:
-            images.append(eval_view(ref, read(ref), cfg.data.crop_size))
+            images.append(eval_view(ref, read(ref), cfg.data.crop_size, FIXED_FIX))
         except DataError:
             if cfg.data.on_bad_sample != "skip" or probe:
                 raise
