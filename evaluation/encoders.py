@@ -7,7 +7,6 @@ DeepSpeed's states also its own plain data classes): a planted pickle is refused
 from __future__ import annotations
 
 import copy
-import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -18,13 +17,12 @@ from config import config_from_dict
 from evaluation import EvalError
 from model.jepa import build_jepa
 from model.official import load_encoder_for_eval, load_strict
-from model.safe_load import DAMAGED_FILE_ERRORS, first_line, weights_only_loads
+from model.safe_load import first_line
 from model.vit import init_weights
 from training.checkpoints import not_a_checkpoint
 from training.integrity import COMPLETE
-from training.states import deepspeed_safe_types, load_states_file
+from training.states import STATES_GLOB, load_states_file, zero_fp32_weights
 
-STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 
 
 def load_encoder(checkpoint: str | Path, which: Literal["target", "context"] = "target"):
@@ -94,19 +92,9 @@ def _load_ours(folder: Path, which: str):
 
 def _context_state(tag_dir: Path, encoder) -> dict:
     """The context encoder's fp32 weights, gathered by DeepSpeed's zero_to_fp32 from every rank's ZeRO partition."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    try:
-        with weights_only_loads(deepspeed_safe_types()):
-            full = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
-        raise EvalError(f"{tag_dir}: its ZeRO states hold objects other than tensors and plain values "
-                        f"({first_line(err.__context__ or err)}); not loaded, because unpickling them could run "
-                        f"code") from None
-    except DAMAGED_FILE_ERRORS as err:  # raised inside DeepSpeed's reader, about the folder's files
-        raise EvalError(f"{tag_dir}: DeepSpeed cannot rebuild the context encoder from its ZeRO states "
-                        f"({type(err).__name__}: {first_line(err)}); the folder may be damaged: evaluate another "
-                        f"checkpoint, or --encoder target (which needs only {STATES_GLOB})") from None
+    full = zero_fp32_weights(tag_dir, EvalError, str(tag_dir),
+                             f"the folder may be damaged: evaluate another checkpoint, or --encoder target (which "
+                             f"needs only {STATES_GLOB})")
     prefix = "context_encoder."
     state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
     state.setdefault("pos_embed", encoder.pos_embed.detach())  # frozen: not in DeepSpeed's fp32 copy

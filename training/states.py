@@ -3,6 +3,7 @@ weights_only=True (tensors, plain values and DeepSpeed's few data classes), so t
 folder cannot run code; each rank's RNG states in types that load that way."""
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Sequence
@@ -10,7 +11,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.safe_load import CheckpointError, safe_load
+from model.safe_load import DAMAGED_FILE_ERRORS, CheckpointError, first_line, safe_load, weights_only_loads
+
+STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 
 
 def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = ()) -> dict:
@@ -30,6 +33,24 @@ def deepspeed_safe_types() -> list[type]:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def zero_fp32_weights(tag_dir: Path, error: type[CheckpointError], where: str, todo: str) -> dict:
+    """DeepSpeed's fp32 master weights of checkpoint `tag_dir` ({name: tensor} of the engine's module), gathered by
+    its zero_to_fp32 from every rank's ZeRO partition, every file read weights-only. A failure is an `error` of one
+    line: `where` (what names the folder), why, and for damaged files `todo`."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with weights_only_loads(deepspeed_safe_types()):
+            return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
+        raise error(f"{where}: its ZeRO states hold objects other than tensors and plain values "
+                    f"({first_line(err.__context__ or err)}); not loaded, because unpickling them could run code") \
+            from None
+    except DAMAGED_FILE_ERRORS as err:  # raised inside DeepSpeed's reader, about the folder's files
+        raise error(f"{where}: DeepSpeed cannot rebuild the fp32 weights from its ZeRO states ({type(err).__name__}: "
+                    f"{first_line(err)}); {todo}") from None
 
 
 def rng_state() -> dict:

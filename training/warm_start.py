@@ -39,16 +39,16 @@ import yaml
 from config import config_from_dict
 from model.jepa import build_jepa
 from model.official import check_state, load_strict, strip_prefix
-from model.safe_load import DAMAGED_FILE_ERRORS, CheckpointError, first_line, safe_load, weights_only_loads
+from model.safe_load import DAMAGED_FILE_ERRORS, CheckpointError, first_line, safe_load
 from model.sizes import VIT_SIZES, encoder_size
 from training.checkpoints import not_a_checkpoint, rank0_warning, tag_step
-from training.integrity import COMPLETE, hash_workers, read_marker, timed_sha256, verify_checkpoint
+from training.integrity import COMPLETE, read_marker, timed_sha256, verify_checkpoint
+from training.states import STATES_GLOB, zero_fp32_weights
 
 logger = logging.getLogger(__name__)
 
 PARTS = ("context_encoder", "predictor", "target_encoder")  # ours, in the order they load
 EXPORT_RECORD, EXPORT_WEIGHTS = "export.json", "timm/model.safetensors"  # export.py's record and our-named weights
-STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 NOT_CARRIED = ("not carried from {path}: its AdamW moments ('opt', a torch AdamW's state: DeepSpeed ZeRO builds and "
                "partitions its own at the start and takes none from outside), so AdamW starts from zero moments at "
                "the continued learning rate; the weights, the step count, the schedules and the data's epoch are "
@@ -365,28 +365,12 @@ def checkpoint_states(folder: Path) -> dict[str, dict]:
         shapes.update(group)
     if any(module.get(name) is None or module[name].dtype != torch.float32 or module[name].shape != size
            for name, size in shapes.items()):
-        module = {k: v for k, v in zero_fp32_masters(folder).items() if k.rsplit(".", 1)[-1] not in FIXED}
+        masters = zero_fp32_weights(folder, WarmStartError, f"checkpoint.init_from {folder}",
+                                    "choose another checkpoint")
+        module = {k: v for k, v in masters.items() if k.rsplit(".", 1)[-1] not in FIXED}
     states = {part: {k[len(part) + 1:]: v.float() for k, v in module.items() if k.startswith(part + ".")}
               for part in ("context_encoder", "predictor")}
     return {**states, "target_encoder": client["target_encoder"]}
-
-
-def zero_fp32_masters(folder: Path) -> dict:
-    """DeepSpeed's fp32 master weights of checkpoint `folder`, gathered by its zero_to_fp32 from every rank's ZeRO
-    partition, every file read weights-only."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from training.states import deepspeed_safe_types
-
-    try:
-        with weights_only_loads(deepspeed_safe_types()):
-            return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
-    except pickle.UnpicklingError as err:
-        raise WarmStartError(f"checkpoint.init_from {folder}: its ZeRO states hold objects other than tensors and "
-                             f"plain values ({first_line(err.__context__ or err)}); not loaded") from None
-    except DAMAGED_FILE_ERRORS as err:
-        raise WarmStartError(f"checkpoint.init_from {folder}: DeepSpeed cannot rebuild the fp32 weights from its ZeRO "
-                             f"states ({type(err).__name__}: {first_line(err)}); choose another checkpoint") from None
 
 
 # ------------------------------------------------------------------------------------------------ the step
