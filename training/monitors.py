@@ -2,7 +2,7 @@
 pictures beside their scalars, and Weights & Biases on rank 0 when logging.wandb is offline or online; closed when a
 launch ends.
 
-    monitor = build_monitor(cfg, plan)                    # on every rank
+    monitor = build_monitor(cfg, plan, rank)              # on every rank
     monitor.write_events([("Train/loss", 0.41, 10)]);  monitor.write_image("Masks/first_images", picture, 10)
     monitor.close()
 
@@ -37,11 +37,15 @@ class Monitors:
         if self.wandb is not None:
             self.wandb.write_events(events)
 
+    @property
+    def tensorboard(self):
+        """DeepSpeed's TensorBoard SummaryWriter; None when logging.tensorboard is off and on ranks other than 0."""
+        return self.master.tb_monitor.summary_writer if self.master.tb_monitor is not None else None
+
     def write_image(self, tag: str, picture, step: int) -> None:
         """An (H, W, 3) uint8 picture into the run's TensorBoard log beside the scalars (nothing when
         logging.tensorboard is off: DeepSpeed's CSV monitor takes scalars only), and into W&B."""
-        writer = self.master.tb_monitor.summary_writer if self.master.tb_monitor is not None else None
-        if writer is not None:
+        if (writer := self.tensorboard) is not None:
             writer.add_image(tag, picture, step, dataformats="HWC")
             writer.flush()
         if self.wandb is not None:
@@ -50,8 +54,7 @@ class Monitors:
     def close(self) -> None:
         """The end of a launch's steps: what the monitors hold is written out; the W&B run is finished, so that the
         next launch of the run resumes it."""
-        writer = self.master.tb_monitor.summary_writer if self.master.tb_monitor is not None else None
-        if writer is not None:
+        if (writer := self.tensorboard) is not None:
             writer.flush()
         if self.wandb is not None:
             self.wandb.close()
@@ -116,15 +119,9 @@ def one_line(err: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return dist.get_rank() == 0 if dist.is_available() and dist.is_initialized() else os.environ.get("RANK", "0") == "0"
-
-
-def wandb_monitor(cfg, plan) -> WandbMonitor | None:
+def wandb_monitor(cfg, plan, rank: int) -> WandbMonitor | None:
     """Rank 0's W&B run when logging.wandb is offline or online; None otherwise, without importing wandb."""
-    if cfg.logging.wandb == "off" or not is_rank0():
+    if cfg.logging.wandb == "off" or rank != 0:
         return None
     try:
         import wandb  # noqa: F401
@@ -181,14 +178,14 @@ def start_fix(err: Exception, mode: str, out_dir: Path) -> str:
     return f"log in with `wandb login` or set WANDB_API_KEY, {offline}"
 
 
-def build_monitor(cfg, plan) -> Monitors:
+def build_monitor(cfg, plan, rank: int) -> Monitors:
     """DeepSpeed's TensorBoard and CSV monitors, driven by train.py (the engine's own monitor would read the loss
     back to the host every step), and W&B on rank 0 when logging.wandb is not off (wandb is imported only then).
-    `plan`: the run plan (training.plan.RunPlan: its run_id names the run). Called on every rank."""
+    `plan`: the run plan (training.plan.RunPlan: its run_id names the run). Called on every rank (`rank`: this one)."""
     from deepspeed.monitor.config import get_monitor_config
     from deepspeed.monitor.monitor import MonitorMaster
 
     where = {"output_path": str(Path(cfg.run.out_dir) / "logs"), "job_name": cfg.run.name}
     master = MonitorMaster(get_monitor_config({"tensorboard": {"enabled": cfg.logging.tensorboard, **where},
                                                "csv_monitor": {"enabled": cfg.logging.csv, **where}}))
-    return Monitors(master, wandb_monitor(cfg, plan))
+    return Monitors(master, wandb_monitor(cfg, plan, rank))

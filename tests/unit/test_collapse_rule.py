@@ -15,7 +15,7 @@ from model.vit import VisionTransformer
 from training.checkpoints import checkpoint_dir, tag_for
 from training.collapse import FIXED_IMAGES, CollapseRule, History, alarm_line, encode, read_share
 from training.best_checkpoint import offer_best
-from training.metrics import FeatureMoments, collapse_diagnostics
+from training.metrics import FeatureMoments
 
 from test_best_checkpoint import make_tag  # noqa: E402  (tests/unit is on sys.path: a tag folder as a save leaves it)
 
@@ -87,6 +87,13 @@ def test_collapse_json_gives_a_resumed_launch_the_peaks_of_the_steps_before_it(t
     with caplog.at_level(logging.WARNING):
         assert History(tmp_path, 12).checks == []
     assert "not a record of collapse checks" in caplog.text
+
+
+def collapse_diagnostics(features: torch.Tensor) -> dict:
+    """features (N, D), one row per image (or token), in one piece → FeatureMoments.diagnostics."""
+    moments = FeatureMoments()
+    moments.add(features)
+    return moments.diagnostics()
 
 
 def test_moments_summed_over_chunks_give_the_svd_s_effective_rank_and_its_ceiling():

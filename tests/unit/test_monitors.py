@@ -35,14 +35,12 @@ def no_wandb(monkeypatch):
 def test_wandb_off_never_imports_wandb(no_wandb, tmp_path):
     cfg = load_config("configs/tiny_cpu.yaml", overrides=[f"run.out_dir={tmp_path}"])
     assert cfg.logging.wandb == "off"  # the default
-    assert wandb_monitor(cfg, PLAN) is None
+    assert wandb_monitor(cfg, PLAN, 0) is None
 
 
-def test_only_rank_0_starts_wandb(no_wandb, monkeypatch, tmp_path):
+def test_only_rank_0_starts_wandb(no_wandb, tmp_path):
     cfg = load_config("configs/tiny_cpu.yaml", overrides=[f"run.out_dir={tmp_path}", "logging.wandb=offline"])
-    monkeypatch.setenv("RANK", "1")  # no process group here: the rank comes from the launcher's variable
-    assert wandb_monitor(cfg, PLAN) is None
-    monkeypatch.setenv("RANK", "0")
+    assert wandb_monitor(cfg, PLAN, 1) is None
     with pytest.raises(TrainingError, match=r"^logging.wandb offline: the wandb package cannot be imported .*"
                                             r"pip install -r requirements.txt"):
-        wandb_monitor(cfg, PLAN)
+        wandb_monitor(cfg, PLAN, 0)
