@@ -106,11 +106,18 @@ class Nginx:
             assert status == 503, "the config answers 503 only"
             flag.write_text(str(status))
 
-    def requests(self, name: str = "", method: str = "GET") -> list[tuple[int, int]]:
-        """(status, body bytes) of every `method` request whose path ends with `name`, in order."""
-        log = self.work / "access.log"
-        rows = [line.split(" ") for line in log.read_text().splitlines()] if log.exists() else []
-        return [(int(r[0]), int(r[1])) for r in rows if len(r) == 4 and r[2] == method and r[3].endswith(name)]
+    def requests(self, name: str = "", method: str = "GET", until=None) -> list[tuple[int, int]]:
+        """(status, body bytes) of every `method` request whose path ends with `name`, in order. nginx logs a
+        request after its last byte has left, so a client can finish before its line is written: `until(rows)`
+        waits (up to 10 s) for the lines a test knows must come."""
+        deadline = time.monotonic() + 10
+        while True:
+            log = self.work / "access.log"
+            rows = [line.split(" ") for line in log.read_text().splitlines()] if log.exists() else []
+            found = [(int(r[0]), int(r[1])) for r in rows if len(r) == 4 and r[2] == method and r[3].endswith(name)]
+            if until is None or until(found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
 
 
 def main(argv=None) -> int:

@@ -91,7 +91,7 @@ def test_a_truncated_file_is_fetched_again_and_never_used(own_server, small_shar
     mender.start()
     assert cache.ensure(shard.path) == shard.path
     mender.join()
-    gets = own_server.requests(shard.path.name)
+    gets = own_server.requests(shard.path.name, until=lambda rows: len(rows) >= 2)
     assert [status for status, _ in gets] == [200, 200] and gets[0][1] == len(good) // 3 and gets[1][1] == len(good)
     assert shard.path.read_bytes() == good
     assert cache.take_stats().network_bytes == len(good) // 3 + len(good)
@@ -106,7 +106,7 @@ def test_503_for_a_while_then_the_file(own_server, small_shards, tmp_path):
     t0 = time.monotonic()
     cache.ensure(shard.path)
     timer.join()
-    statuses = [status for status, _ in own_server.requests(shard.path.name)]
+    statuses = [status for status, _ in own_server.requests(shard.path.name, until=lambda r: r and r[-1][0] == 200)]
     assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}, statuses
     assert 1.0 <= time.monotonic() - t0 < PATIENT.timeout_s
     assert sha256(shard.path) == sha256(small_shards / shard.path.name)
@@ -245,7 +245,8 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
         next(batches)
         waits[where] = time.monotonic() - t0
     local, remote = waits.values()
-    assert remote > max(0.2, 20 * local), waits  # a shard of about 150 KB at 256 KB/s, against a local read
+    floor = min(p.stat().st_size for p in small_shards.glob("*.tar")) / (256 * 1024)  # one shard at 256 KB/s
+    assert remote > max(0.5 * floor, 2 * local), (waits, floor)  # half of it: room for a loaded machine's timer
 
 
 # ----- the DALI backend
