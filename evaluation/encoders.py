@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 
-from config import config_from_dict
 from evaluation import EvalError
 from model.jepa import build_jepa
 from model.official import load_encoder_for_eval, load_strict
-from model.safe_load import first_line
 from model.vit import init_weights
 from training.checkpoints import not_a_checkpoint
 from training.integrity import COMPLETE
-from training.states import STATES_GLOB, load_states_file, zero_fp32_weights
+from training.states import STATES_GLOB, saved_client, saved_config, zero_fp32_weights
 
 
 
@@ -67,26 +64,13 @@ def _load_ours(folder: Path, which: str):
     """(encoder, the run's own init) from a train.py tag folder: the target from our client state, the context
     encoder from DeepSpeed's fp32 master weights."""
     tag_dir = find_tag_dir(folder)
-    states = sorted(tag_dir.glob(STATES_GLOB))
-    if not states:
-        raise EvalError(f"{tag_dir}: no DeepSpeed model states ({STATES_GLOB}) in it: the folder is damaged; "
-                        f"evaluate another checkpoint")
-    client = load_states_file(states[0])  # our model states need no allow-listed class
-    if not isinstance(client.get("config"), str) or "target_encoder" not in client:
-        raise EvalError(f"{states[0]}: holds no saved config and target encoder: not written by this project's "
-                        f"train.py")
-    try:
-        raw = yaml.safe_load(client["config"])
-    except yaml.YAMLError as err:
-        raise EvalError(f"{states[0]}: its saved config is not valid YAML ({first_line(err)})") from None
-    if not isinstance(raw, dict):
-        raise EvalError(f"{states[0]}: its saved config is a {type(raw).__name__}, not a mapping of sections")
-    cfg = config_from_dict(raw, f"{states[0]} (saved config)")
+    path, client = saved_client(tag_dir, EvalError, "", "evaluate another checkpoint")
+    cfg = saved_config(client, path, EvalError)
     torch.manual_seed(cfg.run.seed)
     _, random_target = build_jepa(cfg.model, cfg.data.crop_size)  # the run's own init: the random baseline is step 0
     encoder = copy.deepcopy(random_target)
     state = client["target_encoder"] if which == "target" else _context_state(tag_dir, encoder)
-    load_strict(encoder, state, f"{states[0]}[{which}_encoder]", against="the model of its saved config")
+    load_strict(encoder, state, f"{path}[{which}_encoder]", against="the model of its saved config")
     return encoder.eval(), random_target.eval()
 
 

@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -28,9 +29,11 @@ class CheckpointError(UserError, ValueError):
     key, and what is wrong."""
 
 
-def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
+def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = (), mmap: bool = False):
     """torch.load of a file that may come from elsewhere: tensors, plain values and the `allowed` classes only
-    (weights_only=True), never code. Every failure is one CheckpointError line naming the file."""
+    (weights_only=True), never code. Every failure is one CheckpointError line naming the file. `mmap`: memory-mapped
+    where torch can map it (torch.save's zip format; the legacy format is read whole), so that only the tensors used
+    are read from disk."""
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "checkpoint not found"
         raise CheckpointError(f"{path}: {what} (give an official-format file or a checkpoint folder written by "
@@ -42,7 +45,8 @@ def safe_load(path: Path, map_location="cpu", allowed: Sequence[type] = ()):
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
             warnings.simplefilter("ignore", UserWarning)
             with allowed_globals(allowed):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                return torch.load(path, map_location=map_location, weights_only=True,
+                                  mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:  # torch's message is pages long; the first line of its cause says why
         cause = first_line(err.__context__ or err)
         if cause.startswith("Unsupported operand"):

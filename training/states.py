@@ -10,19 +10,51 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from model.safe_load import DAMAGED_FILE_ERRORS, CheckpointError, first_line, safe_load, weights_only_loads
 
 STATES_GLOB = "*mp_rank_00_model_states.pt"  # ZeRO-3 names it zero_pp_rank_0_mp_rank_00_model_states.pt
 
 
-def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = ()) -> dict:
+def load_states_file(path: str | Path, map_location="cpu", allowed: Sequence[type] = (), mmap: bool = False) -> dict:
     """A torch checkpoint file as a dict, unpickled with weights_only=True (model.safe_load.safe_load): tensors, plain
-    values and the `allowed` classes only. Raises CheckpointError naming the file."""
-    state = safe_load(Path(path), map_location, allowed)
+    values and the `allowed` classes only; memory-mapped with `mmap`. Raises CheckpointError naming the file."""
+    state = safe_load(Path(path), map_location, allowed, mmap)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not the dict of states a checkpoint holds")
     return state
+
+
+def saved_client(tag_dir: Path, error: type[CheckpointError], where: str, todo: str,
+                 mmap: bool = False) -> tuple[Path, dict]:
+    """(its file, the client state) that train.py saved with checkpoint `tag_dir`: the first model states file, which
+    holds the target encoder and the config as YAML text (memory-mapped with `mmap`: only what is used is read). When
+    the folder has no such file or the state is not train.py's: an `error` of one line after `where`; `todo` says
+    what to do for a folder without the file."""
+    files = sorted(tag_dir.glob(STATES_GLOB))
+    if not files:
+        raise error(f"{where}{tag_dir} holds no DeepSpeed model states ({STATES_GLOB}): a damaged folder, or not a "
+                    f"checkpoint of train.py; {todo}")
+    client = load_states_file(files[0], mmap=mmap)
+    if not isinstance(client.get("config"), str) or "target_encoder" not in client:
+        raise error(f"{where}{files[0]} holds no saved config and target encoder: not written by this project's "
+                    f"train.py")
+    return files[0], client
+
+
+def saved_config(client: dict, path: Path, error: type[CheckpointError], where: str = ""):
+    """The config.Config in a checkpoint's client state (saved_client's; `path`: its file). An `error` of one line
+    after `where` when the text is not a YAML mapping; config.ConfigError when the mapping is not a config."""
+    from config import config_from_dict  # here: the universal converter's process imports this module, not config
+
+    try:
+        raw = yaml.safe_load(client["config"])
+    except yaml.YAMLError as err:
+        raise error(f"{where}{path}: its saved config is not valid YAML ({first_line(err)})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{where}{path}: its saved config is a {type(raw).__name__}, not a mapping of sections")
+    return config_from_dict(raw, f"{path} (saved config)")
 
 
 def deepspeed_safe_types() -> list[type]:

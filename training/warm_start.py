@@ -26,24 +26,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pickle
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 
-from config import config_from_dict
+from config import ConfigError
 from model.jepa import build_jepa
 from model.official import check_state, load_strict, strip_prefix
-from model.safe_load import DAMAGED_FILE_ERRORS, CheckpointError, first_line, safe_load
+from model.safe_load import CheckpointError, first_line, safe_load
 from model.sizes import VIT_SIZES, encoder_size
 from training.checkpoints import not_a_checkpoint, rank0_warning, tag_step
 from training.integrity import COMPLETE, read_marker, timed_sha256, verify_checkpoint
-from training.states import STATES_GLOB, zero_fp32_weights
+from training.states import STATES_GLOB, load_states_file, saved_client, saved_config, zero_fp32_weights
 
 logger = logging.getLogger(__name__)
 
@@ -111,21 +108,9 @@ def open_source(path: Path) -> Source:
     raise WarmStartError(f"checkpoint.init_from: {not_a_checkpoint(path, '--init-from', other)}")
 
 
-def read_weights(path: Path):
-    """torch.load of a file that may come from elsewhere, weights-only and memory-mapped (only the tensors used are
-    read from disk). A file torch cannot map (the legacy format) or cannot read is read by model.safe_load.safe_load,
-    which loads it or words why not in one line."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, *DAMAGED_FILE_ERRORS):
-        return safe_load(path)
-
-
 def official_source(path: Path) -> Source:
     """An official-format .pth.tar: 'encoder' (needed), 'predictor' and 'target_encoder' where it has them, 'epoch'."""
-    ckpt = read_weights(path)
+    ckpt = safe_load(path, mmap=True)
     if not isinstance(ckpt, dict) or "encoder" not in ckpt:
         raise WarmStartError(f"checkpoint.init_from {path}: not in the official I-JEPA format (a dict with 'encoder' "
                              f"and, where it has them, 'predictor' and 'target_encoder'); nor a folder: give an "
@@ -147,33 +132,27 @@ def checkpoint_source(folder: Path) -> Source:
     if problems:
         raise WarmStartError(f"checkpoint.init_from: checkpoint {folder} is damaged: {problems[0]}; choose another "
                              f"checkpoint")
-    states_files = sorted(folder.glob(STATES_GLOB))
-    if not states_files:
-        raise WarmStartError(f"checkpoint.init_from: {folder} holds no DeepSpeed model states ({STATES_GLOB}): not "
-                             f"a checkpoint of train.py")
-    client = read_weights(states_files[0])
-    if not isinstance(client, dict) or not isinstance(client.get("config"), str) or "target_encoder" not in client:
-        raise WarmStartError(f"checkpoint.init_from: {states_files[0]} holds no saved config and target encoder: "
-                             f"not written by this project's train.py")
+    path, client = saved_client(folder, WarmStartError, "checkpoint.init_from: ", "choose another checkpoint",
+                                mmap=True)
     shapes = {}  # the full shapes whatever the ZeRO stage (ZeRO-3 leaves the module's tensors empty)
     for group in [*client.get("param_shapes", []), client.get("frozen_param_shapes") or {}]:
         shapes.update({name: torch.empty(size, device="meta") for name, size in group.items()})
     states = {part: {k[len(part) + 1:]: v for k, v in shapes.items() if k.startswith(part + ".")}
               for part in ("context_encoder", "predictor")}
-    states["target_encoder"] = check_state(client["target_encoder"], f"{states_files[0]}[target_encoder]")
+    states["target_encoder"] = check_state(client["target_encoder"], f"{path}[target_encoder]")
     _, digests = read_marker(folder)
     return Source("checkpoint", folder, [folder / name for name in digests], {part: part for part in PARTS}, states,
-                  heads=saved_heads(client["config"], states_files[0]),
+                  heads=saved_heads(client, path),
                   digests={name: entry["sha256"] for name, entry in digests.items()})
 
 
-def saved_heads(config_yaml: str, where: Path) -> dict[str, int]:
-    """The encoder's and predictor's heads of a checkpoint's saved config (they are not in the weights)."""
+def saved_heads(client: dict, path: Path) -> dict[str, int]:
+    """The encoder's and predictor's heads of a checkpoint's saved config (they are not in the weights); `client`: its
+    client state, from the file `path`."""
     try:
-        raw = yaml.safe_load(config_yaml)
-        model = config_from_dict(raw, f"{where} (saved config)").model
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
-        raise WarmStartError(f"checkpoint.init_from: {where}: its saved config cannot be read "
+        model = saved_config(client, path, WarmStartError, "checkpoint.init_from: ").model
+    except ConfigError as err:
+        raise WarmStartError(f"checkpoint.init_from: {path}: its saved config cannot be read "
                              f"({first_line(err)})") from None
     heads = encoder_size(model).num_heads
     return {"encoder": heads, "predictor": model.pred_num_heads or heads}
@@ -345,7 +324,7 @@ def source_states(init: dict) -> dict[str, dict]:
     """The source's parts as {name: tensor} (fp32 where the source holds it), read again now for their values."""
     path = Path(init["source"])
     if init["kind"] == "official":
-        ckpt = read_weights(path)
+        ckpt = safe_load(path, mmap=True)
         return {part: strip_prefix(ckpt[part]) for part in set(init["loaded"].values()) if part}
     if init["kind"] == "export":
         from safetensors.torch import load_file
@@ -359,7 +338,7 @@ def checkpoint_states(folder: Path) -> dict[str, dict]:
     """A checkpoint's context encoder, predictor and target encoder: the module as saved when it is whole fp32, else
     (a bf16 module, or ZeRO-3's empty placeholders) DeepSpeed's fp32 master weights from its ZeRO partitions; the
     fixed positions then come from the model itself (load_init), not rounded to bf16."""
-    client = read_weights(sorted(folder.glob(STATES_GLOB))[0])
+    client = load_states_file(sorted(folder.glob(STATES_GLOB))[0], mmap=True)
     module, shapes = client["module"], {}
     for group in client.get("param_shapes", []):
         shapes.update(group)
