@@ -25,7 +25,7 @@ import kernels
 from config.derived import mask_sampler
 from config.errors import ConfigError, plain, shown, suggest
 from config.official import is_official, map_official
-from config.ranges import RANGE, yaml_number
+from config.ranges import RANGE, number_or_words, yaml_number
 from config.sections import Config, MaskConfig
 from config.yaml_text import read_yaml
 from model.sizes import VIT_SIZES, encoder_size
@@ -140,7 +140,7 @@ def config_error(err: pydantic.ValidationError, raw: dict, source: str, sources:
         return ConfigError(f"{where}: {unknown_key(section, key)}")
     where, value, cls = f"{where}: {section}.{key}", raw[section][key], SECTIONS[section]
     hint = typing.get_type_hints(cls)[key]
-    if words := [w for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal for w in typing.get_args(a)]:
+    if words := number_or_words(hint):
         rule = cls.__dataclass_fields__[key].metadata[RANGE]  # a number or a word (data.batch_size: auto)
         return ConfigError(f"{where} is {shown(value)}; allowed: an integer {rule.describe(True, False)}, or "
                            f"{' or '.join(words)}")

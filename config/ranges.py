@@ -114,6 +114,13 @@ def yaml_number(value: Any) -> Any:
         return math.inf
 
 
+def number_or_words(hint: Any) -> list[str]:
+    """The words a key takes beside its number (Union[int, Literal["auto"]]: ["auto"]); [] for any other hint."""
+    if typing.get_origin(hint) is not typing.Union:
+        return []
+    return [w for a in typing.get_args(hint) if typing.get_origin(a) is Literal for w in typing.get_args(a)]
+
+
 def typed(hint: Any, rule: Range | Text | None) -> Any:
     """`hint` as pydantic checks it: strictly (no int from a float, a bool or a string), floats finite, YAML's
     spellings accepted (a pair as a list, 1e-3 as PyYAML's string), each number within `rule`, a string by it."""

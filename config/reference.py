@@ -16,7 +16,7 @@ import typing
 from typing import Any
 
 from config.official import AUGMENTATION_KEYS, CHECKPOINT_KEYS, DROPPED_KEYS, OFFICIAL_KEYS, RENAMED
-from config.ranges import RANGE, TEXT, Range, Text
+from config.ranges import RANGE, TEXT, Range, Text, number_or_words
 from config.sections import DERIVED_DEEPSPEED_KEYS, Config
 from model.sizes import VIT_SIZES
 
@@ -40,7 +40,8 @@ Values in messages are cut to 80 characters. Every value is checked when the con
 
 Values that follow from others are computed, never written:
 
-- global batch = `data.batch_size × optimization.grad_accum × world size`;
+- global batch = `optimization.global_batch` when set (the per-GPU micro batch and `grad_accum` are then derived for
+  the world size), else `data.batch_size × optimization.grad_accum × world size`;
 - steps per epoch = manifest samples ÷ global batch (ImageNet-1K at 2048: 625), and from it the warmup and total
   steps;
 - the patch grid = `data.crop_size ÷ model.patch_size` per side;
@@ -103,9 +104,8 @@ def allowed(section: str, spec: dataclasses.Field, hint: Any) -> str:
         pair = typing.get_origin(base) is tuple
         kind = "int" if base is int else "float" if base is float else "pair"
         # an int without an upper bound of its own is shown without the 64-bit one every int has
-        words = [w for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal for w in typing.get_args(a)]
         return ((kind + ": " if not pair else "") + rule.describe(base is int and rule.high is not None, pair)
-                + "".join(f", or `{w}`" for w in words))
+                + "".join(f", or `{w}`" for w in number_or_words(hint)))
     if isinstance(rule, Text):
         return "text" + (", not empty" if rule.required else "") + (", a plain name (no `/`)" if rule.name else "")
     raise ValueError(f"{section}.{spec.name}: no rule for its type {hint!r}; declare one (config/ranges.py)")

@@ -273,6 +273,8 @@ class LoggingConfig:
     """each rank appends the keys of every batch it reads to run.out_dir/samples/rank<r>.tsv (training/sample_log.py)"""
 
     _probe_shards_scheme = pydantic.field_validator("probe_shards")(known_scheme)
+
+
 # DeepSpeed keys derived from our sections: setting them in the deepspeed section would say the same thing twice.
 DERIVED_DEEPSPEED_KEYS = {
     "train_batch_size": "data.batch_size and optimization.grad_accum (global batch = micro x accum x world size)",
