@@ -27,22 +27,12 @@ from evaluation.encoders import check_device
 from evaluation.report import evaluate, print_table
 from evaluation.sweep import parse_low_shot
 from pipeline.shards.manifest import scheme_problem
-from util.cli import HelpFormatter
+from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.files import write_file_atomic
 from util.processes import exit_without_teardown
 
 logger = logging.getLogger(__name__)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def positive_float(text: str) -> float:

@@ -28,7 +28,7 @@ from pipeline.remote.fetch import RetryPolicy
 from pipeline.remote.upload import upload_shards
 from pipeline.shards.manifest import MANIFEST_NAME, Manifest, is_url, scheme_problem
 from pipeline.shards.writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
-from util.cli import HelpFormatter
+from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.processes import exit_without_teardown
 
@@ -53,12 +53,6 @@ def parse_shard_size(text: str) -> tuple[int | None, int | None]:
     if samples == 0 or size == 0:
         raise argparse.ArgumentTypeError(f"shard size {text!r} must be positive")
     return samples, size
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
 
 
 def _quality(text: str) -> int:
@@ -90,13 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="samples (10000), bytes (1GB, 512MiB) or both (10000,1GB); default 1GB")
     p.add_argument("--prefix", type=_prefix, default="shard", help="shard file names: PREFIX-000000.tar ...")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that orders samples (default 0)")
-    p.add_argument("--workers", type=_positive_int, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--workers", type=positive_int, default=len(os.sched_getaffinity(0)),
                    help="processes building shards (default: all cores, %(default)s here)")
     p.add_argument("--verify", choices=VERIFY_MODES, default="full",
                    help="full: decode every image and check each JPEG's scan data (default); header: parse headers "
                         "and check each JPEG's marker structure")
     p.add_argument("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
-    p.add_argument("--max-size", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-size", type=positive_int, default=None, metavar="N",
                    help="resize images whose longer side exceeds N pixels down to N (re-encodes only those)")
     p.add_argument("--json", action="store_true", help="also write <key>.json: source path, class name, label")
     p.add_argument("--strict", action="store_true", help="any bad input is an error (exit 1) instead of skipped")

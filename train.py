@@ -22,7 +22,7 @@ from config import ConfigError, config_to_yaml, grid_size, load_config
 from model.sizes import encoder_size
 from training.plan import ResumeRequest, preview
 from training.slurm import HostlistError, adopt_srun_env
-from util.cli import HelpFormatter
+from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.processes import exit_without_teardown
 
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "has a checkpoint of its own resumes from it instead)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and the run's batch layout and steps, then exit")
-    p.add_argument("--world-size", type=int, default=None, metavar="N",
+    p.add_argument("--world-size", type=positive_int, default=None, metavar="N",
                    help="--print-config: the number of ranks to lay the batch out for (default: WORLD_SIZE as the "
                         "launchers set it, else 1)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")

@@ -11,6 +11,8 @@ import torch
 
 import eval as eval_cli
 import export
+import shard_dataset
+import train
 from model.export import TIMM_FALLBACK_ARCH
 from training.distributed import quiet_cpu_start, without_op_notes
 
@@ -27,6 +29,18 @@ def test_help_shows_each_default():
     assert "linear and low-shot probe epochs (default: 100)" in text
     assert "attentive-probe epochs (default: 20)" in text and "which encoder to probe (default: target)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+@pytest.mark.parametrize("module, option", [(train, "--world-size"), (shard_dataset, "--workers"),
+                                            (eval_cli, "--epochs")])
+@pytest.mark.parametrize("value, said", [("0", "must be at least 1, got 0"), ("-3", "must be at least 1, got -3"),
+                                         ("two", "'two' is not an integer")])
+def test_a_count_below_one_or_not_a_number_is_argparse_s_one_line(module, option, value, said, capsys):
+    required = {train: ["--config", "x.yaml"], shard_dataset: ["src", "dest"],
+                eval_cli: ["--checkpoint", "c", "--train-shards", "t", "--val-shards", "v"]}[module]
+    with pytest.raises(SystemExit) as exit_:
+        module.parse_args([*required, option, value])
+    assert exit_.value.code == 2 and f"argument {option}: {said}" in capsys.readouterr().err
 
 
 def test_export_names_the_model_it_wrote_by_its_sizes_unless_timm_has_a_name_for_it():
