@@ -188,14 +188,20 @@ def train_main(argv: list[str], caplog) -> tuple[int, list[str]]:
 
 # ------------------------------------------------------------------------------------------------ what a run wrote
 
-def logged_losses(out_dir, run_name: str = "tiny_cpu") -> dict[int, float]:
-    """Per-step losses from DeepSpeed's CSV monitor (a resumed run appends; a re-done step keeps its last value)."""
+def logged(out_dir, name: str, run_name: str = "tiny_cpu") -> dict[int, float]:
+    """One figure of DeepSpeed's CSV monitor (`name`, e.g. Diagnostics_token_rank), by step (a resumed run appends; a
+    re-done step keeps its last value)."""
     out = {}
-    with open(Path(out_dir) / "logs" / run_name / "Train_loss.csv") as f:
+    with open(Path(out_dir) / "logs" / run_name / f"{name}.csv") as f:
         for row in csv.reader(f):
             if row and row[0] != "step":
                 out[int(row[0])] = float(row[1])
     return out
+
+
+def logged_losses(out_dir, run_name: str = "tiny_cpu") -> dict[int, float]:
+    """Per-step losses from DeepSpeed's CSV monitor."""
+    return logged(out_dir, "Train_loss", run_name)
 
 
 def summary(out_dir) -> dict:

@@ -9,23 +9,15 @@ the kNN top-1 from 31% to 12-16% (chance: 10%), while the loss goes on as in a h
 the checks of steps 4, 6 and 8, the alarm fires at step 8. The same run length on the recipe's settings keeps the
 tokens' rank within a few percent of its peak (no alarm). Unit tests of the rule, the moments and the best's files:
 unit/test_collapse_rule.py, unit/test_best_checkpoint.py."""
-import csv
 import importlib
 import json
-from pathlib import Path
 
-from launches import error_lines, launch, no_shm_leftovers, ok, python, train_args  # noqa: F401
+from launches import error_lines, launch, logged, no_shm_leftovers, ok, python, train_args  # noqa: F401
 
 eval_main = importlib.import_module("eval")  # the entry script (its name shadows the builtin)
 COLLAPSE = ("ema.momentum=[0.0,0.0]", "optimization.warmup_epochs=0", "optimization.start_lr=5e-2",
             "optimization.lr=5e-2")
 CHECKS = ("optimization.max_steps=10", "logging.diagnostics_every=2")
-
-
-def series(out_dir: Path, name: str) -> dict[int, float]:
-    """One figure of the run's CSV step log, by step."""
-    with open(out_dir / "logs" / "tiny_cpu" / f"{name}.csv") as f:
-        return {int(row[0]): float(row[1]) for row in csv.reader(f) if row and row[0] != "step"}
 
 
 def alarms(output: str) -> list[str]:
@@ -40,15 +32,15 @@ def test_a_collapse_warns_once_and_the_best_checkpoint_before_it_is_kept_for_eva
     log = ok(launch(python(train_args(digit_shards["train"], out, *COLLAPSE, *CHECKS, "checkpoint.every_steps=2",
                                       "checkpoint.keep_last=1", "checkpoint.keep_best=true", "logging.probe_every=2",
                                       f"logging.probe_shards={digit_shards['val']}"))))
-    tokens = series(out, "Diagnostics_token_rank")
+    tokens = logged(out, "Diagnostics_token_rank")
     assert tokens[2] > 6 and max(tokens[s] for s in (4, 6, 8, 10)) < 2, tokens  # the collapse itself
-    assert series(out, "Diagnostics_token_rank_ceiling")[2] == 96  # min(449 images - 1, 96 dims)
+    assert logged(out, "Diagnostics_token_rank_ceiling")[2] == 96  # min(449 images - 1, 96 dims)
     [line] = alarms(log)
     assert line.startswith("collapse alarm: step 8: effective rank of the patch tokens ") and \
         "(step 2) for 3 checks in a row, since step 4" in line, line
-    assert series(out, "Diagnostics_collapse_alarm") == {2: 0.0, 4: 0.0, 6: 0.0, 8: 1.0, 10: 1.0}
+    assert logged(out, "Diagnostics_collapse_alarm") == {2: 0.0, 4: 0.0, 6: 0.0, 8: 1.0, 10: 1.0}
 
-    knn = series(out, "Probe_knn_top1")
+    knn = logged(out, "Probe_knn_top1")
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     saved = {s: v for s, v in knn.items() if s % 2 == 0}
     assert best["knn_top1"] == max(saved.values()) and best["step"] == min(s for s, v in saved.items()
@@ -78,14 +70,14 @@ def test_a_collapse_stops_the_run_with_a_checkpoint_and_one_line(digit_shards, t
     assert len(alarms(proc.stderr)) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step00000004", "step00000008"]
     assert (out / "checkpoints" / "step00000008" / "COMPLETE").is_file()
-    assert series(out, "Diagnostics_effective_rank_ceiling")[2] == 96  # min(1024 images - 1, 96 dims)
-    assert max(series(out, "Train_loss")) == 8  # stopped there
+    assert logged(out, "Diagnostics_effective_rank_ceiling")[2] == 96  # min(1024 images - 1, 96 dims)
+    assert max(logged(out, "Train_loss")) == 8  # stopped there
 
 
 def test_a_healthy_run_of_the_same_length_raises_no_alarm(digit_shards, tmp_path):
     out = tmp_path / "run"
     log = ok(launch(python(train_args(digit_shards["train"], out, *CHECKS, "logging.collapse=stop"))))
     assert alarms(log) == []
-    tokens = series(out, "Diagnostics_token_rank")
+    tokens = logged(out, "Diagnostics_token_rank")
     assert min(tokens.values()) > 0.9 * max(tokens.values()), tokens
-    assert set(series(out, "Diagnostics_collapse_alarm").values()) == {0.0}
+    assert set(logged(out, "Diagnostics_collapse_alarm").values()) == {0.0}
