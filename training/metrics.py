@@ -124,6 +124,15 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
 
 
+def total_memory_gb(device: torch.device) -> float:
+    """The memory `device` has: the GPU's, or on the CPU the machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**30
+    import psutil
+
+    return psutil.virtual_memory().total / 2**30
+
+
 def format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

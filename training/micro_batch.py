@@ -31,7 +31,7 @@ from config import training_dtype
 from training import TrainingError
 from training.distributed import any_rank
 from training.engine import forward, set_schedules
-from training.metrics import peak_memory_gb
+from training.metrics import peak_memory_gb, total_memory_gb
 from training.plan import BatchLayout, RunPlan
 from util.files import write_file_atomic
 
@@ -168,14 +168,6 @@ def rebuild(t, layout: BatchLayout, build_state) -> None:
         raise TrainingError(f"data.batch_size auto: the rebuilt run stands at step {step}, not {t.step - 1}")
 
 
-def total_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory / 2**30
-    import psutil
-
-    return psutil.virtual_memory().total / 2**30
-
-
 def out_of_memory_line(t) -> str:
     """The one line of an out-of-memory error in step t.step (not the trial's): the micro batch, the peak, and what
     to set; with data.batch_size auto it is noted in run.out_dir, so the next launch (--resume auto) tries less."""
@@ -188,7 +180,7 @@ def out_of_memory_line(t) -> str:
         fix = (f"set optimization.global_batch {layout.global_batch} with data.batch_size {half} or auto (the "
                f"global batch kept), or halve data.batch_size")
     line = (f"out of memory in step {t.step} with a micro batch of {layout.batch_size} per GPU: peak "
-            f"{peak_memory_gb(device):.2f} GiB of the {device.type} device's {total_gb(device):.2f} GiB; {fix}, or set "
+            f"{peak_memory_gb(device):.2f} GiB of the {device.type} device's {total_memory_gb(device):.2f} GiB; {fix}, or set "
             f"model.activation_checkpointing true")
     if cfg.data.batch_size == "auto":
         note_failure(t.guard.out_dir, layout.batch_size)
