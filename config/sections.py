@@ -13,14 +13,17 @@ from pydantic_core import PydanticCustomError
 
 from config.errors import shown
 from config.ranges import INT64_MAX, at_least, between, section, text
-from pipeline.shards.manifest import scheme_problem
+from pipeline.shards.manifest import MANIFEST_NAME, scheme_problem
 
 
 def known_scheme(value: str) -> str:
     """A shard folder's path or URL (data.shards, logging.probe_shards): a scheme this does not read (htps://) is
-    refused here, where it would otherwise be read as a local path that does not exist."""
+    refused here, where it would otherwise be read as a local path that does not exist. The folder's manifest.json
+    named instead of the folder means the folder."""
     if problem := scheme_problem(value):
         raise PydanticCustomError("scheme", "{problem}", {"problem": problem})
+    if value.rstrip("/").endswith("/" + MANIFEST_NAME):
+        return value.rstrip("/")[: -len(MANIFEST_NAME)]
     return value
 
 
@@ -81,6 +84,11 @@ class DataConfig:
     """shards from a URL: the cache's bound in GB (0: no bound, every shard)"""
     fetch_timeout_s: float = between(1.0, 86400.0, default=300.0)
     """shards from a URL: the most one file may take to arrive, retries and backoff included"""
+    epoch_order: Literal["auto", "global", "cache_blocks"] = "auto"
+    """global = each epoch one shuffle of every sample; cache_blocks = shards shuffled into blocks of half data.cache_gb,
+    samples shuffled within a block, each epoch first reading the shards the cache still holds (a cache smaller than
+    the data set then fetches about the part it cannot hold, not a shard per sample); auto = cache_blocks when
+    data.shards is a URL and data.cache_gb cannot hold it, else global"""
 
     _shards_scheme = pydantic.field_validator("shards")(known_scheme)
 
