@@ -7,7 +7,8 @@ PNGs and one index.html (no server, nothing fetched: open it in a browser).
 RUN_DIR is train.py's run.out_dir, or one of its checkpoint folders (RUN_DIR/checkpoints/best: the feature picture
 then shows that checkpoint's encoder instead of the newest). What the folder lacks (a step log, a checkpoint) leaves
 its section out, saying why.
-The report is written to RUN_DIR/report unless --out says otherwise; a live run's folder can be reported on.
+The report is written to RUN_DIR/report unless --out says otherwise (a RUN_DIR/report that is a link out of the run
+folder is refused); a live run's folder can be reported on.
 """
 from __future__ import annotations
 

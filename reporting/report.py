@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +25,7 @@ from evaluation.features import first_images, normalize
 from pipeline.loading.loader import build_loader, resolve_backend
 from pipeline.masks.pictures import mask_pictures, to_uint8
 from pipeline.shards.manifest import is_url, read_manifest, scheme_problem
-from reporting import ReportError
+from reporting import ReportError, kind
 from reporting.curves import diagnostics_figure, throughput_figure, training_figure
 from reporting.page import Section, probe_section, write_page
 from reporting.pictures import features_figure, masks_figure, patch_features, pca_rgb
@@ -75,8 +76,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
         if given is not None and (problem := scheme_problem(str(given))):
             raise ReportError(f"{option}: {problem}")
     run = open_run(run_dir)
-    folder = Path(out) if out is not None else run.path / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = report_folder(run, out)
     report = Report(folder, [], {}, None)
     train_shards = str(shards or run.cfg.data.shards)  # a folder, or the URL of one
     report.masks = add_masks(report, run, train_shards, count)
@@ -89,6 +89,29 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, val_shards:
         if section.note:
             logger.warning(f"report: {section.title}: left out: {section.note}")
     return report
+
+
+def report_folder(run: RunFolder, out: str | Path | None) -> Path:
+    """The folder the report goes to (`out`, else run/report), made if need be. A run/report that is a link out of
+    the run folder is refused: the report would land where nobody named, e.g. in a folder the link was left pointing
+    at. What is there and is not a folder, or cannot be made, is a ReportError naming it."""
+    folder = Path(out) if out is not None else run.path / "report"
+    name = f"--out {folder}" if out is not None else str(folder)
+    if out is None and folder.is_symlink():
+        target = Path(os.path.realpath(folder))
+        if not target.is_relative_to(run.path.resolve()):
+            raise ReportError(f"{folder} is a link to {os.readlink(folder)}, outside the run folder; the report is "
+                              f"not written through it: remove the link, or give the report a folder with --out")
+    try:
+        if folder.exists() and not folder.is_dir():
+            what = "a file" if folder.is_file() else kind(folder.stat().st_mode)
+            raise ReportError(f"{name} is {what}, not a folder; move it away, or give the report another folder "
+                              f"with --out")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"{name}: the report's folder cannot be made ({err.strerror}); give the report a folder "
+                          f"you can write with --out") from None
+    return folder
 
 
 CAPTIONS = {

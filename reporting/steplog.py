@@ -10,7 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from reporting import ReportError
+from reporting import ReportError, read_regular
+
+MAX_STEP = 2**63 - 1  # the steps are held as int64
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,13 @@ class StepLog:
 
 def read_step_log(folder: Path) -> StepLog:
     """Every *.csv of `folder` (a run's logs/<run.name>). A row cut short by a killed write (the file's last line,
-    with no newline) is left out; any other unreadable row is a ReportError naming the file and line."""
+    with no newline) is left out; any other unreadable row (a step outside 0 to 2^63-1 too) is a ReportError naming
+    the file and line, as is a *.csv that is not a regular file (a FIFO is never opened: it would block)."""
     return StepLog(folder, {path.stem: read_series(path) for path in sorted(folder.glob("*.csv"))})
 
 
 def read_series(path: Path) -> Series:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path}: cannot be read ({err}); the report needs the run's step log") from None
+    text = read_regular(path, "the report needs the run's step log")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -67,11 +67,15 @@ def read_series(path: Path) -> Series:
             continue
         try:
             step, value = line.rstrip("\r").split(",")
-            by_step[int(step)] = float(value)  # a later row of the same step wins
-            if headers > 1 and len(resumed) < headers - 1:  # the first row of a launch after the first
-                resumed.append(int(step))
+            step, value = int(step), float(value)
         except ValueError:
             raise ReportError(f"{path}:{number}: {line[:80]!r} is not a 'step,value' row; the step log is damaged: "
                               f"move the file away to draw the report without it") from None
+        if not 0 <= step <= MAX_STEP:  # no run reaches it: a damaged row (and beyond the int64 the steps are held in)
+            raise ReportError(f"{path}:{number}: {line[:80]!r} has a step outside 0 to 2^63-1; the step log is "
+                              f"damaged: move the file away to draw the report without it")
+        by_step[step] = value  # a later row of the same step wins
+        if headers > 1 and len(resumed) < headers - 1:  # the first row of a launch after the first
+            resumed.append(step)
     steps = np.array(sorted(by_step), dtype=np.int64)
     return Series(steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64), tuple(resumed))

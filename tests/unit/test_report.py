@@ -5,6 +5,7 @@ from, and the TensorBoard mask images it wrote: e2e/test_run_report.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -131,6 +132,14 @@ def test_a_run_folder_without_shards_or_checkpoint_gets_the_sections_it_can(tmp_
     ("bad probe", "--probe {run}/p.json: not eval.py's --json output (KeyError: 'low_shot')"),
     ("missing probe", "--probe {run}/p.json: no such file"),
     ("bad log", "{run}/logs/tiny_cpu/Train_lr.csv:2: '2;0.0002' is not a 'step,value' row"),
+    ("huge step", "{run}/logs/tiny_cpu/Train_lr.csv:3: '100000000000000000000000,0.1' has a step outside 0 to "
+                  "2^63-1; the step log is damaged: move the file away"),
+    ("fifo log", "{run}/logs/tiny_cpu/Train_lr.csv: not a regular file (a FIFO); the report needs the run's step "
+                 "log: move it away"),
+    ("report link", "{run}/report is a link to {outside}, outside the run folder; the report is not written through "
+                    "it: remove the link, or give the report a folder with --out"),
+    ("report file", "{run}/report is a file, not a folder; move it away, or give the report another folder with "
+                    "--out"),
     ("device", "--device cuda:7: no CUDA device is available here; use --device cpu"),
     ("scheme typo", "--val-shards: htps://host/val has the scheme 'htps', which is not one this reads"),
 ])
@@ -151,11 +160,25 @@ def test_what_cannot_be_reported_is_one_line(tmp_path, capsys, case, message):
         argv += ["--device", "cuda:7"]
     if case == "scheme typo":
         argv += ["--val-shards", "htps://host/val"]
+    log = run / "logs" / "tiny_cpu" / "Train_lr.csv"
     if case == "bad log":
-        (run / "logs" / "tiny_cpu" / "Train_lr.csv").write_text("step,lr\n2;0.0002\n")
+        log.write_text("step,lr\n2;0.0002\n")
+    if case == "huge step":  # beyond the int64 the steps are held in
+        log.write_text("step,lr\n2,0.0002\n100000000000000000000000,0.1\n")
+    if case == "fifo log":  # opening it would wait for a writer forever
+        log.unlink()
+        os.mkfifo(log)
+    outside = tmp_path / "outside"
+    if case == "report link":  # the report would be written into the folder the link points at
+        outside.mkdir()
+        (run / "report").symlink_to(outside)
+    if case == "report file":
+        (run / "report").write_text("notes\n")
     assert report_cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: " + message.format(run=run)) and err.count("\n") == 1, err
+    assert err.startswith("error: " + message.format(run=run, outside=outside)) and err.count("\n") == 1, err
+    if case == "report link":
+        assert list(outside.iterdir()) == []
 
 
 def resumed_log(folder: Path, steps: int = 12, resume: int = 6, diagnostics: bool = True) -> StepLog:
