@@ -3,10 +3,12 @@ the warning signal Slurm sends before a time limit or a preemption.
 
     adopt_srun_env(os.environ)        # an srun task: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set
     hostnames("gpu[001-004,017],cpu7")  # ['gpu001', ..., 'gpu017', 'cpu7'], as `scontrol show hostnames`
+    first_host("n[0001-9999]"), host_count("n[0001-9999]")  # 'n0001', 9999: from the ranges, nothing listed
     said = requeue(os.environ)        # `scontrol requeue $SLURM_JOB_ID`: what happened, in one line
 
 Only `srun` tasks (SLURM_STEP_ID set) are ranks: a batch script's own shell has SLURM_PROCID 0 and SLURM_NTASKS N too,
-but it is one process, and `python train.py` there would wait for N - 1 ranks that never start.
+but it is one process, and `python train.py` there would wait for N - 1 ranks that never start. A variable that Slurm
+would not set (SLURM_PROCID outside the step's tasks, a count or id that is no number) is a SlurmError naming it.
 """
 from __future__ import annotations
 
@@ -17,37 +19,83 @@ from typing import Mapping, MutableMapping, Optional
 from util.errors import UserError
 
 PORT_BASE, PORT_SPAN = 20000, 30000  # the rendezvous port: 20000-49999, from the job and step ids
-_RANGE = re.compile(r"(\d+)(?:-(\d+))?$")
+_RANGE = re.compile(r"(\d{1,18})(?:-(\d{1,18}))?$")  # 18 digits: beyond, Slurm's unsigned long overflows
 
 
-class HostlistError(UserError, ValueError):
-    """A node list that Slurm itself would refuse."""
+class SlurmError(UserError, ValueError):
+    """A Slurm variable (a node list, a rank, a task count, an id) that Slurm itself would not set or would refuse."""
+
+
+HostlistError = SlurmError  # the name train.py catches around adopt_srun_env
+
+# A node list parsed: its terms, each a list of (text, ranges) pieces: the text, then one name part per range number
+# (a piece without ranges is text alone). Ranges are (first, last, width): counted and walked, never listed, so a
+# list of 10^12 hosts costs what its text costs.
+Piece = tuple[str, list[tuple[int, int, int]]]
 
 
 def hostnames(nodelist: str) -> list[str]:
     """A Slurm node list expanded the way `scontrol show hostnames` does: comma-separated names, each a prefix
     followed by bracketed ranges (`n[01-03,7]`: zero padding from the first number; `a[1-2]b[3-4]`: every
     combination, the first bracket outermost); duplicates kept, order kept. Text after the last bracket is refused,
-    as Slurm refuses it."""
-    hosts = []
+    as Slurm refuses it. Every name is listed: for the first alone use first_host, for how many host_count."""
+    return [name for term in parse_nodelist(nodelist) for name in _names(term)]
+
+
+def first_host(nodelist: str) -> str:
+    """The first name of `nodelist` (rank 0's host), the whole list checked but not expanded; a SlurmError for a
+    list that Slurm would refuse or that names no host."""
+    terms = parse_nodelist(nodelist)
+    if not terms:
+        raise SlurmError(f"invalid Slurm node list {nodelist!r}: no host in it")
+    return "".join(text + (str(ranges[0][0]).zfill(ranges[0][2]) if ranges else "") for text, ranges in terms[0])
+
+
+def host_count(nodelist: str) -> int:
+    """How many names `nodelist` expands to, counted from its ranges (no name is made)."""
+    count = 0
+    for term in parse_nodelist(nodelist):
+        product = 1
+        for _, ranges in term:
+            product *= sum(last - first + 1 for first, last, _ in ranges) if ranges else 1
+        count += product
+    return count
+
+
+def parse_nodelist(nodelist: str) -> list[list[Piece]]:
+    """The terms of `nodelist` (see Piece), each range checked as Slurm checks it; a SlurmError naming the list
+    otherwise."""
+    terms = []
     for term in _top_level_terms(nodelist):
-        names = [""]
-        rest = term
+        pieces, rest = [], term
         while rest:
             open_at = rest.find("[")
             if open_at < 0:
                 if term != rest:  # `node[1-2].cluster`: Slurm 22.05 says "Invalid hostlist"
-                    raise HostlistError(f"invalid Slurm node list {nodelist!r}: text after ']' in {term!r}")
-                names = [n + rest for n in names]
+                    raise SlurmError(f"invalid Slurm node list {nodelist!r}: text after ']' in {term!r}")
+                pieces.append((rest, []))
                 break
             close_at = rest.find("]", open_at)
             if close_at < 0 or "[" in rest[open_at + 1:close_at]:
-                raise HostlistError(f"invalid Slurm node list {nodelist!r}: unbalanced '[' in {term!r}")
-            prefix, numbers = rest[:open_at], _expand_ranges(rest[open_at + 1:close_at], nodelist)
-            names = [n + prefix + x for n in names for x in numbers]
+                raise SlurmError(f"invalid Slurm node list {nodelist!r}: unbalanced '[' in {term!r}")
+            pieces.append((rest[:open_at], _ranges(rest[open_at + 1:close_at], nodelist)))
             rest = rest[close_at + 1:]
-        hosts.extend(names)
-    return hosts
+        terms.append(pieces)
+    return terms
+
+
+def _names(pieces: list[Piece], prefix: str = ""):
+    """The names of one term, in order, one at a time (the first piece's numbers outermost)."""
+    if not pieces:
+        yield prefix
+        return
+    (text, ranges), rest = pieces[0], pieces[1:]
+    if not ranges:
+        yield from _names(rest, prefix + text)
+        return
+    for first, last, width in ranges:
+        for n in range(first, last + 1):
+            yield from _names(rest, prefix + text + str(n).zfill(width))
 
 
 def _top_level_terms(nodelist: str) -> list[str]:
@@ -59,7 +107,7 @@ def _top_level_terms(nodelist: str) -> list[str]:
         elif ch == "]":
             depth -= 1
             if depth < 0:
-                raise HostlistError(f"invalid Slurm node list {nodelist!r}: ']' without '['")
+                raise SlurmError(f"invalid Slurm node list {nodelist!r}: ']' without '['")
         elif ch == "," and depth == 0:
             terms.append(nodelist[start:i])
             start = i + 1
@@ -67,15 +115,15 @@ def _top_level_terms(nodelist: str) -> list[str]:
     return [t.strip() for t in terms if t.strip()]
 
 
-def _expand_ranges(spec: str, nodelist: str) -> list[str]:
-    """`01-03,7` → ['01', '02', '03', '7']: each number as wide as the range's first one."""
+def _ranges(spec: str, nodelist: str) -> list[tuple[int, int, int]]:
+    """`01-03,7` → [(1, 3, 2), (7, 7, 1)]: each number as wide as its range's first one."""
     out = []
     for part in spec.split(","):
         match = _RANGE.match(part)
         if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
-            raise HostlistError(f"invalid Slurm node list {nodelist!r}: range {part!r}")
+            raise SlurmError(f"invalid Slurm node list {nodelist!r}: range {part!r}")
         lo, hi = match.group(1), match.group(2) or match.group(1)
-        out.extend(str(n).zfill(len(lo)) for n in range(int(lo), int(hi) + 1))
+        out.append((int(lo), int(hi), len(lo)))
     return out
 
 
@@ -92,17 +140,42 @@ def in_srun_step(env: Mapping[str, str]) -> bool:
 def srun_env(env: Mapping[str, str]) -> dict[str, str]:
     """The torch.distributed variables of an `srun` task (`in_srun_step(env)`): RANK from SLURM_PROCID, WORLD_SIZE
     from the step's task count, LOCAL_RANK from SLURM_LOCALID, the node from SLURM_NODEID, MASTER_ADDR the step's
-    first host (tasks are laid out block-wise: rank 0 runs there), MASTER_PORT from the job and step ids."""
-    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    first host (tasks are laid out block-wise: rank 0 runs there), MASTER_PORT from the job and step ids. A variable
+    Slurm would not set (a rank outside the step's tasks, a count or id that is not a number) is a SlurmError naming
+    it: such a task would wait for ranks that never come."""
+    nodes_key = next((k for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST") if env.get(k)),
+                     "SLURM_STEP_NODELIST")
+    nodes = env.get(nodes_key, "")
     try:
-        first = hostnames(nodes)[0]
-    except (HostlistError, IndexError) as err:
-        raise HostlistError(f"srun task: cannot tell rank 0's host from SLURM_STEP_NODELIST={nodes!r} ({err}); set "
-                            f"MASTER_ADDR") from None
-    world = env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]
-    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": world, "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-            "NODE_RANK": env.get("SLURM_NODEID", "0"), "MASTER_ADDR": first,
-            "MASTER_PORT": str(rendezvous_port(int(env.get("SLURM_JOB_ID", "0")), int(env["SLURM_STEP_ID"])))}
+        first = first_host(nodes)
+    except SlurmError as err:
+        raise SlurmError(f"srun task: cannot tell rank 0's host from {nodes_key}={nodes[:200]!r} ({err}); set "
+                         f"MASTER_ADDR") from None
+    world_key = "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS"
+    world = whole(env, world_key, least=1)
+    rank = whole(env, "SLURM_PROCID")
+    if rank >= world:
+        raise SlurmError(f"SLURM_PROCID={rank} but {world_key}={world}: an srun task's rank is one of 0 to "
+                         f"{world - 1}; {SET_BY_SRUN}")
+    job, step = whole(env, "SLURM_JOB_ID", default=0), whole(env, "SLURM_STEP_ID")
+    whole(env, "SLURM_RESTART_COUNT", default=0)  # the start line shows it
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(whole(env, "SLURM_LOCALID", default=0)),
+            "NODE_RANK": str(whole(env, "SLURM_NODEID", default=0)), "MASTER_ADDR": first,
+            "MASTER_PORT": str(rendezvous_port(job, step))}
+
+
+SET_BY_SRUN = "srun sets these: start train.py with srun, or unset the SLURM_* variables to run it outside Slurm"
+
+
+def whole(env: Mapping[str, str], key: str, least: int = 0, default: Optional[int] = None) -> int:
+    """The whole number `env[key]` (at least `least`; `default` when it is unset or empty), as Slurm sets it; a
+    SlurmError naming the variable and its value otherwise."""
+    text = env.get(key, "")
+    if text == "" and default is not None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 18 and int(text) >= least):
+        raise SlurmError(f"{key}={text[:40]!r}: Slurm sets a whole number of at least {least} there; {SET_BY_SRUN}")
+    return int(text)
 
 
 def adopt_srun_env(env: MutableMapping[str, str]) -> bool:
@@ -116,7 +189,7 @@ def adopt_srun_env(env: MutableMapping[str, str]) -> bool:
 
 def describe_step(env: Mapping[str, str]) -> str:
     """`srun (Slurm job 7, step 0, restart 1)`: the start line's name of the launcher."""
-    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+    restarts = whole(env, "SLURM_RESTART_COUNT", default=0)
     return (f"srun (Slurm job {env.get('SLURM_JOB_ID', '?')}, step {env.get('SLURM_STEP_ID', '?')}"
             + (f", restart {restarts}" if restarts else "") + ")")
 
@@ -124,8 +197,10 @@ def describe_step(env: Mapping[str, str]) -> str:
 def lone_batch_shell(env: Mapping[str, str]) -> Optional[str]:
     """A warning when train.py runs, as one process, in the batch shell of a job that has several tasks (it was not
     started with srun); None otherwise."""
-    tasks = int(env.get("SLURM_NTASKS", "1") or 1)
-    if in_srun_step(env) or "SLURM_JOB_ID" not in env or tasks <= 1 or env.get("WORLD_SIZE", "1") != "1":
+    if in_srun_step(env) or "SLURM_JOB_ID" not in env or env.get("WORLD_SIZE", "1") != "1":
+        return None
+    tasks = whole(env, "SLURM_NTASKS", least=1, default=1)
+    if tasks <= 1:
         return None
     return (f"train.py runs as one process in the batch shell of Slurm job {env['SLURM_JOB_ID']}, which has {tasks} "
             f"tasks: start it with `srun python train.py ...` (tools/slurm/train.sbatch) to train on all of them")

@@ -14,8 +14,8 @@ import train
 from training import TrainingError
 from training.distributed import cuda_index
 from training.faults import Peers, StopSignal, Watchdog
-from training.slurm import (HostlistError, adopt_srun_env, hostnames, lone_batch_shell, rendezvous_port, requeue,
-                            srun_env)
+from training.slurm import (HostlistError, SlurmError, adopt_srun_env, first_host, host_count, hostnames,
+                            lone_batch_shell, rendezvous_port, requeue, srun_env)
 
 # ------------------------------------------------------------------------------------------------ node lists, ranks
 
@@ -160,3 +160,67 @@ def test_a_rank_told_of_a_stop_names_the_launcher_it_shares(handlers):
     assert stop.received == f"the end of its launcher torchrun (pid {child})"
     watchdog.check_launchers()  # a launcher gone stays the first cause, named once
     assert stop.received == f"the end of its launcher torchrun (pid {child})"
+
+
+# ------------------------------------------------------------------------------- Slurm variables Slurm would not set
+
+@pytest.mark.parametrize("more, message", [
+    ({"SLURM_PROCID": "8"}, "SLURM_PROCID=8 but SLURM_STEP_NUM_TASKS=8: an srun task's rank is one of 0 to 7; "),
+    ({"SLURM_PROCID": "-1"}, "SLURM_PROCID='-1': Slurm sets a whole number of at least 0 there; "),
+    ({"SLURM_STEP_NUM_TASKS": "", "SLURM_NTASKS": "two"},
+     "SLURM_NTASKS='two': Slurm sets a whole number of at least 1 there; "),
+    ({"SLURM_STEP_NUM_TASKS": "0"}, "SLURM_STEP_NUM_TASKS='0': Slurm sets a whole number of at least 1 there; "),
+    ({"SLURM_JOB_ID": "abc"}, "SLURM_JOB_ID='abc': Slurm sets a whole number of at least 0 there; "),
+    ({"SLURM_LOCALID": "1.5"}, "SLURM_LOCALID='1.5': Slurm sets a whole number of at least 0 there; "),
+    ({"SLURM_RESTART_COUNT": "x"}, "SLURM_RESTART_COUNT='x': Slurm sets a whole number of at least 0 there; "),
+])
+def test_a_slurm_variable_slurm_would_not_set_is_one_line_naming_it(more, message):
+    """A rank outside the step's tasks waited for ranks that never come; a count or id that is not a number was a
+    traceback."""
+    with pytest.raises(SlurmError) as caught:
+        srun_env(srun_task(**more))
+    said = str(caught.value)
+    assert said.startswith(message) and said.endswith(
+        "srun sets these: start train.py with srun, or unset the SLURM_* variables to run it outside Slurm"), said
+    assert "\n" not in said
+
+
+def test_train_py_refuses_a_rank_beyond_the_step_in_one_line(monkeypatch, capsys):
+    for key, value in srun_task(SLURM_PROCID="8").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RANK", raising=False)
+    assert train.main(["--config", "configs/tiny_cpu.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: SLURM_PROCID=8 but SLURM_STEP_NUM_TASKS=8"), err
+
+
+def test_the_batch_shell_with_a_task_count_that_is_no_number_is_one_line():
+    with pytest.raises(SlurmError, match=r"^SLURM_NTASKS='two': Slurm sets a whole number of at least 1 there"):
+        lone_batch_shell({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "two"})
+
+
+def test_a_node_list_of_a_trillion_hosts_gives_its_first_and_its_count_without_listing_them():
+    """Rank 0's host is the list's first; listing every host to find it took 3 GiB for this list."""
+    import tracemalloc
+
+    nodelist = "node[000000000001-999999999999],gpu[1-2]x[5-7]"
+    tracemalloc.start()
+    try:
+        first, count = first_host(nodelist), host_count(nodelist)
+        env = srun_env(srun_task(SLURM_STEP_NODELIST=nodelist))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (first, count, env["MASTER_ADDR"]) == ("node000000000001", 999_999_999_999 + 6, "node000000000001")
+    assert peak < 1 << 20, peak
+
+
+@pytest.mark.parametrize("nodelist", sorted(EXPANDED))
+def test_the_first_host_and_the_count_agree_with_the_expanded_list(nodelist):
+    assert (first_host(nodelist), host_count(nodelist)) == (EXPANDED[nodelist][0], len(EXPANDED[nodelist]))
+
+
+@pytest.mark.parametrize("nodelist", REFUSED + UNBALANCED + ["", ",", "n[1234567890123456789]"])
+def test_a_node_list_slurm_would_refuse_has_no_first_host(nodelist):
+    with pytest.raises(SlurmError, match="invalid Slurm node list"):
+        first_host(nodelist)
