@@ -10,7 +10,6 @@ import io
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from training import TrainingError
@@ -21,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 SETUP_TIMEOUT_S = 4 * 3600  # rank 0's one-off work the others wait for (a universal conversion of a ViT-g checkpoint)
 SHM_PATTERN = "deepspeed_*"  # DeepSpeed's shared-memory all-reduce buffers (deepspeed/ops/csrc/cpu/comm/shm.cpp)
-SHM_MIN_AGE_S = 60  # a buffer younger than this may belong to a run starting now, not yet mapped by it
 _setup_group = None  # a gloo group with SETUP_TIMEOUT_S, for on_rank0
 
 
@@ -151,32 +149,46 @@ def release_shm_buffers() -> None:
 
 
 def remove_dead_shm_buffers(shm: Path = Path("/dev/shm"), proc: Path = Path("/proc")) -> list[Path]:
-    """Removes DeepSpeed's /dev/shm buffers of this user that no process maps any more (left by ranks killed with
-    SIGKILL, 66 MiB each); returns them. A live run's ranks map theirs for the whole run, so nothing of a live run is
-    touched; a buffer younger than SHM_MIN_AGE_S is left alone (its run may be starting)."""
-    uid, now = os.getuid(), time.time()
-    min_age = float(os.environ.get("IJEPA_SHM_MIN_AGE_S", SHM_MIN_AGE_S))  # the tests' runs set 0
+    """Removes DeepSpeed's /dev/shm buffers of this user that no process holds open or maps any more (left by ranks
+    killed with SIGKILL, 66 MiB each), whatever their age; returns them. DeepSpeed opens a rank's buffer as it creates
+    it (shm_open with O_CREAT) and keeps the descriptor and the mapping for the whole run, so a live run's buffers,
+    one being created this instant included, are never touched; a job killed and started again at once gets its dead
+    buffers removed."""
+    uid = os.getuid()
     candidates = []
-    for path in shm.glob(SHM_PATTERN):
+    for path in shm.glob(SHM_PATTERN):  # listed before /proc is read: a buffer made after this is no candidate
         try:
-            st = path.stat()
+            if path.stat().st_uid == uid:
+                candidates.append(path)
         except OSError:
             continue
-        if st.st_uid == uid and now - st.st_mtime >= min_age:
-            candidates.append(path)
     if not candidates:
         return []
-    mapped = set()
-    for maps in proc.glob("[0-9]*/maps"):
-        try:
-            text = maps.read_text()
-        except OSError:  # ended meanwhile, or another user's (which cannot map this user's 0600 buffers)
-            continue
-        mapped.update(line.split(None, 5)[-1] for line in text.splitlines() if str(shm) in line)
-    dead = [p for p in candidates if str(p) not in mapped]
+    held = shm_files_held(shm, proc)
+    dead = [p for p in candidates if str(p) not in held]
     for path in dead:
         path.unlink(missing_ok=True)
     return dead
+
+
+def shm_files_held(shm: Path, proc: Path) -> set[str]:
+    """The paths under `shm` that a process holds open (/proc/PID/fd) or maps (/proc/PID/maps). Processes that end
+    meanwhile, or another user's (which cannot open this user's 0600 buffers), are passed over."""
+    held, prefix = set(), str(shm) + "/"
+    for pid in proc.glob("[0-9]*"):
+        try:
+            for fd in os.scandir(pid / "fd"):
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:  # closed meanwhile
+                    continue
+                if target.startswith(prefix):
+                    held.add(target.removesuffix(" (deleted)"))
+            text = (pid / "maps").read_text()
+        except OSError:
+            continue
+        held.update(line.split(None, 5)[-1] for line in text.splitlines() if prefix in line)
+    return held
 
 
 def on_rank0(fn, *args):

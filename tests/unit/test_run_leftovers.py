@@ -1,5 +1,5 @@
 """What an earlier run left behind, handled in process: a fresh run into another run's checkpoints is refused before
-any process group (train.py's main), and only the DeepSpeed /dev/shm buffers of dead runs are removed
+any process group (train.py's main), and only the DeepSpeed /dev/shm buffers that no process holds (whatever their age) are removed
 (training/distributed.py). (A rank killed or hung, a launcher that vanished, the out_dir deleted mid-run, under the
 real launchers: e2e/test_faults.py.)"""
 import mmap
@@ -24,19 +24,27 @@ def test_a_fresh_run_into_checkpoints_is_refused(digit_shards, tmp_path, caplog)
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_only_unmapped_old_shm_buffers_are_removed(tmp_path):
+def test_every_shm_buffer_no_process_holds_is_removed_however_new(tmp_path):
+    """A job killed with SIGKILL and started again at once: its ranks' buffers are seconds old, and the kernel closed
+    and unmapped them when the ranks died (a buffer written and closed here is in that state). Removed; a buffer a
+    live run maps, or holds open (DeepSpeed opens it as it creates it, before mapping it), is kept, as is what is not
+    DeepSpeed's."""
     shm = tmp_path / "shm"
     shm.mkdir()
-    old = time.time() - 3600
-    dead, live, young, other = (shm / f"deepspeed_allreduce_buffer_127.0.0.1_1_{i}" for i in range(4))
-    for path in (dead, live, young):
-        path.write_bytes(b"\0" * 4096)
+    dead, old_dead, mapped, created, gone = (shm / f"deepspeed_allreduce_buffer_0_127.0.0.1_1_{i}" for i in range(5))
+    for path in (dead, old_dead, mapped, created):
+        path.write_bytes(b"\0" * 4096)  # written and closed: brand new, owned by no process
+    os.utime(old_dead, (time.time() - 3600,) * 2)
     other_name = shm / "not_deepspeed_buffer"
     other_name.write_bytes(b"\0" * 4096)
-    for path in (dead, live, other_name):
-        os.utime(path, (old, old))
-    with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mapped:  # a live run maps its buffer
-        removed = remove_dead_shm_buffers(shm)
-        assert mapped[:1] == b"\0"
-    assert removed == [dead]
-    assert not dead.exists() and live.exists() and young.exists() and other_name.exists() and not other.exists()
+    with open(mapped, "r+b") as f:
+        view = mmap.mmap(f.fileno(), 4096)  # mapped, and its descriptor closed below: held by the mapping alone
+    try:
+        with open(created, "r+b"):  # open, not mapped yet: a rank creating its buffer now
+            removed = remove_dead_shm_buffers(shm)
+        assert view[:1] == b"\0"
+    finally:
+        view.close()
+    assert sorted(removed) == sorted([dead, old_dead])
+    assert not dead.exists() and not old_dead.exists() and not gone.exists()
+    assert mapped.exists() and created.exists() and other_name.exists()
