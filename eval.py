@@ -31,6 +31,7 @@ from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.files import write_file_atomic
 from util.processes import exit_without_teardown
+from util.urls import redact, redact_logging
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def run(settings: dict, json_path: str | None) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    redact_logging()  # a password or signed URL given never reaches a log line, from any module
     # torch's advice on a damaged file's pickle protocol; the file is then refused in one line of ours
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     settings = vars(parse_args(argv))
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     try:
         run(settings, json_path)
     except UserError as err:  # the user's checkpoint, shards or options: one line naming the file and the fix
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return err.exit_code
     return 0
 

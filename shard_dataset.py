@@ -31,6 +31,7 @@ from pipeline.shards.writer import LABEL_MODES, VERIFY_MODES, RunSettings, Shard
 from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.processes import exit_without_teardown
+from util.urls import redact, redact_logging
 
 logger = logging.getLogger("shard_dataset")
 
@@ -69,8 +70,8 @@ def _prefix(text: str) -> str:
 
 def _url(text: str) -> str:
     if not is_url(text):
-        raise argparse.ArgumentTypeError(scheme_problem(text, folder=False) or
-                                         f"{text!r} is not an http://, https:// or s3:// URL")
+        raise argparse.ArgumentTypeError(redact(scheme_problem(text, folder=False) or
+                                                f"{text!r} is not an http://, https:// or s3:// URL"))
     return text
 
 
@@ -126,6 +127,7 @@ def _log_entries(entries: list[dict], most: int = 20) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    redact_logging()  # a password or signed --upload URL never reaches a log line, from any module or worker
     args = parse_args(argv)
     shard_samples, shard_bytes = args.shard_size
     options = ShardOptions(labels=args.labels, seed=args.seed, shard_samples=shard_samples, shard_bytes=shard_bytes,
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
     try:
         manifest, counts = build_shards(args.src, args.dest, options, settings)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (complete shards are kept)", file=sys.stderr)
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
         try:
             sent = upload_shards(Path(args.dest), manifest, args.upload, RetryPolicy())
         except UserError as err:
-            print(f"error: {err}; DEST is complete: rerun with --upload to upload it again", file=sys.stderr)
+            print(f"error: {redact(str(err))}; DEST is complete: rerun with --upload to upload it again",
+                  file=sys.stderr)
             return err.exit_code
         logger.info("%s: uploaded %s MB; train from it with --set data.shards=%s", args.upload,
                     f"{sent / 1e6:,.1f}", args.upload)

@@ -25,6 +25,7 @@ from training.slurm import HostlistError, adopt_srun_env
 from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.processes import exit_without_teardown
+from util.urls import redact, redact_logging
 
 logger = logging.getLogger("train")
 
@@ -70,22 +71,23 @@ def main(argv=None) -> int:
     try:  # an srun task: its rank and rendezvous from Slurm's variables, before anything reads RANK
         adopt_srun_env(os.environ)
     except HostlistError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return err.exit_code
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
+    redact_logging()  # a password or signed URL in data.shards never reaches a log line, from any module
     try:
         init = [] if args.init_from is None else [f"checkpoint.init_from={json.dumps(args.init_from)}"]  # a YAML string
         cfg = load_config(args.config, overrides=[*args.set, *init])
         if args.print_config:
             world_size = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-            sys.stdout.write(config_to_yaml(cfg) + derived_summary(cfg, world_size))
+            sys.stdout.write(redact(config_to_yaml(cfg) + derived_summary(cfg, world_size)))
             return 0
         return run_training(cfg, ResumeRequest(cfg.checkpoint.resume if args.resume is None else args.resume,
                                                args.accept_changes, args.keep_per_gpu_batch))
     except UserError as err:  # bad input, config, data, a refused resume: one line, no traceback
-        logger.error("%s: %s", "config error" if isinstance(err, ConfigError) else "error", err)
+        logger.error("%s: %s", "config error" if isinstance(err, ConfigError) else "error", redact(str(err)))
         return err.exit_code
 
 

@@ -29,6 +29,7 @@ from config.ranges import RANGE, number_or_words, yaml_number
 from config.sections import Config, MaskConfig
 from config.yaml_text import read_yaml
 from model.sizes import VIT_SIZES, encoder_size
+from util.urls import redact_tree
 
 CONFIG = pydantic.TypeAdapter(Config)
 SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "deepspeed"}
@@ -62,7 +63,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
 
 def with_overrides(cfg: Config, overrides: typing.Sequence[str], source: str = "<config>") -> Config:
     """`cfg` with `section.key=value` overrides applied and checked, as load_config applies them to a file."""
-    raw = copy.deepcopy(config_to_dict(cfg))  # the deepspeed section is cfg's own dict
+    raw = copy.deepcopy(config_to_dict(cfg, secrets=True))  # the deepspeed section is cfg's own dict
     return config_from_dict(raw, source, apply_overrides(raw, overrides, source))
 
 
@@ -261,12 +262,15 @@ def check_consistency(cfg: Config) -> Optional[str]:
 
 # ---------------------------------------------------------------------------------------------------------- dumping
 
-def config_to_dict(cfg: Config) -> dict:
-    """Plain nested dict (lists for pairs) in section order: what YAML dumps and config_from_dict reads back."""
+def config_to_dict(cfg: Config, secrets: bool = False) -> dict:
+    """Plain nested dict (lists for pairs) in section order: what YAML dumps and config_from_dict reads back. Every
+    URL in it is redacted (util.urls.redact: a password or signed URL given in data.shards is shown and saved as ***),
+    unless `secrets`: for this process's own use, as with_overrides."""
     def lists(v):
         return [lists(x) for x in v] if isinstance(v, tuple) else {k: lists(x) for k, x in v.items()} \
             if isinstance(v, dict) else v
-    return lists(dataclasses.asdict(cfg))
+    raw = lists(dataclasses.asdict(cfg))
+    return raw if secrets else redact_tree(raw)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -277,4 +281,5 @@ _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,20
 
 
 def config_to_yaml(cfg: Config) -> str:
+    """The config as it is shown and saved (config.yaml, a checkpoint's, --print-config): URLs redacted."""
     return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)

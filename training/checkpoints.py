@@ -40,6 +40,7 @@ from training.states import deepspeed_safe_types, rng_state, set_rng_state
 from training.universal import universal_copy
 from util.errors import listed
 from util.files import fsync_tree, write_file_atomic
+from util.urls import redact_tree
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class CheckpointRecord:
         return int(self.identity["data.batch_size"]), int(self.identity["optimization.grad_accum"])
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
+        """Any URL in it redacted (util.urls.redact_tree): a resume compares identities redacted (identity_changes)."""
+        return json.dumps(redact_tree(dataclasses.asdict(self)), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "CheckpointRecord":
@@ -282,7 +284,7 @@ class Checkpointer:
         self.dir, self.out_dir, self.last_step = checkpoint_dir(out_dir), Path(out_dir), last_step
         self.every, self.keep_last = cfg.checkpoint.every_steps, cfg.checkpoint.keep_last
         self.keep_best, self.probe = cfg.checkpoint.keep_best, None  # rank 0: (step, kNN top-1), the latest
-        self.config_yaml = config_to_yaml(cfg)  # in every checkpoint's client state
+        self.config_yaml = config_to_yaml(cfg)  # in every checkpoint's client state, URLs redacted
 
     def probed(self, step: int, top1: float) -> None:
         """Rank 0: the in-training kNN probe of `step` (progress.py; with keep_best it runs at every due save), which

@@ -33,6 +33,7 @@ from training.checkpoints import Checkpoint, CheckpointRecord, checkpoint_dir, c
 from training.out_dir import check_out_dir
 from training.schedules import Schedules
 from training.warm_start import plan_init
+from util.urls import redact_tree
 
 logger = logging.getLogger(__name__)
 
@@ -278,10 +279,11 @@ def resume_identity(cfg: Config, layout: BatchLayout, backend: str, manifest: Ma
 
 def identity_changes(saved: dict, current: dict) -> dict[str, str]:
     """{name: 'name: saved → current'} for every entry that differs (an entry only one side has counts as a
-    difference), in the saved identity's order."""
+    difference), in the saved identity's order. Compared redacted, as run.json holds them: a URL saved as
+    http://me:***@host/ is the same URL with its password."""
     out = {}
     for name in [*saved, *(k for k in current if k not in saved)]:
-        old, new = saved.get(name, "(absent)"), current.get(name, "(absent)")
+        old, new = (redact_tree(side.get(name, "(absent)")) for side in (saved, current))
         if old != new:
             out[name] = f"{name}: {old} → {new}"
     return out

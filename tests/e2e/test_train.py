@@ -17,6 +17,10 @@ from launches import (complete_tags, deepspeed, launch, logged_losses, no_shm_le
                       start, summary, torchrun, train_args, train_main)
 from served import serve
 
+from util.urls import redact
+
+SECRET = "s3cr3t-Pa55"  # a password in data.shards, found nowhere a run writes or prints
+
 
 @pytest.fixture(scope="module")
 def shards(digit_shards):
@@ -85,13 +89,16 @@ def stop_with_sigterm(cmd, after_line):
 
 def test_two_ranks_from_an_http_server_equal_the_local_run_and_a_resume_goes_on_exactly(shards, reference_run,
                                                                                        tmp_path):
-    """data.shards a URL (nginx on 127.0.0.1): 2 ranks share one shard cache, fetching each file once; steps 1-10,
-    then a resume for 11-20 that takes every byte from the cache; every loss equals the local reference run's."""
-    server = serve(shards.parent, tmp_path / "nginx")
+    """data.shards a URL (nginx on 127.0.0.1) with a password in it: 2 ranks share one shard cache, fetching each
+    file once; steps 1-10, then a resume for 11-20 that takes every byte from the cache; every loss equals the local
+    reference run's. The password is in no file of the run folder (config.yaml, run.json, the checkpoints' saved
+    config, the logs) and in no line of either launch: they show the URL redacted (util/urls.py)."""
+    server = serve(shards.parent, tmp_path / "nginx")  # it asks for no password: the one in the URL is not checked
     try:
-        url, cache = server.url(shards.name + "/"), f"data.cache_dir={tmp_path / 'cache'}"
-        args = train_args(url, tmp_path / "run", cache, "data.num_workers=1", "checkpoint.every_steps=10")
-        ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=10"])))
+        url = server.url(shards.name + "/").replace("http://", f"http://me:{SECRET}@")
+        args = train_args(url, tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1",
+                          "checkpoint.every_steps=10")
+        first = ok(launch(torchrun(2, [*args, "--set", "optimization.max_steps=10"])))
         files = [p for p in shards.iterdir() if p.suffix in (".tar", ".idx")]
         assert summary(tmp_path / "run")["launches"][-1]["data_network_bytes"] == sum(p.stat().st_size for p in files)
         assert sorted(len(server.requests(p.name)) for p in files) == [1] * len(files)  # once by one of 2 ranks
@@ -99,6 +106,9 @@ def test_two_ranks_from_an_http_server_equal_the_local_run_and_a_resume_goes_on_
     finally:
         server.stop()
     assert "resumed from" in out and "shard cache: 0.0 MB from the network" in out
+    assert f"shards: {redact(url)}\n" in (tmp_path / "run" / "config.yaml").read_text() and "me:***@" in redact(url)
+    holding = [str(p) for p in (tmp_path / "run").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert SECRET not in first + out and not holding, holding
     second = summary(tmp_path / "run")["launches"][-1]  # the resumed launch's own cache figures
     assert (second["data_network_bytes"], second["data_cache_hit_rate"]) == (0, 1.0)
     want, got = logged_losses(reference_run[0]), logged_losses(tmp_path / "run")
