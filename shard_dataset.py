@@ -2,7 +2,7 @@
 
     python shard_dataset.py SRC DEST [--shard-size 1GB] [--workers N] [--seed 0] [--verify full|header]
                             [--max-size N] [--quality 90] [--labels folders|none] [--json] [--strict] [--overwrite]
-                            [--upload URL]
+                            [--upload URL [--upload-timeout-s 300]]
 
 SRC holds one sub-folder per class (class index = position in the sorted folder names, as torchvision's ImageFolder),
 images found recursively inside; or any image files with --labels none. DEST receives <prefix>-000000.tar, its DALI
@@ -11,7 +11,8 @@ in the manifest with the reason (damaged JPEGs included: see pipeline/shards/ima
 resumes: complete shards whose checksums match are kept, the rest rebuilt, and so are the shards holding a source file
 modified since (a new modification time); files added, removed or resized make DEST refused unless --overwrite.
 With --upload URL (http(s):// taking PUT, or s3://), the complete DEST is then put there, its manifest last, for
-training with data.shards=URL.
+training with data.shards=URL; each file may take --upload-timeout-s, its retries included. An upload that failed is
+one line (the URL, what the server did); rerunning the same command keeps DEST's shards and uploads them again.
 
 Exit status: 0 done (bad inputs skipped), 1 error (message on stderr), 2 bad arguments, 130 interrupted (resumable).
 """
@@ -24,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.remote.fetch import RetryPolicy
+from pipeline.remote.fetch import RemoteError, RetryPolicy
 from pipeline.remote.upload import upload_shards
 from pipeline.shards.manifest import MANIFEST_NAME, Manifest, is_url, scheme_problem
 from pipeline.shards.writer import LABEL_MODES, VERIFY_MODES, RunSettings, ShardOptions, build_shards
@@ -101,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--upload", metavar="URL", type=_url, default=None,
                    help="then put DEST's shards, indexes and manifest (last) at URL: http(s):// (a server that takes "
                         "PUT) or s3://bucket/prefix/ (credentials from the environment)")
+    p.add_argument("--upload-timeout-s", type=positive_int, default=300, metavar="S",
+                   help="with --upload: the seconds each file may take, its retries included")
     return p.parse_args(argv)
 
 
@@ -146,10 +149,14 @@ def main(argv=None) -> int:
     log_summary(args.dest, manifest, counts)
     if args.upload:
         try:
-            sent = upload_shards(Path(args.dest), manifest, args.upload, RetryPolicy())
+            policy = RetryPolicy(args.upload_timeout_s, timeout_key="--upload-timeout-s", url_key="--upload")
+            sent = upload_shards(Path(args.dest), manifest, args.upload, policy)
+        except RemoteError as err:  # DEST is complete: a rerun checks its shards, rebuilds none, uploads them all
+            print(f"error: {redact(str(err))}, then rerun the same command: DEST's shards are kept (checked, not "
+                  f"rebuilt) and uploaded again", file=sys.stderr)
+            return err.exit_code
         except UserError as err:
-            print(f"error: {redact(str(err))}; DEST is complete: rerun with --upload to upload it again",
-                  file=sys.stderr)
+            print(f"error: {redact(str(err))}", file=sys.stderr)
             return err.exit_code
         logger.info("%s: uploaded %s MB; train from it with --set data.shards=%s", args.upload,
                     f"{sent / 1e6:,.1f}", args.upload)

@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.remote.fetch import RetryPolicy, join, read_json
+from pipeline.remote.fetch import RetryPolicy, join, read_bytes
 from pipeline.shards.format import REBUILD, ManifestError, ShardFile
 from util.errors import listed
 from util.files import file_sha256, write_file_atomic
+from util.urls import redact
 
 FORMAT_NAME = "ijepa-webdataset-shards"
 FORMAT_VERSION = 1
@@ -25,6 +26,15 @@ STATUS_IN_PROGRESS = "in_progress"
 CHECKS = ("none", "size", "checksum")
 URL_SCHEMES = ("http://", "https://", "s3://")  # data.shards may be one of these (pipeline/remote/)
 SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")  # RFC 3986's scheme, then "//"
+# what a manifest read from anywhere may be: its bytes, its JSON's nesting (the schema needs 4: the manifest, a list,
+# an entry, a value; json's parser recurses once per level), its file names (the writer's <prefix>-NNNNNN.tar and
+# .idx: plain names in DEST, never a folder or `..`) and its digests (sha256 hex)
+MAX_MANIFEST_BYTES = 1 << 28
+MAX_JSON_DEPTH = 16
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (brackets inside do not nest)
+NOT_BRACKET = re.compile(rb"[^\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -108,11 +118,28 @@ def _record_from_dict(obj: object, where: str) -> ShardRecord:
               "bytes": (int, False), "sha256": (str, True), "index_sha256": (str, True),
               "plan_sha256": (str, False), "converted": (int, False)}
     values = {key: _field(obj, key, kind, where, nullable) for key, (kind, nullable) in fields.items()}
+    _check_values(values, where)
     record = ShardRecord(**values)
     files = (record.name, record.index_name, record.sha256, record.index_sha256)
-    if record.samples < 0 or not all((f is not None) == (record.samples > 0) for f in files):
+    if not all((f is not None) == (record.samples > 0) for f in files):
         raise ManifestError(f"{where}: a shard has files and checksums exactly when it has samples; {REBUILD}")
     return record
+
+
+def _check_values(values: dict, where: str) -> None:
+    """A record's counts not negative, its file names plain names in DEST (.tar, .idx) and its digests sha256s."""
+    for key in ("samples", "bytes", "converted"):
+        if values[key] < 0:
+            raise ManifestError(f"{where}: field {key!r} is negative ({values[key]}); {REBUILD}")
+    for key, suffix in (("name", ".tar"), ("index_name", ".idx")):
+        name = values[key]
+        if name is not None and not (FILE_NAME.fullmatch(name) and name.endswith(suffix)):
+            raise ManifestError(f"{where}: field {key!r} {name[:60]!r} is not a file name <prefix>-NNNNNN{suffix} "
+                                f"in the folder (no folder, no `..`); {REBUILD}")
+    for key in ("sha256", "index_sha256"):
+        if values[key] is not None and not SHA256.fullmatch(values[key]):
+            raise ManifestError(f"{where}: field {key!r} {values[key][:70]!r} is not a sha256 (64 hex digits); "
+                                f"{REBUILD}")
 
 
 def manifest_from_dict(obj: object, where: str) -> Manifest:
@@ -136,6 +163,12 @@ def manifest_from_dict(obj: object, where: str) -> Manifest:
         raise ManifestError(f"{where}: an entry of 'skipped' or 'ignored' is not a {{path, reason}} object; {REBUILD}")
     if manifest.classes is not None and not all(isinstance(c, str) for c in manifest.classes):
         raise ManifestError(f"{where}: the classes are not all names (strings); {REBUILD}")
+    for key in ("planned_inputs", "planned_shards"):
+        if getattr(manifest, key) < 0:
+            raise ManifestError(f"{where}: field {key!r} is negative ({getattr(manifest, key)}); {REBUILD}")
+    files = [n for r in shards for n in (r.name, r.index_name) if n is not None]
+    if len(set(files)) != len(files):
+        raise ManifestError(f"{where}: two shards name the same file; {REBUILD}")
     if manifest.status not in (STATUS_COMPLETE, STATUS_IN_PROGRESS):
         raise ManifestError(f"{where}: unknown status {manifest.status!r}; {REBUILD}")
     if [r.shard for r in shards] != sorted({r.shard for r in shards}) or any(
@@ -209,7 +242,7 @@ def read_manifest(dest: str | os.PathLike, check: str = "size", allow_incomplete
     try:
         return _read_manifest(dest, check, allow_incomplete, fetch)
     except (ManifestError, ValueError) as err:
-        raise ManifestError(f"{key} {dest}: {err}") from err
+        raise ManifestError(redact(f"{key} {dest}: {err}")) from err
 
 
 def _read_manifest(dest, check: str, allow_incomplete: bool, fetch: RetryPolicy | None) -> Manifest:
@@ -225,15 +258,15 @@ def _read_manifest(dest, check: str, allow_incomplete: bool, fetch: RetryPolicy 
     if path.is_dir() or path.suffix != ".json":
         path = path / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as err:
         raise ManifestError(f"{path}: cannot read the manifest ({err.strerror}); is this a folder written by "
                             f"shard_dataset.py?") from err
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ManifestError(f"{path}: not valid JSON ({err}); {REBUILD}") from err
-    manifest = manifest_from_dict(obj, str(path))
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: more than {MAX_MANIFEST_BYTES:,} bytes, far more than a manifest has; "
+                            f"{REBUILD}")
+    manifest = manifest_from_dict(parse_json(data, str(path)), str(path))
     if manifest.status != STATUS_COMPLETE and not allow_incomplete:
         raise ManifestError(f"{path}: the run that writes this folder has not finished ({len(manifest.shards)} of "
                             f"{manifest.planned_shards} shards done); rerun the same shard_dataset.py command to "
@@ -250,11 +283,27 @@ def _read_manifest(dest, check: str, allow_incomplete: bool, fetch: RetryPolicy 
 def _remote_manifest(url: str, fetch: RetryPolicy) -> Manifest:
     """URL/manifest.json, fetched and type-checked; its shards are checked as they arrive (pipeline/remote/cache.py)."""
     where = join(url, MANIFEST_NAME)
-    manifest = manifest_from_dict(read_json(where, fetch), where)
+    shown = redact(where)
+    manifest = manifest_from_dict(parse_json(read_bytes(where, fetch, limit=MAX_MANIFEST_BYTES), shown), shown)
     if manifest.status != STATUS_COMPLETE:
-        raise ManifestError(f"{where}: the shard_dataset.py run that wrote it had not finished ({len(manifest.shards)} "
+        raise ManifestError(f"{shown}: the shard_dataset.py run that wrote it had not finished ({len(manifest.shards)} "
                             f"of {manifest.planned_shards} shards); finish it and upload the folder again")
     return manifest
+
+
+def parse_json(data: bytes, where: str) -> object:
+    """The JSON of manifest.json's bytes, refused in one line naming `where` when it is not UTF-8 JSON or nests
+    deeper than MAX_JSON_DEPTH (checked before parsing: json's parser would recurse until a RecursionError)."""
+    depth = 0
+    for c in NOT_BRACKET.sub(b"", JSON_STRING.sub(b"", data)):
+        depth += 1 if c in b"[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ManifestError(f"{where}: JSON nested more than {MAX_JSON_DEPTH} deep, not a manifest; {REBUILD}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ManifestError(f"{where}: not valid JSON ({err}); is it the manifest.json of a folder that "
+                            f"shard_dataset.py wrote? If so, {REBUILD}") from err
 
 
 def list_shards(dest: str | os.PathLike, manifest: Manifest | None = None) -> list[ShardFile]:
