@@ -86,7 +86,7 @@ class TooSlow(TransferError):
     def __init__(self, got: int, seconds: float, read_timeout_s: float):
         self.got = got
         if got:
-            super().__init__(f"was too slow: {got:,} bytes in {seconds:.1f} s")
+            super().__init__(f"was too slow: {got:,} byte{'' if got == 1 else 's'} in {seconds:.1f} s")
         else:
             super().__init__(f"sent nothing for {min(seconds, read_timeout_s):.2g} s")
 
