@@ -35,7 +35,7 @@ from training import TrainingError
 from training.distributed import gather, on_rank0
 from training.best_checkpoint import BEST, offer_best, settle_best
 from training.integrity import COMPLETE, mark_complete, verify_checkpoint
-from training.out_dir import SPACE_MARGIN, check_space, folder_bytes, is_out_of_space
+from training.out_dir import SPACE_MARGIN, check_space, folder_bytes, is_out_of_space, size_text
 from training.states import deepspeed_safe_types, rng_state, set_rng_state
 from training.universal import universal_copy
 from util.errors import listed
@@ -346,7 +346,8 @@ class Checkpointer:
         try:
             if dist.get_rank() == 0:
                 keep_replaced(folder)
-            check_space(self.dir, need, f"checkpoint {folder.name}")
+            kept = complete_tags(self.dir)
+            check_space(self.dir, need, f"checkpoint {folder.name}", self.dir / kept[-1] if kept else None)
         except TrainingError as err:
             return str(err)
         return None
@@ -361,8 +362,8 @@ class Checkpointer:
             fsync_tree(folder)
         except (OSError, RuntimeError) as err:
             free = shutil.disk_usage(self.dir).free
-            error = (f"no space left on the file system of {self.dir}: need about {need / 1e9:.2f} GB for checkpoint "
-                     f"{folder.name}, have {free / 1e9:.2f} GB free" if is_out_of_space(err) or free < need
+            error = (f"no space left on the file system of {self.dir}: need about {size_text(need)} for checkpoint "
+                     f"{folder.name}, have {size_text(free)} free" if is_out_of_space(err) or free < need
                      else f"cannot write checkpoint {folder} ({type(err).__name__}: {err})")
             dist.barrier()  # the failed write skipped DeepSpeed's closing barrier: wait it here
         errors = [e for e in gather(error) if e]
@@ -371,9 +372,9 @@ class Checkpointer:
                 shutil.rmtree(folder, ignore_errors=True)
             dist.barrier()
             kept = complete_tags(self.dir)
-            raise TrainingError(f"{errors[0]}; the unfinished folder was removed, the last good checkpoint is "
-                                f"{self.dir / kept[-1] if kept else '(none)'}: free some space and resume with "
-                                f"--resume auto")
+            last = f"the last complete checkpoint {self.dir / kept[-1]} is intact" if kept else "no complete one yet"
+            raise TrainingError(f"{errors[0]}; the unfinished folder was removed, {last}: free some space and resume "
+                                f"with --resume auto")
 
     def restore(self, state: TrainState, saved: Optional[Checkpoint], layout, elastic: bool) -> int:
         """Restores checkpoint `saved` (the run plan's choice) into `state`; returns the step the run goes on from (0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from training.checkpoints import checkpoint_dir, clean_crashed_saves, complete_t
 from training.distributed import (on_rank0, release_shm_buffers, remove_dead_shm_buffers, setup_distributed,
                                   single_process_env)
 from training.faults import Peers, StopSignal, Watchdog, exit_now, folder_id, is_comm_failure, quiet_threads_while
-from training.out_dir import locked_out_dir
+from training.out_dir import is_out_of_space, locked_out_dir
 from util.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
@@ -43,16 +44,30 @@ class Guard:
         """Whether run.out_dir was deleted or moved since the run claimed it."""
         return self.out_id is not None and folder_id(self.out_dir) != self.out_id
 
+    def writes_failing(self) -> bool:
+        """Whether a background writer's failure (the TensorBoard writer's thread) is one the run's line explains:
+        run.out_dir vanished, or its disk is full (under 1 MiB free: the same error reaches the loop at its next write,
+        and Guard.failure words it)."""
+        if self.out_dir_gone():
+            return True
+        try:
+            return shutil.disk_usage(self.out_dir).free < 1 << 20
+        except OSError:
+            return False
+
     def vanished(self, step: int) -> str:
         return (f"run.out_dir {self.out_dir} vanished at step {step} (deleted or moved): nothing to log or checkpoint "
                 f"into, the run stops; put the folder back and resume with --resume auto, or start again")
 
     def failure(self, err: BaseException) -> BaseException:
         """What ended the run, as one line: run.out_dir vanished (a write failed, or a peer stopped because of it),
-        or a peer died or hung (a collective failed); any other error as it is."""
+        its disk is full (whichever write hit it first: a log, the TensorBoard events, summary.json, a checkpoint's
+        run.json), or a peer died or hung (a collective failed); any other error as it is."""
         step = self.watchdog.step + 1
         if self.out_dir_gone():
             return TrainingError(self.vanished(step))
+        if is_out_of_space(err):
+            return TrainingError(disk_full_line(self.out_dir, err, step))
         if isinstance(err, RuntimeError) and is_comm_failure(err):
             return TrainingError(f"{self.peers.lost() or 'a rank not responding'} at step {step}; "
                                  f"{self.restart()} (the collective said: "
@@ -80,6 +95,18 @@ def restart_line(out_dir: Path) -> str:
     return f"last complete checkpoint {checkpoint_dir(out_dir) / tags[-1]}; resume with --resume auto"
 
 
+def disk_full_line(out_dir: Path, err: BaseException, step: int) -> str:
+    """A write that found the disk full, named with the file it was writing (when the error says) and the
+    checkpoint the run goes on from: a checkpoint is complete only once its COMPLETE marker is written, after its
+    files, so a save the full disk cut short never passes for one (--resume auto skips it, the next start removes it)."""
+    where = f" writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
+    tags = complete_tags(checkpoint_dir(out_dir))
+    kept = (f"the last complete checkpoint {checkpoint_dir(out_dir) / tags[-1]} is intact" if tags
+            else "no complete checkpoint yet")
+    return (f"the disk holding run.out_dir {out_dir} is full (no space left{where}, at step {step}); {kept}: free "
+            f"some space and run the same command with --resume auto")
+
+
 @contextlib.contextmanager
 def guarded(cfg, plan):
     """The guard of a run of `cfg` as `plan` lays it out (training.plan.RunPlan), on every rank; see the module's
@@ -99,7 +126,7 @@ def guarded(cfg, plan):
                     f"rendezvous {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
         if rank == 0 and (lone := slurm.lone_batch_shell(os.environ)):
             logger.warning(lone)
-        with contextlib.ExitStack() as held, guard.watchdog, quiet_threads_while(guard.out_dir_gone):
+        with contextlib.ExitStack() as held, guard.watchdog, quiet_threads_while(guard.writes_failing):
             try:
                 on_rank0(claim_out_dir, held, cfg, plan)  # rank 0 holds run.out_dir's lock until the run ends
                 guard.out_id = folder_id(guard.out_dir)

@@ -15,6 +15,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from training import TrainingError
 
@@ -81,13 +82,20 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def check_space(path: Path, need: int, what: str) -> None:
-    """Raises TrainingError when the file system of `path` has less than `need` bytes free."""
+def check_space(path: Path, need: int, what: str, kept: Optional[Path] = None) -> None:
+    """Raises TrainingError when the file system of `path` has less than `need` bytes free; `kept`, the last complete
+    checkpoint, is named as intact."""
     free = shutil.disk_usage(path).free
     if free < need:
-        raise TrainingError(f"no space on the file system of {path} for {what}: need {need / 1e9:.2f} GB, have "
-                            f"{free / 1e9:.2f} GB free; free some space (or set checkpoint.keep_last lower) and "
+        intact = f"; the last complete checkpoint {kept} is intact" if kept else ""
+        raise TrainingError(f"no space on the file system of {path} for {what}: need {size_text(need)}, have "
+                            f"{size_text(free)} free{intact}: free some space (or set checkpoint.keep_last lower) and "
                             f"resume with --resume auto")
+
+
+def size_text(n: int) -> str:
+    """Bytes in words a user compares with df: 10.4 MB, 3.52 GB."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def is_out_of_space(err: BaseException) -> bool:
