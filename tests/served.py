@@ -18,8 +18,9 @@ FAST = RetryPolicy(timeout_s=2.5, first_delay_s=0.2, max_delay_s=1.0)  # for a s
 PATIENT = RetryPolicy(timeout_s=10.0, first_delay_s=0.2, max_delay_s=1.0)  # for one that comes back
 
 
-def serve(root: Path, work: Path) -> Nginx:
+def serve(root: Path, work: Path, rate: str = "1m") -> Nginx:
+    """nginx serving `root` ('limited/...' at `rate` a connection), started."""
     if not have_nginx():
         pytest.skip("nginx is not installed (Debian's nginx-light; .ci/run installs it as root): the tests of shards "
                     "on an HTTP server skip")
-    return Nginx(root, work).start()
+    return Nginx(root, work, rate=rate).start()

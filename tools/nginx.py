@@ -2,7 +2,8 @@
 Debian's nginx on 127.0.0.1, started with a config of its own (its files, its port, its logs) and stopped by its PID.
 
     server = Nginx(root=served_folder, work=tmp_path / "nginx").start()
-    server.url("shards/")                   # http://127.0.0.1:PORT/shards/ (slow/shards/: the same at 256 KB/s)
+    server.url("shards/")                   # http://127.0.0.1:PORT/shards/ (slow/shards/: the same at 256 KB/s;
+                                            # limited/shards/: at Nginx(..., rate="1m") per connection)
     server.fail_with(503)                   # every answer 503 until server.fail_with(None)
     server.requests("shards-000001.tar")    # [(status, bytes sent), ...] of its GETs, from its access log
     server.stop()
@@ -55,6 +56,10 @@ http {{
             alias {root}/;
             limit_rate 256k;
         }}
+        location /limited/ {{
+            alias {root}/;
+            limit_rate {rate};
+        }}
     }}
 }}
 """
@@ -65,8 +70,8 @@ def have_nginx() -> bool:
 
 
 class Nginx:
-    def __init__(self, root: Path, work: Path, port: int | None = None):
-        self.root, self.work, self.port = Path(root), Path(work), port or free_port()
+    def __init__(self, root: Path, work: Path, port: int | None = None, rate: str = "1m"):
+        self.root, self.work, self.port, self.rate = Path(root), Path(work), port or free_port(), rate
         self.proc: subprocess.Popen | None = None
 
     def url(self, path: str = "") -> str:
@@ -76,7 +81,7 @@ class Nginx:
         self.work.mkdir(parents=True, exist_ok=True)
         user = "user root;\n" if os.geteuid() == 0 else ""  # the worker reads the tests' 0700 temporary folders
         conf = self.work / "nginx.conf"
-        conf.write_text(CONFIG.format(user=user, work=self.work, root=self.root, port=self.port))
+        conf.write_text(CONFIG.format(user=user, work=self.work, root=self.root, port=self.port, rate=self.rate))
         self.proc = subprocess.Popen([NGINX, "-p", str(self.work), "-c", str(conf), "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10

@@ -77,6 +77,7 @@ class Progress:
         self.samples = SampleLog(cfg.run.out_dir, guard.rank, plan.world_size) if cfg.logging.sample_log else None
         self.bar = progress_bar(guard.rank == 0 and sys.stderr.isatty(), total=plan.last_step, initial=step)
         self.started, self.first_step = time.perf_counter(), step + 1
+        self.data_epochs: list[dict] = []  # rank 0: the shard caches' figures of each epoch of this launch
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -99,6 +100,27 @@ class Progress:
         if self.rank == 0:
             self.bar.update(1)
             self.diagnose(trainer, batch, figures, probing)
+        self.count_epochs(trainer)
+
+    def count_epochs(self, trainer) -> None:
+        """Every rank, after each step: the shard caches' figures of each epoch the loaders ended (data.shards a URL;
+        a collective, in the step after an epoch's last, which every rank reaches together); rank 0 logs them, writes
+        them as Data/ scalars at that step and keeps them for summary.json."""
+        loader = trainer.loader
+        while loader.ended_epochs:
+            epoch, counts = loader.ended_epochs.pop(0)
+            self.add_epoch(epoch_figures(epoch, gather(counts), loader.backend.cache, True), trainer.step)
+
+    def add_epoch(self, figures: dict, step: int) -> None:
+        if self.rank != 0:
+            return
+        self.data_epochs.append(figures)
+        self.monitor.write_events([("Data/network_MB", figures["network_bytes"] / 1e6, step),
+                                   ("Data/network_x_dataset", figures["network_x_dataset"], step),
+                                   ("Data/reads_waited", figures["reads_waited"], step)]
+                                  + ([("Data/cache_hit_rate", figures["hit_rate"], step)]
+                                     if figures["hit_rate"] is not None else []))
+        logger.info(epoch_line(figures))
 
     def log(self, trainer, sched: dict, batch) -> None:
         """A logging step, after the host sync: the line and the scalars of the steps since the last one."""
@@ -177,6 +199,13 @@ class Progress:
         steps = trainer.step - self.first_step + 1
         cache = trainer.loader.backend.cache
         cached = cache_totals(cache) if cache is not None else None
+        if cache is not None:
+            self.count_epochs(trainer)
+            epoch, counts = trainer.loader.epoch_counts()  # the epoch this launch ends in, so far
+            counts = gather(counts)
+            if any(any(c) for c in counts):
+                self.add_epoch(epoch_figures(epoch, counts, cache, False), trainer.step)
+            cached = {**cached, "data_epochs": self.data_epochs}
         if self.rank == 0 and steps > 0:
             layout = trainer.plan.layout
             launch = {"first_step": self.first_step, "last_step": trainer.step, "world_size": layout.world_size,
@@ -201,10 +230,35 @@ def process_seconds() -> float:
 
 def cache_totals(cache) -> dict:
     """What the shard caches of all ranks did (data.shards a URL): bytes from the network, bytes read from the
-    cached files, and the share of lookups that found their file cached; a collective."""
-    network, read, lookups, hits = (sum(col) for col in zip(*gather(cache.stats.as_tuple())))
+    cached files, and the hit rate (hit_rate); a collective."""
+    network, read = (sum(col) for col in zip(*gather(cache.stats.as_tuple()[:2])))
     return {"data_network_bytes": network, "data_cache_read_bytes": read,
-            "data_cache_hit_rate": hits / lookups if lookups else None}
+            "data_cache_hit_rate": hit_rate(network, read)}
+
+
+def hit_rate(network: int, read: int) -> float | None:
+    """The share of the bytes read that did not come from the network: 1 - network / read, at least 0 (a cache that
+    fetches a whole shard for each image it reads scores 0, however often it finds a file); None when nothing was
+    read."""
+    return max(0.0, 1.0 - network / read) if read else None
+
+
+def epoch_figures(epoch: int, counts: list[tuple[int, int, int]], cache, complete: bool) -> dict:
+    """One epoch's figures from every rank's (network bytes, bytes read, reads that waited) `counts`."""
+    network, read, waits = (sum(col) for col in zip(*counts))
+    total = cache.total_tar_bytes()
+    return {"epoch": epoch, "complete": complete, "network_bytes": network, "read_bytes": read,
+            "network_x_dataset": network / total if total else 0.0, "hit_rate": hit_rate(network, read),
+            "reads_waited": waits}
+
+
+def epoch_line(figures: dict) -> str:
+    rate = figures["hit_rate"]
+    return (f"epoch {figures['epoch']}{'' if figures['complete'] else ' (so far)'} data: "
+            f"{figures['network_bytes'] / 1e6:,.1f} MB from the network ({figures['network_x_dataset']:.2f} x the "
+            f"shards), {figures['read_bytes'] / 1e6:,.1f} MB read, cache hit rate "
+            + ("n/a" if rate is None else f"{100 * rate:.1f}%") + f", {figures['reads_waited']} read(s) waited for the "
+            f"network")
 
 
 def write_summary(out_dir: Path, launch: dict, skipped: int) -> None:

@@ -53,8 +53,8 @@ class Backend(Protocol):
     epoch_batches(epoch, start, offset, batches) yields (images, labels, keys) from batch `start` on: images uint8
     (B, 3, S, S) for the loader to normalise, or already normalised floats. A backend that `takes_offset` starts an
     epoch at sample `offset` of its global order with `batches` batches (a run continued on another number of
-    ranks); the others only take offset 0 and a whole epoch. restart(epoch, skipped) makes a fresh backend continue
-    at `epoch` (Loader.continue_from)."""
+    ranks); the others only take offset 0 and a whole epoch. restart(epoch, skipped, order) makes a fresh backend
+    continue at `epoch` (Loader.continue_from) in the epoch order the old one saved (its state's "order")."""
 
     name: str  # "DALI", "PyTorch": in the log
     skipped: int  # corrupt samples skipped so far (data.on_bad_sample: skip)
@@ -68,4 +68,4 @@ class Backend(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
-    def restart(self, epoch: int, skipped: int) -> None: ...
+    def restart(self, epoch: int, skipped: int, order: dict | None = None) -> None: ...

@@ -34,6 +34,7 @@ from pipeline.remote.cache import CacheStats, ShardCache
 from pipeline.seeds import hashed_seed
 from pipeline.shards.format import (ManifestError, SampleRef, ShardFile, member_key, parse_index, read_index,
                                     read_samples, read_span)
+from util.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def fetch_for_dali(cache: ShardCache, shards: list[ShardFile], rank: int, world_
     total = cache.total_tar_bytes()
     if cache.bound is not None and cache.bound < total:
         raise DataError(f"data.cache_gb {cache.bound / 1e9:g}: the DALI backend opens every shard as it starts, "
-                        f"{total / 1e9:.3g} GB for {cache.url}; raise data.cache_gb to at least that, or use "
+                        f"{total / 1e9:.3g} GB for {redact(cache.url)}; raise data.cache_gb to at least that, or use "
                         f"data.backend torch, which reads within a smaller cache")
     ends = list(accumulate(s.samples for s in shards))  # the sample after each shard
     start = bisect_right(ends, rank * ends[-1] // world_size) if ends else 0  # the shard holding rank's first sample
@@ -295,8 +296,9 @@ class DaliBackend:
         self._first_epoch = state.get("first_epoch", 0)
         self._returned, self.skipped = set(), state["skipped"]
 
-    def restart(self, epoch: int, skipped: int) -> None:
-        """Continues a run of another layout (Loader.continue_from): a fresh reader whose first pass is `epoch`."""
+    def restart(self, epoch: int, skipped: int, order: dict | None = None) -> None:
+        """Continues a run of another layout (Loader.continue_from): a fresh reader whose first pass is `epoch` (its
+        order is DALI's own: `order` is the PyTorch backend's)."""
         self._iter, self._failed, self._checkpoint = None, None, None
         self._epoch, self._batch, self._first_epoch = epoch, 0, epoch
         self._returned, self.skipped = set(), skipped

@@ -72,6 +72,24 @@ class Loader:
         self.epoch, self.batch_in_epoch, self.batches_seen = 0, 0, 0
         self.offset = 0  # samples of the current epoch read before this world size took over (continue_from)
         self.mean, self.std = imagenet_stats(device)
+        self.ended_epochs: list[tuple[int, tuple[int, int, int]]] = []  # this process's shard cache figures of
+        self._counted = (0, 0, 0)                                        # each epoch ended: training/progress.py
+
+    def epoch_counts(self) -> tuple[int, tuple[int, int, int]]:
+        """(epoch, (bytes from the network, bytes read, reads that waited for the network)) of this process's shard
+        cache in the epoch so far (the fetch-ahead for the next epoch counts in the one that fetched it); zeros
+        without a cache."""
+        cache = self.backend.cache
+        if cache is None:
+            return self.epoch, (0, 0, 0)
+        now = (cache.stats.network_bytes, cache.stats.read_bytes, cache.stats.waits)
+        return self.epoch, tuple(n - c for n, c in zip(now, self._counted))
+
+    def _epoch_ended(self) -> None:
+        if self.backend.cache is not None:
+            epoch, counts = self.epoch_counts()
+            self.ended_epochs.append((epoch, counts))
+            self._counted = tuple(c + n for c, n in zip(self._counted, counts))
 
     def batches_in_epoch(self) -> int:
         """This rank's batches in the current epoch: whole optimizer steps of what is left after the offset."""
@@ -86,6 +104,7 @@ class Loader:
                 self.batches_seen += 1
                 yield Batch(self._images(images), self._to_device(ctx_idx), self._to_device(tgt_idx),
                             self._to_device(labels), keys)
+            self._epoch_ended()
             self.epoch, self.batch_in_epoch, self.offset = self.epoch + 1, 0, 0
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -133,7 +152,7 @@ class Loader:
         if (self.epoch_samples - done) // self.global_batch == 0:  # no whole step of this epoch is left
             epoch, done = epoch + 1, 0
         skipped = sum(state["source"].get("skipped", 0) for state in states) if self.rank == 0 else 0
-        self.backend.restart(epoch, skipped)
+        self.backend.restart(epoch, skipped, states[0]["source"].get("order"))
         self.epoch, self.batch_in_epoch, self.batches_seen = epoch, 0, step * self.grad_accum
         where = f"epoch {epoch} at sample {done:,} of {self.epoch_samples:,}"
         if done == 0 or self.backend.takes_offset:
@@ -181,6 +200,9 @@ def build_loader(data, sampler: MultiBlockMaskSampler, seed: int, rank: int, lay
     world_size = layout.world_size
     try:
         shards, cache = shard_files(data, manifest)
+        if backend == "dali" and data.epoch_order == "cache_blocks":
+            raise DataError("data.epoch_order cache_blocks: the DALI backend reads the shards in an order of its own "
+                            "(every shard open from the start); set data.backend torch, or data.epoch_order auto")
         if backend == "dali":
             from pipeline.loading.dali_backend import DaliBackend
 

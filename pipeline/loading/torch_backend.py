@@ -1,7 +1,7 @@
 """The PyTorch backend: random access into the shards through their index files, torchvision decode and crop.
 
-An epoch is one seeded permutation of all samples (the global order) of which rank r takes every world_size-th,
-starting at the epoch's offset (0, or where the ranks of a run with another world size stopped); a resume starts at
+An epoch is one seeded permutation of all samples (the global order, data.epoch_order: pipeline/loading/order.py) of
+which rank r takes every world_size-th, starting at the epoch's offset (0, or where the ranks of a run with another world size stopped); a resume starts at
 any batch without reading what came before. DataLoader workers build whole batches, each crop drawn from a generator
 seeded by (seed, epoch, rank, batch), so the output does not depend on the number of workers. On a GPU the JPEGs are
 decoded there, batched through nvJPEG; on the CPU the workers decode (docs/data-pipeline.md). A worker hands a
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from typing import Iterator, Sequence
 
 import torch
@@ -21,14 +22,13 @@ from torchvision.transforms.v2.functional import resized_crop
 
 from pipeline import DataError
 from pipeline.loading.backend import SHARD_CHANGED_TODO, shard_change, shard_sizes
+from pipeline.loading.order import DATA_STREAM, EpochOrder, OrderSpec, choose
 from pipeline.remote.cache import ShardCache
 from pipeline.seeds import hashed_seed
 from pipeline.shards.format import SampleRef, ShardFile, read_samples, read_span
 from util.processes import forking_workers
 
 logger = logging.getLogger(__name__)
-
-DATA_STREAM = (0xDA7A,)  # the seed domain of epoch orders and crops (pipeline/seeds.py)
 
 
 def crop_box(gen: torch.Generator, height: int, width: int, scale: tuple[float, float],
@@ -73,6 +73,9 @@ class EpochBatches(Dataset):
         self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
         self.shard_bytes = shard_bytes  # {shard: size when the backend started}, to say how a shard that fails changed
         self.cache = cache  # data.shards a URL: the shards are read through the node's cache, opened per read
+        if cache is not None:  # a sample read counts as its share of its shard's bytes (the cache's hit rate)
+            per_shard = Counter(ref.shard for ref in samples)
+            self.sample_bytes = {shard: shard_bytes[shard] // n for shard, n in per_shard.items()}
         self._files = {}
 
     def __len__(self) -> int:
@@ -82,7 +85,8 @@ class EpochBatches(Dataset):
         """The sample's JPEG and .cls bytes. A shard that cannot be read changed under the run (its index was checked
         against it at start): not a bad sample, so a DataError whatever data.on_bad_sample says."""
         if self.cache is not None:  # a cached file is not held open: eviction frees its room
-            return self.cache.read(ref.shard, ref.jpg), self.cache.read(ref.shard, ref.cls) if ref.cls else None
+            jpg = self.cache.read(ref.shard, ref.jpg, counted=self.sample_bytes[ref.shard])
+            return jpg, self.cache.read(ref.shard, ref.cls, counted=0) if ref.cls else None
         try:
             jpg = read_span(ref.shard, ref.jpg, self._files)
             return jpg, read_span(ref.shard, ref.cls, self._files) if ref.cls else None
@@ -215,13 +219,33 @@ class TorchBackend:
         self.seed, self.on_bad_sample = seed, data.on_bad_sample
         self.decode_on_gpu = device.type == "cuda"
         self.shard_bytes = {str(s.path): s.bytes for s in shards} if cache else shard_sizes(s.path for s in shards)
-        self.skipped = 0
+        self.shards, self.skipped = list(shards), 0
+        self.order = self._order(data.epoch_order, [s.samples for s in shards], [s.bytes for s in shards])
+
+    def _order(self, setting: str, counts: list[int], sizes: list[int | None]) -> EpochOrder:
+        bound = self.cache.bound if self.cache is not None else None
+        if setting == "cache_blocks" and bound is None:
+            raise DataError("data.epoch_order cache_blocks: its blocks are cut for a bounded shard cache, and this run "
+                            "has none; set data.shards to a URL with data.cache_gb, or data.epoch_order auto")
+        sizes = [self.shard_bytes[str(s.path)] for s in self.shards] if None in sizes else sizes
+        spec = choose(setting, sum(sizes), max(sizes, default=0), bound)
+        if self.rank == 0:
+            logger.info(spec.describe(sum(sizes)))
+        return EpochOrder(spec, counts, sizes, self.seed)
+
+    @property
+    def fetches_ahead(self) -> bool:
+        """Shards from a URL are fetched ahead of the readers, except in the global order with a cache smaller than
+        the data set: whatever it fetched ahead, the readers' next samples would evict (benchmarks/epoch_order.py)."""
+        cache = self.cache
+        if cache is None:
+            return False
+        return self.order.spec.kind != "global" or cache.bound is None or cache.bound >= cache.total_tar_bytes()
 
     def epoch_order(self, epoch: int, offset: int = 0, batches: int | None = None) -> torch.Tensor:
         """This rank's samples of `epoch`: every `world_size`-th of one permutation shared by all ranks (the global
         order), from its sample `offset` on, for `batches` batches (default: a whole epoch)."""
-        gen = torch.Generator().manual_seed(hashed_seed((self.seed, epoch), DATA_STREAM))
-        mine = torch.randperm(len(self.samples), generator=gen)[offset + self.rank::self.world_size]
+        mine = self.order.permutation(epoch)[offset + self.rank::self.world_size]
         return mine[: (self.batches_per_epoch if batches is None else batches) * self.batch_size]
 
     def epoch_batches(self, epoch: int, start: int, offset: int = 0,
@@ -231,18 +255,22 @@ class TorchBackend:
         order = self.epoch_order(epoch, offset, batches)
         dataset = EpochBatches(self.samples, order, self.batch_size, self.crop_size, self.scale, self.ratio, seed,
                                self.decode_on_gpu, self.on_bad_sample, self.shard_bytes, self.cache)
-        if self.cache is not None:  # the shards in the order this rank first reads them
-            self.cache.prefetch(self.samples[j].shard for j in order[start * self.batch_size:].tolist())
+        ahead = FetchAhead(self, epoch) if self.fetches_ahead else None
         workers = self.num_workers
         loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None,
                             pin_memory=self.device.type == "cuda" and not self.decode_on_gpu,
                             collate_fn=_as_is, worker_init_fn=_worker_start if workers else None)
-        for batch, cached in forked_iter(loader):  # no name holds the iterator: an error shuts its workers down
-            if isinstance(batch, DataError):
+        step = self.batch_size * self.world_size  # samples of the global order per batch of this rank
+        if ahead is not None:
+            ahead.at(offset + start * step)
+        for i, (batch, cached) in enumerate(forked_iter(loader), start):  # no name holds the iterator: an error
+            if isinstance(batch, DataError):                              # shuts its workers down
                 raise batch  # from a worker: its message first, no worker traceback (EpochBatches.__getitem__)
             if cached is not None:
                 self.cache.add(cached)
+            if ahead is not None:
+                ahead.at(offset + (i + 1) * step)
             images, boxes, labels, keys, skipped = batch
             self.skipped += skipped
             if self.decode_on_gpu:
@@ -254,11 +282,41 @@ class TorchBackend:
             yield images, labels, keys
 
     def state_dict(self) -> dict:
-        return {"skipped": self.skipped}  # the position lives in the loader (epoch, batch): nothing else to keep
+        """The position lives in the loader (epoch, batch); the order's parameters here, so that a resume reads the
+        same order whatever data.cache_gb is now."""
+        return {"skipped": self.skipped, "order": self.order.spec.as_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = state["skipped"]
+        self.keep_order(state.get("order"))
 
-    def restart(self, epoch: int, skipped: int) -> None:
+    def restart(self, epoch: int, skipped: int, order: dict | None = None) -> None:
         """Continues a run of another layout (Loader.continue_from): the position lives in the loader."""
         self.skipped = skipped
+        self.keep_order(order)
+
+    def keep_order(self, saved: dict | None) -> None:
+        """The order a resumed run started with (none saved: global, the only order before data.epoch_order)."""
+        spec = OrderSpec(**saved) if saved else OrderSpec()
+        if spec != self.order.spec:
+            logger.info(f"data: the run goes on with the epoch order it started with ({spec.kind}), not the "
+                        f"{self.order.spec.kind} order data.epoch_order and data.cache_gb give now")
+            self.order = EpochOrder(spec, self.order.counts, self.order.bytes, self.seed)
+
+
+class FetchAhead:
+    """The shards a rank's readers need next, fetched ahead within the cache (less two shards, the readers' room);
+    told the position in the epoch's global order as batches arrive, it renews the cache's prefetch when the set
+    changes."""
+
+    def __init__(self, backend: TorchBackend, epoch: int):
+        self.backend, self.epoch, self.names = backend, epoch, None
+        cache, sizes = backend.cache, backend.order.bytes
+        self.budget = int(sizes.sum()) if cache.bound is None else cache.bound - 2 * int(sizes.max(initial=0))
+
+    def at(self, position: int) -> None:
+        order, shards = self.backend.order, self.backend.shards
+        names = [shards[s].path for s in order.upcoming(self.epoch, position, self.budget)]
+        if names != self.names:
+            self.names = names
+            self.backend.cache.prefetch(names)

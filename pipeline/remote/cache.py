@@ -18,11 +18,14 @@ lookup and its open looks it up again (`read`).
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +35,11 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline import DataError
-from pipeline.remote.fetch import RetryPolicy, fetch_file, join
+from pipeline.remote.fetch import LocalDiskError, RetryPolicy, fetch_file, index_bound, join
 from pipeline.shards.format import ShardFile, read_span
 from pipeline.shards.manifest import Manifest
+from util.files import file_sha256
+from util.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +50,24 @@ WAIT_FOR_ROOM_S = 0.2  # poll interval while downloads of other processes hold t
 @dataclass
 class CacheStats:
     """What one process's lookups did: `network_bytes` received (failed tries included), `read_bytes` read from
-    cached files, `lookups` and `hits` (the file was already there, verified)."""
+    cached files, `lookups` and `hits` (the file was already there, verified), and `waits`: the readers' lookups
+    that were not (they waited for the network; the fetch-ahead's own lookups are not counted)."""
 
     network_bytes: int = 0
     read_bytes: int = 0
     lookups: int = 0
     hits: int = 0
+    waits: int = 0
 
     def add(self, other: "CacheStats") -> None:
         self.network_bytes += other.network_bytes
         self.read_bytes += other.read_bytes
         self.lookups += other.lookups
         self.hits += other.hits
+        self.waits += other.waits
 
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return self.network_bytes, self.read_bytes, self.lookups, self.hits
+    def as_tuple(self) -> tuple[int, int, int, int, int]:
+        return self.network_bytes, self.read_bytes, self.lookups, self.hits, self.waits
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Entry:
     name: str
     bytes: int | None  # None for an index (the manifest records only its sha256)
     sha256: str
+    most: int | None = None  # an index: the most it may have, from its shard's sample count
 
     @property
     def is_index(self) -> bool:
@@ -81,10 +90,11 @@ class ShardCache:
         self.url, self.bound, self.policy = url, bound_bytes, policy
         self.records = [r for r in manifest.shards if r.samples > 0]
         self.entries = {r.name: Entry(r.name, r.bytes, r.sha256) for r in self.records}
-        self.entries.update({r.index_name: Entry(r.index_name, None, r.index_sha256) for r in self.records})
+        self.entries.update({r.index_name: Entry(r.index_name, None, r.index_sha256, index_bound(r.samples))
+                             for r in self.records})
         self.dir = Path(root).expanduser().absolute() / hashlib.sha256(url.encode()).hexdigest()[:16]
         self.stats, self._lock, self._prefetcher = CacheStats(), threading.Lock(), None
-        self._verified: set[str] = set()
+        self._verified: dict[str, tuple[int, int, int]] = {}  # name: (size, mtime_ns, inode) when verified
 
     @classmethod
     def open(cls, url: str, manifest: Manifest, root: Path, bound_bytes: int | None,
@@ -164,34 +174,40 @@ class ShardCache:
         return total
 
     # ----- lookups
-    def ensure(self, path: str | Path) -> Path:
-        """The cached file at `path` (a path this cache gave out), verified, fetched first if needed."""
+    def ensure(self, path: str | Path, ahead: bool = False) -> Path:
+        """The cached file at `path` (a path this cache gave out), verified, fetched first if needed (`ahead`: by
+        the fetch-ahead, not for a reader)."""
         name = Path(path).name
         entry = self.entries.get(name)
         if entry is None:
-            raise DataError(f"{path}: not a file of the shard cache of {self.url}")
+            raise DataError(f"{path}: not a file of the shard cache of {redact(self.url)}")
         final = self.path(name)
         with self._lock:
             self.stats.lookups += 1
-        if self._present(entry):
+        if self._state(entry) == "ok":
             self._touch(final)
             with self._lock:
                 self.stats.hits += 1
             return final
+        if not ahead:
+            with self._lock:
+                self.stats.waits += 1
         with self._file_lock(name):
-            if not self._present(entry):  # another process may have fetched it while this one waited
+            state = self._state(entry)  # another process may have fetched it while this one waited
+            if state == "missing" or (state == "changed" and not self._verify_again(entry)):
                 self._fetch(entry)
         return final
 
-    def read(self, path: str, span: tuple[int, int]) -> bytes:
-        """`span` = (offset, size) bytes of the cached shard `path` (looked up again if evicted meanwhile)."""
+    def read(self, path: str, span: tuple[int, int], counted: int | None = None) -> bytes:
+        """`span` = (offset, size) bytes of the cached shard `path` (looked up again if evicted meanwhile), counted
+        as `counted` bytes read (default: its size; the loader counts a sample as its share of the shard's bytes)."""
         for _ in range(3):
             final = self.ensure(path)
             try:
                 data = read_span(str(final), span)
             except FileNotFoundError:
                 continue  # evicted between the lookup and the open
-            self.add(CacheStats(read_bytes=len(data)))
+            self.add(CacheStats(read_bytes=len(data) if counted is None else counted))
             return data
         raise DataError(f"shard {path}: evicted from the cache three times while being read; raise data.cache_gb")
 
@@ -206,22 +222,52 @@ class ShardCache:
         with self._lock:
             self.stats.add(counts)
 
-    def _present(self, entry: Entry) -> bool:
+    def _state(self, entry: Entry) -> str:
+        """"ok": the file is there as it was when verified (size, mtime, inode: the lookups mark use in its access
+        time, so only a write changes these); "changed": there, but not as verified (or verified before these were
+        recorded); "missing"."""
         final = self.path(entry.name)
-        if entry.name in self._verified and final.exists():
-            return True
         try:
-            ok = (final.with_name(entry.name + ".ok").read_text() == entry.sha256
-                  and (entry.is_index or final.stat().st_size == entry.bytes))
-        except OSError:
-            return False
-        if ok:
-            self._verified.add(entry.name)
-        return ok
+            stat = final.stat()
+        except FileNotFoundError:
+            return "missing"
+        seen = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if self._verified.get(entry.name) == seen:
+            return "ok"
+        record = read_record(final)
+        if record is None or record.get("sha256") != entry.sha256:
+            return "missing"  # never verified, or against another version of the file: fetched again
+        if (record.get("size"), record.get("mtime_ns"), record.get("inode")) != seen:
+            return "changed"
+        self._verified[entry.name] = seen
+        return "ok"
+
+    def _verify_again(self, entry: Entry) -> bool:
+        """A cached file that changed on disk since it was verified (under its lock): hashed again; kept (its record
+        renewed) when it still has the manifest's size and sha256, else removed, saying so, for a fetch."""
+        final = self.path(entry.name)
+        if (entry.is_index or final.stat().st_size == entry.bytes) and file_sha256(final) == entry.sha256:
+            self._record(final, entry.sha256)
+            return True
+        logger.warning(f"shard cache: {final} changed on disk after it was verified (its size or sha256 is no longer "
+                       f"the manifest's); it is fetched again. A full re-check of the cache: python -m "
+                       f"pipeline.remote.cache {self.dir.parent}")
+        self._evict(final)
+        return False
+
+    def _record(self, final: Path, sha256: str) -> None:
+        """`<name>.ok`: the sha256 the file was verified against, and its size, mtime and inode then."""
+        stat = final.stat()
+        record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+        try:
+            final.with_name(final.name + ".ok").write_text(json.dumps(record))
+        except OSError as err:
+            raise LocalDiskError(final.with_name(final.name + ".ok"), err) from err
+        self._verified[final.name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
     def _fetch(self, entry: Entry) -> None:
         """Downloads one file under its lock: room first, then to a .part file, checked, renamed; then its .ok."""
-        self._verified.discard(entry.name)
+        self._verified.pop(entry.name, None)
         final = self.path(entry.name)
         part = final.with_name(_part_name(entry.name))
         if entry.is_index:
@@ -230,12 +276,22 @@ class ShardCache:
             self._make_room(entry.name, entry.bytes, part)
         url = join(self.url, entry.name)
         try:
-            fetch_file(url, part, entry.bytes, entry.sha256, self.policy, counted=self._count_network)
+            fetch_file(url, part, entry.bytes, entry.sha256, self.policy, counted=self._count_network, most=entry.most)
             os.replace(part, final)
+            self._record(final, entry.sha256)
+        except LocalDiskError as err:
+            raise DataError(self._disk_line(entry, err)) from err
         finally:
             part.unlink(missing_ok=True)
-        final.with_name(entry.name + ".ok").write_text(entry.sha256)
-        self._verified.add(entry.name)
+
+    def _disk_line(self, entry: Entry, err: LocalDiskError) -> str:
+        """A download that this node's disk could not take: its words, the room there and the room needed."""
+        free, need = shutil.disk_usage(self.dir).free, self.total_tar_bytes() if self.bound is None else self.bound
+        return (f"data.cache_dir {self.dir.parent}: cannot write {entry.name} there "
+                f"({os.strerror(err.errno) if err.errno else err}): {free / 1e9:.3g} GB free, the cache holds "
+                f"{self.usage() / 1e9:.3g} GB of the {need / 1e9:.3g} GB it needs ("
+                f"{'data.cache_gb' if self.bound else 'every shard: data.cache_gb 0'}); free space on that disk, or "
+                f"set data.cache_dir to a disk with room, or a smaller data.cache_gb")
 
     def _count_network(self, n: int) -> None:
         with self._lock:
@@ -272,7 +328,7 @@ class ShardCache:
             final = self.path(e.name)
             if not e.is_index and e.name != exclude and final.exists():
                 try:
-                    tars.append((final.stat().st_mtime, final))
+                    tars.append((final.stat().st_atime_ns, final))
                 except FileNotFoundError:
                     continue
         return [p for _, p in sorted(tars)]
@@ -284,14 +340,15 @@ class ShardCache:
             final.unlink()
         except FileNotFoundError:
             return 0
-        self._verified.discard(final.name)
+        self._verified.pop(final.name, None)
         logger.debug("shard cache: evicted %s (%d bytes)", final.name, size)
         return size
 
     @staticmethod
     def _touch(final: Path) -> None:
+        """Marks a file used now, in its access time (its mtime stays the one verified)."""
         try:
-            os.utime(final)
+            os.utime(final, ns=(time.time_ns(), final.stat().st_mtime_ns))
         except FileNotFoundError:
             pass  # evicted just now: the reader looks it up again
 
@@ -306,24 +363,27 @@ class ShardCache:
 
     # ----- ahead of the readers
     def prefetch(self, paths: Iterable[str | Path]) -> None:
-        """Fetches these tars in the background, in order, on FETCH_THREADS threads, while they fit the bound with
-        room left for the readers; replaces a prefetch in progress. A failure is left to the reader's own lookup,
-        which retries and reports it."""
+        """The files the readers need next, in the order they need them (the caller bounds them by the cache: the
+        epoch order's `upcoming`): those cached are marked used now, latest needed first, so that making room evicts
+        other files before them; the rest are fetched in the background, in order, on FETCH_THREADS threads.
+        Replaces a prefetch in progress. A failure is left to the reader's own lookup, which retries and reports it."""
         names = [Path(p).name for p in dict.fromkeys(str(p) for p in paths)]
         if self._prefetcher is not None:
             self._prefetcher.stop()
+        for name in reversed(names):
+            self._touch(self.path(name))
         self._prefetcher = Prefetcher(self, names)
         self._prefetcher.start()
 
     def ensure_all(self, paths: Iterable[str | Path]) -> None:
         """Looks these files up now, FETCH_THREADS at a time: the indexes at start, and every tar for a reader that
         opens them all at start (DALI)."""
-        with ThreadPoolExecutor(FETCH_THREADS) as pool:
-            list(pool.map(self.ensure, list(paths)))
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:  # before the readers start: not their waits
+            list(pool.map(lambda p: self.ensure(p, ahead=True), list(paths)))
 
 
 class Prefetcher(threading.Thread):
-    """Looks up `names` in order on a few threads, within the cache's bound less two shards (the readers' room)."""
+    """Looks up `names` in order on a few threads, until stopped."""
 
     def __init__(self, cache: ShardCache, names: list[str]):
         super().__init__(name="shard-prefetch", daemon=True)
@@ -333,18 +393,8 @@ class Prefetcher(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        cache, budget = self.cache, None
-        if cache.bound is not None:
-            largest = max((cache.entries[n].bytes for n in self.names), default=0)
-            budget = cache.bound - 2 * largest
-        chosen, total = [], 0
-        for name in self.names:
-            total += cache.entries[name].bytes
-            if budget is not None and total > budget:
-                break
-            chosen.append(name)
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
-            for name in chosen:
+            for name in self.names:
                 if self._stop_event.is_set():
                     break
                 pool.submit(self._one, name)
@@ -353,7 +403,7 @@ class Prefetcher(threading.Thread):
         if self._stop_event.is_set():
             return
         try:
-            self.cache.ensure(self.cache.path(name))
+            self.cache.ensure(self.cache.path(name), ahead=True)
         except DataError as err:
             logger.warning(f"shard prefetch stopped: {err}")
             self._stop_event.set()
@@ -385,3 +435,58 @@ def _size(entry: os.DirEntry) -> int:
         return entry.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def read_record(final: Path) -> dict | None:
+    """The `<name>.ok` record of a cached file: {"sha256", "size", "mtime_ns", "inode"}; one that holds only the sha256
+    (written before these were recorded) gives the sha256 alone; None when there is none or it is unreadable."""
+    try:
+        text = final.with_name(final.name + ".ok").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return {"sha256": text.strip()}
+    return record if isinstance(record, dict) else None
+
+
+def recheck(root: Path) -> tuple[int, list[Path]]:
+    """Every cached file under the cache folder `root` (data.cache_dir) hashed against the sha256 it was verified
+    against; a file that no longer has it is removed (fetched again at its next lookup). Returns (files checked, files
+    removed)."""
+    checked, removed = 0, []
+    for ok in sorted(Path(root).expanduser().glob("*/*.ok")):
+        final, record = ok.with_suffix(""), read_record(ok.with_suffix(""))
+        with open(final.with_name(final.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # not while a process fetches it
+            try:
+                good = record is not None and final.is_file() and file_sha256(final) == record.get("sha256")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        checked += 1
+        if not good:
+            ok.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            removed.append(final)
+    return checked, removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.remote.cache", description="A full re-check of a "
+                                     "node's shard cache: every cached file hashed again; one that changed is removed "
+                                     "and fetched again when a run needs it.")
+    parser.add_argument("cache_dir", help="data.cache_dir (default ~/.cache/ijepa/shards)")
+    args = parser.parse_args(argv)
+    if not Path(args.cache_dir).expanduser().is_dir():
+        print(f"error: {args.cache_dir}: no such folder; pass data.cache_dir", file=sys.stderr)
+        return 2
+    checked, removed = recheck(Path(args.cache_dir))
+    for path in removed:
+        print(f"removed {path}: not the file it was verified as")
+    print(f"{checked} cached file(s) checked, {len(removed)} removed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

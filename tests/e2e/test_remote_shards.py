@@ -223,8 +223,7 @@ def test_shard_dataset_uploads_its_output_to_the_server_manifest_last(served, di
 
 def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_server, small_shards, tmp_path):
     """The wait for the network is in the loader's next(), which the loop times as data wait."""
-    from types import SimpleNamespace
-
+    from config.sections import DataConfig
     from pipeline.loading.loader import build_loader
     from pipeline.masks.sampler import MultiBlockMaskSampler
     from training.plan import BatchLayout
@@ -233,9 +232,8 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
     sampler = MultiBlockMaskSampler(input_size=32, patch_size=4, min_keep=4)
     waits = {}
     for where in (str(small_shards), own_server.url("slow/small/")):  # 256 KB/s: each shard about 0.55 s
-        data = SimpleNamespace(shards=where, cache_dir=str(tmp_path / "cache"), cache_gb=0, fetch_timeout_s=10,
-                               crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3), num_workers=0,
-                               prefetch=1, shuffle_buffer=16, on_bad_sample="raise")
+        data = DataConfig(shards=where, cache_dir=str(tmp_path / "cache"), fetch_timeout_s=10, crop_size=32,
+                          num_workers=0, prefetch=1)
         manifest = read_manifest(where, fetch=RetryPolicy(data.fetch_timeout_s))
         loader = build_loader(data, sampler, seed=0, rank=0, layout=layout,
                               steps_per_epoch=layout.steps_per_epoch(manifest.total_samples, where), manifest=manifest,
@@ -251,18 +249,18 @@ def test_a_shard_still_on_its_way_is_waited_for_inside_the_loaders_next(own_serv
 
 # ----- the DALI backend
 def test_the_dali_reader_reads_the_cached_shards_as_it_reads_the_folder(served, small_shards, tmp_path):
-    from types import SimpleNamespace
+    from dataclasses import replace
 
+    from config.sections import DataConfig
     from pipeline.loading.dali_backend import DaliBackend
     from pipeline.loading.loader import shard_files
 
-    data = SimpleNamespace(shards=served.url("small/"), cache_dir=str(tmp_path / "cache"), cache_gb=0,
-                           fetch_timeout_s=4, crop_size=32, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 4 / 3),
-                           num_workers=1, prefetch=1, shuffle_buffer=16, on_bad_sample="raise")
+    data = DataConfig(shards=served.url("small/"), cache_dir=str(tmp_path / "cache"), fetch_timeout_s=4, crop_size=32,
+                      num_workers=1, prefetch=1)
     manifest = read_manifest(small_shards)
     batches = {}
     for where in (str(small_shards), served.url("small/")):
-        shards, cache = shard_files(SimpleNamespace(**{**vars(data), "shards": where}), manifest)
+        shards, cache = shard_files(replace(data, shards=where), manifest)
         source = DaliBackend(data, 0, shards, 2, rank=1, world_size=2, device=torch.device("cpu"), batch_size=16,
                             cache=cache)
         batches[where] = list(source.epoch_batches(0, 0))

@@ -244,8 +244,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
     ({"model": {"embed_dim": 0}}, "x.yaml: model.embed_dim is 0; allowed: >= 1 and <= 16384, or null (the arch's "
                                   "value)"),
     ({"data": {2: 3}}, "x.yaml: section 'data' has no key 2 (valid: backend, batch_size, cache_dir, cache_gb, "
-                       "crop_ratio, crop_scale, crop_size, fetch_timeout_s, num_workers, on_bad_sample, prefetch, "
-                       "shards, shuffle_buffer)"),
+                       "crop_ratio, crop_scale, crop_size, epoch_order, fetch_timeout_s, num_workers, on_bad_sample, "
+                       "prefetch, shards, shuffle_buffer)"),
     ({"data": None}, "x.yaml: section 'data' must be a mapping of keys, got None"),
     ({"deepspeed": {"zero_optimization": 3}}, "x.yaml: deepspeed.zero_optimization is 3; allowed: a mapping, e.g. "
                                               "{stage: 2}"),

@@ -191,29 +191,41 @@ def read_steps(loaders: list, steps: int, grad_accum: int) -> list[list[str]]:
     return [[k for it in iters for _ in range(grad_accum) for k in next(it).keys] for _ in range(steps)]
 
 
-def layout(shards, backend, world_size, batch_size, grad_accum=1):
+def layout(shards, backend, world_size, batch_size, grad_accum=1, order=None):
+    """The loaders of `world_size` ranks; `order` an epoch order's saved parameters (OrderSpec.as_dict), taken as a
+    resume takes them."""
     cfg = make_cfg(shards, backend, batch_size)
     cfg = dataclasses.replace(cfg, optimization=dataclasses.replace(cfg.optimization, grad_accum=grad_accum))
-    return [training_loader(cfg, rank=r, world_size=world_size, device=CPU) for r in range(world_size)]
+    loaders = [training_loader(cfg, rank=r, world_size=world_size, device=CPU) for r in range(world_size)]
+    for loader in loaders if order else ():
+        loader.backend.keep_order(order)
+    return loaders
 
 
-@pytest.mark.parametrize("old,new,k", [
-    ((2, 20, 1), (1, 20, 2), 3),  # 2 ranks → 1, the global batch of 40 kept with grad_accum 2
-    ((2, 24, 1), (3, 16, 1), 3),  # 2 → 3: 48 = 3 × 16
-    ((2, 24, 1), (3, 16, 1), 8),  # stopped at the end of the epoch: the new ranks begin the next
-    ((2, 20, 1), (3, 20, 1), 3),  # per-GPU batch kept: the global batch becomes 60
+# cache_blocks for a cache of 2 of the 4 shards: blocks of one shard, each epoch starting with the 2 the last ended with
+BLOCKS = {"kind": "cache_blocks", "block_bytes": 1, "keep_bytes": 2 * 399_360}  # 4 tars of 399,360 bytes
+
+
+@pytest.mark.parametrize("old,new,k,order", [
+    ((2, 20, 1), (1, 20, 2), 3, None),  # 2 ranks → 1, the global batch of 40 kept with grad_accum 2
+    ((2, 24, 1), (3, 16, 1), 3, None),  # 2 → 3: 48 = 3 × 16
+    ((2, 24, 1), (3, 16, 1), 8, None),  # stopped at the end of the epoch: the new ranks begin the next
+    ((2, 20, 1), (3, 20, 1), 3, None),  # per-GPU batch kept: the global batch becomes 60
+    ((2, 20, 1), (1, 20, 2), 3, BLOCKS),  # the cache-aware order, carried by the states
+    ((2, 24, 1), (3, 16, 1), 3, BLOCKS),
 ])
-def test_torch_backend_reads_every_sample_of_the_epoch_once_across_a_change_of_ranks(dataset, old, new, k):
+def test_torch_backend_reads_every_sample_of_the_epoch_once_across_a_change_of_ranks(dataset, old, new, k, order):
     """Old ranks read k steps, new ranks continue from their states: over the epoch that spans the change, every
     sample the uninterrupted old run would read is read once (the new layout reads whole steps of its own batch)."""
     shards, _ = dataset
     (w0, b0, a0), (w1, b1, a1) = old, new
-    uninterrupted = read_steps(layout(shards, "torch", *old), 400 // (w0 * b0 * a0), a0)
-    before_loaders = layout(shards, "torch", *old)
+    uninterrupted = read_steps(layout(shards, "torch", *old, order=order), 400 // (w0 * b0 * a0), a0)
+    before_loaders = layout(shards, "torch", *old, order=order)
     before = read_steps(before_loaders, k, a0)
     after_loaders = layout(shards, "torch", *new)
     notes = {loader.continue_from([l.state_dict() for l in before_loaders], w0, b0, step=k) for loader in after_loaders}
     assert len(notes) == 1 and "the same global sample order" in notes.pop()
+    assert {loader.backend.order.spec.kind for loader in after_loaders} == {order["kind"] if order else "global"}
     epoch_steps = 400 // (w0 * b0 * a0)
     if k == epoch_steps:  # the old ranks had finished epoch 0: the new ones start epoch 1 at its first sample
         assert all(loader.epoch == 1 and loader.offset == 0 for loader in after_loaders)
