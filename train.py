@@ -21,7 +21,7 @@ import sys
 from config import ConfigError, config_to_yaml, grid_size, load_config
 from model.sizes import encoder_size
 from training.plan import ResumeRequest, preview
-from training.slurm import HostlistError, adopt_srun_env
+from training.slurm import SlurmError, adopt_srun_env
 from util.cli import HelpFormatter, positive_int
 from util.errors import UserError
 from util.processes import exit_without_teardown
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:  # an srun task: its rank and rendezvous from Slurm's variables, before anything reads RANK
         adopt_srun_env(os.environ)
-    except HostlistError as err:
+    except SlurmError as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         return err.exit_code
     rank = int(os.environ.get("RANK", "0"))

@@ -47,7 +47,8 @@ def pytest_configure(config):
 # runs, later. test_compile.py by its cost on a new environment (inductor compiles: 38 s; 13 s once cached).
 LONG_FILES = ("test_elastic.py", "test_train.py", "test_train_hardening.py", "test_faults.py", "test_micro_batch.py",
               "test_bench.py", "test_slurm_cluster.py", "test_compile.py", "test_quick_start.py", "test_collapse.py",
-              "test_warm_start.py", "test_triton_kernels.py", "test_hostile.py", "test_wandb.py")
+              "test_warm_start.py", "test_triton_kernels.py", "test_hostile.py", "test_wandb.py", "test_cache_order.py",
+              "test_s3_shards.py", "test_disk_full.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a test under tests/e2e is slow however it was selected

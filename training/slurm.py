@@ -26,7 +26,6 @@ class SlurmError(UserError, ValueError):
     """A Slurm variable (a node list, a rank, a task count, an id) that Slurm itself would not set or would refuse."""
 
 
-HostlistError = SlurmError  # the name train.py catches around adopt_srun_env
 
 # A node list parsed: its terms, each a list of (text, ranges) pieces: the text, then one name part per range number
 # (a piece without ranges is text alone). Ranges are (first, last, width): counted and walked, never listed, so a

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline import DataError
 from util.urls import redact, redact_url
@@ -48,7 +48,9 @@ NAME_NOT_KNOWN = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NO
 
 
 def join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
+    """The file `name` in the folder `base`, before the folder URL's query (a signed URL's ?token=...), if any."""
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
 
 
 def index_bound(samples: int) -> int:

@@ -478,3 +478,9 @@ def test_a_bare_off_in_yaml_is_the_word_off_where_a_key_takes_it():
         config_from_dict({"logging": {"collapse": True}}, "x.yaml")
     with pytest.raises(ConfigError, match="data.backend: False is not one of"):
         config_from_dict({"data": {"backend": False}}, "x.yaml")
+
+
+def test_data_shards_naming_the_folders_manifest_means_the_folder():
+    for given, folder in (("http://host/x/manifest.json", "http://host/x/"), ("shards/manifest.json", "shards/"),
+                          ("s3://b/p/manifest.json/", "s3://b/p/"), ("http://host/x/", "http://host/x/")):
+        assert config_from_dict({"data": {"shards": given}}).data.shards == folder

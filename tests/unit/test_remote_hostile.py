@@ -283,3 +283,10 @@ def test_an_upload_puts_the_manifest_last(server, tmp_path):
     upload_shards(tmp_path, good_manifest(), server.url("/up/"), upload_policy(2))
     assert list(stored) == ["/up/s-000000.tar", "/up/s-000000.idx", "/up/manifest.json"]
     assert stored["/up/s-000000.tar"] == TAR
+
+
+def test_a_file_of_a_signed_folder_url_goes_before_its_query():
+    from pipeline.remote.fetch import join
+
+    assert join("https://h/x/?X-Amz-Signature=abc&t=1", "manifest.json") == "https://h/x/manifest.json?X-Amz-Signature=abc&t=1"
+    assert join("http://h/x", "a.tar") == join("http://h/x/", "a.tar") == "http://h/x/a.tar"

@@ -84,3 +84,79 @@ def test_downloads_left_by_a_killed_process_are_removed_and_hold_no_room(small_s
     again = ShardCache.open("http://127.0.0.1:1/x/", manifest, tmp_path, None, FAST)
     assert sorted(p.name for p in again.dir.glob("*.part")) == [f"{name}.{os.getpid()}.7.part"]
     assert again.usage() == manifest.shards[0].bytes
+
+
+# ----- what a cached file is, and a disk that fills
+
+def served_cache(server, small_shards, tmp_path) -> ShardCache:
+    """small_shards served from memory by a thread on 127.0.0.1, and a cache of them under tmp_path/cache."""
+    from hostile_server import body
+
+    for path in small_shards.iterdir():
+        server.route(f"/small/{path.name}", body(path.read_bytes()))
+    url = server.url("/small/")
+    return ShardCache.open(url, read_manifest(url, fetch=FAST), tmp_path / "cache", None, FAST)
+
+
+def test_a_cached_tar_changed_on_disk_is_checked_again_and_fetched_when_it_differs(small_shards, tmp_path, caplog):
+    from hostile_server import HostileServer
+
+    with HostileServer() as server:
+        cache = served_cache(server, small_shards, tmp_path)
+        tar = cache.shard_files()[0].path
+        cache.ensure(tar)
+        assert server.hits["/small/" + tar.name] == 1
+        os.utime(tar, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, the same bytes: hashed, kept
+        assert cache.ensure(tar) == tar and server.hits["/small/" + tar.name] == 1
+        data = bytearray(tar.read_bytes())  # the same size, other bytes: trained on silently before
+        data[600:604] = b"XXXX"
+        tar.write_bytes(bytes(data))
+        for process in (cache, served_cache(server, small_shards, tmp_path)):  # this process, and a new one
+            assert process.ensure(tar) == tar
+            assert tar.read_bytes() == (small_shards / tar.name).read_bytes()
+            data = bytearray(tar.read_bytes())
+            data[600:604] = b"YYYY"
+            tar.write_bytes(bytes(data))
+        assert server.hits["/small/" + tar.name] == 3
+    assert f"shard cache: {tar} changed on disk after it was verified" in caplog.text
+    assert "python -m pipeline.remote.cache" in caplog.text
+
+
+def test_the_full_recheck_removes_every_cached_file_that_changed(small_shards, tmp_path, capsys):
+    from hostile_server import HostileServer
+
+    from pipeline.remote import cache as cache_module
+
+    with HostileServer() as server:
+        cache = served_cache(server, small_shards, tmp_path)
+        tars = [s.path for s in cache.shard_files()]
+        cache.ensure_all(tars)
+    bad = tars[1]
+    bad.write_bytes(bad.read_bytes()[:-1] + b"!")  # mtime kept below: only a hash finds it
+    os.utime(bad, ns=(bad.stat().st_atime_ns, os.stat(tars[0]).st_mtime_ns))
+    assert cache_module.main([str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {bad}" in out and "8 cached file(s) checked, 1 removed" in out  # 4 tars, 4 indexes
+    assert not bad.exists() and all(t.exists() for t in tars if t != bad)
+    assert cache_module.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_cache_disk_that_fills_during_a_download_is_one_line_naming_data_cache_dir(small_shards, tmp_path):
+    """/dev/full answers every write with ENOSPC: the cache folder's files are links to it, as a disk filled by
+    another writer after the cache opened."""
+    from hostile_server import HostileServer
+
+    with HostileServer() as server:
+        cache = served_cache(server, small_shards, tmp_path)
+        tar = cache.shard_files()[0].path
+        cache_dir = tar.parent
+        from pipeline.remote import cache as cache_module
+        part = cache_dir / cache_module._part_name(tar.name)
+        part.symlink_to("/dev/full")
+        with pytest.raises(DataError) as err:
+            cache.ensure(tar)
+    line = str(err.value)
+    print(line)
+    assert "\n" not in line and line.startswith(f"data.cache_dir {tmp_path / 'cache'}: cannot write {tar.name}")
+    assert "No space left on device" in line and "GB free" in line and "data.cache_gb" in line
+    assert "server" not in line

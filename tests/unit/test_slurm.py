@@ -14,7 +14,7 @@ import train
 from training import TrainingError
 from training.distributed import cuda_index
 from training.faults import Peers, StopSignal, Watchdog
-from training.slurm import (HostlistError, SlurmError, adopt_srun_env, first_host, host_count, hostnames,
+from training.slurm import (SlurmError, adopt_srun_env, first_host, host_count, hostnames,
                             lone_batch_shell, rendezvous_port, requeue, srun_env)
 
 # ------------------------------------------------------------------------------------------------ node lists, ranks
@@ -26,7 +26,7 @@ def test_node_lists_expand_as_slurm_expands_them(nodelist):
 
 @pytest.mark.parametrize("nodelist", REFUSED + UNBALANCED)
 def test_a_node_list_slurm_would_refuse_is_refused_naming_it(nodelist):
-    with pytest.raises(HostlistError, match=f"invalid Slurm node list {re.escape(repr(nodelist))}"):
+    with pytest.raises(SlurmError, match=f"invalid Slurm node list {re.escape(repr(nodelist))}"):
         hostnames(nodelist)
 
 
