@@ -230,7 +230,7 @@ def test_failed_write_leaves_no_folder_and_keeps_the_last_checkpoint_and_accept_
     assert proc.returncode == 1
     (line,) = error_lines(proc)
     assert f"cannot write checkpoint {out / 'checkpoints' / 'step00000004'} (RuntimeError" in line
-    assert f"the last good checkpoint is {out / 'checkpoints' / 'step00000002'}" in line
+    assert f"the last complete checkpoint {out / 'checkpoints' / 'step00000002'} is intact" in line
     assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002"]
     resumed = launch(command(shards, out, "optimization.max_steps=3", "optimization.epochs=10")
                      + ["--resume", "auto", "--accept-changes"])
