@@ -29,8 +29,10 @@ def bench_run(tmp_path_factory) -> dict:
     where the JSON is}; the tests below share it (the failing-path test borrows its reference row)."""
     folder = tmp_path_factory.mktemp("bench")
     out = folder / "bench_step.json"  # the name gpu_check.sh gives it, so the summary reads it
-    proc = subprocess.run([sys.executable, "bench.py", "--config", "configs/tiny_cpu.yaml", "--suite",
-                           "step,loop,levers,masks", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+    # a batch of 8: what is checked is the figures' form and the references beside them, not their size
+    argv = ["bench.py", "--config", "configs/tiny_cpu.yaml", "--set", "data.batch_size=8", "--suite",
+            "step,loop,levers,masks", "--out", str(out)]
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=cpu_env(IJEPA_LEVERS="static shapes,Triton attention"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"proc": proc, "results": json.loads(out.read_text()), "folder": folder}
