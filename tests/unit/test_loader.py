@@ -386,3 +386,14 @@ def test_dali_label_and_key_parsing():
     width = max(map(len, info))
     rows = torch.tensor([list(s.ljust(width, b"\0")) for s in info], dtype=torch.uint8)
     assert parse_keys(rows) == ["0000000042", "0000000007"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_blocks_forced_without_a_bounded_cache_or_with_dali_is_one_line(dataset, backend):
+    shards, _ = dataset
+    with pytest.raises(DataError) as err:
+        training_loader(make_cfg(shards, backend, epoch_order="cache_blocks"))
+    said = {"torch": "its blocks are cut for a bounded shard cache, and this run has none; set data.shards to a URL "
+                     "with data.cache_gb, or data.epoch_order auto",
+            "dali": "the DALI backend reads the shards in an order of its own"}[backend]
+    assert str(err.value).startswith("data.epoch_order cache_blocks: ") and said in str(err.value)
