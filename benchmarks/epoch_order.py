@@ -21,17 +21,19 @@ from pipeline.loading.order import EpochOrder, OrderSpec, choose
 def fetched_per_epoch(order: EpochOrder, epochs: int, bound: int, batch: int = 64) -> list[int]:
     """Bytes an LRU cache of `bound` bytes fetches in each epoch, read as the PyTorch backend reads `order`: before
     each batch of `batch` samples, the shards needed next within the cache less two shards (`upcoming`) are marked
-    used and the missing ones fetched (torch_backend.FetchAhead), then the batch's samples are read."""
+    used and the missing ones fetched (torch_backend.FetchAhead; not in the global order with a cache smaller than
+    the shards, as the backend), then the batch's samples are read."""
     cache, sizes, out = LRU(bound, order.bytes), order.bytes, []
     budget = bound - 2 * int(sizes.max())
+    ahead = order.spec.kind != "global" or bound >= int(sizes.sum())
     for epoch in range(epochs):
         before = cache.fetched
         shards = order.shard_of[order.permutation(epoch).numpy()]
         for start in range(0, len(shards), batch):
-            ahead = order.upcoming(epoch, start, budget)
-            for s in reversed(ahead):
+            needed = order.upcoming(epoch, start, budget) if ahead else []
+            for s in reversed(needed):
                 cache.touch(s)
-            for s in ahead:
+            for s in needed:
                 cache.get(s)
             for s in np.unique(shards[start:start + batch]).tolist():
                 cache.get(s)
