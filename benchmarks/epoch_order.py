@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from pipeline.loading.order import EpochOrder, OrderSpec, choose
+from pipeline.loading.order import EpochOrder, OrderSpec, choose, fetches_ahead
 
 
 def fetched_per_epoch(order: EpochOrder, epochs: int, bound: int, batch: int = 64) -> list[int]:
@@ -23,9 +23,8 @@ def fetched_per_epoch(order: EpochOrder, epochs: int, bound: int, batch: int = 6
     each batch of `batch` samples, the shards needed next within the cache less two shards (`upcoming`) are marked
     used and the missing ones fetched (torch_backend.FetchAhead; not in the global order with a cache smaller than
     the shards, as the backend), then the batch's samples are read."""
-    cache, sizes, out = LRU(bound, order.bytes), order.bytes, []
-    budget = bound - 2 * int(sizes.max())
-    ahead = order.spec.kind != "global" or bound >= int(sizes.sum())
+    cache, out = LRU(bound, order.bytes), []
+    budget, ahead = order.fetch_budget(bound), fetches_ahead(order.spec, bound, order.total_bytes)
     for epoch in range(epochs):
         before = cache.fetched
         shards = order.shard_of[order.permutation(epoch).numpy()]

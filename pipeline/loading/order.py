@@ -1,6 +1,6 @@
 """The global sample order of each epoch (data.epoch_order), and the shards it needs next.
 
-    order = EpochOrder.build("auto", shard_samples, shard_bytes, seed, cache_bound)   # GlobalOrder or BlockOrder
+    order = EpochOrder.build("auto", shard_samples, shard_bytes, seed, cache_bound)   # order.spec: global or blocks
     perm = order.permutation(epoch)          # every sample index once: rank r reads perm[offset + r::world_size]
     names = order.upcoming(epoch, position, budget)   # shard indices still needed from sample `position` on, in the
                                              # order of first need, within `budget` bytes: what to fetch ahead
@@ -61,8 +61,20 @@ def choose(setting: str, total_bytes: int, largest: int, bound: int | None) -> O
     one shard, so that block k+1 is fetched while block k is read."""
     if setting == "global" or (setting == "auto" and (bound is None or bound >= total_bytes)):
         return OrderSpec()
-    ahead = max(largest, (total_bytes if bound is None else bound) - 2 * largest)
+    ahead = fetch_budget(bound, total_bytes, largest)
     return OrderSpec("cache_blocks", block_bytes=max(largest, ahead // 2), keep_bytes=ahead)
+
+
+def fetch_budget(bound: int | None, total_bytes: int, largest: int) -> int:
+    """The bytes of shards the fetch-ahead may hold in a cache of `bound` bytes: all of it less two of the largest
+    shards (the readers' room), at least one shard; every shard without a bound."""
+    return total_bytes if bound is None else max(largest, bound - 2 * largest)
+
+
+def fetches_ahead(spec: OrderSpec, bound: int | None, total_bytes: int) -> bool:
+    """Whether the readers' shards are fetched ahead of them: not in the global order with a cache smaller than the
+    shards, where whatever was fetched ahead the readers' next samples would evict (benchmarks/epoch_order.py)."""
+    return spec.kind != "global" or bound is None or bound >= total_bytes
 
 
 class EpochOrder:
@@ -88,6 +100,14 @@ class EpochOrder:
     @property
     def samples(self) -> int:
         return int(self.counts.sum())
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.bytes.sum())
+
+    def fetch_budget(self, bound: int | None) -> int:
+        """What the fetch-ahead may hold of these shards in a cache of `bound` bytes (fetch_budget)."""
+        return fetch_budget(bound, self.total_bytes, int(self.bytes.max(initial=0)))
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """(N,) int64: every sample once, in this epoch's order."""

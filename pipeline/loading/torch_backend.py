@@ -1,18 +1,17 @@
 """The PyTorch backend: random access into the shards through their index files, torchvision decode and crop.
 
 An epoch is one seeded permutation of all samples (the global order, data.epoch_order: pipeline/loading/order.py) of
-which rank r takes every world_size-th, starting at the epoch's offset (0, or where the ranks of a run with another world size stopped); a resume starts at
-any batch without reading what came before. DataLoader workers build whole batches, each crop drawn from a generator
-seeded by (seed, epoch, rank, batch), so the output does not depend on the number of workers. On a GPU the JPEGs are
-decoded there, batched through nvJPEG; on the CPU the workers decode (docs/data-pipeline.md). A worker hands a
-DataError back as data and the main process raises it, so the user's first line is its message, not torch's
-"Caught DataError in DataLoader worker process 0" and a worker traceback.
+which rank r takes every world_size-th, starting at the epoch's offset (0, or where the ranks of a run with another
+world size stopped); a resume starts at any batch without reading what came before. DataLoader workers build whole
+batches, each crop drawn from a generator seeded by (seed, epoch, rank, batch), so the output does not depend on the
+number of workers. On a GPU the JPEGs are decoded there, batched through nvJPEG; on the CPU the workers decode
+(docs/data-pipeline.md). A worker hands a DataError back as data and the main process raises it, so the user's first
+line is its message, not torch's "Caught DataError in DataLoader worker process 0" and a worker traceback.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from typing import Iterator, Sequence
 
 import torch
@@ -22,7 +21,7 @@ from torchvision.transforms.v2.functional import resized_crop
 
 from pipeline import DataError
 from pipeline.loading.backend import SHARD_CHANGED_TODO, shard_change, shard_sizes
-from pipeline.loading.order import DATA_STREAM, EpochOrder, OrderSpec, choose
+from pipeline.loading.order import DATA_STREAM, EpochOrder, OrderSpec, choose, fetches_ahead
 from pipeline.remote.cache import ShardCache
 from pipeline.seeds import hashed_seed
 from pipeline.shards.format import SampleRef, ShardFile, read_samples, read_span
@@ -67,15 +66,13 @@ class EpochBatches(Dataset):
 
     def __init__(self, samples: list[SampleRef], order: torch.Tensor, batch_size: int, crop_size: int, scale, ratio,
                  seed: tuple[int, ...], decode_on_gpu: bool, on_bad_sample: str, shard_bytes: dict[str, int],
-                 cache: ShardCache | None = None):
+                 cache: ShardCache | None = None, sample_bytes: dict[str, int] | None = None):
         self.samples, self.order, self.batch_size = samples, order, batch_size
         self.crop_size, self.scale, self.ratio, self.seed = crop_size, scale, ratio, seed
         self.decode_on_gpu, self.on_bad_sample = decode_on_gpu, on_bad_sample
         self.shard_bytes = shard_bytes  # {shard: size when the backend started}, to say how a shard that fails changed
         self.cache = cache  # data.shards a URL: the shards are read through the node's cache, opened per read
-        if cache is not None:  # a sample read counts as its share of its shard's bytes (the cache's hit rate)
-            per_shard = Counter(ref.shard for ref in samples)
-            self.sample_bytes = {shard: shard_bytes[shard] // n for shard, n in per_shard.items()}
+        self.sample_bytes = sample_bytes  # then {shard: what a sample read counts as: its share of the shard's bytes}
         self._files = {}
 
     def __len__(self) -> int:
@@ -220,27 +217,20 @@ class TorchBackend:
         self.decode_on_gpu = device.type == "cuda"
         self.shard_bytes = {str(s.path): s.bytes for s in shards} if cache else shard_sizes(s.path for s in shards)
         self.shards, self.skipped = list(shards), 0
-        self.order = self._order(data.epoch_order, [s.samples for s in shards], [s.bytes for s in shards])
+        self.order = self._order(data.epoch_order)
+        # data.shards a URL: a sample read counts as its share of its shard's bytes (the cache's hit rate)
+        self.sample_bytes = {str(s.path): self.shard_bytes[str(s.path)] // s.samples for s in shards} if cache else None
 
-    def _order(self, setting: str, counts: list[int], sizes: list[int | None]) -> EpochOrder:
+    def _order(self, setting: str) -> EpochOrder:
         bound = self.cache.bound if self.cache is not None else None
         if setting == "cache_blocks" and bound is None:
             raise DataError("data.epoch_order cache_blocks: its blocks are cut for a bounded shard cache, and this run "
                             "has none; set data.shards to a URL with data.cache_gb, or data.epoch_order auto")
-        sizes = [self.shard_bytes[str(s.path)] for s in self.shards] if None in sizes else sizes
+        sizes = [self.shard_bytes[str(s.path)] for s in self.shards]
         spec = choose(setting, sum(sizes), max(sizes, default=0), bound)
         if self.rank == 0:
             logger.info(spec.describe(sum(sizes)))
-        return EpochOrder(spec, counts, sizes, self.seed)
-
-    @property
-    def fetches_ahead(self) -> bool:
-        """Shards from a URL are fetched ahead of the readers, except in the global order with a cache smaller than
-        the data set: whatever it fetched ahead, the readers' next samples would evict (benchmarks/epoch_order.py)."""
-        cache = self.cache
-        if cache is None:
-            return False
-        return self.order.spec.kind != "global" or cache.bound is None or cache.bound >= cache.total_tar_bytes()
+        return EpochOrder(spec, [s.samples for s in self.shards], sizes, self.seed)
 
     def epoch_order(self, epoch: int, offset: int = 0, batches: int | None = None) -> torch.Tensor:
         """This rank's samples of `epoch`: every `world_size`-th of one permutation shared by all ranks (the global
@@ -254,8 +244,10 @@ class TorchBackend:
         seed = (self.seed, epoch, self.rank) + ((offset,) if offset else ())
         order = self.epoch_order(epoch, offset, batches)
         dataset = EpochBatches(self.samples, order, self.batch_size, self.crop_size, self.scale, self.ratio, seed,
-                               self.decode_on_gpu, self.on_bad_sample, self.shard_bytes, self.cache)
-        ahead = FetchAhead(self, epoch) if self.fetches_ahead else None
+                               self.decode_on_gpu, self.on_bad_sample, self.shard_bytes, self.cache,
+                               self.sample_bytes)
+        fetching = self.cache is not None and fetches_ahead(self.order.spec, self.cache.bound, self.order.total_bytes)
+        ahead = FetchAhead(self, epoch) if fetching else None
         workers = self.num_workers
         loader = DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None,
@@ -311,8 +303,7 @@ class FetchAhead:
 
     def __init__(self, backend: TorchBackend, epoch: int):
         self.backend, self.epoch, self.names = backend, epoch, None
-        cache, sizes = backend.cache, backend.order.bytes
-        self.budget = int(sizes.sum()) if cache.bound is None else cache.bound - 2 * int(sizes.max(initial=0))
+        self.budget = backend.order.fetch_budget(backend.cache.bound)
 
     def at(self, position: int) -> None:
         order, shards = self.backend.order, self.backend.shards
