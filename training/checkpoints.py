@@ -76,6 +76,13 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return sorted(p.name for p in ckpt_dir.iterdir() if TAG.match(p.name) and (p / COMPLETE).is_file())
 
 
+def intact_line(ckpt_dir: Path) -> str:
+    """What a failed write leaves to go on from, in words: the newest complete checkpoint, intact (a save is complete
+    only once its COMPLETE marker is written, after its files, so one cut short never passes for one), or none."""
+    tags = complete_tags(ckpt_dir)
+    return f"the last complete checkpoint {ckpt_dir / tags[-1]} is intact" if tags else "no complete checkpoint yet"
+
+
 def clean_crashed_saves(out_dir: str | Path) -> None:
     """Rank 0, holding run.out_dir's lock (no live run writes there): removes the tag folders without a COMPLETE
     marker, saves that died before completing (logged), and what a death while replacing checkpoints/best left."""
@@ -371,10 +378,8 @@ class Checkpointer:
             if dist.get_rank() == 0:
                 shutil.rmtree(folder, ignore_errors=True)
             dist.barrier()
-            kept = complete_tags(self.dir)
-            last = f"the last complete checkpoint {self.dir / kept[-1]} is intact" if kept else "no complete one yet"
-            raise TrainingError(f"{errors[0]}; the unfinished folder was removed, {last}: free some space and resume "
-                                f"with --resume auto")
+            raise TrainingError(f"{errors[0]}; the unfinished folder was removed, {intact_line(self.dir)}: free some "
+                                f"space and resume with --resume auto")
 
     def restore(self, state: TrainState, saved: Optional[Checkpoint], layout, elastic: bool) -> int:
         """Restores checkpoint `saved` (the run plan's choice) into `state`; returns the step the run goes on from (0

@@ -20,7 +20,7 @@ import torch
 from config import config_to_yaml
 from pipeline import DataError
 from training import TrainingError, slurm
-from training.checkpoints import checkpoint_dir, clean_crashed_saves, complete_tags
+from training.checkpoints import checkpoint_dir, clean_crashed_saves, complete_tags, intact_line
 from training.distributed import (on_rank0, release_shm_buffers, remove_dead_shm_buffers, setup_distributed,
                                   single_process_env)
 from training.faults import Peers, StopSignal, Watchdog, exit_now, folder_id, is_comm_failure, quiet_threads_while
@@ -97,14 +97,11 @@ def restart_line(out_dir: Path) -> str:
 
 def disk_full_line(out_dir: Path, err: BaseException, step: int) -> str:
     """A write that found the disk full, named with the file it was writing (when the error says) and the
-    checkpoint the run goes on from: a checkpoint is complete only once its COMPLETE marker is written, after its
-    files, so a save the full disk cut short never passes for one (--resume auto skips it, the next start removes it)."""
+    checkpoint the run goes on from (a save the full disk cut short: --resume auto skips it, the next start removes
+    it)."""
     where = f" writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
-    tags = complete_tags(checkpoint_dir(out_dir))
-    kept = (f"the last complete checkpoint {checkpoint_dir(out_dir) / tags[-1]} is intact" if tags
-            else "no complete checkpoint yet")
-    return (f"the disk holding run.out_dir {out_dir} is full (no space left{where}, at step {step}); {kept}: free "
-            f"some space and run the same command with --resume auto")
+    return (f"the disk holding run.out_dir {out_dir} is full (no space left{where}, at step {step}); "
+            f"{intact_line(checkpoint_dir(out_dir))}: free some space and run the same command with --resume auto")
 
 
 @contextlib.contextmanager
