@@ -7,21 +7,21 @@ a local shard folder.
     cache.prefetch(paths)             # a background thread fetches these ahead, in order
 
 Layout: `ROOT/<16 hex of the URL's sha256>/` holds `<name>` (a tar or index, at its final name only once its size
-and sha256 are the manifest's: it is downloaded to `<name>.<pid>.<thread>.part` and renamed) and `<name>.ok` (the
-sha256 it was verified against: a shard rebuilt on the server under the same name is fetched again).
-`<name>.lock` serialises the fetch of one file between threads, the ranks of a node and DataLoader workers, so
-that a file is fetched once; `.evict.lock` serialises making room.
+and sha256 are the manifest's: it is downloaded to `<name>.<pid>.<thread>.part` and renamed) and `<name>.ok` (what it
+was verified as, pipeline/remote/records.py: a shard rebuilt on the server under the same name is fetched again, a
+file changed on disk hashed again). `<name>.lock` serialises the fetch of one file between threads, the ranks of a
+node and DataLoader workers, so that a file is fetched once; `.evict.lock` serialises making room.
 
 The bound counts every cached file and every download in flight (at its final size). Indexes stay; shard tars are
-evicted least recently used (a lookup touches the file's mtime). A reader that lost a file to eviction between its
-lookup and its open looks it up again (`read`).
+evicted least recently used (a lookup marks the file's access time). A reader that lost a file to eviction between
+its lookup and its open looks it up again (`read`).
+
+    python -m pipeline.remote.cache DATA_CACHE_DIR    # a full re-check: every cached file hashed again
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -37,6 +36,7 @@ from typing import Iterable
 from pipeline import DataError
 from pipeline.remote.fetch import LocalDiskError, RetryPolicy, fetch_file, index_bound, join
 from pipeline.shards.format import ShardFile, read_span
+from pipeline.remote.records import file_lock, read_record, recheck, stat_key, write_record
 from pipeline.shards.manifest import Manifest
 from util.files import file_sha256
 from util.urls import redact
@@ -231,7 +231,7 @@ class ShardCache:
             stat = final.stat()
         except FileNotFoundError:
             return "missing"
-        seen = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        seen = stat_key(stat)
         if self._verified.get(entry.name) == seen:
             return "ok"
         record = read_record(final)
@@ -256,14 +256,7 @@ class ShardCache:
         return False
 
     def _record(self, final: Path, sha256: str) -> None:
-        """`<name>.ok`: the sha256 the file was verified against, and its size, mtime and inode then."""
-        stat = final.stat()
-        record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-        try:
-            final.with_name(final.name + ".ok").write_text(json.dumps(record))
-        except OSError as err:
-            raise LocalDiskError(final.with_name(final.name + ".ok"), err) from err
-        self._verified[final.name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        self._verified[final.name] = write_record(final, sha256)
 
     def _fetch(self, entry: Entry) -> None:
         """Downloads one file under its lock: room first, then to a .part file, checked, renamed; then its .ok."""
@@ -352,14 +345,8 @@ class ShardCache:
         except FileNotFoundError:
             pass  # evicted just now: the reader looks it up again
 
-    @contextmanager
     def _file_lock(self, name: str):
-        with open(self.path(name + ".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return file_lock(self.path(name))
 
     # ----- ahead of the readers
     def prefetch(self, paths: Iterable[str | Path]) -> None:
@@ -435,41 +422,6 @@ def _size(entry: os.DirEntry) -> int:
         return entry.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def read_record(final: Path) -> dict | None:
-    """The `<name>.ok` record of a cached file: {"sha256", "size", "mtime_ns", "inode"}; one that holds only the sha256
-    (written before these were recorded) gives the sha256 alone; None when there is none or it is unreadable."""
-    try:
-        text = final.with_name(final.name + ".ok").read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return {"sha256": text.strip()}
-    return record if isinstance(record, dict) else None
-
-
-def recheck(root: Path) -> tuple[int, list[Path]]:
-    """Every cached file under the cache folder `root` (data.cache_dir) hashed against the sha256 it was verified
-    against; a file that no longer has it is removed (fetched again at its next lookup). Returns (files checked, files
-    removed)."""
-    checked, removed = 0, []
-    for ok in sorted(Path(root).expanduser().glob("*/*.ok")):
-        final, record = ok.with_suffix(""), read_record(ok.with_suffix(""))
-        with open(final.with_name(final.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # not while a process fetches it
-            try:
-                good = record is not None and final.is_file() and file_sha256(final) == record.get("sha256")
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        checked += 1
-        if not good:
-            ok.unlink(missing_ok=True)
-            final.unlink(missing_ok=True)
-            removed.append(final)
-    return checked, removed
 
 
 def main(argv: list[str] | None = None) -> int:
