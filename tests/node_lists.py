@@ -1,6 +1,28 @@
-"""Slurm node lists for the tests of training/slurm.py's hostnames() (unit/test_slurm.py) and of a real scontrol
+"""Slurm node lists for the tests of training/slurm.py's node-list parser (unit/test_slurm.py) and of a real scontrol
 (e2e/test_slurm_cluster.py): lists beside what `scontrol show hostnames` prints for each (Slurm 22.05), lists Slurm
-refuses, and lists with unbalanced brackets."""
+refuses, and lists with unbalanced brackets; `hostnames`, every name a parsed list holds, as scontrol lists them."""
+from training.slurm import Piece, parse_nodelist
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """Every name of `nodelist`, in order, duplicates kept (what the product never lists: it takes first_host and
+    host_count from the ranges)."""
+    return [name for term in parse_nodelist(nodelist) for name in _names(term)]
+
+
+def _names(pieces: list[Piece], prefix: str = ""):
+    """The names of one term, in order, one at a time (the first piece's numbers outermost)."""
+    if not pieces:
+        yield prefix
+        return
+    (text, ranges), rest = pieces[0], pieces[1:]
+    if not ranges:
+        yield from _names(rest, prefix + text)
+        return
+    for first, last, width in ranges:
+        for n in range(first, last + 1):
+            yield from _names(rest, prefix + text + str(n).zfill(width))
+
 
 # node list → what `scontrol show hostnames` prints (Slurm 22.05); test_node_lists_match_scontrol checks each
 EXPANDED = {

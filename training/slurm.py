@@ -2,8 +2,7 @@
 the warning signal Slurm sends before a time limit or a preemption.
 
     adopt_srun_env(os.environ)        # an srun task: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set
-    hostnames("gpu[001-004,017],cpu7")  # ['gpu001', ..., 'gpu017', 'cpu7'], as `scontrol show hostnames`
-    first_host("n[0001-9999]"), host_count("n[0001-9999]")  # 'n0001', 9999: from the ranges, nothing listed
+    first_host("gpu[001-004,017],cpu7"), host_count(...)   # 'gpu001', 6: from the ranges, no host listed
     said = requeue(os.environ)        # `scontrol requeue $SLURM_JOB_ID`: what happened, in one line
 
 Only `srun` tasks (SLURM_STEP_ID set) are ranks: a batch script's own shell has SLURM_PROCID 0 and SLURM_NTASKS N too,
@@ -26,19 +25,10 @@ class SlurmError(UserError, ValueError):
     """A Slurm variable (a node list, a rank, a task count, an id) that Slurm itself would not set or would refuse."""
 
 
-
 # A node list parsed: its terms, each a list of (text, ranges) pieces: the text, then one name part per range number
 # (a piece without ranges is text alone). Ranges are (first, last, width): counted and walked, never listed, so a
 # list of 10^12 hosts costs what its text costs.
 Piece = tuple[str, list[tuple[int, int, int]]]
-
-
-def hostnames(nodelist: str) -> list[str]:
-    """A Slurm node list expanded the way `scontrol show hostnames` does: comma-separated names, each a prefix
-    followed by bracketed ranges (`n[01-03,7]`: zero padding from the first number; `a[1-2]b[3-4]`: every
-    combination, the first bracket outermost); duplicates kept, order kept. Text after the last bracket is refused,
-    as Slurm refuses it. Every name is listed: for the first alone use first_host, for how many host_count."""
-    return [name for term in parse_nodelist(nodelist) for name in _names(term)]
 
 
 def first_host(nodelist: str) -> str:
@@ -62,8 +52,10 @@ def host_count(nodelist: str) -> int:
 
 
 def parse_nodelist(nodelist: str) -> list[list[Piece]]:
-    """The terms of `nodelist` (see Piece), each range checked as Slurm checks it; a SlurmError naming the list
-    otherwise."""
+    """The terms of `nodelist` (see Piece), as `scontrol show hostnames` reads them: comma-separated names, each a
+    prefix followed by bracketed ranges (`n[01-03,7]`: zero padding from the first number; `a[1-2]b[3-4]`: every
+    combination, the first bracket outermost). Each range is checked as Slurm checks it, and text after the last
+    bracket refused, as Slurm refuses it: a SlurmError naming the list."""
     terms = []
     for term in _top_level_terms(nodelist):
         pieces, rest = [], term
@@ -81,20 +73,6 @@ def parse_nodelist(nodelist: str) -> list[list[Piece]]:
             rest = rest[close_at + 1:]
         terms.append(pieces)
     return terms
-
-
-def _names(pieces: list[Piece], prefix: str = ""):
-    """The names of one term, in order, one at a time (the first piece's numbers outermost)."""
-    if not pieces:
-        yield prefix
-        return
-    (text, ranges), rest = pieces[0], pieces[1:]
-    if not ranges:
-        yield from _names(rest, prefix + text)
-        return
-    for first, last, width in ranges:
-        for n in range(first, last + 1):
-            yield from _names(rest, prefix + text + str(n).zfill(width))
 
 
 def _top_level_terms(nodelist: str) -> list[str]:

@@ -8,14 +8,14 @@ import re
 import signal
 
 import pytest
-from node_lists import EXPANDED, REFUSED, UNBALANCED
+from node_lists import EXPANDED, REFUSED, UNBALANCED, hostnames
 
 import train
 from training import TrainingError
 from training.distributed import cuda_index
 from training.faults import Peers, StopSignal, Watchdog
-from training.slurm import (SlurmError, adopt_srun_env, first_host, host_count, hostnames,
-                            lone_batch_shell, rendezvous_port, requeue, srun_env)
+from training.slurm import (SlurmError, adopt_srun_env, first_host, host_count, lone_batch_shell, rendezvous_port,
+                            requeue, srun_env)
 
 # ------------------------------------------------------------------------------------------------ node lists, ranks
 
