@@ -41,10 +41,6 @@ def redact(text: str) -> str:
     return URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
-def has_secret(url: str) -> bool:
-    return redact_url(url) != url
-
-
 def redact_tree(value):
     """`value` (nested dicts and lists of plain values, as a config dumps) with every string in it redacted."""
     if isinstance(value, str):
